@@ -1,0 +1,1 @@
+"""Datasets: JSONL rows, tokenisation, batching, difficulty measures, the synthetic task."""

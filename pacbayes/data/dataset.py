@@ -1,0 +1,653 @@
+"""Token datasets from JSONL rows: padding, loss masks, fixed-shape batches, difficulty buckets.
+
+Row formats (DESIGN.md §3), exactly one per row:
+
+- ``input_ids``: a list of ints, scored whole (every token after the first is a target).
+- ``text``: a string, tokenised whole with the checkpoint's tokenizer (see
+  `pacbayes.data.tokenize` for BOS/EOS), scored whole.
+- ``prompt`` + ``completion``: strings, tokenised; only completion tokens are targets.
+- ``prompt_ids`` + ``completion_ids``: lists of ints used verbatim (no BOS/EOS added); only
+  completion tokens are targets.
+
+Optional fields: ``difficulty`` (a finite number) and ``answer`` (a string or an int). Each
+must be given on every row or on none. Other keys are ignored.
+
+Masks: ``attention_mask[b, t] = 1`` for real tokens (right padding with ``pad_id``);
+``loss_mask[b, t] = 1`` iff ``input_ids[b, t]`` is a prediction target, i.e. it is predicted
+from ``logits[b, t - 1]``; so ``loss_mask[:, 0] == 0`` and, for split rows, exactly the
+completion tokens are targets (the first completion token is predicted from the last prompt
+token). Every row must keep at least one target; a row without one is refused at load time,
+so per-example losses are never averages over nothing.
+
+Truncation: rows longer than ``max_length`` are cut on the right (the prompt is kept, the end
+of the completion goes) and counted in ``Dataset.num_truncated``; ``on_overflow="error"``
+refuses them instead. A row that truncation leaves without targets is always refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pacbayes.data import tokenize as _tok
+from pacbayes.data.jsonl import DataError, read_jsonl_with_lines
+
+_INT32_MAX = 2**31 - 1
+_BATCH_EXTRAS = ("prompt_lengths", "index", "difficulty")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A tokenised dataset held as right-padded NumPy arrays.
+
+  Attributes:
+    input_ids: [N, L] int32 token ids, right-padded with the pad id.
+    attention_mask: [N, L] int32, 1 on real tokens.
+    loss_mask: [N, L] int32, 1 where ``input_ids`` is a target (see module docstring).
+    prompt_lengths: [N] int32 length of the prompt part (the full length for unsplit rows).
+    difficulty: [N] float64 or None.
+    answers: one string per row, or None.
+    source: where the rows came from (a path, or a label for in-memory rows).
+    line_numbers: [N] int64 line (or 1-based row) number of each row in ``source``.
+    num_truncated: how many rows were cut to ``max_length``.
+    pad_id: the id on padding positions.
+  """
+
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  loss_mask: np.ndarray
+  prompt_lengths: np.ndarray
+  difficulty: np.ndarray | None = None
+  answers: list[str] | None = None
+  source: str = "<memory>"
+  line_numbers: np.ndarray | None = None
+  num_truncated: int = 0
+  pad_id: int = 0
+
+  def __post_init__(self):
+    ids = self.input_ids
+    if not isinstance(ids, np.ndarray) or ids.ndim != 2 or ids.dtype != np.int32:
+      raise ValueError("Dataset.input_ids: expected an int32 NumPy array [N, L]")
+    n, length = ids.shape
+    if n == 0 or length == 0:
+      raise ValueError(f"Dataset.input_ids: expected a non-empty [N, L] array, got {ids.shape}")
+    for name in ("attention_mask", "loss_mask"):
+      arr = getattr(self, name)
+      if not isinstance(arr, np.ndarray) or arr.shape != ids.shape or arr.dtype != np.int32:
+        raise ValueError(f"Dataset.{name}: expected an int32 array of shape {ids.shape}")
+      if not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"Dataset.{name}: expected values 0 or 1")
+    att, lm = self.attention_mask, self.loss_mask
+    lengths = att.sum(axis=1)
+    if (att != (np.arange(length)[None, :] < lengths[:, None])).any():
+      raise ValueError("Dataset.attention_mask: expected right padding (ones, then zeros)")
+    if lm[:, 0].any():
+      raise ValueError("Dataset.loss_mask: position 0 has no prediction, so must be 0")
+    if (lm > att).any():
+      raise ValueError("Dataset.loss_mask: a target lies on a padding position")
+    pl = self.prompt_lengths
+    if not isinstance(pl, np.ndarray) or pl.shape != (n,) or pl.dtype != np.int32:
+      raise ValueError(f"Dataset.prompt_lengths: expected an int32 array of shape ({n},)")
+    if (pl < 0).any() or (pl > lengths).any():
+      raise ValueError("Dataset.prompt_lengths: expected 0 <= prompt length <= row length")
+    if self.difficulty is not None:
+      d = self.difficulty
+      if not isinstance(d, np.ndarray) or d.shape != (n,) or d.dtype != np.float64:
+        raise ValueError(f"Dataset.difficulty: expected a float64 array of shape ({n},)")
+    if self.answers is not None and len(self.answers) != n:
+      raise ValueError(f"Dataset.answers: expected {n} strings, got {len(self.answers)}")
+    if self.line_numbers is None:
+      object.__setattr__(self, "line_numbers", np.arange(1, n + 1, dtype=np.int64))
+    elif np.shape(self.line_numbers) != (n,):
+      raise ValueError(f"Dataset.line_numbers: expected shape ({n},)")
+
+  def __len__(self) -> int:
+    return self.input_ids.shape[0]
+
+  @property
+  def max_length(self) -> int:
+    """The padded length L."""
+    return self.input_ids.shape[1]
+
+  @property
+  def lengths(self) -> np.ndarray:
+    """[N] int32 number of real tokens per row."""
+    return self.attention_mask.sum(axis=1, dtype=np.int32)
+
+  @property
+  def num_targets(self) -> np.ndarray:
+    """[N] int32 number of target tokens per row."""
+    return self.loss_mask.sum(axis=1, dtype=np.int32)
+
+  def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
+    """The rows at ``indices`` (any order, repeats allowed), same padded length."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.ndim != 1 or idx.size == 0:
+      raise ValueError("subset: indices must be a non-empty 1-D sequence")
+    if (idx < -len(self)).any() or (idx >= len(self)).any():
+      raise ValueError(f"subset: indices must lie in [0, {len(self)})")
+    return dataclasses.replace(
+        self,
+        input_ids=self.input_ids[idx],
+        attention_mask=self.attention_mask[idx],
+        loss_mask=self.loss_mask[idx],
+        prompt_lengths=self.prompt_lengths[idx],
+        difficulty=None if self.difficulty is None else self.difficulty[idx],
+        answers=None if self.answers is None else [self.answers[i] for i in idx],
+        line_numbers=self.line_numbers[idx],
+    )
+
+  @classmethod
+  def from_rows(
+      cls,
+      rows: Sequence[Mapping[str, Any]],
+      *,
+      tokenizer: Any = None,
+      tokenizer_dir: str | os.PathLike | None = None,
+      vocab_size: int | None = None,
+      max_length: int | None = None,
+      pad_id: int = 0,
+      pad_length: int | None = None,
+      on_overflow: str = "truncate",
+      add_eos: bool = True,
+      source: str = "<memory>",
+      line_numbers: Sequence[int] | None = None,
+  ) -> Dataset:
+    """Builds a dataset from in-memory rows (same formats and checks as `load_dataset`).
+
+    Args:
+      rows: dicts in one of the row formats of the module docstring.
+      tokenizer: a loaded ``transformers`` tokenizer for string rows.
+      tokenizer_dir: or a local folder to load it from (ignored when ``tokenizer`` is given).
+      vocab_size: when given, every token id must lie in ``[0, vocab_size)``.
+      max_length: rows longer than this are truncated (or refused, see ``on_overflow``).
+      pad_id: the id written on padding positions.
+      pad_length: pad every row to exactly this length (default: the longest row).
+      on_overflow: ``"truncate"`` or ``"error"`` for rows longer than ``max_length``.
+      add_eos: append the tokenizer's EOS to string completions.
+      source: a label used in error messages and kept in ``Dataset.source``.
+      line_numbers: the line number of each row in ``source`` (default 1, 2, ...).
+
+    Returns:
+      The `Dataset`.
+
+    Raises:
+      DataError: a row is malformed; the message is ``"source:line: what is wrong"``.
+    """
+    return _build(
+        rows,
+        source=source,
+        line_numbers=line_numbers,
+        tokenizer=tokenizer,
+        tokenizer_dir=tokenizer_dir,
+        vocab_size=vocab_size,
+        max_length=max_length,
+        pad_id=pad_id,
+        pad_length=pad_length,
+        on_overflow=on_overflow,
+        add_eos=add_eos,
+    )
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    *,
+    tokenizer_dir: str | os.PathLike | None = None,
+    vocab_size: int | None = None,
+    max_length: int | None = None,
+    pad_id: int = 0,
+    tokenizer: Any = None,
+    pad_length: int | None = None,
+    on_overflow: str = "truncate",
+    add_eos: bool = True,
+) -> Dataset:
+  """Reads a JSONL dataset (DESIGN.md §3) into a `Dataset`.
+
+  Args:
+    path: the JSONL file.
+    tokenizer_dir: a local folder with the checkpoint's tokenizer files; needed only when
+      rows hold strings (``text`` or ``prompt``/``completion``). Loaded offline.
+    vocab_size: when given, every token id must lie in ``[0, vocab_size)`` (use the model's).
+    max_length: rows longer than this are truncated on the right and counted in
+      ``num_truncated`` (or refused when ``on_overflow="error"``).
+    pad_id: the id written on padding positions (masks make its value irrelevant to losses).
+    tokenizer: an already loaded tokenizer, instead of ``tokenizer_dir``.
+    pad_length: pad every row to exactly this length (default: the longest row), so that
+      several datasets share one compiled shape.
+    on_overflow: ``"truncate"`` or ``"error"``.
+    add_eos: append the tokenizer's EOS to string completions.
+
+  Returns:
+    The `Dataset`, with ``source`` the path and ``line_numbers`` the file lines.
+
+  Raises:
+    DataError: with ``"path:line: ..."`` for a malformed row: not JSON; none of the row
+      formats; more than one; token ids that are not ints, negative, or outside the
+      vocabulary; an empty sequence or completion; no target token left; a non-numeric
+      difficulty; a field given on some rows only; strings but no tokenizer. And
+      ``"path: ..."`` for a missing or empty file.
+  """
+  path = os.fspath(path)
+  rows, lines = read_jsonl_with_lines(path)
+  return _build(
+      rows,
+      source=path,
+      line_numbers=lines,
+      tokenizer=tokenizer,
+      tokenizer_dir=tokenizer_dir,
+      vocab_size=vocab_size,
+      max_length=max_length,
+      pad_id=pad_id,
+      pad_length=pad_length,
+      on_overflow=on_overflow,
+      add_eos=add_eos,
+  )
+
+
+def _check_ids(value: Any, key: str, where: str, *, allow_empty: bool = False) -> np.ndarray:
+  if not isinstance(value, list):
+    raise DataError(f"{where}: {key!r} must be a list of ints, got {type(value).__name__}")
+  if not value:
+    if allow_empty:
+      return np.zeros((0,), np.int64)
+    raise DataError(f"{where}: {key!r} is empty")
+  try:
+    arr = np.asarray(value)
+  except (ValueError, OverflowError):
+    arr = np.asarray(value, dtype=object)
+  if arr.ndim != 1 or arr.dtype.kind not in "iu":
+    raise DataError(f"{where}: {key!r} must be a flat list of ints")
+  if arr.min() < 0:
+    raise DataError(f"{where}: {key!r} holds a negative token id ({int(arr.min())})")
+  if arr.max() > _INT32_MAX:
+    raise DataError(f"{where}: {key!r} holds a token id too large for int32 ({arr.max()})")
+  return arr.astype(np.int64)
+
+
+def _check_string(value: Any, key: str, where: str) -> str:
+  if not isinstance(value, str):
+    raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+  return value
+
+
+_FORMATS = {
+    "input_ids": ("input_ids",),
+    "text": ("text",),
+    "prompt": ("prompt", "completion"),
+    "prompt_ids": ("prompt_ids", "completion_ids"),
+}
+
+
+def _row_kind(row: Mapping[str, Any], where: str) -> str:
+  present = [kind for kind, keys in _FORMATS.items() if any(k in row for k in keys)]
+  if not present:
+    raise DataError(
+        f"{where}: the row has none of 'input_ids', 'text', 'prompt'+'completion', "
+        f"'prompt_ids'+'completion_ids' (keys: {sorted(row)})"
+    )
+  if len(present) > 1:
+    raise DataError(
+        f"{where}: the row mixes formats {present}; give exactly one of 'input_ids', 'text', "
+        "'prompt'+'completion', 'prompt_ids'+'completion_ids'"
+    )
+  kind = present[0]
+  for key in _FORMATS[kind]:
+    if key not in row:
+      other = [k for k in _FORMATS[kind] if k != key][0]
+      raise DataError(f"{where}: the row has {other!r} but no {key!r}")
+  return kind
+
+
+def _build(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    source: str,
+    line_numbers: Sequence[int] | None,
+    tokenizer: Any,
+    tokenizer_dir: str | os.PathLike | None,
+    vocab_size: int | None,
+    max_length: int | None,
+    pad_id: int,
+    pad_length: int | None,
+    on_overflow: str,
+    add_eos: bool,
+) -> Dataset:
+  if not rows:
+    raise DataError(f"{source}: no rows")
+  lines = list(range(1, len(rows) + 1)) if line_numbers is None else list(line_numbers)
+  if len(lines) != len(rows):
+    raise ValueError(f"line_numbers: expected {len(rows)} entries, got {len(lines)}")
+  if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
+    raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+  if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+    raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
+  if not isinstance(pad_id, int) or pad_id < 0 or (vocab_size is not None and pad_id >= vocab_size):
+    raise ValueError(f"pad_id: expected an int in [0, vocab_size), got {pad_id!r}")
+  if on_overflow not in ("truncate", "error"):
+    raise ValueError(f"on_overflow: expected 'truncate' or 'error', got {on_overflow!r}")
+
+  n = len(rows)
+  wheres = [f"{source}:{line}" for line in lines]
+  kinds = []
+  for row, where in zip(rows, wheres, strict=True):
+    if not isinstance(row, Mapping):
+      raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    kinds.append(_row_kind(row, where))
+
+  # Each row becomes (prompt ids, completion ids); unsplit rows have an empty completion part
+  # and are marked whole, so that every token after the first is a target.
+  parts: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
+  whole = [k in ("input_ids", "text") for k in kinds]
+  text_rows, pc_rows = [], []
+  for i, (row, kind, where) in enumerate(zip(rows, kinds, wheres, strict=True)):
+    if kind == "input_ids":
+      parts[i] = (_check_ids(row["input_ids"], "input_ids", where), np.zeros((0,), np.int64))
+    elif kind == "prompt_ids":
+      p = _check_ids(row["prompt_ids"], "prompt_ids", where, allow_empty=True)
+      c = _check_ids(row["completion_ids"], "completion_ids", where, allow_empty=True)
+      if c.size == 0:
+        raise DataError(f"{where}: 'completion_ids' is empty (no target tokens)")
+      parts[i] = (p, c)
+    elif kind == "text":
+      if not _check_string(row["text"], "text", where):
+        raise DataError(f"{where}: 'text' is empty")
+      text_rows.append(i)
+    else:
+      _check_string(row["prompt"], "prompt", where)
+      if not _check_string(row["completion"], "completion", where):
+        raise DataError(f"{where}: 'completion' is empty (no target tokens)")
+      pc_rows.append(i)
+
+  from_tokenizer = set(text_rows) | set(pc_rows)
+  if from_tokenizer:
+    if tokenizer is None:
+      if tokenizer_dir is None:
+        first = min(from_tokenizer)
+        raise DataError(
+            f"{wheres[first]}: the row holds {kinds[first]!r} strings but no tokenizer was "
+            "given (pass tokenizer_dir, e.g. the checkpoint folder, or use token id rows)"
+        )
+      tokenizer = _tok.load_tokenizer(tokenizer_dir)
+    encoded = _tok.encode_texts(tokenizer, [rows[i]["text"] for i in text_rows])
+    for i, ids in zip(text_rows, encoded, strict=True):
+      parts[i] = (np.asarray(ids, np.int64), np.zeros((0,), np.int64))
+    pairs = _tok.encode_prompt_completions(
+        tokenizer,
+        [rows[i]["prompt"] for i in pc_rows],
+        [rows[i]["completion"] for i in pc_rows],
+        add_eos=add_eos,
+    )
+    for i, (p, c) in zip(pc_rows, pairs, strict=True):
+      if not c:
+        raise DataError(f"{wheres[i]}: 'completion' encodes to no tokens (no target tokens)")
+      parts[i] = (np.asarray(p, np.int64), np.asarray(c, np.int64))
+
+  seqs, prompt_lengths, num_truncated = [], np.zeros((n,), np.int32), 0
+  for i, (p, c) in enumerate(parts):
+    where = wheres[i]
+    seq = np.concatenate([p, c])
+    if seq.size == 0:
+      raise DataError(f"{where}: the token sequence is empty")
+    if vocab_size is not None and seq.max() >= vocab_size:
+      origin = " (from the tokenizer)" if i in from_tokenizer else ""
+      raise DataError(
+          f"{where}: token id {int(seq.max())}{origin} is outside the vocabulary "
+          f"[0, {vocab_size})"
+      )
+    truncated = max_length is not None and seq.size > max_length
+    if truncated:
+      if on_overflow == "error":
+        raise DataError(f"{where}: {seq.size} tokens exceed max_length={max_length}")
+      seq = seq[:max_length]
+      num_truncated += 1
+    prompt_len = seq.size if whole[i] else min(p.size, seq.size)
+    first_target = 1 if whole[i] else max(prompt_len, 1)
+    if seq.size <= first_target:
+      why = f" after truncation to max_length={max_length}" if truncated else ""
+      raise DataError(f"{where}: the row has no target tokens{why} (need a token after the first)")
+    seqs.append(seq)
+    prompt_lengths[i] = prompt_len
+
+  longest = max(s.size for s in seqs)
+  if pad_length is None:
+    pad_length = longest
+  elif not isinstance(pad_length, int) or pad_length < longest:
+    raise ValueError(f"pad_length: expected an int >= the longest row ({longest}), got {pad_length!r}")
+  input_ids = np.full((n, pad_length), pad_id, np.int32)
+  attention_mask = np.zeros((n, pad_length), np.int32)
+  loss_mask = np.zeros((n, pad_length), np.int32)
+  for i, seq in enumerate(seqs):
+    input_ids[i, : seq.size] = seq
+    attention_mask[i, : seq.size] = 1
+    first_target = 1 if whole[i] else max(int(prompt_lengths[i]), 1)
+    loss_mask[i, first_target : seq.size] = 1
+
+  return Dataset(
+      input_ids=input_ids,
+      attention_mask=attention_mask,
+      loss_mask=loss_mask,
+      prompt_lengths=prompt_lengths,
+      difficulty=_collect_difficulty(rows, wheres),
+      answers=_collect_answers(rows, wheres),
+      source=source,
+      line_numbers=np.asarray(lines, np.int64),
+      num_truncated=num_truncated,
+      pad_id=pad_id,
+  )
+
+
+def _all_or_none(rows: Sequence[Mapping[str, Any]], wheres: list[str], key: str) -> bool:
+  has = [key in row for row in rows]
+  if any(has) and not all(has):
+    i = has.index(False)
+    j = has.index(True)
+    raise DataError(
+        f"{wheres[i]}: the row has no {key!r}, but other rows do (e.g. {wheres[j]}); "
+        "give it on every row or on none"
+    )
+  return all(has)
+
+
+def _collect_difficulty(rows, wheres) -> np.ndarray | None:
+  if not _all_or_none(rows, wheres, "difficulty"):
+    return None
+  values = np.zeros((len(rows),), np.float64)
+  for i, (row, where) in enumerate(zip(rows, wheres, strict=True)):
+    v = row["difficulty"]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+      raise DataError(f"{where}: 'difficulty' must be a finite number, got {v!r}")
+    values[i] = float(v)
+  return values
+
+
+def _collect_answers(rows, wheres) -> list[str] | None:
+  if not _all_or_none(rows, wheres, "answer"):
+    return None
+  answers = []
+  for row, where in zip(rows, wheres, strict=True):
+    v = row["answer"]
+    if isinstance(v, bool) or not isinstance(v, str | int):
+      raise DataError(f"{where}: 'answer' must be a string (or an int), got {v!r}")
+    answers.append(str(v))
+  return answers
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    pad_to_multiple: bool = True,
+    key: Any = None,
+    extra: Sequence[str] = (),
+) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the dataset in batches of a fixed shape.
+
+  Args:
+    dataset: the `Dataset`.
+    batch_size: rows per batch.
+    pad_to_multiple: pad the last batch with empty rows (pad ids, all-zero masks, weight 0)
+      up to ``batch_size``, so every batch has one shape and one compiled program; otherwise
+      the last batch is shorter.
+    key: a ``jax.random`` key to visit the rows in a random order; None keeps file order.
+    extra: more keys to include, from ``"prompt_lengths"`` ([B] int32), ``"index"`` ([B]
+      int64 row index, -1 on padding rows) and ``"difficulty"`` ([B] float64, 0 on padding).
+
+  Yields:
+    Dicts with ``input_ids``, ``attention_mask``, ``loss_mask`` ([B, L] int32) and
+    ``weight`` ([B] float32, 1 for real rows and 0 for padding rows), plus ``extra``.
+  """
+  if not isinstance(batch_size, int) or batch_size <= 0:
+    raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+  for name in extra:
+    if name not in _BATCH_EXTRAS:
+      raise ValueError(f"extra: unknown key {name!r}; expected some of {_BATCH_EXTRAS}")
+  if "difficulty" in extra and dataset.difficulty is None:
+    raise ValueError(f"extra: {dataset.source} has no 'difficulty' values")
+  n = len(dataset)
+  if key is None:
+    order = np.arange(n)
+  else:
+    import jax
+
+    order = np.asarray(jax.random.permutation(key, n))
+  for start in range(0, n, batch_size):
+    idx = order[start : start + batch_size]
+    real = idx.size
+    size = batch_size if pad_to_multiple else real
+    batch = {
+        "input_ids": np.full((size, dataset.max_length), dataset.pad_id, np.int32),
+        "attention_mask": np.zeros((size, dataset.max_length), np.int32),
+        "loss_mask": np.zeros((size, dataset.max_length), np.int32),
+        "weight": np.zeros((size,), np.float32),
+    }
+    batch["input_ids"][:real] = dataset.input_ids[idx]
+    batch["attention_mask"][:real] = dataset.attention_mask[idx]
+    batch["loss_mask"][:real] = dataset.loss_mask[idx]
+    batch["weight"][:real] = 1.0
+    if "prompt_lengths" in extra:
+      batch["prompt_lengths"] = np.zeros((size,), np.int32)
+      batch["prompt_lengths"][:real] = dataset.prompt_lengths[idx]
+    if "index" in extra:
+      batch["index"] = np.full((size,), -1, np.int64)
+      batch["index"][:real] = idx
+    if "difficulty" in extra:
+      batch["difficulty"] = np.zeros((size,), np.float64)
+      batch["difficulty"][:real] = dataset.difficulty[idx]
+    yield batch
+
+
+def num_batches(dataset: Dataset, batch_size: int) -> int:
+  """How many batches `iterate_batches` yields."""
+  return -(-len(dataset) // batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Difficulty.
+
+
+def completion_lengths(dataset: Dataset) -> np.ndarray:
+  """[N] int32 number of target tokens per row: the CoT/completion length in tokens."""
+  return dataset.num_targets
+
+
+def difficulty_values(dataset: Dataset, measure: str = "difficulty") -> np.ndarray:
+  """Per-row difficulty values.
+
+  Args:
+    dataset: the `Dataset`.
+    measure: ``"difficulty"`` (the rows' own field) or ``"completion_length"`` (number of
+      target tokens, the token-level analogue of the paper's CoT length).
+
+  Returns:
+    [N] float64 values.
+  """
+  if measure == "difficulty":
+    if dataset.difficulty is None:
+      raise ValueError(f"{dataset.source}: the rows have no 'difficulty' field")
+    return dataset.difficulty
+  if measure == "completion_length":
+    return completion_lengths(dataset).astype(np.float64)
+  raise ValueError(f"measure: expected 'difficulty' or 'completion_length', got {measure!r}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Buckets:
+  """A split of values into ordered buckets by thresholds.
+
+  Attributes:
+    ids: [N] int32 bucket of each value, 0 (lowest) to k - 1.
+    edges: [k - 1] float64 thresholds; bucket j holds values in (edges[j-1], edges[j]].
+    names: one name per bucket.
+  """
+
+  ids: np.ndarray
+  edges: np.ndarray
+  names: tuple[str, ...]
+
+  @property
+  def labels(self) -> list[str]:
+    """The bucket name of each value."""
+    return [self.names[i] for i in self.ids]
+
+  @property
+  def counts(self) -> np.ndarray:
+    """[k] int64 number of values in each bucket."""
+    return np.bincount(self.ids, minlength=len(self.names))
+
+  def indices(self, name: str) -> np.ndarray:
+    """Row indices of the bucket called ``name``."""
+    if name not in self.names:
+      raise ValueError(f"name: expected one of {self.names}, got {name!r}")
+    return np.flatnonzero(self.ids == self.names.index(name))
+
+
+def assign_buckets(values: Any, edges: Any) -> np.ndarray:
+  """[N] int32 bucket ids of ``values`` under thresholds ``edges`` (right-closed buckets)."""
+  values = np.asarray(values, np.float64)
+  edges = np.asarray(edges, np.float64)
+  if values.ndim != 1 or edges.ndim != 1:
+    raise ValueError("assign_buckets: values and edges must be 1-D")
+  if (np.diff(edges) < 0).any():
+    raise ValueError("assign_buckets: edges must be non-decreasing")
+  return np.searchsorted(edges, values, side="left").astype(np.int32)
+
+
+def bucket_by_quantiles(
+    values: Any, k: int = 3, names: Sequence[str] | None = ("easy", "medium", "hard")
+) -> Buckets:
+  """Splits values into ``k`` equal-count buckets by rank (the paper's easy/medium/hard thirds).
+
+  The thresholds are empirical quantiles: ``edges[j-1]`` is the largest value among the
+  ``ceil(j N / k)`` smallest. Without ties at the thresholds this is exactly the rank split
+  (sizes differ by at most one); values tied at a threshold all go to the lower bucket, so
+  ties can unbalance the counts (see ``Buckets.counts``). The bucket is a function of the
+  value, so `assign_buckets` applies the same split to another set (e.g. a test set), which
+  is what a difficulty-shift TV needs.
+
+  Args:
+    values: [N] numbers, larger = harder.
+    k: number of buckets.
+    names: one name per bucket (lowest first); None gives ``"q0"``, ``"q1"``, ...
+
+  Returns:
+    The `Buckets`.
+  """
+  values = np.asarray(values, np.float64)
+  if values.ndim != 1 or not np.isfinite(values).all():
+    raise ValueError("values: expected a 1-D array of finite numbers")
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"k: expected a positive int, got {k!r}")
+  if values.size < k:
+    raise ValueError(f"values: need at least k={k} values, got {values.size}")
+  names = tuple(f"q{j}" for j in range(k)) if names is None else tuple(names)
+  if len(names) != k:
+    raise ValueError(f"names: expected {k} names, got {len(names)}")
+  ordered = np.sort(values)
+  n = values.size
+  edges = np.asarray([ordered[-(-j * n // k) - 1] for j in range(1, k)], np.float64)
+  return Buckets(ids=assign_buckets(values, edges), edges=edges, names=names)

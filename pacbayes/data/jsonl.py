@@ -1,0 +1,64 @@
+"""JSONL rows with line-numbered errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+class DataError(ValueError):
+  """A dataset file or row that cannot be used; the message names the file and line."""
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads a JSONL file into a list of dicts.
+
+  Args:
+    path: a file with one JSON object per line; blank lines are skipped.
+
+  Returns:
+    The rows, in file order.
+
+  Raises:
+    DataError: the file is missing, a line is not JSON or not an object, or the file
+      holds no rows.
+  """
+  return read_jsonl_with_lines(path)[0]
+
+
+def read_jsonl_with_lines(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+  """Like `read_jsonl`, also returning the 1-based line number of each row.
+
+  Args:
+    path: a file with one JSON object per line; blank lines are skipped.
+
+  Returns:
+    ``(rows, line_numbers)``.
+
+  Raises:
+    DataError: as `read_jsonl`.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file")
+  rows, lines = [], []
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      try:
+        line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+      rows.append(row)
+      lines.append(lineno)
+  if not rows:
+    raise DataError(f"{path}: the file holds no rows")
+  return rows, lines

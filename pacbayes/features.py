@@ -1,0 +1,248 @@
+"""Features of dataset rows for shift estimation: difficulty, CoT length, hashed n-grams."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from pacbayes.data.jsonl import DataError, read_jsonl
+
+
+class FeatureError(ValueError):
+  """A feature that cannot be computed; the message names the file/row or argument."""
+
+
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_SEP = "\x1f"  # Unit separator: cannot occur inside a word token.
+
+
+def line_numbers(path: str | os.PathLike) -> list[int]:
+  """1-based line numbers of the non-blank lines of a JSONL file (the rows of read_jsonl)."""
+  with open(os.fspath(path), encoding="utf-8") as f:
+    return [i for i, line in enumerate(f, start=1) if line.strip()]
+
+
+def read_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
+  """Reads a JSONL file: (rows, their 1-based line numbers), for located error messages."""
+  rows = read_jsonl(path)
+  return rows, line_numbers(path)
+
+
+def _where(source: str | None, lines: Sequence[int] | None, i: int) -> str:
+  src = source if source is not None else "rows"
+  if lines is not None and i < len(lines):
+    return f"{src}:{lines[i]}"
+  return f"{src}: row {i + 1}"
+
+
+def difficulty(
+    rows: Sequence[dict[str, Any]],
+    *,
+    source: str | None = None,
+    lines: Sequence[int] | None = None,
+) -> np.ndarray:
+  """The `difficulty` field of every row, float64 [N].
+
+  Args:
+    rows: dicts as returned by `read_jsonl`.
+    source: file name for error messages.
+    lines: the rows' line numbers in `source` (see `read_rows`), for error messages.
+
+  Returns:
+    float64 array [N].
+
+  Raises:
+    DataError: no rows, or a row (the first one, named by file and line) lacks a finite
+      numeric `difficulty`.
+  """
+  if len(rows) == 0:
+    raise DataError(f"{source or 'rows'}: no rows")
+  out = np.empty(len(rows), dtype=np.float64)
+  for i, row in enumerate(rows):
+    if "difficulty" not in row:
+      raise DataError(f"{_where(source, lines, i)}: row has no 'difficulty' field (the first "
+                      "row lacking it); every row needs one for the difficulty feature")
+    d = row["difficulty"]
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
+      raise DataError(f"{_where(source, lines, i)}: 'difficulty' must be a finite number, "
+                      f"got {d!r}")
+    out[i] = d
+  return out
+
+
+def _text_of(row: dict[str, Any], fields: Sequence[str]) -> str | None:
+  for field in fields:
+    value = row.get(field)
+    if isinstance(value, str):
+      return value
+  return None
+
+
+def cot_length(
+    rows: Sequence[dict[str, Any]],
+    unit: str = "lines",
+    *,
+    tokenizer: Callable[[str], Sequence[int]] | None = None,
+    source: str | None = None,
+    lines: Sequence[int] | None = None,
+) -> np.ndarray:
+  """Length of each row's chain of thought (`completion`, else `text`), int64 [N].
+
+  Args:
+    rows: dicts as returned by `read_jsonl`.
+    unit: "lines" (non-blank lines) or "tokens" (`tokenizer(text)` ids when a tokenizer is
+      given, else words and punctuation marks).
+    tokenizer: callable mapping a string to token ids, e.g. a HF tokenizer's `encode`.
+    source: file name for error messages.
+    lines: the rows' line numbers, for error messages.
+
+  Returns:
+    int64 array [N].
+
+  Raises:
+    FeatureError: bad unit, no rows, or a row with neither `completion` nor `text`.
+  """
+  if unit not in ("lines", "tokens"):
+    raise FeatureError(f"unit must be 'lines' or 'tokens', got {unit!r}")
+  if len(rows) == 0:
+    raise FeatureError(f"{source or 'rows'}: no rows")
+  out = np.empty(len(rows), dtype=np.int64)
+  for i, row in enumerate(rows):
+    text = _text_of(row, ("completion", "text"))
+    if text is None:
+      raise FeatureError(f"{_where(source, lines, i)}: row has no string 'completion' or "
+                         "'text' field to measure")
+    if unit == "lines":
+      out[i] = sum(1 for line in text.splitlines() if line.strip())
+    elif tokenizer is not None:
+      out[i] = len(tokenizer(text))
+    else:
+      out[i] = len(_WORD.findall(text))
+  return out
+
+
+def _tokens_of(row: dict[str, Any]) -> list[str] | None:
+  parts = [row[f] for f in ("prompt", "completion") if isinstance(row.get(f), str)]
+  text = row.get("text") if isinstance(row.get("text"), str) else None
+  if text is not None:
+    parts = [text]
+  if parts:
+    return [w.lower() for w in _WORD.findall("\n".join(parts))]
+  ids = row.get("input_ids")
+  if isinstance(ids, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+    return [str(t) for t in ids]
+  return None
+
+
+def hashed_ngrams(
+    rows: Sequence[dict[str, Any]],
+    n: Sequence[int] | int = (1, 2),
+    dim: int = 2**12,
+    *,
+    source: str | None = None,
+    lines: Sequence[int] | None = None,
+) -> np.ndarray:
+  """Signed, hashed n-gram counts of each row, L2-normalised, float32 [N, dim].
+
+  Tokens are lower-cased words and punctuation marks of `text` (or `prompt` + `completion`),
+  or the row's `input_ids` when it has no text. Each n-gram is hashed with CRC-32 (stable
+  across runs and machines, unlike Python's `hash`) into a bucket, and a second CRC-32 bit
+  picks its sign so that collisions cancel in expectation (Weinberger et al. 2009). A row
+  with no tokens gets the zero vector.
+
+  Args:
+    rows: dicts as returned by `read_jsonl`.
+    n: n-gram orders, e.g. (1, 2).
+    dim: number of buckets (>= 1).
+    source: file name for error messages.
+    lines: the rows' line numbers, for error messages.
+
+  Returns:
+    float32 array [N, dim], rows of unit L2 norm (or zero).
+
+  Raises:
+    FeatureError: bad `n` or `dim`, no rows, or a row with no `text`, `prompt`/`completion`
+      or `input_ids`.
+
+  References:
+    Weinberger, Dasgupta, Langford, Smola & Attenberg (2009), "Feature hashing for large
+    scale multitask learning", ICML.
+  """
+  orders = (n,) if isinstance(n, int) else tuple(n)
+  if not orders or any(not isinstance(o, int) or o < 1 for o in orders):
+    raise FeatureError(f"n must be a positive int or a sequence of them, got {n!r}")
+  if not isinstance(dim, int) or dim < 1:
+    raise FeatureError(f"dim must be a positive int, got {dim!r}")
+  if len(rows) == 0:
+    raise FeatureError(f"{source or 'rows'}: no rows")
+  out = np.zeros((len(rows), dim), dtype=np.float32)
+  for i, row in enumerate(rows):
+    toks = _tokens_of(row)
+    if toks is None:
+      raise FeatureError(f"{_where(source, lines, i)}: row has no 'text', 'prompt'/"
+                         "'completion' or 'input_ids' to hash")
+    idx, sgn = [], []
+    for order in orders:
+      for j in range(len(toks) - order + 1):
+        h = zlib.crc32(_SEP.join([str(order), *toks[j:j + order]]).encode())
+        idx.append(h % dim)
+        sgn.append(1.0 if (h >> 31) & 1 else -1.0)
+    if idx:
+      np.add.at(out[i], np.asarray(idx), np.asarray(sgn, dtype=np.float32))
+      norm = float(np.linalg.norm(out[i]))
+      if norm > 0:
+        out[i] /= norm
+  return out
+
+
+def embed_with(
+    fn: Callable[[Sequence[dict[str, Any]]], Any],
+    rows: Sequence[dict[str, Any]],
+    batch_size: int = 64,
+) -> np.ndarray:
+  """Applies `fn` (a batch of rows -> vectors [B, D]) over `rows` in batches, float32 [N, D].
+
+  Any embedding model plugs in here, e.g. mean-pooled hidden states of a checkpoint.
+
+  Args:
+    fn: callable taking a list of up to `batch_size` rows, returning an array [B, D].
+    rows: dicts as returned by `read_jsonl`.
+    batch_size: rows per call (>= 1).
+
+  Returns:
+    float32 array [N, D].
+
+  Raises:
+    FeatureError: no rows, bad batch size, or `fn` returning the wrong shape or non-finite
+      values (the message names the batch).
+  """
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise FeatureError(f"batch_size must be a positive int, got {batch_size!r}")
+  if len(rows) == 0:
+    raise FeatureError("rows is empty")
+  chunks = []
+  for start in range(0, len(rows), batch_size):
+    batch = list(rows[start:start + batch_size])
+    vecs = np.asarray(fn(batch), dtype=np.float32)
+    where = f"fn on rows {start}..{start + len(batch) - 1}"
+    if vecs.ndim != 2 or vecs.shape[0] != len(batch):
+      raise FeatureError(f"{where} returned shape {vecs.shape}; expected ({len(batch)}, D)")
+    if chunks and vecs.shape[1] != chunks[0].shape[1]:
+      raise FeatureError(f"{where} returned dimension {vecs.shape[1]}, earlier batches "
+                         f"{chunks[0].shape[1]}")
+    if not np.all(np.isfinite(vecs)):
+      raise FeatureError(f"{where} returned NaN or infinite values")
+    chunks.append(vecs)
+  return np.concatenate(chunks, axis=0)
+
+
+__all__ = [
+    "FeatureError", "cot_length", "difficulty", "embed_with", "hashed_ngrams", "line_numbers",
+    "read_rows",
+]

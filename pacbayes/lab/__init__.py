@@ -1,0 +1,1 @@
+"""The synthetic difficulty study: pretraining, SFT/DFT, grids, evaluation by slice."""

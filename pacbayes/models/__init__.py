@@ -1,0 +1,6 @@
+"""Flax NNX decoders (Llama, Qwen2, GPT-2) and Hugging Face checkpoint I/O."""
+
+from pacbayes.models.config import ModelConfig
+from pacbayes.models.transformer import Decoder, build_model
+
+__all__ = ["Decoder", "ModelConfig", "build_model"]

@@ -1,0 +1,324 @@
+"""Flax NNX decoder-only transformers: Llama, Qwen2 (Llama + q/k/v bias) and GPT-2."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pacbayes.models.config import ModelConfig
+
+# A finite "minus infinity": fully masked rows then give a uniform softmax, not NaN.
+_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+# Per-layer key/value cache: (keys [B, S, K, Dh], values [B, S, K, Dh]).
+KVCache = tuple[jax.Array, jax.Array]
+
+
+def _dtype(config: ModelConfig) -> jnp.dtype:
+  return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+class Dense(nnx.Module):
+  """y = x @ kernel + bias with kernel [in, out] (HF (out, in) weights are transposed on load)."""
+
+  def __init__(self, in_features: int, out_features: int, *, use_bias: bool, dtype, stddev: float,
+               rngs: nnx.Rngs):
+    key = rngs.params()
+    self.kernel = nnx.Param(
+      (stddev * jax.random.normal(key, (in_features, out_features), jnp.float32)).astype(dtype))
+    self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
+
+  def __call__(self, x_BxLxI: jax.Array) -> jax.Array:
+    kernel_IxO = self.kernel[...]
+    y_BxLxO = jnp.einsum("bli,io->blo", x_BxLxI.astype(kernel_IxO.dtype), kernel_IxO)
+    if self.bias is not None:
+      y_BxLxO = y_BxLxO + self.bias[...][None, None, :]
+    return y_BxLxO
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm as in HF Llama: normalise in float32, cast back, then scale by the weight."""
+
+  def __init__(self, dim: int, *, eps: float, dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), dtype))
+    self.eps = eps
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x32_BxLxD = x_BxLxD.astype(jnp.float32)
+    var_BxLx1 = jnp.mean(jnp.square(x32_BxLxD), axis=-1, keepdims=True)
+    y_BxLxD = (x32_BxLxD * jax.lax.rsqrt(var_BxLx1 + self.eps)).astype(x_BxLxD.dtype)
+    return self.weight[...][None, None, :] * y_BxLxD
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with weight and bias, statistics in float32."""
+
+  def __init__(self, dim: int, *, eps: float, dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), dtype))
+    self.bias = nnx.Param(jnp.zeros((dim,), dtype))
+    self.eps = eps
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    x32_BxLxD = x_BxLxD.astype(jnp.float32)
+    mean_BxLx1 = jnp.mean(x32_BxLxD, axis=-1, keepdims=True)
+    var_BxLx1 = jnp.mean(jnp.square(x32_BxLxD - mean_BxLx1), axis=-1, keepdims=True)
+    y_BxLxD = (x32_BxLxD - mean_BxLx1) * jax.lax.rsqrt(var_BxLx1 + self.eps)
+    weight_D = self.weight[...].astype(jnp.float32)
+    bias_D = self.bias[...].astype(jnp.float32)
+    y_BxLxD = y_BxLxD * weight_D[None, None, :] + bias_D[None, None, :]
+    return y_BxLxD.astype(x_BxLxD.dtype)
+
+
+def rope_cos_sin(positions_BxL: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, ...]:
+  """Rotary tables in the HF layout (frequencies repeated, not interleaved), float32.
+
+  Returns:
+    cos and sin, each [B, L, head_dim].
+  """
+  exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+  inv_freq_F = 1.0 / (theta ** exponents)  # F = head_dim // 2
+  angles_BxLxF = positions_BxL.astype(jnp.float32)[:, :, None] * inv_freq_F[None, None, :]
+  angles_BxLxDh = jnp.concatenate([angles_BxLxF, angles_BxLxF], axis=-1)
+  return jnp.cos(angles_BxLxDh), jnp.sin(angles_BxLxDh)
+
+
+def apply_rope(x_BxLxNxDh: jax.Array, cos_BxLxDh: jax.Array, sin_BxLxDh: jax.Array) -> jax.Array:
+  """x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] (HF convention)."""
+  half = x_BxLxNxDh.shape[-1] // 2
+  x1, x2 = x_BxLxNxDh[..., :half], x_BxLxNxDh[..., half:]
+  rotated_BxLxNxDh = jnp.concatenate([-x2, x1], axis=-1)
+  cos = cos_BxLxDh.astype(x_BxLxNxDh.dtype)[:, :, None, :]
+  sin = sin_BxLxDh.astype(x_BxLxNxDh.dtype)[:, :, None, :]
+  return x_BxLxNxDh * cos + rotated_BxLxNxDh * sin
+
+
+class Attention(nnx.Module):
+  """Causal multi-head attention with grouped key/value heads and optional rotary embedding."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, h, k, dh = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                   config.head_dim)
+    kw = dict(dtype=_dtype(config), stddev=config.initializer_range, rngs=rngs)
+    self.q_proj = Dense(d, h * dh, use_bias=config.attention_bias, **kw)
+    self.k_proj = Dense(d, k * dh, use_bias=config.attention_bias, **kw)
+    self.v_proj = Dense(d, k * dh, use_bias=config.attention_bias, **kw)
+    self.o_proj = Dense(h * dh, d, use_bias=config.attention_out_bias, **kw)
+    self.num_heads, self.num_kv_heads, self.head_dim = h, k, dh
+    self.use_rope = config.model_type != "gpt2"
+
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, cache: KVCache | None = None,
+               write_pos_B: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Attends from T new positions to S key positions.
+
+    Args:
+      x_BxTxD: inputs of the new positions.
+      rope: (cos, sin) [B, T, Dh] for the new positions, or None (GPT-2).
+      mask_BxTxS: bool, True where query t may attend to key s.
+      cache: None (S == T: keys are the new positions) or a cache of S slots into which the
+        single new position (T == 1) is written at `write_pos_B`.
+      write_pos_B: per-row cache slot of the new position.
+
+    Returns:
+      Outputs [B, T, D] and the keys/values attended to ([B, S, K, Dh] each).
+    """
+    b, t, _ = x_BxTxD.shape
+    h, k, dh = self.num_heads, self.num_kv_heads, self.head_dim
+    q_BxTxHxDh = self.q_proj(x_BxTxD).reshape(b, t, h, dh)
+    k_BxTxKxDh = self.k_proj(x_BxTxD).reshape(b, t, k, dh)
+    v_BxTxKxDh = self.v_proj(x_BxTxD).reshape(b, t, k, dh)
+    if self.use_rope:
+      cos_BxTxDh, sin_BxTxDh = rope
+      q_BxTxHxDh = apply_rope(q_BxTxHxDh, cos_BxTxDh, sin_BxTxDh)
+      k_BxTxKxDh = apply_rope(k_BxTxKxDh, cos_BxTxDh, sin_BxTxDh)
+    if cache is None:
+      keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
+    else:
+      keys_BxSxKxDh, values_BxSxKxDh = cache
+      s = keys_BxSxKxDh.shape[1]
+      write_BxSx1x1 = (jnp.arange(s, dtype=jnp.int32)[None, :] == write_pos_B[:, None])[
+        :, :, None, None]
+      keys_BxSxKxDh = jnp.where(write_BxSx1x1, k_BxTxKxDh, keys_BxSxKxDh)
+      values_BxSxKxDh = jnp.where(write_BxSx1x1, v_BxTxKxDh, values_BxSxKxDh)
+    g = h // k
+    q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, g, dh)
+    scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, keys_BxSxKxDh,
+                                  preferred_element_type=jnp.float32) / math.sqrt(dh)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None, :, :], scores_BxKxGxTxS, _MASK_VALUE)
+    probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(values_BxSxKxDh.dtype)
+    out_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", probs_BxKxGxTxS, values_BxSxKxDh)
+    out_BxTxD = self.o_proj(out_BxTxKxGxDh.reshape(b, t, h * dh))
+    return out_BxTxD, (keys_BxSxKxDh, values_BxSxKxDh)
+
+
+class MLP(nnx.Module):
+  """Gated SiLU MLP (llama/qwen2) or GELU MLP (gpt2)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    kw = dict(use_bias=config.mlp_bias, dtype=_dtype(config), stddev=config.initializer_range,
+              rngs=rngs)
+    self.gated = config.model_type != "gpt2"
+    self.gate_proj = Dense(d, f, **kw) if self.gated else None
+    self.up_proj = Dense(d, f, **kw)
+    self.down_proj = Dense(f, d, **kw)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    if self.gated:
+      hidden_BxLxF = jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD)
+    else:
+      # gelu_new: the tanh approximation.
+      hidden_BxLxF = jax.nn.gelu(self.up_proj(x_BxLxD), approximate=True)
+    return self.down_proj(hidden_BxLxF)
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    norm = LayerNorm if config.model_type == "gpt2" else RMSNorm
+    self.input_norm = norm(config.hidden_size, eps=config.norm_eps, dtype=_dtype(config))
+    self.attn = Attention(config, rngs=rngs)
+    self.post_attn_norm = norm(config.hidden_size, eps=config.norm_eps, dtype=_dtype(config))
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, cache=None, write_pos_B=None):
+    attn_BxTxD, kv = self.attn(self.input_norm(x_BxTxD), rope, mask_BxTxS, cache, write_pos_B)
+    x_BxTxD = x_BxTxD + attn_BxTxD
+    x_BxTxD = x_BxTxD + self.mlp(self.post_attn_norm(x_BxTxD))
+    return x_BxTxD, kv
+
+
+class Decoder(nnx.Module):
+  """Decoder-only language model; `model(input_ids)` returns float32 logits."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    dtype = _dtype(config)
+    std = config.initializer_range
+    d, v = config.hidden_size, config.vocab_size
+    self.embed = nnx.Param(
+      (std * jax.random.normal(rngs.params(), (v, d), jnp.float32)).astype(dtype))  # [V, D]
+    if config.model_type == "gpt2":
+      self.pos_embed = nnx.Param((std * jax.random.normal(
+        rngs.params(), (config.max_position_embeddings, d), jnp.float32)).astype(dtype))  # [P, D]
+    else:
+      self.pos_embed = None
+    self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+    norm = LayerNorm if config.model_type == "gpt2" else RMSNorm
+    self.final_norm = norm(d, eps=config.norm_eps, dtype=dtype)
+    if config.tie_word_embeddings:
+      self.lm_head = None
+    else:
+      self.lm_head = nnx.Param(
+        (std * jax.random.normal(rngs.params(), (d, v), jnp.float32)).astype(dtype))  # [D, V]
+
+  def _run(self, input_ids_BxT, positions_BxT, mask_BxTxS, caches=None, write_pos_B=None):
+    """Runs the blocks; returns final normed hidden [B, T, D] and per-layer keys/values."""
+    config = self.config
+    embed_VxD = self.embed[...]
+    x_BxTxD = jnp.take(embed_VxD, input_ids_BxT, axis=0)
+    if self.pos_embed is not None:
+      pos_PxD = self.pos_embed[...]
+      clipped_BxT = jnp.clip(positions_BxT, 0, pos_PxD.shape[0] - 1)
+      x_BxTxD = x_BxTxD + jnp.take(pos_PxD, clipped_BxT, axis=0)
+      rope = None
+    else:
+      rope = rope_cos_sin(positions_BxT, config.head_dim, config.rope_theta)
+    kvs = []
+    for i, layer in enumerate(self.layers):
+      cache = None if caches is None else caches[i]
+      x_BxTxD, kv = layer(x_BxTxD, rope, mask_BxTxS, cache, write_pos_B)
+      kvs.append(kv)
+    return self.final_norm(x_BxTxD), kvs
+
+  def _logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    if self.lm_head is None:
+      embed_VxD = self.embed[...]
+      return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(embed_VxD.dtype), embed_VxD,
+                        preferred_element_type=jnp.float32)
+    head_DxV = self.lm_head[...]
+    return jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(head_DxV.dtype), head_DxV,
+                      preferred_element_type=jnp.float32)
+
+  @staticmethod
+  def _prefill_mask(input_ids_BxL, attention_mask_BxL):
+    l = input_ids_BxL.shape[1]
+    causal_LxL = jnp.tril(jnp.ones((l, l), dtype=bool))
+    mask_BxLxL = jnp.broadcast_to(causal_LxL[None], (input_ids_BxL.shape[0], l, l))
+    if attention_mask_BxL is not None:
+      mask_BxLxL = mask_BxLxL & (jnp.asarray(attention_mask_BxL) != 0)[:, None, :]
+    return mask_BxLxL
+
+  def hidden_states(self, input_ids: jax.typing.ArrayLike,
+                    attention_mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+    """Final normed hidden states.
+
+    Args:
+      input_ids: [B, L] int token ids (right-padded when `attention_mask` is given).
+      attention_mask: optional [B, L], 1 for real tokens and 0 for padding; padded keys are
+        never attended to. Positions are 0..L-1, as in HF without position_ids.
+
+    Returns:
+      [B, L, D] float32.
+    """
+    input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
+    b, l = input_ids_BxL.shape
+    positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32)[None], (b, l))
+    hidden_BxLxD, _ = self._run(input_ids_BxL, positions_BxL,
+                                self._prefill_mask(input_ids_BxL, attention_mask))
+    return hidden_BxLxD.astype(jnp.float32)
+
+  def __call__(self, input_ids: jax.typing.ArrayLike,
+               attention_mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      input_ids: [B, L] int token ids.
+      attention_mask: optional [B, L], 1 for real tokens and 0 for padding.
+
+    Returns:
+      [B, L, V] float32 logits; logits[:, t] predicts input_ids[:, t + 1].
+    """
+    input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
+    b, l = input_ids_BxL.shape
+    positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32)[None], (b, l))
+    hidden_BxLxD, _ = self._run(input_ids_BxL, positions_BxL,
+                                self._prefill_mask(input_ids_BxL, attention_mask))
+    return self._logits(hidden_BxLxD)
+
+  def prefill(self, input_ids_BxP: jax.Array, attention_mask_BxP: jax.Array):
+    """Forward over a right-padded prompt; returns logits [B, P, V] and per-layer keys/values."""
+    b, p = input_ids_BxP.shape
+    positions_BxP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
+    hidden_BxPxD, kvs = self._run(input_ids_BxP, positions_BxP,
+                                  self._prefill_mask(input_ids_BxP, attention_mask_BxP))
+    return self._logits(hidden_BxPxD), kvs
+
+  def decode_step(self, token_B: jax.Array, pos_B: jax.Array, caches: list[KVCache]):
+    """One cached step: token_B at per-row position pos_B (also its cache slot).
+
+    Returns:
+      logits [B, V] float32 and the updated caches.
+    """
+    s = caches[0][0].shape[1]
+    mask_Bx1xS = (jnp.arange(s, dtype=jnp.int32)[None, :] <= pos_B[:, None])[:, None, :]
+    hidden_Bx1xD, kvs = self._run(token_B[:, None], pos_B[:, None], mask_Bx1xS, caches, pos_B)
+    return self._logits(hidden_Bx1xD)[:, 0], kvs
+
+
+def build_model(config: ModelConfig, *, rngs: nnx.Rngs) -> Decoder:
+  """Builds a randomly initialised decoder (normal(initializer_range) weights, zero biases).
+
+  Args:
+    config: the architecture.
+    rngs: NNX random streams; the `params` stream is used.
+
+  Returns:
+    The model.
+  """
+  if not isinstance(config, ModelConfig):
+    raise ValueError(f"config: expected a ModelConfig, got {type(config).__name__}")
+  return Decoder(config, rngs=rngs)

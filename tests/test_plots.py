@@ -1,0 +1,65 @@
+"""Results-to-figure path: every figure builds from a results file and saves as a PNG."""
+
+import json
+
+import matplotlib.figure
+import pytest
+
+from pacbayes import plots
+from pacbayes.cli import main
+from tests.lab_fixtures import GOOD, make_results
+
+
+@pytest.fixture
+def results_file(tmp_path):
+  path = tmp_path / "results.json"
+  path.write_text(json.dumps(make_results(**GOOD)))
+  return path
+
+
+def test_lab_figures_build_and_save(results_file, tmp_path):
+  results = plots.load_results(results_file)
+  figs = plots.lab_figures(results)
+  assert {"accuracy_heatmap", "slice_accuracy", "gaps_vs_difficulty", "dft_vs_sft",
+          "base_strength"} <= set(figs)
+  for stem, fig in figs.items():
+    assert isinstance(fig, matplotlib.figure.Figure)
+    out = tmp_path / f"{stem}.png"
+    plots.save_figure(fig, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heatmap_values_match_cells(results_file):
+  fig = plots.accuracy_heatmap(plots.load_results(results_file))
+  grid = fig.axes[0].images[0].get_array()
+  assert grid.shape == (3, 3)
+  assert float(grid[2, 2]) == pytest.approx(GOOD["acc"][2][2])
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "slices", "gaps", "g_gen"])
+def test_plot_command_on_lab_results(results_file, tmp_path, kind):
+  out = tmp_path / f"{kind}.png"
+  assert main(["plot", str(results_file), "--kind", kind, "--out", str(out)]) == 0
+  assert out.exists()
+
+
+def test_plot_command_on_bound_reports(tmp_path):
+  paths = []
+  for i in range(3):
+    p = tmp_path / f"r{i}.json"
+    p.write_text(json.dumps({"emp_risk": 0.1, "epsilon": 0.02, "g_gen": 0.1 * i,
+                             "g_ext": 0.3 - 0.1 * i, "bound": 0.42}))
+    paths.append(str(p))
+  out = tmp_path / "terms.png"
+  assert main(["plot", *paths, "--out", str(out)]) == 0
+  assert out.exists()
+
+
+def test_plot_command_bad_file_is_one_line(tmp_path, capsys):
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({"hello": 1}))
+  out = tmp_path / "x.png"
+  assert main(["plot", str(bad), "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "bad.json" in err[0]
+  assert not out.exists()
