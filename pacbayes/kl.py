@@ -249,6 +249,7 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
   if not isinstance(header, dict):
     raise CheckpointError(f"{path}: safetensors header is not a JSON object.")
   start = 8 + header_len
+  file_size = os.path.getsize(path)
   infos = {}
   for name, entry in header.items():
     if name == "__metadata__":
@@ -259,7 +260,13 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
       raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}.") from e
     if dtype not in _DTYPES:
       raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}.")
-    infos[name] = _TensorInfo(path, dtype, tuple(int(s) for s in shape), start + begin, start + end)
+    shape = tuple(int(s) for s in shape)
+    if end - begin != math.prod(shape) * _DTYPES[dtype].itemsize or start + end > file_size:
+      raise CheckpointError(
+        f"{path}: tensor {name!r} ({dtype}, shape {shape}) does not fit its byte range "
+        f"[{begin}, {end}) in a file of {file_size} bytes: the file is truncated or malformed."
+      )
+    infos[name] = _TensorInfo(path, dtype, shape, start + begin, start + end)
   return infos
 
 
@@ -276,6 +283,9 @@ class SafetensorsFolder:
   Args:
     folder: the checkpoint folder.
     require_config: also require ``config.json`` (a complete HF model folder).
+    direct: read tensor bytes with plain file reads at the header's offsets instead of
+      ``safe_open`` (bit-identical; no memory map, so the resident size stays at one block
+      rather than one tensor, and reading is faster on some file systems).
 
   Raises:
     CheckpointError: (a ValueError) naming the folder, file or tensor that is missing or
@@ -285,10 +295,13 @@ class SafetensorsFolder:
   # None: probe on the first bfloat16 read whether safe_open can return it to NumPy.
   _native_bf16: bool | None = None
 
-  def __init__(self, folder: str | os.PathLike, *, require_config: bool = False):
+  def __init__(
+    self, folder: str | os.PathLike, *, require_config: bool = False, direct: bool = False
+  ):
     self.path = os.fspath(folder)
+    self.direct = direct
     if not os.path.isdir(self.path):
-      raise CheckpointError(f"checkpoint folder {self.path!r} does not exist.")
+      raise CheckpointError(f"checkpoint folder {self.path!r} does not exist (or is a file).")
     if require_config and not os.path.isfile(os.path.join(self.path, CONFIG_FILE)):
       raise CheckpointError(f"checkpoint folder {self.path!r} has no {CONFIG_FILE}.")
     single = os.path.join(self.path, SINGLE_FILE)
@@ -372,7 +385,7 @@ class SafetensorsFolder:
 
   def _blocks(self, name: str, blocks: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
     info = self._info(name)
-    if info.dtype == "BF16" and not self._bf16_native_ok(name):
+    if self.direct or (info.dtype == "BF16" and not self._bf16_native_ok(name)):
       for r0, r1 in blocks:
         yield self._read_raw(name, r0, r1)
       return
@@ -654,24 +667,28 @@ def checkpoint_kl(
       "over no parameters."
     )
 
-  iterator = names_p
+  # Unperturbed tensors first, so that an infinite KL is refused before the long pass, and
+  # every sigma is validated before any reading.
+  excluded = [name for name in names_p if not chosen[name]]
+  todo = [name for name in names_p if chosen[name]]
+  scales = {name: (sigma_q_of(name), sigma_p_of(name)) for name in todo}
+  iterator = excluded + todo
   if progress:
     from tqdm.auto import tqdm
 
-    iterator = tqdm(names_p, desc="checkpoint KL", unit="tensor")
+    iterator = tqdm(iterator, desc="checkpoint KL", unit="tensor")
 
-  tensors, excluded = [], []
+  tensors = []
   for name in iterator:
-    if chosen[name]:
-      s_q, s_p = sigma_q_of(name), sigma_p_of(name)
-      sq = _tensor_sq_distance(src_p, src_q, name)
-      count = math.prod(src_p.shape(name))
-      tensors.append(
-        TensorKL(name, src_p.shape(name), count, sq, _kl_terms(count, sq, s_q, s_p), s_q, s_p)
-      )
-    else:
+    if not chosen[name]:
       _check_identical(src_p, src_q, name)
-      excluded.append(name)
+      continue
+    s_q, s_p = scales[name]
+    sq = _tensor_sq_distance(src_p, src_q, name)
+    count = math.prod(src_p.shape(name))
+    tensors.append(
+      TensorKL(name, src_p.shape(name), count, sq, _kl_terms(count, sq, s_q, s_p), s_q, s_p)
+    )
 
   return CheckpointKL(
     kl=math.fsum(t.kl for t in tensors),
@@ -684,11 +701,6 @@ def checkpoint_kl(
   )
 
 
-def _blocks64(src_p, src_q, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  for a, b in zip(src_p.iter_rows(name), src_q.iter_rows(name), strict=True):
-    yield np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-
-
 def _raise_non_finite(src_p, src_q, name: str) -> None:
   for src in (src_p, src_q):
     for block in src.iter_rows(name):
@@ -698,9 +710,10 @@ def _raise_non_finite(src_p, src_q, name: str) -> None:
 
 def _tensor_sq_distance(src_p, src_q, name: str) -> float:
   parts = []
-  for a, b in _blocks64(src_p, src_q, name):
-    np.subtract(b, a, out=b)
-    parts.append(float(np.dot(b, b)))
+  for a, b in zip(src_p.iter_rows(name), src_q.iter_rows(name), strict=True):
+    # The ufunc upcasts block by block: no float64 copies of the inputs are made.
+    d = np.subtract(b, a, dtype=np.float64).ravel()
+    parts.append(float(np.dot(d, d)))
   sq = math.fsum(parts)
   if not math.isfinite(sq):
     _raise_non_finite(src_p, src_q, name)

@@ -447,24 +447,39 @@ def _standardised_logits(params, mean_D, scale_D, x_NxD):
   return _logits(params, z_NxD)
 
 
-def _fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 50) -> tuple[float, float]:
-  """Class-balanced Platt scaling `a * f + b` by Newton's method (float64, 2 parameters)."""
-  f = logits.astype(np.float64)
+def _fit_platt(logits: np.ndarray, labels: np.ndarray, iters: int = 100) -> tuple[float, float]:
+  """Class-balanced Platt scaling `a * f + b`: damped Newton in float64 on 2 parameters."""
   y = labels.astype(np.float64)
   w = np.where(y > 0, 0.5 / max(1, int(y.sum())), 0.5 / max(1, int((1 - y).sum())))
-  feats = np.stack([f, np.ones_like(f)], axis=1)
+  f = logits.astype(np.float64)
+  f_scale = float(np.std(f)) or 1.0  # Work on f / f_scale so that the start a = 1 is sane.
+  feats = np.stack([f / f_scale, np.ones_like(f)], axis=1)
+  ridge = 1e-8
+
+  def objective(theta):
+    z = feats @ theta
+    return float(np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * ridge * theta @ theta)
+
   theta = np.array([1.0, 0.0])
-  ridge = 1e-6 * np.eye(2)
+  value = objective(theta)
   for _ in range(iters):
     z = feats @ theta
-    p = 1.0 / (1.0 + np.exp(-z))
-    grad = feats.T @ (w * (p - y)) + ridge @ theta
-    hess = (feats * (w * p * (1 - p))[:, None]).T @ feats + ridge
+    p = np.exp(-np.logaddexp(0.0, -z))  # Stable sigmoid.
+    grad = feats.T @ (w * (p - y)) + ridge * theta
+    hess = (feats * (w * p * (1 - p))[:, None]).T @ feats + ridge * np.eye(2)
     step = np.linalg.solve(hess, grad)
-    theta = theta - step
-    if np.max(np.abs(step)) < 1e-10:
+    t = 1.0
+    while t > 1e-10:  # Backtracking keeps Newton from overshooting on saturated logits.
+      new_value = objective(theta - t * step)
+      if new_value <= value:
+        break
+      t *= 0.5
+    else:
       break
-  return float(theta[0]), float(theta[1])
+    theta, decrease, value = theta - t * step, value - new_value, new_value
+    if decrease < 1e-14:
+      break
+  return float(theta[0] / f_scale), float(theta[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,6 +496,9 @@ class ClassifierTVResult:
     num_fit_train, num_fit_test, num_heldout_train, num_heldout_test: split sizes.
     delta, seed, model: the call's settings.
     calibration: (a, b) of the Platt map applied to the raw logit for the density ratio.
+    params, mean, scale: the fitted classifier and the standardisation of its inputs.
+    heldout_train, heldout_test: row indices of the held-out split of each side (rows the
+      classifier never saw: evaluate `density_ratio` there for `importance_weighted_gap`).
   """
 
   estimate: float
@@ -502,6 +520,8 @@ class ClassifierTVResult:
   params: dict[str, Any] = dataclasses.field(repr=False)
   mean: np.ndarray = dataclasses.field(repr=False)
   scale: np.ndarray = dataclasses.field(repr=False)
+  heldout_train: np.ndarray = dataclasses.field(repr=False)
+  heldout_test: np.ndarray = dataclasses.field(repr=False)
 
   def raw_logits(self, x: Any) -> np.ndarray:
     """Uncalibrated classifier logits [N] (> 0 predicts "test") on raw features x [N, D]."""
@@ -531,7 +551,7 @@ class ClassifierTVResult:
     n_tr = self.num_fit_train + self.num_heldout_train
     n_te = self.num_fit_test + self.num_heldout_test
     z = self.log_density_ratio(x) + math.log(n_te / n_tr)
-    return 1.0 / (1.0 + np.exp(-z))
+    return np.exp(-np.logaddexp(0.0, -z))
 
   def to_dict(self) -> dict[str, Any]:
     return {
@@ -554,10 +574,10 @@ def tv_classifier(
     model: str = "logistic",
     test_fraction: float = 0.5,
     steps: int | None = None,
-    l2: float = 1e-3,
+    l2: float | None = None,
     hidden: int = 64,
     batch_size: int = 1024,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 1e-2,
     calibrate: bool = True,
 ) -> ClassifierTVResult:
   """Estimates TV(D_test, D_train) with a domain classifier, and bounds it from below.
@@ -584,7 +604,8 @@ def tv_classifier(
       GELU layer, Adam on balanced minibatches).
     test_fraction: held-out share of each side, in (0, 1).
     steps: optimiser steps (default 100 for logistic, 500 for mlp).
-    l2: L2 penalty on the weights (features are standardised, loss is a mean).
+    l2: L2 penalty on the weights (features are standardised, loss is a mean); default
+      1e-4 for logistic, 1e-2 for mlp.
     hidden: MLP width.
     batch_size: MLP minibatch size (half from each side).
     learning_rate: MLP Adam learning rate.
@@ -608,6 +629,8 @@ def tv_classifier(
     raise ShiftError(f"test_fraction must lie in (0, 1), got {test_fraction}")
   if steps is None:
     steps = 100 if model == "logistic" else 500
+  if l2 is None:
+    l2 = 1e-4 if model == "logistic" else 1e-2
   if int(steps) < 1:
     raise ShiftError(f"steps must be >= 1, got {steps}")
   if l2 < 0:
@@ -699,6 +722,8 @@ def tv_classifier(
       params=params,
       mean=mean,
       scale=scale,
+      heldout_train=hold0,
+      heldout_test=hold1,
   )
 
 
@@ -826,7 +851,10 @@ def shift_report(
                                      lines=lines_train)
     x_test = features.hashed_ngrams(rows_test, dim=ngram_dim, source=str(test_path),
                                     lines=lines_test)
-    res = tv_classifier(x_train, x_test, delta, seed, model=model)
+    try:
+      res = tv_classifier(x_train, x_test, delta, seed, model=model)
+    except ShiftError as e:
+      raise ShiftError(f"{train_path} vs {test_path} (n-gram features): {e}") from None
     report["tv"] = {
         "estimate": _entry(res.estimate, KIND_ESTIMATE),
         "upper": _entry(None, KIND_ESTIMATE),

@@ -80,7 +80,7 @@ class Dataset:
       arr = getattr(self, name)
       if not isinstance(arr, np.ndarray) or arr.shape != ids.shape or arr.dtype != np.int32:
         raise ValueError(f"Dataset.{name}: expected an int32 array of shape {ids.shape}")
-      if not np.isin(arr, (0, 1)).all():
+      if arr.min() < 0 or arr.max() > 1:
         raise ValueError(f"Dataset.{name}: expected values 0 or 1")
     att, lm = self.attention_mask, self.loss_mask
     lengths = att.sum(axis=1)
@@ -132,31 +132,31 @@ class Dataset:
     if (idx < -len(self)).any() or (idx >= len(self)).any():
       raise ValueError(f"subset: indices must lie in [0, {len(self)})")
     return dataclasses.replace(
-        self,
-        input_ids=self.input_ids[idx],
-        attention_mask=self.attention_mask[idx],
-        loss_mask=self.loss_mask[idx],
-        prompt_lengths=self.prompt_lengths[idx],
-        difficulty=None if self.difficulty is None else self.difficulty[idx],
-        answers=None if self.answers is None else [self.answers[i] for i in idx],
-        line_numbers=self.line_numbers[idx],
+      self,
+      input_ids=self.input_ids[idx],
+      attention_mask=self.attention_mask[idx],
+      loss_mask=self.loss_mask[idx],
+      prompt_lengths=self.prompt_lengths[idx],
+      difficulty=None if self.difficulty is None else self.difficulty[idx],
+      answers=None if self.answers is None else [self.answers[i] for i in idx],
+      line_numbers=self.line_numbers[idx],
     )
 
   @classmethod
   def from_rows(
-      cls,
-      rows: Sequence[Mapping[str, Any]],
-      *,
-      tokenizer: Any = None,
-      tokenizer_dir: str | os.PathLike | None = None,
-      vocab_size: int | None = None,
-      max_length: int | None = None,
-      pad_id: int = 0,
-      pad_length: int | None = None,
-      on_overflow: str = "truncate",
-      add_eos: bool = True,
-      source: str = "<memory>",
-      line_numbers: Sequence[int] | None = None,
+    cls,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    vocab_size: int | None = None,
+    max_length: int | None = None,
+    pad_id: int = 0,
+    pad_length: int | None = None,
+    on_overflow: str = "truncate",
+    add_eos: bool = True,
+    source: str = "<memory>",
+    line_numbers: Sequence[int] | None = None,
   ) -> Dataset:
     """Builds a dataset from in-memory rows (same formats and checks as `load_dataset`).
 
@@ -180,31 +180,31 @@ class Dataset:
       DataError: a row is malformed; the message is ``"source:line: what is wrong"``.
     """
     return _build(
-        rows,
-        source=source,
-        line_numbers=line_numbers,
-        tokenizer=tokenizer,
-        tokenizer_dir=tokenizer_dir,
-        vocab_size=vocab_size,
-        max_length=max_length,
-        pad_id=pad_id,
-        pad_length=pad_length,
-        on_overflow=on_overflow,
-        add_eos=add_eos,
+      rows,
+      source=source,
+      line_numbers=line_numbers,
+      tokenizer=tokenizer,
+      tokenizer_dir=tokenizer_dir,
+      vocab_size=vocab_size,
+      max_length=max_length,
+      pad_id=pad_id,
+      pad_length=pad_length,
+      on_overflow=on_overflow,
+      add_eos=add_eos,
     )
 
 
 def load_dataset(
-    path: str | os.PathLike,
-    *,
-    tokenizer_dir: str | os.PathLike | None = None,
-    vocab_size: int | None = None,
-    max_length: int | None = None,
-    pad_id: int = 0,
-    tokenizer: Any = None,
-    pad_length: int | None = None,
-    on_overflow: str = "truncate",
-    add_eos: bool = True,
+  path: str | os.PathLike,
+  *,
+  tokenizer_dir: str | os.PathLike | None = None,
+  vocab_size: int | None = None,
+  max_length: int | None = None,
+  pad_id: int = 0,
+  tokenizer: Any = None,
+  pad_length: int | None = None,
+  on_overflow: str = "truncate",
+  add_eos: bool = True,
 ) -> Dataset:
   """Reads a JSONL dataset (DESIGN.md §3) into a `Dataset`.
 
@@ -235,17 +235,17 @@ def load_dataset(
   path = os.fspath(path)
   rows, lines = read_jsonl_with_lines(path)
   return _build(
-      rows,
-      source=path,
-      line_numbers=lines,
-      tokenizer=tokenizer,
-      tokenizer_dir=tokenizer_dir,
-      vocab_size=vocab_size,
-      max_length=max_length,
-      pad_id=pad_id,
-      pad_length=pad_length,
-      on_overflow=on_overflow,
-      add_eos=add_eos,
+    rows,
+    source=path,
+    line_numbers=lines,
+    tokenizer=tokenizer,
+    tokenizer_dir=tokenizer_dir,
+    vocab_size=vocab_size,
+    max_length=max_length,
+    pad_id=pad_id,
+    pad_length=pad_length,
+    on_overflow=on_overflow,
+    add_eos=add_eos,
   )
 
 
@@ -276,10 +276,10 @@ def _check_string(value: Any, key: str, where: str) -> str:
 
 
 _FORMATS = {
-    "input_ids": ("input_ids",),
-    "text": ("text",),
-    "prompt": ("prompt", "completion"),
-    "prompt_ids": ("prompt_ids", "completion_ids"),
+  "input_ids": ("input_ids",),
+  "text": ("text",),
+  "prompt": ("prompt", "completion"),
+  "prompt_ids": ("prompt_ids", "completion_ids"),
 }
 
 
@@ -287,13 +287,13 @@ def _row_kind(row: Mapping[str, Any], where: str) -> str:
   present = [kind for kind, keys in _FORMATS.items() if any(k in row for k in keys)]
   if not present:
     raise DataError(
-        f"{where}: the row has none of 'input_ids', 'text', 'prompt'+'completion', "
-        f"'prompt_ids'+'completion_ids' (keys: {sorted(row)})"
+      f"{where}: the row has none of 'input_ids', 'text', 'prompt'+'completion', "
+      f"'prompt_ids'+'completion_ids' (keys: {sorted(row)})"
     )
   if len(present) > 1:
     raise DataError(
-        f"{where}: the row mixes formats {present}; give exactly one of 'input_ids', 'text', "
-        "'prompt'+'completion', 'prompt_ids'+'completion_ids'"
+      f"{where}: the row mixes formats {present}; give exactly one of 'input_ids', 'text', "
+      "'prompt'+'completion', 'prompt_ids'+'completion_ids'"
     )
   kind = present[0]
   for key in _FORMATS[kind]:
@@ -304,18 +304,18 @@ def _row_kind(row: Mapping[str, Any], where: str) -> str:
 
 
 def _build(
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    source: str,
-    line_numbers: Sequence[int] | None,
-    tokenizer: Any,
-    tokenizer_dir: str | os.PathLike | None,
-    vocab_size: int | None,
-    max_length: int | None,
-    pad_id: int,
-    pad_length: int | None,
-    on_overflow: str,
-    add_eos: bool,
+  rows: Sequence[Mapping[str, Any]],
+  *,
+  source: str,
+  line_numbers: Sequence[int] | None,
+  tokenizer: Any,
+  tokenizer_dir: str | os.PathLike | None,
+  vocab_size: int | None,
+  max_length: int | None,
+  pad_id: int,
+  pad_length: int | None,
+  on_overflow: str,
+  add_eos: bool,
 ) -> Dataset:
   if not rows:
     raise DataError(f"{source}: no rows")
@@ -369,18 +369,18 @@ def _build(
       if tokenizer_dir is None:
         first = min(from_tokenizer)
         raise DataError(
-            f"{wheres[first]}: the row holds {kinds[first]!r} strings but no tokenizer was "
-            "given (pass tokenizer_dir, e.g. the checkpoint folder, or use token id rows)"
+          f"{wheres[first]}: the row holds {kinds[first]!r} strings but no tokenizer was "
+          "given (pass tokenizer_dir, e.g. the checkpoint folder, or use token id rows)"
         )
       tokenizer = _tok.load_tokenizer(tokenizer_dir)
     encoded = _tok.encode_texts(tokenizer, [rows[i]["text"] for i in text_rows])
     for i, ids in zip(text_rows, encoded, strict=True):
       parts[i] = (np.asarray(ids, np.int64), np.zeros((0,), np.int64))
     pairs = _tok.encode_prompt_completions(
-        tokenizer,
-        [rows[i]["prompt"] for i in pc_rows],
-        [rows[i]["completion"] for i in pc_rows],
-        add_eos=add_eos,
+      tokenizer,
+      [rows[i]["prompt"] for i in pc_rows],
+      [rows[i]["completion"] for i in pc_rows],
+      add_eos=add_eos,
     )
     for i, (p, c) in zip(pc_rows, pairs, strict=True):
       if not c:
@@ -396,8 +396,7 @@ def _build(
     if vocab_size is not None and seq.max() >= vocab_size:
       origin = " (from the tokenizer)" if i in from_tokenizer else ""
       raise DataError(
-          f"{where}: token id {int(seq.max())}{origin} is outside the vocabulary "
-          f"[0, {vocab_size})"
+        f"{where}: token id {int(seq.max())}{origin} is outside the vocabulary [0, {vocab_size})"
       )
     truncated = max_length is not None and seq.size > max_length
     if truncated:
@@ -417,7 +416,9 @@ def _build(
   if pad_length is None:
     pad_length = longest
   elif not isinstance(pad_length, int) or pad_length < longest:
-    raise ValueError(f"pad_length: expected an int >= the longest row ({longest}), got {pad_length!r}")
+    raise ValueError(
+      f"pad_length: expected an int >= the longest row ({longest}), got {pad_length!r}"
+    )
   input_ids = np.full((n, pad_length), pad_id, np.int32)
   attention_mask = np.zeros((n, pad_length), np.int32)
   loss_mask = np.zeros((n, pad_length), np.int32)
@@ -428,16 +429,16 @@ def _build(
     loss_mask[i, first_target : seq.size] = 1
 
   return Dataset(
-      input_ids=input_ids,
-      attention_mask=attention_mask,
-      loss_mask=loss_mask,
-      prompt_lengths=prompt_lengths,
-      difficulty=_collect_difficulty(rows, wheres),
-      answers=_collect_answers(rows, wheres),
-      source=source,
-      line_numbers=np.asarray(lines, np.int64),
-      num_truncated=num_truncated,
-      pad_id=pad_id,
+    input_ids=input_ids,
+    attention_mask=attention_mask,
+    loss_mask=loss_mask,
+    prompt_lengths=prompt_lengths,
+    difficulty=_collect_difficulty(rows, wheres),
+    answers=_collect_answers(rows, wheres),
+    source=source,
+    line_numbers=np.asarray(lines, np.int64),
+    num_truncated=num_truncated,
+    pad_id=pad_id,
   )
 
 
@@ -447,8 +448,8 @@ def _all_or_none(rows: Sequence[Mapping[str, Any]], wheres: list[str], key: str)
     i = has.index(False)
     j = has.index(True)
     raise DataError(
-        f"{wheres[i]}: the row has no {key!r}, but other rows do (e.g. {wheres[j]}); "
-        "give it on every row or on none"
+      f"{wheres[i]}: the row has no {key!r}, but other rows do (e.g. {wheres[j]}); "
+      "give it on every row or on none"
     )
   return all(has)
 
@@ -478,12 +479,12 @@ def _collect_answers(rows, wheres) -> list[str] | None:
 
 
 def iterate_batches(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    pad_to_multiple: bool = True,
-    key: Any = None,
-    extra: Sequence[str] = (),
+  dataset: Dataset,
+  batch_size: int,
+  *,
+  pad_to_multiple: bool = True,
+  key: Any = None,
+  extra: Sequence[str] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields the dataset in batches of a fixed shape.
 
@@ -520,10 +521,10 @@ def iterate_batches(
     real = idx.size
     size = batch_size if pad_to_multiple else real
     batch = {
-        "input_ids": np.full((size, dataset.max_length), dataset.pad_id, np.int32),
-        "attention_mask": np.zeros((size, dataset.max_length), np.int32),
-        "loss_mask": np.zeros((size, dataset.max_length), np.int32),
-        "weight": np.zeros((size,), np.float32),
+      "input_ids": np.full((size, dataset.max_length), dataset.pad_id, np.int32),
+      "attention_mask": np.zeros((size, dataset.max_length), np.int32),
+      "loss_mask": np.zeros((size, dataset.max_length), np.int32),
+      "weight": np.zeros((size,), np.float32),
     }
     batch["input_ids"][:real] = dataset.input_ids[idx]
     batch["attention_mask"][:real] = dataset.attention_mask[idx]
@@ -618,7 +619,7 @@ def assign_buckets(values: Any, edges: Any) -> np.ndarray:
 
 
 def bucket_by_quantiles(
-    values: Any, k: int = 3, names: Sequence[str] | None = ("easy", "medium", "hard")
+  values: Any, k: int = 3, names: Sequence[str] | None = ("easy", "medium", "hard")
 ) -> Buckets:
   """Splits values into ``k`` equal-count buckets by rank (the paper's easy/medium/hard thirds).
 

@@ -53,6 +53,8 @@ SYMBOLS = ("=", ";", "?", *OPERATORS, ANSWER)
 VARIABLES = tuple("abcdefghijklmnopqrstuvwxyz")
 VOCAB = SPECIAL_TOKENS + DIGITS + SYMBOLS + VARIABLES
 PAD_ID, BOS_ID, EOS_ID, SEP_ID, UNK_ID = range(5)
+# Special tokens split off even without surrounding spaces; everything else splits on spaces.
+_TOKEN_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS) + r"|[^\s<]+|<")
 VOCAB_SIZE = len(VOCAB)
 
 DEFAULT_MODULUS = 7
@@ -138,13 +140,16 @@ class Problem:
 
   @property
   def num_distractors(self) -> int:
+    """Statements that the query does not need."""
     return len(self.statements) - len(self.order)
 
   @property
   def answer(self) -> int:
+    """The value of the query variable."""
     return self.values[self.query]
 
   def prompt_tokens(self) -> list[str]:
+    """``<bos> stmt ; ... stmt ; ? query <sep>``, statements in prompt order."""
     toks = [BOS]
     for s in self.statements:
       toks += s.tokens()
@@ -153,6 +158,7 @@ class Problem:
     return toks
 
   def completion_tokens(self) -> list[str]:
+    """``v = x op y = value ;`` per needed statement in canonical order, ``answer r <eos>``."""
     toks = []
     for i in self.order:
       s = self.statements[i]
@@ -163,10 +169,12 @@ class Problem:
 
   @property
   def prompt(self) -> str:
+    """The prompt as space-separated text."""
     return " ".join(self.prompt_tokens())
 
   @property
   def completion(self) -> str:
+    """The completion as space-separated text (ending in ``<eos>``)."""
     return " ".join(self.completion_tokens())
 
   def key(self) -> str:
@@ -241,6 +249,8 @@ def _solve(
       if j not in needed:
         needed.add(j)
         stack.append(j)
+  if len(needed) == len(statements):
+    return tuple(full), values
   return tuple(kahn(needed)), values
 
 
@@ -278,6 +288,8 @@ def generate_problem(
     A `Problem` with ``problem.num_ops == num_ops``.
   """
   _check_modulus(modulus)
+  if not isinstance(rng, np.random.Generator):
+    raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
   k, d = int(num_ops), int(num_distractors)
   if k < 1:
     raise ValueError(f"num_ops: expected an int >= 1, got {num_ops!r}")
@@ -326,7 +338,9 @@ def _normalize_ops(ops: int | Sequence[int] | Mapping[int, float]) -> tuple[np.n
     values = [int(k) for k in ops]
     probs = [1.0] * len(values)
   else:
-    raise ValueError(f"ops: expected an int, a sequence of ints or a dict {{ops: prob}}, got {ops!r}")
+    raise ValueError(
+      f"ops: expected an int, a sequence of ints or a dict {{ops: prob}}, got {ops!r}"
+    )
   p = np.asarray(probs, dtype=np.float64)
   if not values or np.any(p < 0) or not np.isfinite(p).all() or p.sum() <= 0:
     raise ValueError(f"ops: expected a non-empty mixture with non-negative weights, got {ops!r}")
@@ -335,28 +349,52 @@ def _normalize_ops(ops: int | Sequence[int] | Mapping[int, float]) -> tuple[np.n
   return np.asarray(values, dtype=np.int64), p / p.sum()
 
 
-def problem_to_row(problem: Problem, tokenizer: SyntheticTokenizer | None = None) -> dict[str, Any]:
-  """One JSONL row (DESIGN.md §3) for a problem.
+ROW_FORMATS = ("ids", "text")
 
-  The row holds ``prompt`` and ``completion`` text, ``input_ids`` (prompt then completion
-  ids), ``prompt_length`` (number of prompt ids, so the loss can skip them), ``difficulty``
-  (the op count), ``answer`` (the digit as a string), ``num_distractors``, ``modulus`` and
-  ``key`` (see `Problem.key`).
+
+def problem_to_row(
+  problem: Problem, *, row_format: str = "ids", tokenizer: SyntheticTokenizer | None = None
+) -> dict[str, Any]:
+  """One JSONL row (DESIGN.md §3, as `pacbayes.data.dataset` reads it) for a problem.
+
+  Both formats give the same token ids to `pacbayes.data.dataset.load_dataset` (with the
+  tokenizer of `save_tokenizer` and the default ``add_eos=True`` for text rows), and the loss
+  falls on the completion only.
+
+  Args:
+    problem: the problem.
+    row_format: ``"ids"``: ``prompt_ids`` (``<bos>`` .. ``<sep>``) and ``completion_ids``
+      (.. ``<eos>``), used verbatim, with the text beside them as ``prompt_text`` and
+      ``completion_text`` (ignored by the loader); no tokenizer is needed to load them.
+      ``"text"``: ``prompt`` and ``completion`` strings, the completion without its final
+      ``<eos>``, which the loader appends from the tokenizer.
+    tokenizer: reused across rows for speed (default: a new `SyntheticTokenizer`).
+
+  Returns:
+    The row; both formats also hold ``difficulty`` (the op count, int), ``answer`` (the
+    digit as a string), ``num_distractors``, ``modulus`` and ``key`` (`Problem.key`).
   """
-  tokenizer = tokenizer or SyntheticTokenizer()
-  p_ids = tokenizer.convert_tokens_to_ids(problem.prompt_tokens())
-  c_ids = tokenizer.convert_tokens_to_ids(problem.completion_tokens())
-  return {
-    "prompt": problem.prompt,
-    "completion": problem.completion,
-    "input_ids": p_ids + c_ids,
-    "prompt_length": len(p_ids),
-    "difficulty": problem.num_ops,
-    "answer": str(problem.answer),
-    "num_distractors": problem.num_distractors,
-    "modulus": problem.modulus,
-    "key": problem.key(),
-  }
+  p_toks, c_toks = problem.prompt_tokens(), problem.completion_tokens()
+  if row_format == "ids":
+    tokenizer = tokenizer or SyntheticTokenizer()
+    row = {
+      "prompt_ids": tokenizer.convert_tokens_to_ids(p_toks),
+      "completion_ids": tokenizer.convert_tokens_to_ids(c_toks),
+      "prompt_text": " ".join(p_toks),
+      "completion_text": " ".join(c_toks),
+    }
+  elif row_format == "text":
+    row = {"prompt": " ".join(p_toks), "completion": " ".join(c_toks[:-1])}
+  else:
+    raise ValueError(f"row_format: expected one of {ROW_FORMATS}, got {row_format!r}")
+  row.update(
+    difficulty=problem.num_ops,
+    answer=str(problem.answer),
+    num_distractors=problem.num_distractors,
+    modulus=problem.modulus,
+    key=problem.key(),
+  )
+  return row
 
 
 def generate_problems(
@@ -413,6 +451,7 @@ def generate_dataset(
   num_distractors: int = 0,
   exclude: Iterable[str] = (),
   unique: bool = False,
+  row_format: str = "ids",
 ) -> list[dict[str, Any]]:
   """Generates JSONL rows of synthetic problems, deterministically from ``seed``.
 
@@ -428,16 +467,24 @@ def generate_dataset(
     exclude: problem keys (`Problem.key`, the rows' ``key``) never to emit, e.g. a test
       set's keys when generating its training set; rejected draws are redrawn.
     unique: also never emit a key twice within this dataset.
+    row_format: ``"ids"`` or ``"text"``, see `problem_to_row`.
 
   Returns:
     Rows as made by `problem_to_row`.
   """
+  if row_format not in ROW_FORMATS:
+    raise ValueError(f"row_format: expected one of {ROW_FORMATS}, got {row_format!r}")
   problems = generate_problems(
-    num_examples, ops, seed=seed, modulus=modulus, num_distractors=num_distractors,
-    exclude=exclude, unique=unique,
+    num_examples,
+    ops,
+    seed=seed,
+    modulus=modulus,
+    num_distractors=num_distractors,
+    exclude=exclude,
+    unique=unique,
   )
   tokenizer = SyntheticTokenizer()
-  return [problem_to_row(p, tokenizer) for p in problems]
+  return [problem_to_row(p, row_format=row_format, tokenizer=tokenizer) for p in problems]
 
 
 def generate_splits(
@@ -450,6 +497,7 @@ def generate_splits(
   modulus: int = DEFAULT_MODULUS,
   num_distractors: int = 0,
   dedup: bool = True,
+  row_format: str = "ids",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """Train and test rows from independent child seeds; train avoids test problems if ``dedup``.
 
@@ -458,13 +506,22 @@ def generate_splits(
   """
   train_seed, test_seed = np.random.SeedSequence(seed).spawn(2)
   test = generate_dataset(
-    test_size, train_ops if test_ops is None else test_ops, seed=test_seed, modulus=modulus,
+    test_size,
+    train_ops if test_ops is None else test_ops,
+    seed=test_seed,
+    modulus=modulus,
     num_distractors=num_distractors,
+    row_format=row_format,
   )
   exclude = {r["key"] for r in test} if dedup else ()
   train = generate_dataset(
-    train_size, train_ops, seed=train_seed, modulus=modulus, num_distractors=num_distractors,
+    train_size,
+    train_ops,
+    seed=train_seed,
+    modulus=modulus,
+    num_distractors=num_distractors,
     exclude=exclude,
+    row_format=row_format,
   )
   return train, test
 
@@ -496,19 +553,21 @@ class SyntheticTokenizer:
 
   vocab = VOCAB
   pad_id, bos_id, eos_id, sep_id, unk_id = PAD_ID, BOS_ID, EOS_ID, SEP_ID, UNK_ID
-  _SPLIT = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS) + r"|[^\s<]+|<")
 
   def __init__(self):
     self.token_to_id = {t: i for i, t in enumerate(VOCAB)}
 
   @property
   def vocab_size(self) -> int:
+    """48: 5 special tokens, digits 0-9, ``= ; ? + - * answer`` and a-z."""
     return len(VOCAB)
 
   def tokenize(self, text: str) -> list[str]:
-    return self._SPLIT.findall(text)
+    """The symbols of ``text``."""
+    return _TOKEN_RE.findall(text)
 
   def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
+    """Ids of symbols; raises `ValueError` on a symbol outside the vocabulary."""
     try:
       return [self.token_to_id[t] for t in tokens]
     except KeyError as e:
@@ -540,7 +599,11 @@ class SyntheticTokenizer:
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
       tokenizer_object=tok,
-      pad_token=PAD, bos_token=BOS, eos_token=EOS, sep_token=SEP, unk_token=UNK,
+      pad_token=PAD,
+      bos_token=BOS,
+      eos_token=EOS,
+      sep_token=SEP,
+      unk_token=UNK,
       clean_up_tokenization_spaces=False,
       padding_side="right",
     )
@@ -631,7 +694,7 @@ def parse_problem(prompt_text: str, *, modulus: int = DEFAULT_MODULUS) -> Proble
   for i in range(0, len(body), 6):
     t, eq, a, op, b, semi = body[i : i + 6]
     if eq != "=" or semi != ";":
-      raise ValueError(f"prompt_text: cannot read statement {' '.join(body[i:i + 6])!r}")
+      raise ValueError(f"prompt_text: cannot read statement {' '.join(body[i : i + 6])!r}")
     a_ = int(a) if a.isdigit() else a
     b_ = int(b) if b.isdigit() else b
     statements.append(Statement(t, a_, op, b_))
@@ -643,7 +706,7 @@ def extract_answer(completion_text: str) -> str | None:
 
   Text after the first ``<eos>`` is ignored; returns None when no digit follows ``answer``.
   """
-  toks = SyntheticTokenizer._SPLIT.findall(completion_text)
+  toks = _TOKEN_RE.findall(completion_text)
   if EOS in toks:
     toks = toks[: toks.index(EOS)]
   if ANSWER not in toks:
@@ -667,7 +730,7 @@ def verify_cot(completion_text: str, prompt_text: str, *, modulus: int = DEFAULT
     return False
   stated = {s.target: s for s in problem.statements}
   toks = completion_text.split()
-  if len(toks) < 3 or toks[-3:-1][0] != ANSWER or toks[-1] != EOS:
+  if len(toks) < 3 or toks[-3] != ANSWER or toks[-1] != EOS:
     return False
   body, answer = toks[:-3], toks[-2]
   if len(body) % 8:
@@ -689,8 +752,15 @@ def verify_cot(completion_text: str, prompt_text: str, *, modulus: int = DEFAULT
 
 
 __all__ = [
+  "BOS_ID",
   "DEFAULT_MODULUS",
+  "EOS_ID",
+  "MAX_STATEMENTS",
+  "MODEL_MAX_LENGTH",
+  "PAD_ID",
   "Problem",
+  "ROW_FORMATS",
+  "SEP_ID",
   "Statement",
   "SyntheticTokenizer",
   "VOCAB",

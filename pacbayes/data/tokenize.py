@@ -46,7 +46,7 @@ def load_tokenizer(tokenizer_dir: str | os.PathLike) -> Any:
     return transformers.AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise DataError(
-        f"tokenizer_dir {tokenizer_dir!r}: could not load a tokenizer from it ({e})"
+      f"tokenizer_dir {tokenizer_dir!r}: could not load a tokenizer from it ({e})"
     ) from None
 
 
@@ -73,8 +73,7 @@ def _encode_batch(tokenizer: Any, texts: Sequence[str], add_special_tokens: bool
   if not texts:
     return []
   return [
-      list(ids)
-      for ids in tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    list(ids) for ids in tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
   ]
 
 
@@ -92,11 +91,11 @@ def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def encode_prompt_completions(
-    tokenizer: Any,
-    prompts: Sequence[str],
-    completions: Sequence[str],
-    *,
-    add_eos: bool = True,
+  tokenizer: Any,
+  prompts: Sequence[str],
+  completions: Sequence[str],
+  *,
+  add_eos: bool = True,
 ) -> list[tuple[list[int], list[int]]]:
   """Encodes prompt/completion pairs as described in the module docstring.
 
@@ -111,7 +110,7 @@ def encode_prompt_completions(
   """
   if len(prompts) != len(completions):
     raise ValueError(
-        f"prompts and completions differ in length: {len(prompts)} != {len(completions)}"
+      f"prompts and completions differ in length: {len(prompts)} != {len(completions)}"
     )
   prefix, _ = special_affixes(tokenizer)
   eos = tokenizer.eos_token_id if add_eos else None
@@ -119,6 +118,6 @@ def encode_prompt_completions(
   prompt_ids = _encode_batch(tokenizer, prompts, add_special_tokens=False)
   completion_ids = _encode_batch(tokenizer, completions, add_special_tokens=False)
   return [
-      (prefix + p, c + suffix if c else c)  # An empty completion stays empty (and is refused).
-      for p, c in zip(prompt_ids, completion_ids, strict=True)
+    (prefix + p, c + suffix if c else c)  # An empty completion stays empty (and is refused).
+    for p, c in zip(prompt_ids, completion_ids, strict=True)
   ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -140,35 +141,42 @@ def token_loss(
   return jnp.sum(nll_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay, global-norm clipping, decay on matrices only."""
+def learning_rates(config: TrainConfig) -> np.ndarray:
+  """[steps] float32 learning rate per step: linear warmup, then cosine decay to the end ratio."""
+  steps = np.arange(config.steps, dtype=np.float64)
   warmup = min(config.warmup_steps, max(config.steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-    init_value=0.0 if warmup > 0 else config.learning_rate,
-    peak_value=config.learning_rate,
-    warmup_steps=warmup,
-    decay_steps=max(config.steps, warmup + 1),
-    end_value=config.learning_rate * config.end_lr_ratio,
-  )
+  peak, end = config.learning_rate, config.learning_rate * config.end_lr_ratio
+  decay_len = max(config.steps - warmup, 1)
+  frac = np.clip((steps - warmup) / decay_len, 0.0, 1.0)
+  lr = end + (peak - end) * 0.5 * (1.0 + np.cos(np.pi * frac))
+  if warmup > 0:
+    lr = np.where(steps < warmup, peak * (steps + 1) / (warmup + 1), lr)
+  return lr.astype(np.float32)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """AdamW direction without the learning rate: clipping, Adam scaling, decay on matrices.
+
+  The learning rate is applied by the step (it is an argument), so one compiled step serves
+  every schedule and every run with the same shapes.
+  """
   parts = []
   if config.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip))
-  parts.append(
-    optax.adamw(
-      schedule,
-      b1=config.b1,
-      b2=config.b2,
-      weight_decay=config.weight_decay,
-      mask=lambda tree: jax.tree.map(lambda x: jnp.ndim(x) >= 2, tree),
+  parts.append(optax.scale_by_adam(b1=config.b1, b2=config.b2))
+  if config.weight_decay > 0:
+    parts.append(
+      optax.add_decayed_weights(
+        config.weight_decay, mask=lambda tree: jax.tree.map(lambda x: jnp.ndim(x) >= 2, tree)
+      )
     )
-  )
   return optax.chain(*parts)
 
 
-def make_loss_fn(graphdef: Any, rest: Any, method: str) -> Callable[[Any, Mapping], jax.Array]:
-  """Returns loss(params, batch) -> scalar for the split model `graphdef` + `rest`."""
+def make_loss_fn(graphdef: Any, method: str) -> Callable[[Any, Any, Mapping], jax.Array]:
+  """Returns loss(params, rest, batch) -> scalar for a model split into `graphdef`."""
 
-  def loss_fn(params, batch):
+  def loss_fn(params, rest, batch):
     model = nnx.merge(graphdef, params, rest)
     logits_BxLxV = model(batch["input_ids"], attention_mask=batch["attention_mask"])
     return token_loss(
@@ -182,15 +190,25 @@ def make_loss_fn(graphdef: Any, rest: Any, method: str) -> Callable[[Any, Mappin
   return loss_fn
 
 
-def make_train_step(graphdef: Any, rest: Any, optimizer: optax.GradientTransformation,
-                    method: str) -> Callable:
-  """A jitted step (params, opt_state, batch) -> (params, opt_state, loss) over split state."""
-  loss_fn = make_loss_fn(graphdef, rest, method)
+@functools.lru_cache(maxsize=64)
+def make_train_step(graphdef: Any, method: str, b1: float, b2: float, weight_decay: float,
+                    grad_clip: float) -> Callable:
+  """A jitted step (params, rest, opt_state, batch, lr) -> (params, opt_state, loss).
+
+  Cached on its arguments, so runs that share a model structure and optimiser settings reuse
+  one compiled program per batch shape.
+  """
+  loss_fn = make_loss_fn(graphdef, method)
+  optimizer = make_optimizer(
+    TrainConfig(steps=1, batch_size=1, learning_rate=1.0, b1=b1, b2=b2,
+                weight_decay=weight_decay, grad_clip=grad_clip, method=method)
+  )
 
   @jax.jit
-  def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+  def step(params, rest, opt_state, batch, lr):
+    loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
     return optax.apply_updates(params, updates), opt_state, loss
 
   return step
@@ -257,8 +275,10 @@ def train(
   num_rows = check_arrays(data)
   arrays = {k: np.asarray(data[k], dtype=np.int32) for k in BATCH_KEYS}
   optimizer = make_optimizer(config)
-  step = make_train_step(graphdef, rest, optimizer, config.method)
+  step = make_train_step(graphdef, config.method, config.b1, config.b2, config.weight_decay,
+                         config.grad_clip)
   opt_state = optimizer.init(params)
+  lrs = learning_rates(config)
   order = batch_indices(num_rows, config.batch_size, config.steps, key=key)
   losses = np.zeros(config.steps, dtype=np.float64)
   bar = _progress(config.steps, desc, progress)
@@ -267,7 +287,7 @@ def train(
   for i in range(config.steps):
     idx = order[i]
     batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
-    params, opt_state, loss = step(params, opt_state, batch)
+    params, opt_state, loss = step(params, rest, opt_state, batch, lrs[i])
     pending.append((i, loss))
     # Reading the loss back every few steps keeps dispatch asynchronous.
     if len(pending) >= 10 or i == config.steps - 1:

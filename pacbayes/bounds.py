@@ -1,0 +1,662 @@
+"""Binary kl, its inverses and PAC-Bayes risk bounds, in float64 and differentiable under jit."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+__all__ = [
+  "DEFAULT_CATONI_GRID",
+  "catoni",
+  "flamb",
+  "flamb_optimal_lam",
+  "fquad",
+  "kl_bernoulli",
+  "kl_inv_lower",
+  "kl_inv_upper",
+  "maurer",
+  "mc_sample_bound",
+  "mcallester",
+]
+
+# Catoni's parameter C on a fixed geometric grid 2^(j/2), j = -8..8 (17 points, ln 17 ~ 2.83 nats).
+DEFAULT_CATONI_GRID: tuple[float, ...] = tuple(float(2.0 ** (j / 2)) for j in range(-8, 9))
+
+# Bisection runs over the ordered bit patterns of non-negative doubles: [0, 1] spans fewer than
+# 2^62 patterns, so 64 halvings always end on two adjacent doubles whatever the magnitude.
+_NUM_BISECT = 64
+_EPS = float(np.finfo(np.float64).eps)
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: only on concrete values, so every function stays usable under jax.jit.
+
+
+def _concrete(value: ArrayLike) -> np.ndarray | None:
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    return np.asarray(value, dtype=np.float64)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def _first_bad(arr: np.ndarray, ok: np.ndarray) -> str:
+  bad = np.argwhere(~ok)[0]
+  where = f" (at index {tuple(int(i) for i in bad)})" if arr.ndim else ""
+  return f"{float(arr[tuple(bad)])!r}{where}"
+
+
+def _check_interval(
+  name: str,
+  value: ArrayLike,
+  lo: float,
+  hi: float,
+  *,
+  open_lo: bool = False,
+  open_hi: bool = False,
+) -> None:
+  """Raises ValueError if a concrete `value` leaves the interval; tracers pass unchecked."""
+  arr = _concrete(value)
+  if arr is None:
+    return
+  ok = (arr > lo if open_lo else arr >= lo) & (arr < hi if open_hi else arr <= hi)
+  if not np.all(ok):
+    lb, rb = "(" if open_lo else "[", ")" if open_hi else "]"
+    rng = f"{lb}{lo:g}, {hi:g}{rb}"
+    raise ValueError(f"{name} must lie in {rng}, got {_first_bad(arr, ok)}")
+
+
+def _check_at_least(name: str, value: ArrayLike, lo: float) -> None:
+  arr = _concrete(value)
+  if arr is None:
+    return
+  ok = arr >= lo  # NaN fails too
+  if not np.all(ok):
+    raise ValueError(f"{name} must be >= {lo:g}, got {_first_bad(arr, ok)}")
+
+
+def _f64(*xs: ArrayLike) -> list[jax.Array]:
+  return jnp.broadcast_arrays(*[jnp.asarray(x, dtype=jnp.float64) for x in xs])
+
+
+def _log_confidence(n: jax.Array, delta: jax.Array) -> jax.Array:
+  """ln(2 sqrt(n) / delta), the confidence term of Maurer's bound."""
+  return jnp.log(2.0) + 0.5 * jnp.log(n) - jnp.log(delta)
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary kl.
+
+
+def _log_ratio(num: jax.Array, den: jax.Array, diff: jax.Array) -> jax.Array:
+  """ln(num / den) for num, den >= 0 given diff = num - den, accurate also near num == den.
+
+  Within a factor 1.5 of 1 the logarithm is log1p(diff / den) with a difference formed from the
+  inputs, not from rounded 1 - p and 1 - q (whose rounding, ~1e-16 absolute, would swamp a kl of
+  1e-12); farther away ln(num / den) loses nothing. One log serves both branches (log1p through
+  Kahan's identity log1p(y) = y ln(u) / (u - 1), u = fl(1 + y)), halving the work per step.
+  """
+  safe_den = jnp.where(den > 0, den, 1.0)
+  y = diff / safe_den
+  near = jnp.abs(y) < 0.5
+  u = jnp.where(near, 1.0 + y, num / safe_den)
+  log_u = jnp.log(u)
+  kahan = log_u * (y / jnp.where(u == 1.0, 1.0, u - 1.0))
+  return jnp.where(near, jnp.where(u == 1.0, y, kahan), log_u)
+
+
+def _kl_terms(q: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The two terms q ln(q / p) and (1 - q) ln((1 - q) / (1 - p)) of kl(q || p), no checks."""
+  d = p - q  # exact when p is within a factor 2 of q (Sterbenz), where it matters
+  t1 = jnp.where(q > 0, -q * _log_ratio(p, jnp.where(q > 0, q, 1.0), d), 0.0)
+  oq = 1.0 - q
+  t2 = jnp.where(q < 1, -oq * _log_ratio(1.0 - p, jnp.where(q < 1, oq, 1.0), -d), 0.0)
+  return t1, t2
+
+
+def _kl_raw(q: jax.Array, p: jax.Array) -> jax.Array:
+  """kl(q || p) for q, p in [0, 1] (inf where p hits 0 or 1 and q does not), no checks."""
+  t1, t2 = _kl_terms(q, p)
+  return t1 + t2
+
+
+def _root_error(q: jax.Array, p: jax.Array) -> jax.Array:
+  """Bound on how far a double p next to a root of kl(q || .) = c may sit on the wrong side.
+
+  Each term of the computed kl carries a relative error of a few eps (log1p / log of an exactly
+  formed ratio or difference, one product), so |computed - true| <= 16 eps (|t1| + |t2|);
+  dividing by the slope |d kl / dp| = |p - q| / (p (1 - p)) turns it into a distance in p.
+  Near q this is about 32 eps q (1 - q); near 0 it grows like eps p ln(q / p), which is why a
+  fixed number of ulps would not do.
+  """
+  interior = (p > 0) & (p < 1) & (p != q)
+  ps = jnp.where(interior, p, 0.5)
+  qs = jnp.where(interior, q, 0.25)
+  t1, t2 = _kl_terms(qs, ps)
+  slope = jnp.abs(ps - qs) / (ps * (1.0 - ps))
+  return jnp.where(interior, 16.0 * _EPS * (jnp.abs(t1) + jnp.abs(t2)) / slope, 0.0)
+
+
+@jax.custom_jvp
+def _kl_core(q: jax.Array, p: jax.Array) -> jax.Array:
+  return _kl_raw(q, p)
+
+
+@_kl_core.defjvp
+def _kl_core_jvp(primals, tangents):
+  q, p = primals
+  dq, dp = tangents
+  out = _kl_core(q, p)
+  # d/dp = (p - q) / (p (1 - p)); d/dq = ln(q / p) - ln((1 - q) / (1 - p)). Both diverge where p
+  # reaches 0 or 1 with q away from it (kl itself is infinite there); they are 0 where p == q.
+  interior = (p > 0) & (p < 1)
+  ps = jnp.where(interior, p, 0.5)
+  # At p == q on the boundary only the one-sided derivative exists: 1 at (0, 0), -1 at (1, 1).
+  edge = jnp.where(p == q, jnp.where(p == 0, 1.0, -1.0), jnp.inf)
+  d_p = jnp.where(interior, (ps - q) / (ps * (1.0 - ps)), edge)
+  qs = jnp.clip(q, _TINY, None)
+  oqs = jnp.clip(1.0 - q, _TINY, None)
+  d_q = jnp.where(
+    interior, jnp.log(qs / ps) - jnp.log(oqs / (1.0 - ps)), jnp.where(p == q, 0.0, jnp.inf)
+  )
+  return out, d_q * dq + d_p * dp
+
+
+def kl_bernoulli(q: ArrayLike, p: ArrayLike) -> jax.Array:
+  r"""Binary (Bernoulli) relative entropy kl(q || p).
+
+  .. math::
+    \mathrm{kl}(q \| p) = q \ln\frac{q}{p} + (1 - q) \ln\frac{1 - q}{1 - p},
+
+  with the conventions 0 ln 0 = 0 and a / 0 = inf for a > 0, so kl(0 || p) = -ln(1 - p),
+  kl(1 || p) = -ln p, and kl(q || p) = inf where p is 0 or 1 and q is not.
+
+  Args:
+    q: first argument(s) in [0, 1] (an empirical risk).
+    p: second argument(s) in [0, 1] (a true risk); broadcast against `q`.
+
+  Returns:
+    float64 array of the broadcast shape.
+
+  Raises:
+    ValueError: if a concrete `q` or `p` lies outside [0, 1].
+
+  Numerical caveats:
+    The logarithms use log1p of exact differences when p is within a factor 1.5 of q (and
+    1 - p of 1 - q), so the result keeps about 13 correct digits even when kl is as small as
+    1e-20. Gradients are the exact formulas; they are infinite (and may
+    give NaN in a product with a zero tangent) only where kl itself is infinite.
+  """
+  _check_interval("q", q, 0.0, 1.0)
+  _check_interval("p", p, 0.0, 1.0)
+  q, p = _f64(q, p)
+  return _kl_core(q, p)
+
+
+# ----------------------------------------------------------------------------------------------
+# kl inverses: bisection on bit patterns, conservative end of the final bracket.
+
+
+def _bits(x: jax.Array) -> jax.Array:
+  return lax.bitcast_convert_type(x, jnp.int64)
+
+
+def _from_bits(b: jax.Array) -> jax.Array:
+  return lax.bitcast_convert_type(b, jnp.float64)
+
+
+@jax.jit
+def _bisect_upper(q: jax.Array, c: jax.Array) -> jax.Array:
+  # Pinsker, kl >= 2 (p - q)^2, puts the supremum below q + sqrt(c / 2); the slack factor and
+  # the 4 eps cover rounding so the starting right end is never left of the true root.
+  hi0 = jnp.minimum(1.0, q + (1.0 + 1e-7) * jnp.sqrt(0.5 * c) + 4.0 * _EPS)
+
+  def body(_, state):
+    lo, hi = state
+    mid = lo + (hi - lo) // 2
+    feasible = _kl_raw(q, _from_bits(mid)) <= c
+    return jnp.where(feasible, mid, lo), jnp.where(feasible, hi, mid)
+
+  _, hi = lax.fori_loop(0, _NUM_BISECT, body, (_bits(q), _bits(hi0)))
+  # hi is the smallest double whose computed kl exceeds c; step outward by the rounding error of
+  # kl (and one ulp for the addition), so the result is above the true supremum.
+  p = _from_bits(hi)
+  p = jnp.minimum(1.0, jnp.nextafter(p + _root_error(q, p), 1.0))
+  # Closed forms (rounded up one ulp) and exact cases; NaN in gives NaN out.
+  p = jnp.where(q == 0.0, jnp.nextafter(-jnp.expm1(-c), 1.0), p)
+  p = jnp.where(c == 0.0, q, p)
+  p = jnp.where(q == 1.0, 1.0, p)
+  return jnp.where(jnp.isnan(q) | jnp.isnan(c), jnp.nan, p)
+
+
+@jax.jit
+def _bisect_lower(q: jax.Array, c: jax.Array) -> jax.Array:
+  lo0 = jnp.maximum(0.0, q - (1.0 + 1e-7) * jnp.sqrt(0.5 * c) - 4.0 * _EPS)
+
+  def body(_, state):
+    lo, hi = state
+    mid = lo + (hi - lo + 1) // 2  # rounds up, so the loop ends on two adjacent patterns
+    feasible = _kl_raw(q, _from_bits(mid)) <= c
+    return jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
+
+  lo, _ = lax.fori_loop(0, _NUM_BISECT, body, (_bits(lo0), _bits(q)))
+  # CPU backends may flush subnormals to zero inside kl, so the bracket can stop at a subnormal
+  # that is above an infimum which underflows; 0 is always on the safe side.
+  p = _from_bits(lo)
+  p = jnp.maximum(0.0, jnp.nextafter(p - _root_error(q, p), 0.0))
+  p = jnp.where(p < _TINY, 0.0, p)
+  p = jnp.where(q == 1.0, jnp.nextafter(jnp.exp(-c), 0.0), p)
+  p = jnp.where(c == 0.0, q, p)
+  p = jnp.where(q == 0.0, 0.0, p)
+  return jnp.where(jnp.isnan(q) | jnp.isnan(c), jnp.nan, p)
+
+
+def _implicit_coefs(q: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """dp/dq and dp/dc of a root of kl(q || p) = c, from the implicit function theorem.
+
+  dp/dc = 1 / (d kl / dp) = p (1 - p) / (p - q) and dp/dq = -(d kl / dq) dp/dc. The log
+  singularity of d kl / dq at q = 0 (q = 1) is cut by evaluating it at q = tiny (1 - q = tiny).
+  """
+  generic = (p > 0) & (p < 1) & (p != q)
+  ps = jnp.where(generic, p, 0.5)
+  qs = jnp.where(generic, q, 0.25)
+  dp_dc = ps * (1.0 - ps) / (ps - qs)
+  log_q = jnp.log(jnp.clip(qs, _TINY, None) / ps)
+  log_oq = jnp.log(jnp.clip(1.0 - qs, _TINY, None) / (1.0 - ps))
+  dkl_dq = log_q - log_oq
+  return -dkl_dq * dp_dc, dp_dc
+
+
+def _at_next_double(q: jax.Array, toward: float) -> jax.Array:
+  """|dp/dc| = p (1 - p) / |p - q| evaluated one double away from q (finite stand-in for inf)."""
+  step = jnp.abs(jnp.nextafter(q, toward) - q)
+  return q * (1.0 - q) / jnp.where(step > 0, step, 1.0)
+
+
+@jax.custom_jvp
+def _inv_upper(q: jax.Array, c: jax.Array) -> jax.Array:
+  return _bisect_upper(q, c)
+
+
+@_inv_upper.defjvp
+def _inv_upper_jvp(primals, tangents):
+  q, c = primals
+  dq, dc = tangents
+  p = _inv_upper(q, c)
+  coef_q, coef_c = _implicit_coefs(q, p)
+  # q == 0: p = 1 - exp(-c), so dp/dc = 1 - p exactly (also at c = 0).
+  coef_c = jnp.where(q == 0, 1.0 - p, coef_c)
+  # p == q (c == 0, or c below the resolution of p): dp/dq = 1, and dp/dc is the derivative at
+  # the next double, finite but huge (the true one is +inf: p - q ~ sqrt(2 q (1 - q) c)).
+  same = p == q
+  coef_q = jnp.where(same, 1.0, coef_q)
+  coef_c = jnp.where(same & (q > 0), _at_next_double(q, 1.0), coef_c)
+  # p == 1: saturated, the bound cannot move (q == 1 included).
+  coef_q = jnp.where(p >= 1, 0.0, coef_q)
+  coef_c = jnp.where(p >= 1, 0.0, coef_c)
+  return p, coef_q * dq + coef_c * dc
+
+
+@jax.custom_jvp
+def _inv_lower(q: jax.Array, c: jax.Array) -> jax.Array:
+  return _bisect_lower(q, c)
+
+
+@_inv_lower.defjvp
+def _inv_lower_jvp(primals, tangents):
+  q, c = primals
+  dq, dc = tangents
+  p = _inv_lower(q, c)
+  coef_q, coef_c = _implicit_coefs(q, p)
+  coef_c = jnp.where(q == 1, -p, coef_c)  # p = exp(-c)
+  same = p == q
+  coef_q = jnp.where(same, 1.0, coef_q)
+  coef_c = jnp.where(same & (q < 1), -_at_next_double(q, 0.0), coef_c)
+  coef_q = jnp.where(p <= 0, 0.0, coef_q)
+  coef_c = jnp.where(p <= 0, 0.0, coef_c)
+  return p, coef_q * dq + coef_c * dc
+
+
+def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> jax.Array:
+  r"""Upper kl inverse: the largest p >= q with kl(q || p) <= c.
+
+  .. math::
+    \mathrm{kl}^{-1}_{+}(q, c) = \sup\{p \in [q, 1] : \mathrm{kl}(q \| p) \le c\}.
+
+  Exact cases: q = 0 gives 1 - exp(-c); q = 1 gives 1; c = 0 gives q; c = inf gives 1.
+
+  Args:
+    q: empirical risk(s) in [0, 1].
+    c: budget(s) >= 0 (e.g. (KL + ln(2 sqrt(n) / delta)) / n); broadcast against `q`.
+
+  Returns:
+    float64 array of the broadcast shape.
+
+  Raises:
+    ValueError: if a concrete `q` lies outside [0, 1] or a concrete `c` is negative or NaN.
+
+  Numerical caveats:
+    Conservative by construction: 64 bisection steps over the bit patterns of doubles end on
+    two adjacent doubles, and the right end (where the computed kl exceeds c) is returned, never
+    the midpoint. The result is therefore the smallest double at which the computed kl exceeds
+    c: at most one ulp above the true supremum, and below it only by the rounding error of kl
+    (relative 1e-13 or less, far below 1e-9 absolute). A supremum closer to 1 than half an ulp
+    (e.g. q = 0.3, c = 1e3) returns exactly 1.0. Gradients use the implicit function theorem,
+    dp/dc = 1 / (d kl/dp) and dp/dq = -(d kl/dq) / (d kl/dp), and are never NaN or inf:
+    they are 0 where p == 1 (saturated); at c == 0 with q > 0, where the true dp/dc is +inf
+    (p - q ~ sqrt(2 q (1 - q) c)), dp/dq = 1 and dp/dc is its value one double above q (about
+    1e15); the log singularity of dp/dq at q == 0 is evaluated at q = 2.2e-308.
+
+  References:
+    Langford & Seeger, "Bounds for averaging classifiers", CMU-CS-01-102, 2001.
+    Maurer, "A note on the PAC Bayesian theorem", arXiv:cs/0411099, 2004.
+  """
+  _check_interval("q", q, 0.0, 1.0)
+  _check_at_least("c", c, 0.0)
+  q, c = _f64(q, c)
+  return _inv_upper(q, c)
+
+
+def kl_inv_lower(q: ArrayLike, c: ArrayLike) -> jax.Array:
+  r"""Lower kl inverse: the smallest p <= q with kl(q || p) <= c.
+
+  .. math::
+    \mathrm{kl}^{-1}_{-}(q, c) = \inf\{p \in [0, q] : \mathrm{kl}(q \| p) \le c\}.
+
+  Exact cases: q = 1 gives exp(-c); q = 0 gives 0; c = 0 gives q; c = inf gives 0.
+
+  Args:
+    q: empirical risk(s) in [0, 1].
+    c: budget(s) >= 0; broadcast against `q`.
+
+  Returns:
+    float64 array of the broadcast shape.
+
+  Raises:
+    ValueError: if a concrete `q` lies outside [0, 1] or a concrete `c` is negative or NaN.
+
+  Numerical caveats:
+    Mirror image of :func:`kl_inv_upper`: returns the left end of the final bracket (the
+    largest double at which the computed kl exceeds c), so it is never above the true infimum
+    by more than the rounding error of kl. A true infimum below the smallest normal double
+    (2.2e-308) is returned as 0. Gradients are finite: 0 where p == 0, at c == 0 with q < 1
+    dp/dq = 1 and dp/dc is its value one double below q (the true one is -inf), and dp/dq at
+    q == 1 is evaluated at 1 - q = 2.2e-308.
+
+  References:
+    Langford & Seeger, "Bounds for averaging classifiers", CMU-CS-01-102, 2001.
+  """
+  _check_interval("q", q, 0.0, 1.0)
+  _check_at_least("c", c, 0.0)
+  q, c = _f64(q, c)
+  return _inv_lower(q, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# PAC-Bayes bounds on the true risk of a posterior Q, for a loss in [0, 1].
+
+
+def _check_bound_args(emp_risk, kl, n, delta, emp_name="emp_risk") -> None:
+  _check_interval(emp_name, emp_risk, 0.0, 1.0)
+  _check_at_least("kl", kl, 0.0)
+  _check_at_least("n", n, 1.0)
+  _check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+
+
+def maurer(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> jax.Array:
+  r"""PAC-Bayes-kl bound (Langford-Seeger / Maurer): an upper bound on the true risk.
+
+  With probability at least 1 - delta over an i.i.d. sample of size n, simultaneously for all
+  posteriors Q,
+
+  .. math::
+    \mathrm{kl}(\hat R_S(Q) \| R(Q)) \le \frac{\mathrm{KL}(Q\|P) + \ln(2\sqrt{n}/\delta)}{n},
+
+  so R(Q) <= kl_inv_upper(emp_risk, (kl + ln(2 sqrt(n) / delta)) / n), which is returned.
+
+  Args:
+    emp_risk: empirical risk(s) of Q on the sample, in [0, 1].
+    kl: KL(Q || P) in nats, >= 0 (add ln k here for a union bound over k priors).
+    n: sample size(s), >= 1.
+    delta: confidence parameter(s) in (0, 1).
+
+  Returns:
+    float64 bound in [emp_risk, 1], broadcast over the inputs.
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  Numerical caveats:
+    Inherits the conservative rounding of :func:`kl_inv_upper`; differentiable in emp_risk and
+    kl (and n, delta) through the implicit gradient.
+
+  References:
+    Maurer, "A note on the PAC Bayesian theorem", arXiv:cs/0411099, 2004, Theorem 5.
+    Langford & Seeger, "Bounds for averaging classifiers", CMU-CS-01-102, 2001.
+  """
+  _check_bound_args(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _f64(emp_risk, kl, n, delta)
+  return _inv_upper(emp_risk, (kl + _log_confidence(n, delta)) / n)
+
+
+def mcallester(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> jax.Array:
+  r"""McAllester-style bound: Maurer's bound relaxed with Pinsker's inequality.
+
+  .. math::
+    R(Q) \le \hat R_S(Q) + \sqrt{\frac{\mathrm{KL}(Q\|P) + \ln(2\sqrt{n}/\delta)}{2n}}.
+
+  Since kl(q || p) >= 2 (p - q)^2 this is never below :func:`maurer`.
+
+  Args:
+    emp_risk: empirical risk(s) in [0, 1].
+    kl: KL(Q || P) in nats, >= 0.
+    n: sample size(s), >= 1.
+    delta: confidence parameter(s) in (0, 1).
+
+  Returns:
+    float64 bound (not clipped: values above 1 are vacuous).
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  References:
+    McAllester, "PAC-Bayesian model averaging", COLT 1999.
+    Maurer, "A note on the PAC Bayesian theorem", 2004 (the ln(2 sqrt(n) / delta) term).
+    Perez-Ortiz et al., "Tighter risk certificates for neural networks", JMLR 22, 2021, eq. (4).
+  """
+  _check_bound_args(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _f64(emp_risk, kl, n, delta)
+  return emp_risk + jnp.sqrt((kl + _log_confidence(n, delta)) / (2.0 * n))
+
+
+def catoni(
+  emp_risk: ArrayLike,
+  kl: ArrayLike,
+  n: ArrayLike,
+  delta: ArrayLike,
+  *,
+  grid: Sequence[float] = DEFAULT_CATONI_GRID,
+) -> jax.Array:
+  r"""Catoni's bound, minimised over a fixed grid of its parameter C with a union bound.
+
+  For one fixed C > 0, with probability at least 1 - delta, for all Q (Catoni 2007, Theorem
+  1.2.6, with C = lambda / n),
+
+  .. math::
+    R(Q) \le \frac{1 - \exp\left(-C \hat R_S(Q) - (\mathrm{KL}(Q\|P) + \ln(1/\delta))/n\right)}
+    {1 - e^{-C}}.
+
+  A union bound over the k grid values replaces ln(1/delta) by ln(k/delta); the minimum over
+  the grid then holds with probability at least 1 - delta. The grid must be fixed before the
+  data are seen.
+
+  Args:
+    emp_risk: empirical risk(s) in [0, 1].
+    kl: KL(Q || P) in nats, >= 0.
+    n: sample size(s), >= 1.
+    delta: confidence parameter(s) in (0, 1).
+    grid: the k values of C (> 0, finite) searched; default 2^(j/2), j = -8..8.
+
+  Returns:
+    float64 bound (not clipped at 1), broadcast over the inputs.
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs or a bad grid.
+
+  Numerical caveats:
+    1 - exp(-x) is computed as -expm1(-x), so small C keeps full relative accuracy.
+
+  References:
+    Catoni, "PAC-Bayesian supervised classification: the thermodynamics of statistical
+    learning", IMS Lecture Notes 56, 2007, Theorem 1.2.6.
+  """
+  _check_bound_args(emp_risk, kl, n, delta)
+  grid_arr = np.asarray(grid, dtype=np.float64).reshape(-1)
+  if grid_arr.size == 0 or not np.all(np.isfinite(grid_arr) & (grid_arr > 0)):
+    raise ValueError(f"grid must be a non-empty sequence of finite values > 0, got {grid!r}")
+  emp_risk, kl, n, delta = _f64(emp_risk, kl, n, delta)
+  k = grid_arr.size
+  cs = jnp.asarray(grid_arr).reshape((k,) + (1,) * emp_risk.ndim)
+  expo = cs * emp_risk[None] + ((kl + jnp.log(k) - jnp.log(delta)) / n)[None]
+  return jnp.min(jnp.expm1(-expo) / jnp.expm1(-cs), axis=0)
+
+
+def fquad(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> jax.Array:
+  r"""PBB "f_quad" bound (Perez-Ortiz et al. 2021), with Maurer's confidence term.
+
+  .. math::
+    R(Q) \le \left(\sqrt{\hat R_S(Q) + b/2} + \sqrt{b/2}\right)^2,\qquad
+    b = \frac{\mathrm{KL}(Q\|P) + \ln(2\sqrt{n}/\delta)}{n}.
+
+  It follows from Maurer's bound and kl(q || p) >= (p - q)^2 / (2p) for p >= q, so it is never
+  below :func:`maurer`, and it equals :func:`flamb` at :func:`flamb_optimal_lam`.
+
+  Args:
+    emp_risk: empirical risk(s) in [0, 1].
+    kl: KL(Q || P) in nats, >= 0.
+    n: sample size(s), >= 1.
+    delta: confidence parameter(s) in (0, 1).
+
+  Returns:
+    float64 bound (not clipped at 1).
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  References:
+    Perez-Ortiz, Rivasplata, Shawe-Taylor & Szepesvari, "Tighter risk certificates for neural
+    networks", JMLR 22(227), 2021, Section 3 (f_quad).
+  """
+  _check_bound_args(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _f64(emp_risk, kl, n, delta)
+  half_b = (kl + _log_confidence(n, delta)) / (2.0 * n)
+  return (jnp.sqrt(emp_risk + half_b) + jnp.sqrt(half_b)) ** 2
+
+
+def flamb(
+  emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike, lam: ArrayLike
+) -> jax.Array:
+  r"""PAC-Bayes-lambda bound (Thiemann et al. 2017; PBB "f_lambda").
+
+  For all lam in (0, 2) simultaneously (it is a relaxation of Maurer's bound that holds
+  deterministically for every lam),
+
+  .. math::
+    R(Q) \le \frac{\hat R_S(Q)}{1 - \lambda/2}
+      + \frac{\mathrm{KL}(Q\|P) + \ln(2\sqrt{n}/\delta)}{n\,\lambda\,(1 - \lambda/2)}.
+
+  Args:
+    emp_risk: empirical risk(s) in [0, 1].
+    kl: KL(Q || P) in nats, >= 0.
+    n: sample size(s), >= 1.
+    delta: confidence parameter(s) in (0, 1).
+    lam: lambda(s) in (0, 2).
+
+  Returns:
+    float64 bound (not clipped at 1).
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  References:
+    Thiemann, Igel, Wintenberger & Seldin, "A strongly quasiconvex PAC-Bayesian bound", ALT 2017,
+    Theorem 3.
+    Perez-Ortiz et al., "Tighter risk certificates for neural networks", JMLR 22, 2021 (f_lambda).
+  """
+  _check_bound_args(emp_risk, kl, n, delta)
+  _check_interval("lam", lam, 0.0, 2.0, open_lo=True, open_hi=True)
+  emp_risk, kl, n, delta, lam = _f64(emp_risk, kl, n, delta, lam)
+  b = (kl + _log_confidence(n, delta)) / n
+  return (emp_risk + b / lam) / (1.0 - 0.5 * lam)
+
+
+def flamb_optimal_lam(
+  emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike
+) -> jax.Array:
+  r"""The lambda minimising :func:`flamb` in closed form (Thiemann et al. 2017).
+
+  With r = emp_risk and b = (KL + ln(2 sqrt(n) / delta)) / n, setting the derivative of
+  (r + b / lam) / (1 - lam / 2) to zero gives r lam^2 / 2 + b lam - b = 0, whose positive root is
+
+  .. math::
+    \lambda^\star = \frac{2}{\sqrt{1 + 2 r / b} + 1} \in (0, 1].
+
+  Since b > 0 (ln(2 sqrt(n)/delta) > 0), this unconstrained optimum always lies inside the
+  admissible range (0, 2), and with s = sqrt(1 + 2 r / b),
+  flamb(lam*) = (b / 2) (1 + s)^2 = fquad exactly.
+
+  Args:
+    emp_risk: empirical risk(s) in [0, 1].
+    kl: KL(Q || P) in nats, >= 0.
+    n: sample size(s), >= 1.
+    delta: confidence parameter(s) in (0, 1).
+
+  Returns:
+    float64 lambda in (0, 1].
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  References:
+    Thiemann, Igel, Wintenberger & Seldin, "A strongly quasiconvex PAC-Bayesian bound", ALT 2017.
+  """
+  _check_bound_args(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _f64(emp_risk, kl, n, delta)
+  b = (kl + _log_confidence(n, delta)) / n
+  return 2.0 / (jnp.sqrt(1.0 + 2.0 * emp_risk / b) + 1.0)
+
+
+def mc_sample_bound(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -> jax.Array:
+  r"""Sample-convergence bound on E_Q[R_S] from a Monte-Carlo mean (Langford & Caruana 2002).
+
+  For the mean of m independent [0, 1]-valued draws with expectation mu, with probability at
+  least 1 - delta,
+
+  .. math::
+    \mu \le \mathrm{kl}^{-1}_{+}\left(\hat\mu, \frac{\ln(2/\delta)}{m}\right).
+
+  Args:
+    mean: the Monte-Carlo mean(s) in [0, 1].
+    num_samples: number m of independent draws, >= 1.
+    delta: confidence parameter(s) in (0, 1).
+
+  Returns:
+    float64 upper bound on the expectation.
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  References:
+    Langford & Caruana, "(Not) bounding the true error", NeurIPS 2002.
+    Perez-Ortiz et al., "Tighter risk certificates for neural networks", JMLR 22, 2021, eq. (7).
+  """
+  _check_interval("mean", mean, 0.0, 1.0)
+  _check_at_least("num_samples", num_samples, 1.0)
+  _check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+  mean, num_samples, delta = _f64(mean, num_samples, delta)
+  return _inv_upper(mean, (jnp.log(2.0) - jnp.log(delta)) / num_samples)

@@ -1,0 +1,274 @@
+"""Tests for pacbayes.perturb against a linear classifier whose perturbed risk is exact."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from pacbayes import bounds, perturb
+from pacbayes.sharding import make_mesh
+
+D = 8
+# Most calls share one step shape (8 draws x 8 rows) so the compiled step is reused.
+FAST = dict(batch_size=8, draws_per_step=8)
+
+
+def zero_one(params, batch):
+  """0-1 loss of a linear classifier: error iff y * (x . w + b) <= 0."""
+  margin = batch["y"] * (batch["x"] @ params["w"] + params["b"])
+  return (margin <= 0).astype(jnp.float32)
+
+
+def soft_loss(params, batch):
+  """Differentiable surrogate in [0, 1]."""
+  margin = batch["y"] * (batch["x"] @ params["w"] + params["b"])
+  return jax.nn.sigmoid(-4.0 * margin)
+
+
+def out_of_range(params, batch):
+  return 2.0 * zero_one(params, batch)
+
+
+def make_problem(n, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, D)).astype(np.float32)
+  w = rng.normal(size=(D,)).astype(np.float32)
+  y = np.sign(x @ w + 0.3 * rng.normal(size=n)).astype(np.float32)
+  params = {"w": jnp.asarray(w), "b": jnp.asarray(0.1, jnp.float32)}
+  return params, {"x": x, "y": y}
+
+
+def exact_risk(params, data, sigma, perturb_bias=True):
+  """E_Q[R_S]: the perturbed margin is N(m, sigma^2 (||x||^2 + 1)), so P(err) = Phi(-m/sd)."""
+  x, y = data["x"].astype(np.float64), data["y"].astype(np.float64)
+  w, b = np.asarray(params["w"], np.float64), float(params["b"])
+  m = y * (x @ w + b)
+  sd = sigma * np.sqrt((x**2).sum(1) + (1.0 if perturb_bias else 0.0))
+  return float(stats.norm.cdf(-m / sd).mean())
+
+
+# ------------------------------------------------------------------------------ masks
+
+
+def test_leaf_paths_and_mask():
+  params = {"layers": [{"attn": {"kernel": jnp.ones((2, 2))}, "norm": {"scale": jnp.ones(2)}}],
+            "embed": jnp.ones((3, 2)), "step": jnp.zeros((), jnp.int32)}
+  names = perturb.leaf_paths(params)
+  assert names == ["embed", "layers/0/attn/kernel", "layers/0/norm/scale", "step"]
+  as_list = lambda m: jax.tree.leaves(m)
+  assert as_list(perturb.perturbation_mask(params)) == [True, True, True, False]
+  assert as_list(perturb.perturbation_mask(params, exclude="*norm*")) == [True, True, False, False]
+  assert as_list(perturb.perturbation_mask(params, include="layers/*")) == [
+      False, True, True, False]
+  assert as_list(perturb.perturbation_mask(
+      params, include=["layers/*", "embed"], exclude=["*scale"])) == [True, True, False, False]
+  with pytest.raises(ValueError, match="include: pattern 'nothing'"):
+    perturb.perturbation_mask(params, include="nothing")
+  with pytest.raises(ValueError, match="no floating-point parameter"):
+    perturb.perturbation_mask(params, exclude="*")
+
+
+def test_nnx_state_paths():
+  from flax import nnx
+
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  _, state = nnx.split(model, nnx.Param)
+  assert perturb.leaf_paths(state) == ["bias", "kernel"]
+  mask = perturb.perturbation_mask(state, exclude="bias")
+  theta = perturb.sample_posterior(jax.random.key(0), state, 0.1, mask=mask)
+  np.testing.assert_array_equal(theta["bias"][...], state["bias"][...])
+  assert not np.array_equal(theta["kernel"][...], state["kernel"][...])
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sample_posterior_statistics_and_dtypes():
+  params = {"a": jnp.zeros((200, 100), jnp.float32), "b": jnp.ones((50, 40), jnp.bfloat16),
+            "c": jnp.full((10,), 3.0, jnp.float32)}
+  mask = {"a": True, "b": True, "c": False}
+  theta = perturb.sample_posterior(jax.random.key(1), params, 0.5, mask=mask)
+  assert theta["a"].dtype == jnp.float32 and theta["b"].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(theta["c"], params["c"])
+  a = np.asarray(theta["a"], np.float64)
+  assert abs(a.std() - 0.5) < 0.01 and abs(a.mean()) < 0.01
+  bvals = np.asarray(theta["b"], np.float64)
+  assert abs(bvals.std() - 0.5) < 0.03 and abs(bvals.mean() - 1) < 0.03
+  again = perturb.sample_posterior(jax.random.key(1), params, 0.5, mask=mask)
+  np.testing.assert_array_equal(theta["a"], again["a"])
+  # Masking a leaf does not change the noise of the others (one key per leaf).
+  other = perturb.sample_posterior(jax.random.key(1), params, 0.5,
+                                   mask={"a": True, "b": False, "c": False})
+  np.testing.assert_array_equal(theta["a"], other["a"])
+
+
+def test_sample_posterior_diagonal_sigma():
+  params = {"w": jnp.zeros((4000, 2), jnp.float32)}
+  sigma = {"w": jnp.asarray([[0.1, 2.0]], jnp.float32)}  # broadcast per column
+  theta = perturb.sample_posterior(jax.random.key(2), params, sigma)
+  std = np.asarray(theta["w"]).std(0)
+  np.testing.assert_allclose(std, [0.1, 2.0], rtol=0.05)
+  with pytest.raises(ValueError, match="sigma"):
+    perturb.sample_posterior(jax.random.key(2), params, {"w": jnp.zeros((1, 2))})
+  with pytest.raises(ValueError, match="sigma"):
+    perturb.sample_posterior(jax.random.key(2), params, -1.0)
+  with pytest.raises(ValueError, match="not broadcastable"):
+    perturb.sample_posterior(jax.random.key(2), params, {"w": jnp.ones((3,))})
+
+
+# ------------------------------------------------------------------------------ MC risk
+
+
+@pytest.mark.parametrize("scheme,kwargs", [
+    ("chunk", dict(chunk_size=7)),     # 7 does not divide 150: uniform fillers complete it
+    ("chunk", dict(chunk_size=10)),
+    ("passes", dict(num_draws=24)),
+])
+def test_mc_risk_unbiased_against_closed_form(scheme, kwargs):
+  params, data = make_problem(150, seed=3)
+  sigma = 0.4
+  exact = exact_risk(params, data, sigma)
+  means, errs = [], []
+  for rep in range(8):
+    r = perturb.mc_risk(zero_one, params, data, key=jax.random.key(rep), sigma=sigma,
+                        scheme=scheme, **FAST, **kwargs)
+    assert r.num_samples == (kwargs.get("num_draws") or -(-150 // kwargs["chunk_size"]))
+    assert r.draws.shape == (r.num_samples,) and np.all((r.draws >= 0) & (r.draws <= 1))
+    means.append(r.mean)
+    errs.append(r.draws.std() / np.sqrt(r.num_samples))
+  se = np.sqrt(np.mean(np.square(errs)) / len(means))
+  assert abs(np.mean(means) - exact) < 4 * se + 1e-3, (np.mean(means), exact, se)
+
+
+def test_chunk_fillers_and_unperturbed():
+  params, data = make_problem(23, seed=4)
+  r = perturb.mc_risk(zero_one, params, data, key=jax.random.key(0), sigma=0.1,
+                      chunk_size=8, unperturbed=True, **FAST)
+  assert r.num_samples == 3 and r.num_fillers == 1 and r.chunk_size == 8
+  base = np.mean(np.asarray(zero_one(params, data)))
+  assert r.unperturbed == pytest.approx(base)
+  # chunk_size derived from num_draws
+  r2 = perturb.mc_risk(zero_one, params, data, key=jax.random.key(0), sigma=0.1, num_draws=3,
+                       **FAST)
+  assert r2.chunk_size == 8 and r2.num_samples == 3
+  np.testing.assert_array_equal(r.draws, r2.draws)
+
+
+@pytest.mark.parametrize("scheme", ["chunk", "passes"])
+def test_mc_bound_coverage(scheme):
+  """mc_sample_bound(mean, M, delta) >= E_Q[R_S] in at least 1 - delta of repetitions."""
+  params, data = make_problem(80, seed=5)
+  sigma, delta, reps = 0.8, 0.2, 100
+  exact = exact_risk(params, data, sigma)
+  kw = dict(chunk_size=8) if scheme == "chunk" else dict(num_draws=8)
+  hits = 0
+  for rep in range(reps):
+    r = perturb.mc_risk(zero_one, params, data, key=jax.random.key(1000 + rep), sigma=sigma,
+                        scheme=scheme, **FAST, **kw)
+    hits += float(bounds.mc_sample_bound(r.mean, r.num_samples, delta)) >= exact
+  # Binomial(100, 0.8) puts < 0.2% below 0.7: failing means the bound is broken.
+  assert hits / reps >= 1 - delta - 0.1, hits
+
+
+def test_determinism_and_invariance_to_grouping():
+  params, data = make_problem(60, seed=6)
+  base = dict(key=jax.random.key(7), sigma=0.3)
+  for scheme, kw in (("chunk", dict(chunk_size=8)), ("passes", dict(num_draws=8))):
+    a = perturb.mc_risk(zero_one, params, data, scheme=scheme, **FAST, **kw, **base)
+    b = perturb.mc_risk(zero_one, params, data, scheme=scheme, **FAST, **kw, **base)
+    # Other batch size and draws per step: same draws (key per draw index).
+    c = perturb.mc_risk(zero_one, params, data, scheme=scheme, batch_size=3,
+                        draws_per_step=1, **kw, **base)
+    np.testing.assert_array_equal(a.draws, b.draws)
+    np.testing.assert_allclose(a.draws, c.draws, rtol=0, atol=1e-12)
+    d = perturb.mc_risk(zero_one, params, data, scheme=scheme, **FAST, **kw,
+                        key=jax.random.key(8), sigma=0.3)
+    assert not np.array_equal(a.draws, d.draws)
+
+
+@pytest.mark.parametrize("mesh_shape,draws_per_step,schemes", [
+    ((8, 1), 8, ("chunk", "passes")),  # draws split over 'data'
+    ((4, 2), 1, ("chunk",)),           # rows split over 'data', w split over 'fsdp'
+])
+def test_mesh_gives_same_numbers(mesh_shape, draws_per_step, schemes):
+  assert jax.device_count() == 8
+  params, data = make_problem(70, seed=7)
+  mesh = make_mesh(*mesh_shape)
+  for scheme in schemes:
+    kw = dict(chunk_size=8) if scheme == "chunk" else dict(num_draws=8)
+    common = dict(key=jax.random.key(11), sigma=0.5, scheme=scheme, batch_size=8,
+                  draws_per_step=draws_per_step, **kw)
+    ref = perturb.mc_risk(zero_one, params, data, **common)
+    got = perturb.mc_risk(zero_one, params, data, mesh=mesh, **common)
+    np.testing.assert_array_equal(ref.draws, got.draws)
+
+
+def test_mc_risk_errors():
+  params, data = make_problem(10)
+  k = jax.random.key(0)
+  with pytest.raises(ValueError, match="sigma"):
+    perturb.mc_risk(zero_one, params, data, key=k, sigma=0.0, chunk_size=2)
+  with pytest.raises(ValueError, match="scheme"):
+    perturb.mc_risk(zero_one, params, data, key=k, sigma=0.1, scheme="bogus")
+  with pytest.raises(ValueError, match="empty"):
+    perturb.mc_risk(zero_one, params, {"x": data["x"][:0], "y": data["y"][:0]}, key=k,
+                    sigma=0.1, chunk_size=2)
+  with pytest.raises(ValueError, match="leading axis"):
+    perturb.mc_risk(zero_one, params, {"x": data["x"], "y": data["y"][:5]}, key=k,
+                    sigma=0.1, chunk_size=2)
+  with pytest.raises(ValueError, match="chunk_size"):
+    perturb.mc_risk(zero_one, params, data, key=k, sigma=0.1, chunk_size=11)
+  with pytest.raises(ValueError, match="num_draws"):
+    perturb.mc_risk(zero_one, params, data, key=k, sigma=0.1, scheme="passes")
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    perturb.mc_risk(out_of_range, params, data, key=k, sigma=0.1, chunk_size=2)
+
+
+# ------------------------------------------------------------------------------- sigma
+
+
+def test_search_sigma_monotone_in_tolerance():
+  params, data = make_problem(120, seed=8)
+  params = {"w": params["w"] * 5.0, "b": params["b"]}
+  kw = dict(key=jax.random.key(3), low=1e-3, high=50.0, num_steps=8, num_draws=8,
+            subset_size=80, **FAST)
+  found = [perturb.search_sigma(zero_one, params, data, tolerance=t, **kw)
+           for t in (0.01, 0.05, 0.2)]
+  sigmas = [f.sigma for f in found]
+  assert sigmas == sorted(sigmas) and sigmas[0] < sigmas[-1]
+  for f, t in zip(found, (0.01, 0.05, 0.2)):
+    assert f.risk <= f.unperturbed + t
+    assert 1e-3 <= f.sigma <= 50.0
+  with pytest.raises(ValueError, match="low"):
+    perturb.search_sigma(zero_one, params, data, tolerance=1e-9,
+                         **{**kw, "low": 40.0, "high": 50.0})
+  with pytest.raises(ValueError, match="tolerance"):
+    perturb.search_sigma(zero_one, params, data, tolerance=0.0, **kw)
+
+
+def test_sigma_prior_grid():
+  g = perturb.sigma_prior_grid(1e-4, 1e-1, 4)
+  np.testing.assert_allclose(g, [1e-4, 1e-3, 1e-2, 1e-1])
+  assert perturb.sigma_prior_grid(0.5, 0.5, 1).tolist() == [0.5]
+  with pytest.raises(ValueError, match="low, high"):
+    perturb.sigma_prior_grid(0.0, 1.0, 3)
+  with pytest.raises(ValueError, match="k"):
+    perturb.sigma_prior_grid(0.1, 1.0, 0)
+
+
+@pytest.mark.parametrize("objective,per_weight", [("maurer", False), ("fquad", True)])
+def test_optimise_posterior_lowers_bound(objective, per_weight):
+  params, data = make_problem(200, seed=9)
+  prior = {"w": params["w"] * 0.0, "b": params["b"] * 0.0}
+  fit = perturb.optimise_posterior(
+      soft_loss, params, prior, data, key=jax.random.key(0), sigma_init=0.01,
+      sigma_prior=1.0, objective=objective, per_weight=per_weight, num_steps=60,
+      learning_rate=0.05, batch_size=64, num_draws=4)
+  assert fit.history[-10:].mean() < fit.history[:10].mean()
+  assert np.shape(fit.sigma["w"]) == ((D,) if per_weight else ())
+  assert np.all(np.asarray(fit.sigma["w"]) > 0.01)  # the KL pushes sigma toward the prior
+  # The fitted posterior plugs into mc_risk as a diagonal sigma.
+  r = perturb.mc_risk(zero_one, params, data, key=jax.random.key(1), sigma=fit.sigma,
+                      chunk_size=10, **FAST)
+  assert 0.0 <= r.mean <= 1.0
