@@ -8,7 +8,7 @@ directory (removed afterwards), then times, each in a fresh subprocess so that p
 - ``read bytes``: reading every file of both folders in 16 MiB chunks, no parsing;
 - ``get_tensor``: ``iter_safetensors`` over both folders, no arithmetic;
 - ``checkpoint_kl``: the KL itself (default reader, ``safe_open``);
-- ``kl, direct``: the KL with ``SafetensorsFolder(..., direct=True)`` (plain file reads).
+- ``kl, direct``: the KL with ``direct=True`` (plain file reads, no memory map).
 
 Usage: ``python benchmarks/bench_kl.py [--gb 1.0] [--dir /tmp]``.
 """
@@ -99,10 +99,7 @@ def measure(step: str, prior: str, post: str) -> dict:
     result = checkpoint_kl(prior, post, 1e-3, 2e-3)
     extra.update(kl=result.kl, num_params=result.num_params)
   elif step == "kl, direct":
-    from pacbayes.kl import SafetensorsFolder
-
-    folders = [SafetensorsFolder(f, require_config=True, direct=True) for f in (prior, post)]
-    result = checkpoint_kl(*folders, 1e-3, 2e-3)
+    result = checkpoint_kl(prior, post, 1e-3, 2e-3, direct=True)
     extra.update(kl=result.kl, num_params=result.num_params)
   seconds = time.perf_counter() - start
   if reset:

@@ -28,6 +28,12 @@ DEFAULT_CATONI_GRID: tuple[float, ...] = tuple(float(2.0 ** (j / 2)) for j in ra
 # Bisection runs over the ordered bit patterns of non-negative doubles: [0, 1] spans fewer than
 # 2^62 patterns, so 64 halvings always end on two adjacent doubles whatever the magnitude.
 _NUM_BISECT = 64
+# A few safeguarded Newton steps first shrink the bracket to +-2^12 doubles around the root, so
+# the bisection usually stops after ~13 steps; where the guess fails its check, the full
+# bracket is kept and the 64 steps still apply.
+_NUM_NEWTON = 6
+_NEWTON_WINDOW = 2**12
+_ONE_MINUS = float(np.nextafter(1.0, 0.0))
 _EPS = float(np.finfo(np.float64).eps)
 _TINY = float(np.finfo(np.float64).tiny)
 
@@ -210,25 +216,89 @@ def _from_bits(b: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(b, jnp.float64)
 
 
+def _bisect(q: jax.Array, c: jax.Array, lo: jax.Array, hi: jax.Array, upper: bool):
+  """Bisection over bit patterns until every bracket [lo, hi] holds two adjacent doubles.
+
+  Invariant (upper): lo is feasible (kl <= c) and hi is infeasible or the top of the range;
+  (lower): hi is feasible and lo infeasible or the bottom. At most _NUM_BISECT steps.
+  """
+
+  def cond(state):
+    i, lo, hi = state
+    return (i < _NUM_BISECT) & jnp.any(hi - lo > 1)
+
+  def body(state):
+    i, lo, hi = state
+    # Upper rounds the midpoint down and lower rounds it up, so the loop ends on adjacent doubles.
+    mid = lo + (hi - lo) // 2 if upper else lo + (hi - lo + 1) // 2
+    feasible = _kl_raw(q, _from_bits(mid)) <= c
+    if upper:
+      return i + 1, jnp.where(feasible, mid, lo), jnp.where(feasible, hi, mid)
+    return i + 1, jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
+
+  _, lo, hi = lax.while_loop(cond, body, (jnp.int32(0), lo, hi))
+  return lo, hi
+
+
+def _narrow(q, c, guess, lo, hi, upper: bool):
+  """A bracket of +-_NEWTON_WINDOW doubles around a Newton guess, checked against kl.
+
+  Ends that fail the check fall back to the safe ends lo, hi (the guess end that failed then
+  becomes the other side's end, so the bracket stays valid and usually still narrow).
+  """
+  g = _bits(guess)
+  lo_w = jnp.clip(g - _NEWTON_WINDOW, lo, hi)
+  hi_w = jnp.clip(g + _NEWTON_WINDOW, lo, hi)
+  feas_lo = _kl_raw(q, _from_bits(lo_w)) <= c
+  feas_hi = _kl_raw(q, _from_bits(hi_w)) <= c
+  if upper:  # want feasible lo_w, infeasible hi_w
+    new_lo = jnp.where(feas_lo, lo_w, jnp.where(feas_hi, hi_w, lo))
+    new_hi = jnp.where(~feas_hi, hi_w, jnp.where(~feas_lo, lo_w, hi))
+  else:  # want infeasible lo_w, feasible hi_w
+    new_lo = jnp.where(~feas_lo, lo_w, jnp.where(~feas_hi, hi_w, lo))
+    new_hi = jnp.where(feas_hi, hi_w, jnp.where(feas_lo, lo_w, hi))
+  ok = jnp.isfinite(guess)
+  return jnp.where(ok, new_lo, lo), jnp.where(ok, new_hi, hi)
+
+
 @jax.jit
 def _bisect_upper(q: jax.Array, c: jax.Array) -> jax.Array:
-  # Pinsker, kl >= 2 (p - q)^2, puts the supremum below q + sqrt(c / 2); the slack factor and
-  # the 4 eps cover rounding so the starting right end is never left of the true root.
-  hi0 = jnp.minimum(1.0, q + (1.0 + 1e-7) * jnp.sqrt(0.5 * c) + 4.0 * _EPS)
+  oq = 1.0 - q
+  # Upper bounds on the supremum: Pinsker (kl >= 2 (p - q)^2) and kl >= (p - q)^2 / (2p); the
+  # slack factor and 4 eps cover rounding so the right end is never left of the true root.
+  bound = jnp.minimum(jnp.sqrt(0.5 * c), c + jnp.sqrt(c * c + 2.0 * q * c))
+  hi0 = jnp.minimum(1.0, q + (1.0 + 1e-7) * bound + 4.0 * _EPS)
+  lo0 = q
 
-  def body(_, state):
-    lo, hi = state
-    mid = lo + (hi - lo) // 2
-    feasible = _kl_raw(q, _from_bits(mid)) <= c
-    return jnp.where(feasible, mid, lo), jnp.where(feasible, hi, mid)
+  # Newton in s = ln((1 - q) / (1 - p)), where kl is convex and increasing with slope 1 - q / p
+  # in [0, 1): started right of the root it converges monotonically from the right, quickly
+  # also when the root is close to 1 (kl is nearly linear in s there).
+  s_max = (c - jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)), 0.0)) / oq
+  s = jnp.minimum(-jnp.log1p(-jnp.minimum(bound, oq) / oq), s_max)
 
-  _, hi = lax.fori_loop(0, _NUM_BISECT, body, (_bits(q), _bits(hi0)))
+  def newton(_, s):
+    p = q + oq * -jnp.expm1(-s)
+    excess = _kl_raw(q, p) - c
+    slope = (p - q) / p
+    step = jnp.where((excess > 0) & (slope > 0), excess / jnp.where(slope > 0, slope, 1.0), 0.0)
+    return jnp.maximum(s - step, 0.0)
+
+  s = lax.fori_loop(0, _NUM_NEWTON, newton, s)
+  guess = jnp.clip(q + oq * -jnp.expm1(-s), lo0, hi0)
+  lo, hi = _narrow(q, c, guess, _bits(lo0), _bits(hi0), upper=True)
+  # A supremum within half an ulp of 1 needs no search.
+  at_top = _kl_raw(q, jnp.full_like(q, _ONE_MINUS)) <= c
+  lo = jnp.where(at_top, _bits(jnp.full_like(q, _ONE_MINUS)), lo)
+  hi = jnp.where(at_top, _bits(jnp.ones_like(q)), hi)
+  _, hi = _bisect(q, c, lo, hi, upper=True)
+
   # hi is the smallest double whose computed kl exceeds c; step outward by the rounding error of
   # kl (and one ulp for the addition), so the result is above the true supremum.
   p = _from_bits(hi)
   p = jnp.minimum(1.0, jnp.nextafter(p + _root_error(q, p), 1.0))
-  # Closed forms (rounded up one ulp) and exact cases; NaN in gives NaN out.
-  p = jnp.where(q == 0.0, jnp.nextafter(-jnp.expm1(-c), 1.0), p)
+  # Closed forms (widened by 4 eps relative: XLA's expm1 and exp are off by up to ~1.4 ulp) and
+  # exact cases; NaN in gives NaN out.
+  p = jnp.where(q == 0.0, jnp.minimum(1.0, -jnp.expm1(-c) * (1.0 + 4.0 * _EPS)), p)
   p = jnp.where(c == 0.0, q, p)
   p = jnp.where(q == 1.0, 1.0, p)
   return jnp.where(jnp.isnan(q) | jnp.isnan(c), jnp.nan, p)
@@ -236,21 +306,40 @@ def _bisect_upper(q: jax.Array, c: jax.Array) -> jax.Array:
 
 @jax.jit
 def _bisect_lower(q: jax.Array, c: jax.Array) -> jax.Array:
-  lo0 = jnp.maximum(0.0, q - (1.0 + 1e-7) * jnp.sqrt(0.5 * c) - 4.0 * _EPS)
+  oq = 1.0 - q
+  # Lower bounds on the infimum: Pinsker, and kl >= (q - p)^2 / (2 (1 - p)) (the mirror image).
+  bound = jnp.minimum(jnp.sqrt(0.5 * c), c + jnp.sqrt(c * c + 2.0 * oq * c))
+  lo0 = jnp.maximum(0.0, q - (1.0 + 1e-7) * bound - 4.0 * _EPS)
+  hi0 = q
 
-  def body(_, state):
-    lo, hi = state
-    mid = lo + (hi - lo + 1) // 2  # rounds up, so the loop ends on two adjacent patterns
-    feasible = _kl_raw(q, _from_bits(mid)) <= c
-    return jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
+  # Newton in s = ln(q / p): kl is convex and increasing with slope (q - p) / (1 - p) in [0, q).
+  s_max = (c - jnp.where(oq > 0, oq * jnp.log(jnp.where(oq > 0, oq, 1.0)), 0.0)) / q
+  s = jnp.minimum(-jnp.log1p(-jnp.minimum(bound, q) / q), s_max)
 
-  lo, _ = lax.fori_loop(0, _NUM_BISECT, body, (_bits(lo0), _bits(q)))
+  def newton(_, s):
+    p = q + q * jnp.expm1(-s)
+    excess = _kl_raw(q, p) - c
+    slope = (q - p) / (1.0 - p)
+    ok = (excess > 0) & (slope > 0) & jnp.isfinite(excess)
+    step = jnp.where(ok, excess / jnp.where(slope > 0, slope, 1.0), 0.0)
+    return jnp.maximum(s - step, 0.0)
+
+  s = lax.fori_loop(0, _NUM_NEWTON, newton, s)
+  guess = jnp.clip(q + q * jnp.expm1(-s), lo0, hi0)
+  lo, hi = _narrow(q, c, guess, _bits(lo0), _bits(hi0), upper=False)
+  # An infimum below the smallest normal double needs no search: the answer is 0 (see below).
+  at_bottom = _kl_raw(q, jnp.full_like(q, _TINY)) <= c
+  lo = jnp.where(at_bottom, 0, lo)
+  hi = jnp.where(at_bottom, 1, hi)
+  lo, _ = _bisect(q, c, lo, hi, upper=False)
+
+  # lo is the largest double whose computed kl exceeds c; step outward as in the upper case.
   # CPU backends may flush subnormals to zero inside kl, so the bracket can stop at a subnormal
   # that is above an infimum which underflows; 0 is always on the safe side.
   p = _from_bits(lo)
   p = jnp.maximum(0.0, jnp.nextafter(p - _root_error(q, p), 0.0))
+  p = jnp.where(q == 1.0, jnp.exp(-c) * (1.0 - 4.0 * _EPS), p)
   p = jnp.where(p < _TINY, 0.0, p)
-  p = jnp.where(q == 1.0, jnp.nextafter(jnp.exp(-c), 0.0), p)
   p = jnp.where(c == 0.0, q, p)
   p = jnp.where(q == 0.0, 0.0, p)
   return jnp.where(jnp.isnan(q) | jnp.isnan(c), jnp.nan, p)
@@ -328,7 +417,8 @@ def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> jax.Array:
   .. math::
     \mathrm{kl}^{-1}_{+}(q, c) = \sup\{p \in [q, 1] : \mathrm{kl}(q \| p) \le c\}.
 
-  Exact cases: q = 0 gives 1 - exp(-c); q = 1 gives 1; c = 0 gives q; c = inf gives 1.
+  Closed forms: q = 0 gives 1 - exp(-c) (rounded up by 4 eps); q = 1 gives 1; c = 0 gives q;
+  c = inf gives 1.
 
   Args:
     q: empirical risk(s) in [0, 1].
@@ -368,7 +458,8 @@ def kl_inv_lower(q: ArrayLike, c: ArrayLike) -> jax.Array:
   .. math::
     \mathrm{kl}^{-1}_{-}(q, c) = \inf\{p \in [0, q] : \mathrm{kl}(q \| p) \le c\}.
 
-  Exact cases: q = 1 gives exp(-c); q = 0 gives 0; c = 0 gives q; c = inf gives 0.
+  Closed forms: q = 1 gives exp(-c) (rounded down by 4 eps); q = 0 gives 0; c = 0 gives q;
+  c = inf gives 0.
 
   Args:
     q: empirical risk(s) in [0, 1].

@@ -181,23 +181,30 @@ def hashed_ngrams(
     raise FeatureError(f"dim must be a positive int, got {dim!r}")
   if len(rows) == 0:
     raise FeatureError(f"{source or 'rows'}: no rows")
-  out = np.zeros((len(rows), dim), dtype=np.float32)
+  cache: dict[str, int] = {}  # n-gram -> signed bucket (bucket + 1, negated for sign -1).
+  row_idx, codes = [], []
   for i, row in enumerate(rows):
     toks = _tokens_of(row)
     if toks is None:
       raise FeatureError(f"{_where(source, lines, i)}: row has no 'text', 'prompt'/"
                          "'completion' or 'input_ids' to hash")
-    idx, sgn = [], []
     for order in orders:
       for j in range(len(toks) - order + 1):
-        h = zlib.crc32(_SEP.join([str(order), *toks[j:j + order]]).encode())
-        idx.append(h % dim)
-        sgn.append(1.0 if (h >> 31) & 1 else -1.0)
-    if idx:
-      np.add.at(out[i], np.asarray(idx), np.asarray(sgn, dtype=np.float32))
-      norm = float(np.linalg.norm(out[i]))
-      if norm > 0:
-        out[i] /= norm
+        gram = _SEP.join([str(order), *toks[j:j + order]])
+        code = cache.get(gram)
+        if code is None:
+          h = zlib.crc32(gram.encode())
+          code = (h % dim + 1) * (1 if (h >> 31) & 1 else -1)
+          cache[gram] = code
+        codes.append(code)
+      row_idx.extend([i] * max(0, len(toks) - order + 1))
+  out = np.zeros((len(rows), dim), dtype=np.float32)
+  if codes:
+    code_arr = np.asarray(codes, dtype=np.int64)
+    np.add.at(out, (np.asarray(row_idx, dtype=np.int64), np.abs(code_arr) - 1),
+              np.sign(code_arr).astype(np.float32))
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.where(norms > 0, norms, 1.0)
   return out
 
 

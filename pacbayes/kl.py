@@ -489,12 +489,12 @@ class _DictSource:
       yield array[r0:r1]
 
 
-def _open_source(source: Any, label: str):
+def _open_source(source: Any, label: str, direct: bool):
   if isinstance(source, Mapping):
     return _DictSource(source, label)
   if isinstance(source, SafetensorsFolder):
     return source
-  return SafetensorsFolder(source, require_config=True)
+  return SafetensorsFolder(source, require_config=True, direct=direct)
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,6 +594,7 @@ def checkpoint_kl(
   include: str | Sequence[str] | None = None,
   exclude: str | Sequence[str] | None = None,
   progress: bool = False,
+  direct: bool = False,
 ) -> CheckpointKL:
   """KL(N(w_post, sigma_q^2 I) || N(w_prior, sigma_p^2 I)) streamed over two checkpoints.
 
@@ -617,6 +618,8 @@ def checkpoint_kl(
     include: fnmatch glob pattern(s) on tensor names to perturb (None: all).
     exclude: fnmatch glob pattern(s) on tensor names to leave unperturbed.
     progress: show a tqdm progress bar over tensors.
+    direct: read folders with plain file reads instead of ``safe_open`` (same values; memory
+      stays at one block instead of one tensor's mapped pages; see ``SafetensorsFolder``).
 
   Returns:
     A CheckpointKL with the total KL, parameter count, squared distance and per-tensor terms.
@@ -634,8 +637,8 @@ def checkpoint_kl(
   sigma_p_of, sigma_p_value = _sigma_resolver(sigma_p, "sigma_p")
   include = _as_patterns(include, "include")
   exclude = _as_patterns(exclude, "exclude")
-  src_p = _open_source(prior, "prior")
-  src_q = _open_source(posterior, "posterior")
+  src_p = _open_source(prior, "prior", direct)
+  src_q = _open_source(posterior, "posterior", direct)
 
   names_p, names_q = src_p.names(), set(src_q.names())
   only_p = sorted(set(names_p) - names_q)

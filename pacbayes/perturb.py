@@ -421,7 +421,6 @@ def mc_risk(
   key_draws, key_fill = jax.random.split(key)
   start = time.perf_counter()
 
-  d_size = shd.axis_size(mesh, shd.DATA)
   leaves = shd.shard_params(leaves, mesh)
   sigmas = [shd.put(s, mesh, shd.param_spec(s.shape, mesh)) if mesh is not None else s
             for s in sigmas]
@@ -663,11 +662,14 @@ class PosteriorFit:
       or per weight arrays; unperturbed leaves hold 1.0 and are never used).
     history: [steps] objective values (noisy minibatch estimates of the bound).
     objective: "maurer" or "fquad".
+    mask: the perturbation mask used; pass it on with `sigma` (to `mc_risk` or
+      `pacbayes.pipeline.certify_params` via the same include/exclude).
   """
 
   sigma: Any
   history: np.ndarray
   objective: str
+  mask: Any = None
 
 
 def optimise_posterior(
@@ -753,21 +755,22 @@ def optimise_posterior(
   mask_t = _mask_leaves(mask, params)
   leaves, treedef = jax.tree.flatten(params)
   p_leaves, p_def = jax.tree.flatten(prior_params)
-  if p_def != treedef or any(np.shape(a) != np.shape(b) for a, b in zip(leaves, p_leaves)):
+  if p_def != treedef or any(
+      np.shape(a) != np.shape(b) for a, b in zip(leaves, p_leaves, strict=True)):
     raise ValueError("prior_params: expected the same structure and shapes as params")
   bound_fn = bounds.maurer if objective == "maurer" else bounds.fquad
   ln_k = math.log(grid_size)
 
   log_s = [
       jnp.full(np.shape(x) if per_weight else (), math.log(sigma_init), jnp.float32)
-      for x, m in zip(leaves, mask_t) if m]
+      for x, m in zip(leaves, mask_t, strict=True) if m]
   opt = optimizer if optimizer is not None else optax.adam(learning_rate)
   opt_state = opt.init(log_s)
   sel = [i for i, m in enumerate(mask_t) if m]
 
   def objective_fn(log_s, leaves, p_leaves, key, batch):
     s_all = [jnp.ones((), jnp.float32)] * len(leaves)
-    for i, ls in zip(sel, log_s):
+    for i, ls in zip(sel, log_s, strict=True):
       s_all[i] = jnp.exp(ls)
 
     def one(k):
@@ -797,6 +800,7 @@ def optimise_posterior(
     bar.update(1)
   bar.close()
   sig = [jnp.ones((), jnp.float32)] * len(leaves)
-  for i, ls in zip(sel, log_s):
+  for i, ls in zip(sel, log_s, strict=True):
     sig[i] = jnp.exp(ls)
-  return PosteriorFit(jax.tree.unflatten(treedef, sig), history, objective)
+  return PosteriorFit(jax.tree.unflatten(treedef, sig), history, objective,
+                      jax.tree.unflatten(treedef, list(mask_t)))

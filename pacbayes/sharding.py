@@ -86,7 +86,7 @@ def leading_axis_spec(shape: Sequence[int], mesh: Mesh | None, axes: Sequence[in
   return P()
 
 
-def put(x: Any, mesh: Mesh | None, spec: P = P()) -> jax.Array:
+def put(x: Any, mesh: Mesh | None, spec: P | None = None) -> jax.Array:
   """Places a host array on the mesh with `spec` (plain `jnp.asarray` without a mesh).
 
   Every process must hold the same full host array (true when each host loads the same
@@ -94,7 +94,7 @@ def put(x: Any, mesh: Mesh | None, spec: P = P()) -> jax.Array:
   """
   if mesh is None:
     return jax.numpy.asarray(x)
-  sharding = NamedSharding(mesh, spec)
+  sharding = NamedSharding(mesh, P() if spec is None else spec)
   if isinstance(x, jax.Array):
     return jax.device_put(x, sharding)
   x = np.asarray(x)
@@ -168,7 +168,8 @@ def maybe_initialize_distributed() -> bool:
         try:
           kwargs[arg] = int(value)
         except ValueError as err:
-          raise ValueError(f"environment variable {name}: expected an integer, got {value!r}") from err
+          raise ValueError(
+              f"environment variable {name}: expected an integer, got {value!r}") from err
   jax.distributed.initialize(**kwargs)
   return True
 

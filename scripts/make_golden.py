@@ -60,9 +60,9 @@ def make_case(name: str, config, dtype: str, max_shard_size: str | None, out: Pa
   for extra in ("generation_config.json",):
     if (ckpt / extra).exists():
       os.remove(ckpt / extra)
-  # Reference in float32 (bf16 weights upcast exactly) so that loading with dtype="float32"
-  # can be compared tightly.
-  model = model.float()
+  # Reference in float32 from the saved files (bf16 weights upcast exactly, and fresh float32
+  # rotary buffers), so that loading with dtype="float32" can be compared tightly.
+  model = tf.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
   rng = np.random.default_rng(sum(map(ord, name)))
   input_ids = rng.integers(2, config.vocab_size, size=(3, 10)).astype(np.int32)
   prompt_lengths = np.array([10, 6, 3], np.int32)

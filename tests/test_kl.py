@@ -257,13 +257,12 @@ def test_checkpoint_kl_small_blocks_and_memory_sources_agree(tmp_path, monkeypat
   monkeypatch.setattr(klm, "_CHUNK_ELEMS", 20)  # several row blocks per tensor
   blocked = checkpoint_kl(tmp_path / "pre", tmp_path / "ft", 0.01, 0.03)
   in_memory = checkpoint_kl(prior, post, 0.01, 0.03)
-  direct = checkpoint_kl(
-    SafetensorsFolder(tmp_path / "pre", direct=True),
-    SafetensorsFolder(tmp_path / "ft", direct=True),
-    0.01,
-    0.03,
-  )
+  direct = checkpoint_kl(tmp_path / "pre", tmp_path / "ft", 0.01, 0.03, direct=True)
   assert direct.kl == blocked.kl
+  direct_folders = checkpoint_kl(
+    SafetensorsFolder(tmp_path / "pre", direct=True), SafetensorsFolder(tmp_path / "ft"), 0.01, 0.03
+  )
+  assert direct_folders.kl == whole.kl
   np.testing.assert_allclose(blocked.kl, whole.kl, rtol=1e-13)
   np.testing.assert_allclose(in_memory.kl, whole.kl, rtol=1e-13)
 
@@ -366,12 +365,8 @@ def test_raw_reader_matches_safe_open(tmp_path):
   for name, value in weights.items():
     assert direct.get(name).dtype == value.dtype
     np.testing.assert_array_equal(direct.get(name), value)
-    np.testing.assert_array_equal(
-      np.concatenate(list(direct.iter_rows(name, 4)), axis=None)
-      if value.shape
-      else direct.get(name),
-      value.ravel() if value.shape else value,
-    )
+    blocks = list(direct.iter_rows(name, max_elems=4))
+    np.testing.assert_array_equal(np.concatenate([b.ravel() for b in blocks]), value.ravel())
   assert [b.shape[0] for b in folder.iter_rows("a", max_elems=6)] == [2, 2, 2, 1]
 
 

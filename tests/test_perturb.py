@@ -237,7 +237,7 @@ def test_search_sigma_monotone_in_tolerance():
            for t in (0.01, 0.05, 0.2)]
   sigmas = [f.sigma for f in found]
   assert sigmas == sorted(sigmas) and sigmas[0] < sigmas[-1]
-  for f, t in zip(found, (0.01, 0.05, 0.2)):
+  for f, t in zip(found, (0.01, 0.05, 0.2), strict=True):
     assert f.risk <= f.unperturbed + t
     assert 1e-3 <= f.sigma <= 50.0
   with pytest.raises(ValueError, match="low"):
@@ -272,3 +272,12 @@ def test_optimise_posterior_lowers_bound(objective, per_weight):
   r = perturb.mc_risk(zero_one, params, data, key=jax.random.key(1), sigma=fit.sigma,
                       chunk_size=10, **FAST)
   assert 0.0 <= r.mean <= 1.0
+  if not per_weight:
+    # Fresh draws for the certificate of the fitted diagonal posterior.
+    from pacbayes import pipeline
+
+    cert = pipeline.certify_params(zero_one, prior, params, data, key=jax.random.key(2),
+                                   sigma_q=fit.sigma, sigma_prior=1.0, chunk_size=10,
+                                   **FAST, progress=False)
+    assert cert.sigma_q is None and cert.extra["sigma_q"] == "diagonal"
+    assert cert.kl > 0 and cert.bound == cert.emp_risk + cert.epsilon + cert.g_gen

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pacbayes import perturb
+from pacbayes import losses, perturb
 from pacbayes.data import synthetic
 from pacbayes.data.dataset import Dataset
 from pacbayes.models.generate import greedy_generate
@@ -141,6 +141,20 @@ def slice_accuracy(model: nnx.Module, test: SliceSet, *, batch_size: int = 256,
       correct[start:start + real] = answer_correct(gen[:real], answers, tokenizer=tokenizer)
     result[k] = float(correct.mean())
   return result
+
+
+def error_loss_fn(apply_fn: Callable) -> Callable:
+  """loss(params, batch) -> [B] token error on the target tokens, for `pacbayes.perturb`.
+
+  Args:
+    apply_fn: apply(params, input_ids, attention_mask) -> logits.
+  """
+
+  def loss_fn(params, batch):
+    logits_BxLxV = apply_fn(params, batch["input_ids"], batch["attention_mask"])
+    return losses.token_error(logits_BxLxV, batch["input_ids"], batch["loss_mask"])
+
+  return loss_fn
 
 
 def _arrays(ds: Dataset) -> dict[str, np.ndarray]:

@@ -173,12 +173,27 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def make_loss_fn(graphdef: Any, method: str) -> Callable[[Any, Any, Mapping], jax.Array]:
-  """Returns loss(params, rest, batch) -> scalar for a model split into `graphdef`."""
+ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
-  def loss_fn(params, rest, batch):
+
+def model_apply(graphdef: Any, rest: Any) -> ApplyFn:
+  """apply(params, input_ids, attention_mask) -> logits for a model split into graphdef/rest.
+
+  Build it once per model structure and reuse it: compiled steps are cached on its identity.
+  """
+
+  def apply(params, input_ids_BxL, attention_mask_BxL):
     model = nnx.merge(graphdef, params, rest)
-    logits_BxLxV = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+    return model(input_ids_BxL, attention_mask=attention_mask_BxL)
+
+  return apply
+
+
+def make_loss_fn(apply_fn: ApplyFn, method: str) -> Callable[[Any, Mapping], jax.Array]:
+  """Returns loss(params, batch) -> scalar training loss (see `token_loss`)."""
+
+  def loss_fn(params, batch):
+    logits_BxLxV = apply_fn(params, batch["input_ids"], batch["attention_mask"])
     return token_loss(
       logits_BxLxV,
       batch["input_ids"],
@@ -191,22 +206,22 @@ def make_loss_fn(graphdef: Any, method: str) -> Callable[[Any, Any, Mapping], ja
 
 
 @functools.lru_cache(maxsize=64)
-def make_train_step(graphdef: Any, method: str, b1: float, b2: float, weight_decay: float,
+def make_train_step(apply_fn: ApplyFn, method: str, b1: float, b2: float, weight_decay: float,
                     grad_clip: float) -> Callable:
-  """A jitted step (params, rest, opt_state, batch, lr) -> (params, opt_state, loss).
+  """A jitted step (params, opt_state, batch, lr) -> (params, opt_state, loss).
 
-  Cached on its arguments, so runs that share a model structure and optimiser settings reuse
-  one compiled program per batch shape.
+  Cached on its arguments, so runs that share an apply function and optimiser settings reuse
+  one compiled program per batch shape (the learning rate is an argument, not a constant).
   """
-  loss_fn = make_loss_fn(graphdef, method)
+  loss_fn = make_loss_fn(apply_fn, method)
   optimizer = make_optimizer(
     TrainConfig(steps=1, batch_size=1, learning_rate=1.0, b1=b1, b2=b2,
                 weight_decay=weight_decay, grad_clip=grad_clip, method=method)
   )
 
   @jax.jit
-  def step(params, rest, opt_state, batch, lr):
-    loss, grads = jax.value_and_grad(loss_fn)(params, rest, batch)
+  def step(params, opt_state, batch, lr):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -243,9 +258,8 @@ def check_arrays(data: Mapping[str, np.ndarray]) -> int:
 
 
 def train(
-  graphdef: Any,
+  apply_fn: ApplyFn,
   params: Any,
-  rest: Any,
   data: Mapping[str, np.ndarray],
   config: TrainConfig,
   *,
@@ -253,16 +267,16 @@ def train(
   progress: bool = True,
   desc: str = "train",
 ) -> TrainResult:
-  """Trains `params` of a split NNX model on `data` with AdamW (see `TrainConfig`).
+  """Trains `params` on `data` with AdamW (see `TrainConfig`) and returns the new params.
 
   Pretraining passes a loss mask covering the whole sequence; fine-tuning passes one covering
-  the completion only. The loop is a plain `jax.jit` step over split state with fixed-shape
-  batches, so it compiles once.
+  the completion only. The loop is a plain `jax.jit` step over the parameter pytree with
+  fixed-shape batches, so it compiles once per shape.
 
   Args:
-    graphdef: the model's graph definition from `nnx.split(model, nnx.Param, ...)`.
-    params: the parameter state to start from.
-    rest: the remaining (non-parameter) state.
+    apply_fn: apply(params, input_ids, attention_mask) -> logits, e.g. from `model_apply`
+      (weight space) or `pacbayes.lab.subspace.subspace_apply` (a random subspace).
+    params: the parameter pytree to start from.
     data: dict with "input_ids", "attention_mask", "loss_mask" arrays of shape [N, L].
     config: optimisation settings.
     key: PRNG key for the batch order.
@@ -275,7 +289,7 @@ def train(
   num_rows = check_arrays(data)
   arrays = {k: np.asarray(data[k], dtype=np.int32) for k in BATCH_KEYS}
   optimizer = make_optimizer(config)
-  step = make_train_step(graphdef, config.method, config.b1, config.b2, config.weight_decay,
+  step = make_train_step(apply_fn, config.method, config.b1, config.b2, config.weight_decay,
                          config.grad_clip)
   opt_state = optimizer.init(params)
   lrs = learning_rates(config)
@@ -287,7 +301,7 @@ def train(
   for i in range(config.steps):
     idx = order[i]
     batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
-    params, opt_state, loss = step(params, rest, opt_state, batch, lrs[i])
+    params, opt_state, loss = step(params, opt_state, batch, lrs[i])
     pending.append((i, loss))
     # Reading the loss back every few steps keeps dispatch asynchronous.
     if len(pending) >= 10 or i == config.steps - 1:
@@ -306,9 +320,10 @@ def train(
 
 def train_model(model: nnx.Module, data: Mapping[str, np.ndarray], config: TrainConfig, *,
                 key: jax.Array, progress: bool = True, desc: str = "train") -> TrainResult:
-  """Convenience wrapper: splits `model`, trains, and writes the new parameters back into it."""
+  """Convenience wrapper: splits `model`, trains all its parameters, writes them back."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  result = train(graphdef, params, rest, data, config, key=key, progress=progress, desc=desc)
+  result = train(model_apply(graphdef, rest), params, data, config, key=key,
+                 progress=progress, desc=desc)
   nnx.update(model, result.params)
   return result
 

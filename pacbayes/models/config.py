@@ -360,6 +360,9 @@ def _req(hf: Mapping[str, Any], key: str) -> Any:
 
 
 def _check_unknown(hf: Mapping[str, Any], used: set[str]) -> None:
+  for key in ("add_cross_attention", "is_encoder_decoder", "tie_encoder_decoder"):
+    if hf.get(key):
+      raise _reject(key, hf[key], "false (decoder-only models)")
   unknown = sorted(set(hf) - used - _IGNORED_KEYS)
   if unknown:
     raise ValueError(

@@ -1,0 +1,133 @@
+"""Tests for pacbayes.features: difficulty, CoT length, hashed n-grams, embed_with."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from pacbayes import features
+from pacbayes.data.jsonl import DataError
+from pacbayes.features import FeatureError
+
+
+def test_difficulty_values():
+  rows = [{"difficulty": 3}, {"difficulty": 1.5}, {"difficulty": 0}]
+  d = features.difficulty(rows)
+  assert d.dtype == np.float64
+  np.testing.assert_array_equal(d, [3.0, 1.5, 0.0])
+
+
+def test_difficulty_missing_names_file_and_line(tmp_path):
+  path = tmp_path / "train.jsonl"
+  path.write_text('{"difficulty": 1}\n\n{"difficulty": 2}\n{"text": "a"}\n{"text": "b"}\n')
+  rows, lines = features.read_rows(path)
+  assert lines == [1, 3, 4, 5]
+  with pytest.raises(DataError, match=r"train\.jsonl:4: row has no 'difficulty'"):
+    features.difficulty(rows, source=str(path), lines=lines)
+  with pytest.raises(DataError, match=r"rows: row 3: row has no 'difficulty'"):
+    features.difficulty(rows)
+
+
+@pytest.mark.parametrize("bad", ["3", None, True, float("nan"), [1]])
+def test_difficulty_must_be_a_finite_number(bad):
+  with pytest.raises(DataError, match="'difficulty' must be a finite number"):
+    features.difficulty([{"difficulty": 1}, {"difficulty": bad}])
+
+
+def test_difficulty_no_rows():
+  with pytest.raises(DataError, match="no rows"):
+    features.difficulty([])
+
+
+def test_cot_length_lines_and_tokens():
+  rows = [
+      {"prompt": "Q", "completion": "step 1\n\nstep 2\nanswer: 4"},
+      {"text": "one line only."},
+  ]
+  np.testing.assert_array_equal(features.cot_length(rows, "lines"), [3, 1])
+  # Words and punctuation: "step 1 step 2 answer : 4" and "one line only .".
+  np.testing.assert_array_equal(features.cot_length(rows, "tokens"), [7, 4])
+  np.testing.assert_array_equal(
+      features.cot_length(rows, "tokens", tokenizer=lambda s: list(s.encode())),
+      [len(rows[0]["completion"].encode()), len(rows[1]["text"].encode())])
+
+
+def test_cot_length_errors():
+  with pytest.raises(FeatureError, match="unit must be"):
+    features.cot_length([{"text": "a"}], "chars")
+  with pytest.raises(FeatureError, match=r"f\.jsonl:7: row has no string 'completion'"):
+    features.cot_length([{"text": "a"}, {"input_ids": [1]}], source="f.jsonl", lines=[2, 7])
+
+
+def test_hashed_ngrams_matches_independent_hash():
+  dim = 64
+  x = features.hashed_ngrams([{"text": "Hello"}], n=1, dim=dim)
+  h = zlib.crc32(b"1\x1fhello")
+  want = np.zeros(dim, np.float32)
+  want[h % dim] = 1.0 if h >> 31 else -1.0
+  np.testing.assert_array_equal(x[0], want)
+
+
+def test_hashed_ngrams_properties():
+  rows = [{"text": "the cat sat on the mat"}, {"prompt": "2 + 2", "completion": "= 4"},
+          {"input_ids": [5, 6, 7, 5, 6]}, {"text": ""}]
+  x = features.hashed_ngrams(rows, n=(1, 2), dim=2**10)
+  assert x.shape == (4, 2**10) and x.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(x[:3], axis=1), 1.0, rtol=1e-6)
+  assert not x[3].any()  # No tokens: the zero vector.
+  np.testing.assert_array_equal(x, features.hashed_ngrams(rows, n=(1, 2), dim=2**10))
+  # "the" appears twice: its bucket holds +-2 before normalisation (1-grams only, big dim).
+  y = features.hashed_ngrams(rows[:1], n=1, dim=2**20)[0]
+  counts = np.sort(np.abs(y[y != 0]) / np.abs(y[y != 0]).min())
+  np.testing.assert_allclose(counts, [1, 1, 1, 1, 2])
+  # Token ids hash like their decimal strings.
+  z = features.hashed_ngrams([{"text": "5 6 7 5 6"}], n=(1, 2), dim=2**10)
+  np.testing.assert_array_equal(z[0], x[2])
+
+
+def test_hashed_ngrams_errors():
+  with pytest.raises(FeatureError, match="n must be"):
+    features.hashed_ngrams([{"text": "a"}], n=(0,))
+  with pytest.raises(FeatureError, match="dim must be"):
+    features.hashed_ngrams([{"text": "a"}], dim=0)
+  with pytest.raises(FeatureError, match="no rows"):
+    features.hashed_ngrams([])
+  with pytest.raises(FeatureError, match=r"b\.jsonl: row 2: row has no 'text'"):
+    features.hashed_ngrams([{"text": "a"}, {"difficulty": 1}], source="b.jsonl")
+
+
+def test_embed_with_batches():
+  rows = [{"text": "x" * i} for i in range(10)]
+  calls = []
+
+  def fn(batch):
+    calls.append(len(batch))
+    return np.array([[len(r["text"]), 1.0] for r in batch])
+
+  out = features.embed_with(fn, rows, batch_size=4)
+  assert calls == [4, 4, 2]
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out[:, 0], np.arange(10))
+
+
+def test_embed_with_errors():
+  rows = [{"text": "a"}] * 5
+  with pytest.raises(FeatureError, match="batch_size"):
+    features.embed_with(lambda b: np.zeros((len(b), 2)), rows, batch_size=0)
+  with pytest.raises(FeatureError, match=r"returned shape \(2,\)"):
+    features.embed_with(lambda b: np.zeros(2), rows, batch_size=2)
+  dims = iter([3, 4, 4])
+  with pytest.raises(FeatureError, match="rows 2..3 returned dimension 4, earlier batches 3"):
+    features.embed_with(lambda b: np.zeros((len(b), next(dims))), rows, batch_size=2)
+  with pytest.raises(FeatureError, match="NaN or infinite"):
+    features.embed_with(lambda b: np.full((len(b), 2), np.inf), rows, batch_size=2)
+  with pytest.raises(FeatureError, match="rows is empty"):
+    features.embed_with(lambda b: b, [], batch_size=2)
+
+
+def test_read_rows_roundtrip(tmp_path):
+  path = tmp_path / "d.jsonl"
+  path.write_text("\n".join(json.dumps({"difficulty": i}) for i in range(3)) + "\n")
+  rows, lines = features.read_rows(path)
+  assert [r["difficulty"] for r in rows] == [0, 1, 2] and lines == [1, 2, 3]
