@@ -264,9 +264,11 @@ def _narrow(q, c, guess, lo, hi, upper: bool):
 @jax.jit
 def _bisect_upper(q: jax.Array, c: jax.Array) -> jax.Array:
   oq = 1.0 - q
-  # Upper bounds on the supremum: Pinsker (kl >= 2 (p - q)^2) and kl >= (p - q)^2 / (2p); the
-  # slack factor and 4 eps cover rounding so the right end is never left of the true root.
+  # Bounds on p - q from d^2 kl / dp^2 = q / p^2 + (1 - q) / (1 - p)^2, which is >= 4 (Pinsker),
+  # >= 1 / (1 - q) on [q, 1], and gives kl >= (p - q)^2 / (2p); the slack factor and 4 eps
+  # cover rounding so the right end is never left of the true root.
   bound = jnp.minimum(jnp.sqrt(0.5 * c), c + jnp.sqrt(c * c + 2.0 * q * c))
+  bound = jnp.minimum(bound, jnp.sqrt(2.0 * c * oq))
   hi0 = jnp.minimum(1.0, q + (1.0 + 1e-7) * bound + 4.0 * _EPS)
   lo0 = q
 
@@ -307,8 +309,9 @@ def _bisect_upper(q: jax.Array, c: jax.Array) -> jax.Array:
 @jax.jit
 def _bisect_lower(q: jax.Array, c: jax.Array) -> jax.Array:
   oq = 1.0 - q
-  # Lower bounds on the infimum: Pinsker, and kl >= (q - p)^2 / (2 (1 - p)) (the mirror image).
+  # The mirror images of the bounds above (d^2 kl / dp^2 >= 1 / q on [0, q]).
   bound = jnp.minimum(jnp.sqrt(0.5 * c), c + jnp.sqrt(c * c + 2.0 * oq * c))
+  bound = jnp.minimum(bound, jnp.sqrt(2.0 * c * q))
   lo0 = jnp.maximum(0.0, q - (1.0 + 1e-7) * bound - 4.0 * _EPS)
   hi0 = q
 
@@ -316,8 +319,11 @@ def _bisect_lower(q: jax.Array, c: jax.Array) -> jax.Array:
   s_max = (c - jnp.where(oq > 0, oq * jnp.log(jnp.where(oq > 0, oq, 1.0)), 0.0)) / q
   s = jnp.minimum(-jnp.log1p(-jnp.minimum(bound, q) / q), s_max)
 
+  def from_s(s):  # p = q exp(-s), without cancellation near s = 0 or far from it
+    return jnp.where(s < 0.5, q + q * jnp.expm1(-s), q * jnp.exp(-s))
+
   def newton(_, s):
-    p = q + q * jnp.expm1(-s)
+    p = from_s(s)
     excess = _kl_raw(q, p) - c
     slope = (q - p) / (1.0 - p)
     ok = (excess > 0) & (slope > 0) & jnp.isfinite(excess)
@@ -325,7 +331,7 @@ def _bisect_lower(q: jax.Array, c: jax.Array) -> jax.Array:
     return jnp.maximum(s - step, 0.0)
 
   s = lax.fori_loop(0, _NUM_NEWTON, newton, s)
-  guess = jnp.clip(q + q * jnp.expm1(-s), lo0, hi0)
+  guess = jnp.clip(from_s(s), lo0, hi0)
   lo, hi = _narrow(q, c, guess, _bits(lo0), _bits(hi0), upper=False)
   # An infimum below the smallest normal double needs no search: the answer is 0 (see below).
   at_bottom = _kl_raw(q, jnp.full_like(q, _TINY)) <= c

@@ -13,6 +13,13 @@ class CommandError(ValueError):
   """A bad command line (the message names the flag)."""
 
 
+class _Parser(argparse.ArgumentParser):
+  """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _positive_float(flag):
   def parse(text):
     try:
@@ -46,7 +53,9 @@ def _write_json(obj, path):
 
 
 def cmd_bound(args) -> int:
-  from pacbayes import pipeline
+  from pacbayes import pipeline, sharding
+
+  sharding.maybe_initialize_distributed()
 
   if args.sigma is not None and args.sigma_grid:
     raise CommandError("give --sigma or --sigma-grid, not both")
@@ -121,7 +130,7 @@ def cmd_plot(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="pacbayes",
       description="Two-gap PAC-Bayes bounds (Proposition 4.1 of arXiv 2605.12906) for "
       "fine-tuned checkpoints, and the difficulty study.")

@@ -103,7 +103,7 @@ def certify_params(
     dataset: Any,
     *,
     key: jax.Array,
-    sigma_q: float | None = None,
+    sigma_q: float | Any | None = None,
     sigma_grid: Sequence[float] | None = None,
     sigma_prior: float | None = None,
     mc_scheme: str = "chunk",

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from pacbayes import losses, perturb, pipeline, shift
+from pacbayes import perturb, pipeline, shift
 from pacbayes.data import synthetic
 from pacbayes.data.dataset import Dataset
 from pacbayes.lab import cache, subspace
@@ -33,6 +33,8 @@ _CACHE_VERSION = 1
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
   """Every setting of one difficulty x size study (the defaults are the "quick" preset).
+
+  name: the preset this config came from (recorded as "preset" in results.json).
 
   Task and data:
     modulus: arithmetic modulus of the synthetic task.
@@ -71,7 +73,7 @@ class StudyConfig:
     eval_batch_size, generate_batch_size: batch sizes of teacher-forced and greedy passes.
   """
 
-  preset: str = "quick"
+  name: str = "quick"
   seed: int = 0
   modulus: int = 5
   buckets: tuple[tuple[str, int, int], ...] = (("easy", 1, 2), ("medium", 3, 4), ("hard", 5, 6))
@@ -188,7 +190,7 @@ class StudyConfig:
       raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
     fields = dict(PRESETS[name])
     fields.update(overrides)
-    return cls(preset=name, **fields)
+    return cls(name=name, **fields)
 
   def to_dict(self) -> dict[str, Any]:
     """Every field, JSON-ready (tuples as lists)."""
@@ -663,7 +665,7 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
     bar.close()
   results = {
     "schema": SCHEMA,
-    "preset": config.preset,
+    "preset": config.name,
     "config": config.to_dict(),
     "runtime_s": time.perf_counter() - start,
     "test_mixture": {str(k): p for k, p in study.mixture.items()},

@@ -247,8 +247,8 @@ def _gpt2_table(config: ModelConfig) -> list[Entry]:
 
 # Non-parameter buffers that some exporters write; they carry no weights and are skipped.
 _SKIPPED = {
-  "llama": re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),
-  "qwen2": re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"),
+  "llama": re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"),
+  "qwen2": re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"),
   "gpt2": re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)"),
 }
 

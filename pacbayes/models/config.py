@@ -34,8 +34,30 @@ _IGNORED_KEYS = frozenset({
   "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
   "suppress_tokens", "begin_suppress_tokens", "n_ctx", "pretraining_tp", "use_mrope",
   "max_window_layers", "gradient_checkpointing", "bos_token_id", "eos_token_id",
-  "pad_token_id", "layer_norm_eps",
+  "pad_token_id", "layer_norm_eps", "is_llama_config", "_num_labels",
 })
+
+
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+  """Llama 3 frequency-dependent rotary scaling (HF rope_type "llama3")."""
+
+  factor: float
+  low_freq_factor: float
+  high_freq_factor: float
+  original_max_position_embeddings: int
+
+  def __post_init__(self):
+    if not (self.factor > 0 and self.high_freq_factor > self.low_freq_factor > 0
+            and self.original_max_position_embeddings > 0):
+      raise ValueError(f"rope_scaling={self}: expected factor > 0, high_freq_factor > "
+                       "low_freq_factor > 0 and original_max_position_embeddings > 0")
+
+  def to_hf(self) -> dict[str, Any]:
+    return {"rope_type": "llama3", **dataclasses.asdict(self)}
 
 
 def _reject(key: str, value: Any, expected: str) -> ValueError:
@@ -57,6 +79,7 @@ class ModelConfig:
     head_dim: per-head width; None means hidden_size // num_attention_heads.
     max_position_embeddings: longest sequence (the size of GPT-2's position table).
     rope_theta: rotary base (llama/qwen2).
+    rope_scaling: None, or Llama 3 rotary scaling (llama only).
     norm_eps: epsilon of RMSNorm (llama/qwen2) or LayerNorm (gpt2).
     tie_word_embeddings: the output projection reuses the input embedding.
     attention_bias: q/k/v projections have a bias.
@@ -79,6 +102,7 @@ class ModelConfig:
   head_dim: int | None = None
   max_position_embeddings: int = 2048
   rope_theta: float = 10000.0
+  rope_scaling: Llama3RopeScaling | None = None
   norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
   attention_bias: bool = False
@@ -123,6 +147,8 @@ class ModelConfig:
       raise ValueError(f"rope_theta={self.rope_theta!r}: expected a positive number")
     if not self.norm_eps > 0:
       raise ValueError(f"norm_eps={self.norm_eps!r}: expected a positive number")
+    if self.rope_scaling is not None and self.model_type != "llama":
+      raise ValueError(f"rope_scaling is only implemented for llama, not {self.model_type!r}")
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     if self.model_type == "gpt2":
@@ -188,9 +214,14 @@ class ModelConfig:
             "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
             "rope_theta", "rope_scaling", "rope_parameters", "rms_norm_eps",
             "tie_word_embeddings", "hidden_act", "attention_bias", "mlp_bias",
-            "use_sliding_window", "sliding_window", "layer_types", "quantization_config"}
+            "use_sliding_window", "sliding_window", "layer_types", "quantization_config",
+            "rope_interleaved"}
     _check_unknown(hf, used)
+    if hf.get("rope_interleaved", False):
+      raise _reject("rope_interleaved", hf["rope_interleaved"], "false (HF rotate_half layout)")
     rope_theta = hf.get("rope_theta")
+    rope_scaling = None
+    supported = "rope_type 'default'" + (" or 'llama3'" if model_type == "llama" else "")
     for key in ("rope_scaling", "rope_parameters"):
       rope = hf.get(key)
       if rope is None:
@@ -198,11 +229,19 @@ class ModelConfig:
       if not isinstance(rope, Mapping):
         raise _reject(key, rope, "a mapping or null")
       rope_type = rope.get("rope_type", rope.get("type", "default"))
-      if rope_type != "default":
-        raise _reject(key, dict(rope), "rope_type 'default' (no rope scaling)")
-      extra = set(rope) - {"rope_type", "type", "rope_theta"}
+      allowed = {"rope_type", "type", "rope_theta"}
+      if rope_type == "llama3" and model_type == "llama":
+        allowed |= set(_LLAMA3_KEYS)
+        if any(k not in rope for k in _LLAMA3_KEYS):
+          raise _reject(key, dict(rope), f"llama3 rope scaling with all of {_LLAMA3_KEYS}")
+        rope_scaling = Llama3RopeScaling(
+          float(rope["factor"]), float(rope["low_freq_factor"]),
+          float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+      elif rope_type != "default":
+        raise _reject(key, dict(rope), supported)
+      extra = sorted(set(rope) - allowed)
       if extra:
-        raise _reject(key, dict(rope), "only 'rope_type' and 'rope_theta' entries")
+        raise _reject(key, dict(rope), f"no {extra} entries with {supported}")
       if "rope_theta" in rope:
         rope_theta = rope["rope_theta"]
     if hf.get("quantization_config") is not None:
@@ -237,6 +276,7 @@ class ModelConfig:
       head_dim=hf.get("head_dim"),
       max_position_embeddings=hf.get("max_position_embeddings", 2048),
       rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
+      rope_scaling=rope_scaling,
       norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
       attention_bias=attention_bias,
@@ -335,6 +375,7 @@ class ModelConfig:
       "max_position_embeddings": self.max_position_embeddings,
       "rope_theta": self.rope_theta,
       "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+      "rope_scaling": None,
       "rms_norm_eps": self.norm_eps,
       "hidden_act": self.hidden_act,
       "attention_dropout": 0.0,
@@ -345,6 +386,9 @@ class ModelConfig:
         raise ValueError("llama's attention_bias covers q/k/v and o together: cannot save "
                          f"attention_bias={self.attention_bias} with attention_out_bias="
                          f"{self.attention_out_bias}")
+      if self.rope_scaling is not None:
+        out["rope_parameters"] = {**self.rope_scaling.to_hf(), "rope_theta": self.rope_theta}
+        out["rope_scaling"] = self.rope_scaling.to_hf()
       out["attention_bias"] = self.attention_bias
       out["mlp_bias"] = self.mlp_bias
     else:

@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pacbayes.models.config import ModelConfig
@@ -72,14 +73,43 @@ class LayerNorm(nnx.Module):
     return y_BxLxD.astype(x_BxLxD.dtype)
 
 
-def rope_cos_sin(positions_BxL: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, ...]:
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Rotary inverse frequencies [head_dim // 2] in float32, with Llama 3 scaling if configured.
+
+  References:
+    Su et al., RoFormer (2021); Llama 3 rope scaling as defined by Meta / transformers'
+    rope_type "llama3" (low frequencies divided by `factor`, a smooth ramp in between).
+  """
+  dh = config.head_dim
+  exponents = np.arange(0, dh, 2, dtype=np.float32) / np.float32(dh)
+  inv_freq = (np.float32(1.0) / np.power(np.float32(config.rope_theta), exponents)).astype(
+    np.float32)
+  scaling = config.rope_scaling
+  if scaling is None:
+    return inv_freq
+  wavelen = np.float32(2 * math.pi) / inv_freq
+  old_len = np.float32(scaling.original_max_position_embeddings)
+  low_wavelen = old_len / np.float32(scaling.low_freq_factor)
+  high_wavelen = old_len / np.float32(scaling.high_freq_factor)
+  scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(scaling.factor), inv_freq)
+  smooth = (old_len / wavelen - np.float32(scaling.low_freq_factor)) / np.float32(
+    scaling.high_freq_factor - scaling.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / np.float32(scaling.factor) + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions_BxL: jax.Array, inv_freq_F: np.ndarray) -> tuple[jax.Array, ...]:
   """Rotary tables in the HF layout (frequencies repeated, not interleaved), float32.
+
+  Args:
+    positions_BxL: integer positions.
+    inv_freq_F: [head_dim // 2] inverse frequencies (see `rope_inv_freq`).
 
   Returns:
     cos and sin, each [B, L, head_dim].
   """
-  exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-  inv_freq_F = 1.0 / (theta ** exponents)  # F = head_dim // 2
+  inv_freq_F = jnp.asarray(inv_freq_F, jnp.float32)
   angles_BxLxF = positions_BxL.astype(jnp.float32)[:, :, None] * inv_freq_F[None, None, :]
   angles_BxLxDh = jnp.concatenate([angles_BxLxF, angles_BxLxF], axis=-1)
   return jnp.cos(angles_BxLxDh), jnp.sin(angles_BxLxDh)
@@ -226,7 +256,7 @@ class Decoder(nnx.Module):
       x_BxTxD = x_BxTxD + jnp.take(pos_PxD, clipped_BxT, axis=0)
       rope = None
     else:
-      rope = rope_cos_sin(positions_BxT, config.head_dim, config.rope_theta)
+      rope = rope_cos_sin(positions_BxT, rope_inv_freq(config))
     kvs = []
     for i, layer in enumerate(self.layers):
       cache = None if caches is None else caches[i]
@@ -245,9 +275,9 @@ class Decoder(nnx.Module):
 
   @staticmethod
   def _prefill_mask(input_ids_BxL, attention_mask_BxL):
-    l = input_ids_BxL.shape[1]
-    causal_LxL = jnp.tril(jnp.ones((l, l), dtype=bool))
-    mask_BxLxL = jnp.broadcast_to(causal_LxL[None], (input_ids_BxL.shape[0], l, l))
+    b, seq_len = input_ids_BxL.shape
+    causal_LxL = jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
+    mask_BxLxL = jnp.broadcast_to(causal_LxL[None], (b, seq_len, seq_len))
     if attention_mask_BxL is not None:
       mask_BxLxL = mask_BxLxL & (jnp.asarray(attention_mask_BxL) != 0)[:, None, :]
     return mask_BxLxL
@@ -264,11 +294,7 @@ class Decoder(nnx.Module):
     Returns:
       [B, L, D] float32.
     """
-    input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
-    b, l = input_ids_BxL.shape
-    positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32)[None], (b, l))
-    hidden_BxLxD, _ = self._run(input_ids_BxL, positions_BxL,
-                                self._prefill_mask(input_ids_BxL, attention_mask))
+    hidden_BxLxD, _ = self.prefill_hidden(input_ids, attention_mask)
     return hidden_BxLxD.astype(jnp.float32)
 
   def __call__(self, input_ids: jax.typing.ArrayLike,
@@ -282,19 +308,26 @@ class Decoder(nnx.Module):
     Returns:
       [B, L, V] float32 logits; logits[:, t] predicts input_ids[:, t + 1].
     """
-    input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
-    b, l = input_ids_BxL.shape
-    positions_BxL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32)[None], (b, l))
-    hidden_BxLxD, _ = self._run(input_ids_BxL, positions_BxL,
-                                self._prefill_mask(input_ids_BxL, attention_mask))
+    hidden_BxLxD, _ = self.prefill_hidden(input_ids, attention_mask)
     return self._logits(hidden_BxLxD)
+
+  def prefill_hidden(self, input_ids, attention_mask=None):
+    """Full-sequence pass at positions 0..L-1: final normed hidden [B, L, D] (model dtype)
+    and per-layer keys/values ([B, L, K, Dh] each)."""
+    input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
+    if input_ids_BxL.ndim != 2:
+      raise ValueError(f"input_ids: expected [batch, length], got shape {input_ids_BxL.shape}")
+    b, seq_len = input_ids_BxL.shape
+    if self.pos_embed is not None and seq_len > self.config.max_position_embeddings:
+      raise ValueError(f"input_ids: length {seq_len} exceeds max_position_embeddings="
+                       f"{self.config.max_position_embeddings} (learned positions)")
+    positions_BxL = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32)[None], (b, seq_len))
+    return self._run(input_ids_BxL, positions_BxL,
+                     self._prefill_mask(input_ids_BxL, attention_mask))
 
   def prefill(self, input_ids_BxP: jax.Array, attention_mask_BxP: jax.Array):
     """Forward over a right-padded prompt; returns logits [B, P, V] and per-layer keys/values."""
-    b, p = input_ids_BxP.shape
-    positions_BxP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
-    hidden_BxPxD, kvs = self._run(input_ids_BxP, positions_BxP,
-                                  self._prefill_mask(input_ids_BxP, attention_mask_BxP))
+    hidden_BxPxD, kvs = self.prefill_hidden(input_ids_BxP, attention_mask_BxP)
     return self._logits(hidden_BxPxD), kvs
 
   def decode_step(self, token_B: jax.Array, pos_B: jax.Array, caches: list[KVCache]):
