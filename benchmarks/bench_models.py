@@ -103,10 +103,10 @@ def main() -> None:
   args = parser.parse_args()
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{jax.device_count()}")
   if args.only in (None, "lab"):
-    for dtype in ("float32", "bfloat16"):
+    for name, dtype in (("lab-f32", "float32"), ("lab-bf16", "bfloat16")):
       config = LAB.replace(dtype=dtype)
-      graphdef, state = bench_forward(f"lab-{dtype[:4]}", config, 64, 128, args.repeats)
-      bench_generate(f"lab-{dtype[:4]}", config, graphdef, state, 64, 40, 100, args.repeats)
+      graphdef, state = bench_forward(name, config, 64, 128, args.repeats)
+      bench_generate(name, config, graphdef, state, 64, 40, 100, args.repeats)
       del graphdef, state
   if args.only in (None, "qwen2"):
     bench_forward("qwen2-0.5b", QWEN2_05B, 1, 128, args.repeats)

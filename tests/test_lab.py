@@ -196,10 +196,11 @@ def test_study_config_checks_and_presets():
 
 MICRO = dict(
   test_ops=(1, 3), buckets=(("easy", 1, 1), ("medium", 2, 2), ("hard", 3, 3)),
-  test_per_slice=3, sizes=(6, 8), hidden_size=16, intermediate_size=32, num_layers=1,
-  num_heads=2, pretrain_ops=(1, 2), strong_pretrain_ops=(1, 3), pretrain_steps=2,
+  test_per_slice=2, sizes=(6, 8), pad_to_test_length=True, hidden_size=16,
+  intermediate_size=32, num_layers=1, num_heads=2, pretrain_ops=(1, 2),
+  strong_pretrain_ops=(1, 3), pretrain_steps=2,
   strong_pretrain_steps=3, pretrain_examples=16, pretrain_batch_size=4, ft_batch_size=4,
-  ft_min_steps=2, ft_max_steps=2, dft_buckets=("hard",), dft_sizes=(6, 8), strong_sizes=(6,),
+  ft_min_steps=1, ft_max_steps=1, dft_buckets=("hard",), dft_sizes=(6, 8), strong_sizes=(6,),
   ft_subspace_dim=8, sigma_prior_grid=(0.1, 1.0), sigma_q_grid=(0.1,), sigma_subset=4,
   test_draws=1, eval_batch_size=4, generate_batch_size=8,
 )

@@ -80,6 +80,21 @@ def test_llama_config_rejects_unimplemented(change, attribute):
     ModelConfig.from_hf_config(hf)
 
 
+def test_llama3_rope_scaling_parsed_and_saved():
+  rope = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8192}
+  hf = {**_llama_hf(), "rope_scaling": rope, "rope_theta": 5e5}
+  del hf["rope_parameters"]
+  config = ModelConfig.from_hf_config(hf)
+  assert config.rope_scaling.factor == 32.0 and config.rope_theta == 5e5
+  assert ModelConfig.from_hf_config(config.to_hf_config()) == config
+  with pytest.raises(ValueError, match="rope_scaling"):
+    ModelConfig.from_hf_config({**hf, "rope_scaling": {**rope, "beta_fast": 1.0}})
+  qwen = {**tiny_config("qwen2").to_hf_config(), "rope_parameters": {**rope, "rope_theta": 1e4}}
+  with pytest.raises(ValueError, match="rope_parameters"):
+    ModelConfig.from_hf_config(qwen)
+
+
 @pytest.mark.parametrize("change, attribute", [
   ({"use_sliding_window": True, "sliding_window": 16}, "use_sliding_window"),
   ({"mlp_bias": True}, "mlp_bias"),
@@ -140,6 +155,15 @@ def test_causality(llama):
   a, b = forward(ids), forward(changed)
   np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)
   assert np.abs(a[:, 5:] - b[:, 5:]).max() > 1e-4
+
+
+def test_bad_input_ids():
+  config = tiny_config("gpt2", max_position_embeddings=8)
+  model = build_model(config, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="max_position_embeddings"):
+    model(np.zeros((1, 9), np.int32))
+  with pytest.raises(ValueError, match="input_ids"):
+    model(np.zeros((9,), np.int32))
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
@@ -299,3 +323,26 @@ def test_error_corrupt_safetensors(saved):
   (saved / "model.safetensors").write_bytes(b"\x05")
   with pytest.raises(ValueError, match="model.safetensors"):
     load_pretrained(saved)
+
+
+def test_error_invalid_config_json(saved):
+  (saved / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match="config.json"):
+    load_pretrained(saved)
+
+
+def test_gpt2_hub_layout_bare_names_and_buffers(tmp_path):
+  # The original GPT-2 files use GPT2Model names (no "transformer." prefix) and carry the
+  # causal-mask buffers h.i.attn.bias; both load.
+  config = tiny_config("gpt2")
+  model = build_model(config, rngs=nnx.Rngs(0))
+  save_pretrained(model, config, tmp_path)
+  def strip(t):
+    for name in list(t):
+      t[name.removeprefix("transformer.")] = t.pop(name)
+    t["h.0.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+  _edit_tensors(tmp_path, strip)
+  loaded, _ = load_pretrained(tmp_path)
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(loaded)),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -60,6 +60,8 @@ class StudyConfig:
     ft_subspace_dim: d > 0 fine-tunes in a fixed random d-dimensional subspace of the weights
       (`pacbayes.lab.subspace`; prior and posterior then live in R^d); 0 fine-tunes every
       weight (the certificate then spans all weights and is usually vacuous).
+    pad_to_test_length: pad every bucket to the test set's length (fewer compiled shapes,
+      more compute per step); by default a bucket is padded to its own longest problem.
     dft_buckets, dft_sizes: where DFT runs besides SFT (None sizes = every size).
     strong_sizes: sizes of the SFT bucket sweep from the stronger base.
 
@@ -102,6 +104,7 @@ class StudyConfig:
   ft_min_steps: int = 60
   ft_max_steps: int = 300
   ft_subspace_dim: int = 256
+  pad_to_test_length: bool = False
   dft_buckets: tuple[str, ...] = ("easy", "medium", "hard")
   dft_sizes: tuple[int, ...] | None = (200, 3200)
   strong_sizes: tuple[int, ...] = (800,)
@@ -397,7 +400,8 @@ class _Study:
     for b_idx, (name, blo, bhi) in enumerate(c.buckets):
       for seed in c.seeds:
         rows = _rows(max(c.sizes), blo, bhi, _seed(c, 2, b_idx, seed), c, self.test_keys)
-        self.pools[(name, seed)] = _to_dataset(rows, bhi, full_loss=False,
+        pad_ops = hi if c.pad_to_test_length else bhi
+        self.pools[(name, seed)] = _to_dataset(rows, pad_ops, full_loss=False,
                                                source=f"<bucket {name} seed {seed}>")
     self.log(f"data: test {len(test_rows)} rows over ops {lo}-{hi}, "
              f"{len(self.pools)} bucket pools of {max(c.sizes)} ({time.perf_counter() - t:.1f}s)")
@@ -408,7 +412,8 @@ class _Study:
     c = self.config
     ops, steps = ((c.pretrain_ops, c.pretrain_steps) if which == "base"
                   else (c.strong_pretrain_ops, c.strong_pretrain_steps))
-    return {
+    fields = {"pad": True} if c.pad_to_test_length else {}  # absent when False: stable keys
+    return fields | {
       "v": _CACHE_VERSION, "which": which, "seed": c.seed, "modulus": c.modulus,
       "model": self.mcfg.to_hf_config(), "ops": list(ops), "steps": steps,
       "examples": c.pretrain_examples, "batch": c.pretrain_batch_size, "lr": c.pretrain_lr,
@@ -427,7 +432,8 @@ class _Study:
     if params is None:
       idx = BASES.index(which)
       rows = _rows(c.pretrain_examples, lo, hi, _seed(c, 3, idx), c, self.test_keys)
-      ds = _to_dataset(rows, hi, full_loss=c.pretrain_loss == "full",
+      pad_ops = max(hi, c.test_ops[1]) if c.pad_to_test_length else hi
+      ds = _to_dataset(rows, pad_ops, full_loss=c.pretrain_loss == "full",
                        source=f"<pretraining {which}>")
       tcfg = tr.TrainConfig(steps=fields["steps"], batch_size=c.pretrain_batch_size,
                             learning_rate=c.pretrain_lr, warmup_steps=c.pretrain_warmup,
@@ -679,3 +685,25 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
   }
   cache.write_json(os.path.join(out_dir, "results.json"), results)
   return results
+
+
+def summary_table(results: Mapping[str, Any]) -> str:
+  """A plain-text summary of a results dict: bases, then one line per cell."""
+  lines = [f"preset {results['preset']}: {len(results['cells'])} cells in "
+           f"{results['runtime_s']:.0f}s; test mixture "
+           + " ".join(f"{k}:{v:.3f}" for k, v in results["test_mixture"].items())]
+  for name, b in results["bases"].items():
+    lines.append(f"{name:>6} (pretrain ops {b['pretrain_ops'][0]}-{b['pretrain_ops'][1]}, "
+                 f"{b['steps']} steps): acc {b['accuracy']:.3f} "
+                 f"{_fmt_slices(b['accuracy_by_slice'])} token error {b['test_risk']:.3f}")
+  lines.append(f"{'base':>6} {'meth':>4} {'bucket':>7} {'n':>6} {'acc':>6} {'risk_Q':>6} "
+               f"{'emp':>6} {'eps':>6} {'g_gen':>6} {'g_ext':>6} {'bound':>6} {'kl':>9}  "
+               "accuracy by slice")
+  for c in results["cells"]:
+    cert = c["certificate"]
+    lines.append(
+      f"{c['base']:>6} {c['method']:>4} {c['bucket']:>7} {c['n']:>6} {c['accuracy']:6.3f} "
+      f"{c['test_risk']:6.3f} {cert['emp_risk']:6.3f} {cert['epsilon']:6.3f} "
+      f"{cert['g_gen']:6.3f} {cert['g_ext']:6.3f} {cert['bound']:6.3f} {cert['kl']:9.1f}  "
+      f"{_fmt_slices(c['accuracy_by_slice'])}")
+  return "\n".join(lines)

@@ -7,8 +7,9 @@ with ||z_ft||^2 and d, not with the millions of weights (Lotfi et al. 2022 use t
 for non-vacuous bounds).
 
 The projection is a count sketch: weight j (over all leaves, flattened) follows coordinate
-h(j) of z with a random sign, scaled by sqrt(d / D) so that every column of P has unit norm
-and the columns are orthogonal (disjoint supports). P z is then a gather, O(D) per draw, so
+h(j) of z with a random sign, scaled by 1/sqrt(#weights on that coordinate) (about
+sqrt(d / D)) so that every column of P has unit norm and the columns are orthogonal (disjoint
+supports). P z is then a gather, O(D) per draw, so
 Monte-Carlo posterior draws cost no more than in weight space.
 
 References:
@@ -37,7 +38,7 @@ class Subspace:
   Attributes:
     dim: d, the trainable dimension.
     index: pytree like the parameters of int32 arrays: the z coordinate each weight follows.
-    scale: pytree like the parameters of float32 arrays: +-sqrt(d / D) per weight.
+    scale: pytree like the parameters of float32 arrays: +-1/sqrt(column size) per weight.
     num_weights: D, the number of weights spanned.
   """
 
@@ -69,7 +70,8 @@ def make_subspace(params: Any, dim: int, *, key: jax.Array) -> Subspace:
   k_perm, k_sign = jax.random.split(key)
   coords = np.asarray(jax.random.permutation(k_perm, np.arange(total) % dim)).astype(np.int32)
   signs = np.where(np.asarray(jax.random.bernoulli(k_sign, 0.5, (total,))), 1.0, -1.0)
-  signs = (signs * np.sqrt(dim / total)).astype(np.float32)
+  counts = np.bincount(coords, minlength=dim)
+  signs = (signs / np.sqrt(counts[coords])).astype(np.float32)
   index, scale, start = [], [], 0
   for leaf, size in zip(leaves, sizes, strict=True):
     shape = np.shape(leaf)

@@ -166,12 +166,11 @@ class Attention(nnx.Module):
     if cache is None:
       keys_BxSxKxDh, values_BxSxKxDh = k_BxTxKxDh, v_BxTxKxDh
     else:
-      keys_BxSxKxDh, values_BxSxKxDh = cache
-      s = keys_BxSxKxDh.shape[1]
-      write_BxSx1x1 = (jnp.arange(s, dtype=jnp.int32)[None, :] == write_pos_B[:, None])[
-        :, :, None, None]
-      keys_BxSxKxDh = jnp.where(write_BxSx1x1, k_BxTxKxDh, keys_BxSxKxDh)
-      values_BxSxKxDh = jnp.where(write_BxSx1x1, v_BxTxKxDh, values_BxSxKxDh)
+      # Per-row slot: a scatter of T == 1 rows, which XLA updates in place inside the loop.
+      write = jax.vmap(lambda c_SxKxDh, n_1xKxDh, pos: jax.lax.dynamic_update_slice(
+        c_SxKxDh, n_1xKxDh.astype(c_SxKxDh.dtype), (pos, jnp.int32(0), jnp.int32(0))))
+      keys_BxSxKxDh = write(cache[0], k_BxTxKxDh, write_pos_B)
+      values_BxSxKxDh = write(cache[1], v_BxTxKxDh, write_pos_B)
     g = h // k
     q_BxTxKxGxDh = q_BxTxHxDh.reshape(b, t, k, g, dh)
     scores_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, keys_BxSxKxDh,
@@ -222,7 +221,18 @@ class Block(nnx.Module):
 
 
 class Decoder(nnx.Module):
-  """Decoder-only language model; `model(input_ids)` returns float32 logits."""
+  """Decoder-only language model; `model(input_ids)` returns float32 logits.
+
+  Parameters (all `nnx.Param`, dtype `config.dtype`; kernels are [in, out]):
+    embed [V, D]; pos_embed [P, D] (gpt2 only, else None); lm_head [D, V] (None when tied);
+    final_norm/{weight, bias (gpt2)} [D];
+    layers/i/{input_norm, post_attn_norm}/{weight, bias (gpt2)} [D];
+    layers/i/attn/{q_proj [D, H*Dh], k_proj [D, K*Dh], v_proj [D, K*Dh], o_proj [H*Dh, D]}
+      /{kernel, bias (if configured)};
+    layers/i/mlp/{gate_proj [D, F] (llama/qwen2), up_proj [D, F], down_proj [F, D]}
+      /{kernel, bias (if configured)}.
+  `pacbayes.models.checkpoint.param_table(config)` maps each to its Hugging Face name.
+  """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
