@@ -76,8 +76,11 @@ def cmd_bound(args) -> int:
 def cmd_shift(args) -> int:
   from pacbayes import shift
 
+  if args.feature == "embedding" and not args.model:
+    raise CommandError("--feature embedding needs --model DIR (a checkpoint folder)")
+  extra = {"model_dir": args.model} if args.model else {}
   report = shift.shift_report(args.train, args.test, feature=args.feature, delta=args.delta,
-                              seed=args.seed)
+                              seed=args.seed, **extra)
   print(shift.format_shift_table(report))
   if args.out:
     _write_json(report, args.out)
@@ -162,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
   s = sub.add_parser("shift", help="TV between train and test (the extrapolation gap)")
   s.add_argument("--train", required=True)
   s.add_argument("--test", required=True)
-  s.add_argument("--feature", default="difficulty", choices=("difficulty", "ngram"))
+  s.add_argument("--feature", default="difficulty", choices=("difficulty", "ngram", "embedding"))
+  s.add_argument("--model", help="checkpoint folder for --feature embedding (mean hidden state)")
   s.add_argument("--delta", type=_delta, default=0.05)
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--out", help="JSON report path")

@@ -219,7 +219,7 @@ def gaps_vs_difficulty(
   for k, n in enumerate(sizes):
     color = cmap(0.4 + 0.6 * (k + 1) / len(sizes))
     row = [cells.get((b, n)) for b in buckets]
-    xs = [cells[(b, n)].get("difficulty", diff[b]) for b, c in zip(buckets, row) if c]
+    xs = [cells[(b, n)].get("difficulty", diff[b]) for b, c in zip(buckets, row, strict=True) if c]
     present = [c for c in row if c]
     axes[0].plot(xs, [c["certificate"]["g_gen"] for c in present], marker="o", color=color,
                  label=f"G_gen, n={n}")

@@ -1,8 +1,8 @@
 """Verdicts on hand-made results with known answers."""
 
+import json
 import subprocess
 import sys
-import json
 
 import pytest
 

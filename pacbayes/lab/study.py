@@ -51,6 +51,8 @@ class StudyConfig:
   Pretraining ("base" and the stronger "strong"):
     pretrain_ops / strong_pretrain_ops: op-count ranges of the pretraining corpora.
     pretrain_steps / strong_pretrain_steps: optimiser steps.
+    strong_from_base: the stronger base continues the base's pretraining (its steps are then
+      extra steps, on its own op range) instead of starting from scratch.
     pretrain_examples: corpus size; pretrain_batch_size, pretrain_lr, pretrain_warmup.
     pretrain_loss: "full" (next-token loss over the whole sequence) or "completion".
 
@@ -88,17 +90,18 @@ class StudyConfig:
   intermediate_size: int = 256
   num_layers: int = 2
   num_heads: int = 4
-  pretrain_ops: tuple[int, int] = (1, 3)
-  pretrain_steps: int = 1000
-  strong_pretrain_ops: tuple[int, int] = (1, 4)
-  strong_pretrain_steps: int = 1600
+  pretrain_ops: tuple[int, int] = (1, 4)
+  pretrain_steps: int = 1600
+  strong_pretrain_ops: tuple[int, int] = (1, 5)
+  strong_pretrain_steps: int = 800
+  strong_from_base: bool = True
   pretrain_examples: int = 20000
   pretrain_batch_size: int = 32
   pretrain_lr: float = 3e-3
   pretrain_warmup: int = 100
   pretrain_loss: str = "completion"
   ft_batch_size: int = 32
-  ft_lr: float = 3e-3
+  ft_lr: float = 1e-2
   ft_warmup: int = 10
   ft_epochs: float = 3.0
   ft_min_steps: int = 60
@@ -109,9 +112,9 @@ class StudyConfig:
   dft_sizes: tuple[int, ...] | None = (200, 3200)
   strong_sizes: tuple[int, ...] = (800,)
   delta: float = 0.05
-  sigma_prior_grid: tuple[float, ...] = (0.01, 0.0178, 0.0316, 0.0562, 0.1, 0.178, 0.316,
-                                         0.562, 1.0)
-  sigma_q_grid: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+  sigma_prior_grid: tuple[float, ...] = (0.0316, 0.0562, 0.1, 0.178, 0.316, 0.562, 1.0, 1.78,
+                                         3.16)
+  sigma_q_grid: tuple[float, ...] = (0.03, 0.1, 0.2, 0.5, 1.0)
   mc_chunk_size: int = 1
   sigma_subset: int = 128
   test_draws: int = 4
@@ -228,10 +231,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hidden_size": 128,
     "intermediate_size": 512,
     "num_layers": 3,
-    "pretrain_ops": (1, 4),
-    "pretrain_steps": 4000,
-    "strong_pretrain_ops": (1, 5),
-    "strong_pretrain_steps": 6000,
+    "pretrain_ops": (1, 5),
+    "pretrain_steps": 5000,
+    "strong_pretrain_ops": (1, 6),
+    "strong_pretrain_steps": 2500,
+    "ft_subspace_dim": 512,
     "pretrain_examples": 100000,
     "pretrain_lr": 2e-3,
     "pretrain_warmup": 200,
@@ -413,6 +417,8 @@ class _Study:
     ops, steps = ((c.pretrain_ops, c.pretrain_steps) if which == "base"
                   else (c.strong_pretrain_ops, c.strong_pretrain_steps))
     fields = {"pad": True} if c.pad_to_test_length else {}  # absent when False: stable keys
+    if which == "strong" and c.strong_from_base:
+      fields["init"] = self.base_fields("base")
     return fields | {
       "v": _CACHE_VERSION, "which": which, "seed": c.seed, "modulus": c.modulus,
       "model": self.mcfg.to_hf_config(), "ops": list(ops), "steps": steps,
@@ -421,8 +427,9 @@ class _Study:
       "test_per_slice": c.test_per_slice,
     }
 
-  def pretrain(self, which: str) -> tuple[Any, dict[str, Any]]:
+  def pretrain(self, which: str, init_params=None) -> tuple[Any, dict[str, Any]]:
     c = self.config
+    init_params = self.init_params if init_params is None else init_params
     fields = self.base_fields(which)
     tag = f"{which}-{cache.config_hash(fields)}"
     ckpt, info_path = self.path("bases", tag + ".npz"), self.path("bases", tag + ".json")
@@ -438,7 +445,7 @@ class _Study:
       tcfg = tr.TrainConfig(steps=fields["steps"], batch_size=c.pretrain_batch_size,
                             learning_rate=c.pretrain_lr, warmup_steps=c.pretrain_warmup,
                             weight_decay=0.01, method="ce")
-      res = tr.train(self.apply, self.init_params, _arrays(ds), tcfg,
+      res = tr.train(self.apply, init_params, _arrays(ds), tcfg,
                      key=self.fkey(10, idx), progress=self.progress,
                      desc=f"pretrain {which} (ops {lo}-{hi})")
       params = res.params
@@ -451,8 +458,10 @@ class _Study:
       evaluation = ev.evaluate_model(self.model(params), self.loss_fn, self.test,
                                      batch_size=c.eval_batch_size,
                                      generate_batch_size=c.generate_batch_size)
+      total = fields["steps"] + (fields["init"]["steps"] if "init" in fields else 0)
       info = {
-        "pretrain_ops": [lo, hi], "steps": fields["steps"],
+        "pretrain_ops": [lo, hi], "steps": total,
+        "init": "base" if "init" in fields else "scratch",
         "accuracy": evaluation["accuracy"],
         "accuracy_by_slice": evaluation["accuracy_by_slice"],
         "test_risk": evaluation["test_risk_point"],
@@ -648,7 +657,8 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
   base_params = {}
   spaces = {}
   for which in BASES:
-    base_params[which], bases[which] = study.pretrain(which)
+    init = base_params["base"] if which == "strong" and config.strong_from_base else None
+    base_params[which], bases[which] = study.pretrain(which, init)
     spaces[which] = fine_tune_space(study, base_params[which])
   cells = []
   todo = grid_cells(config)
