@@ -78,7 +78,7 @@ def cmd_shift(args) -> int:
 
   if args.feature == "embedding" and not args.model:
     raise CommandError("--feature embedding needs --model DIR (a checkpoint folder)")
-  extra = {"model_dir": args.model} if args.model else {}
+  extra = {"model_dir": args.model} if args.feature == "embedding" else {}
   report = shift.shift_report(args.train, args.test, feature=args.feature, delta=args.delta,
                               seed=args.seed, **extra)
   print(shift.format_shift_table(report))

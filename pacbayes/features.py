@@ -1,7 +1,8 @@
-"""Features of dataset rows for shift estimation: difficulty, CoT length, hashed n-grams."""
+"""Features of dataset rows for shift estimation: difficulty, CoT length, n-grams, embeddings."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -9,9 +10,14 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from pacbayes.data.dataset import load_dataset
 from pacbayes.data.jsonl import DataError, read_jsonl
+from pacbayes.models import load_pretrained
 
 
 class FeatureError(ValueError):
@@ -249,7 +255,118 @@ def embed_with(
   return np.concatenate(chunks, axis=0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _mean_hidden(graphdef, state, input_ids_BxL, mask_BxL):
+  """Mean final hidden state over each row's real tokens, float32 [B, D] (0 for empty rows)."""
+  hidden_BxLxD = nnx.merge(graphdef, state).hidden_states(input_ids_BxL, mask_BxL)
+  weight_BxL = mask_BxL.astype(jnp.float32)
+  total_BxD = jnp.einsum("bld,bl->bd", hidden_BxLxD.astype(jnp.float32), weight_BxL)
+  count_B = jnp.maximum(jnp.sum(weight_BxL, axis=1), 1.0)
+  return total_BxD / count_B[:, None]
+
+
+def mean_hidden_states(
+    model: nnx.Module,
+    input_ids: Any,
+    attention_mask: Any,
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+  """Embeds each row as the mean of `model.hidden_states` over its real tokens, float32 [N, D].
+
+  Runs under `jax.jit` over the `nnx.split` state with one batch shape [batch_size, L]: the
+  last batch is padded with empty rows (all-zero mask) that are dropped afterwards, so a call
+  compiles once per (batch_size, L).
+
+  Args:
+    model: a decoder with `hidden_states(input_ids, attention_mask) -> [B, L, D]`.
+    input_ids: [N, L] int token ids, right-padded.
+    attention_mask: [N, L], 1 on real tokens; every row needs at least one.
+    batch_size: rows per compiled call (>= 1).
+
+  Returns:
+    float32 array [N, D].
+
+  Raises:
+    FeatureError: bad shapes or batch size, a row with no real token, or non-finite
+      hidden states (the message names the rows).
+  """
+  ids_NxL = np.asarray(input_ids, dtype=np.int32)
+  mask_NxL = np.asarray(attention_mask, dtype=np.int32)
+  if ids_NxL.ndim != 2 or ids_NxL.shape != mask_NxL.shape or ids_NxL.shape[0] == 0:
+    raise FeatureError(f"input_ids and attention_mask must share a non-empty shape [N, L], got "
+                       f"{ids_NxL.shape} and {mask_NxL.shape}")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise FeatureError(f"batch_size must be a positive int, got {batch_size!r}")
+  empty = np.flatnonzero(mask_NxL.sum(axis=1) == 0)
+  if empty.size:
+    raise FeatureError(f"attention_mask row {int(empty[0])} has no real token "
+                       f"({empty.size} such rows)")
+  graphdef, state = nnx.split(model)
+  n, length = ids_NxL.shape
+  chunks = []
+  for start in range(0, n, batch_size):
+    stop = min(n, start + batch_size)
+    ids_BxL = np.zeros((batch_size, length), np.int32)
+    mask_BxL = np.zeros((batch_size, length), np.int32)
+    ids_BxL[:stop - start] = ids_NxL[start:stop]
+    mask_BxL[:stop - start] = mask_NxL[start:stop]
+    vecs_BxD = np.asarray(_mean_hidden(graphdef, state, ids_BxL, mask_BxL))[:stop - start]
+    if not np.all(np.isfinite(vecs_BxD)):
+      raise FeatureError(f"hidden states of rows {start}..{stop - 1} hold NaN or infinite "
+                         "values")
+    chunks.append(vecs_BxD)
+  return np.concatenate(chunks, axis=0)
+
+
+def checkpoint_embeddings(
+    model_dir: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    *,
+    max_length: int | None = None,
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+  """Mean-pooled final hidden states of a checkpoint over the rows of JSONL files.
+
+  Each file is read with `pacbayes.data.dataset.load_dataset` (token ids checked against the
+  model's vocabulary; `text` and `prompt`/`completion` rows tokenised with the tokenizer
+  files in `model_dir`), all files are padded to one length so that they share one compiled
+  shape, and each row becomes the mean of `model.hidden_states` over its real tokens.
+
+  Args:
+    model_dir: a Hugging Face checkpoint folder (see `pacbayes.models.load_pretrained`).
+    paths: the JSONL files.
+    max_length: longer rows are truncated on the right; default the model's
+      `max_position_embeddings`.
+    batch_size: rows per compiled call; capped at the largest file's row count.
+
+  Returns:
+    One float32 array [N_i, D] per file, in the order of `paths`.
+
+  Raises:
+    ValueError: an unreadable checkpoint, or (DataError, naming file and line) a bad row.
+    FeatureError: a bad `max_length` or `batch_size`, or non-finite hidden states.
+  """
+  if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+    raise FeatureError(f"max_length must be a positive int or None, got {max_length!r}")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise FeatureError(f"batch_size must be a positive int, got {batch_size!r}")
+  model, config = load_pretrained(model_dir)
+  if max_length is None:
+    max_length = config.max_position_embeddings
+  datasets = [load_dataset(path, tokenizer_dir=model_dir, vocab_size=config.vocab_size,
+                           max_length=max_length) for path in paths]
+  length = max(d.input_ids.shape[1] for d in datasets)
+  batch = min(batch_size, max(d.input_ids.shape[0] for d in datasets))
+  out = []
+  for d in datasets:
+    pad = ((0, 0), (0, length - d.input_ids.shape[1]))
+    out.append(mean_hidden_states(model, np.pad(d.input_ids, pad, constant_values=d.pad_id),
+                                  np.pad(d.attention_mask, pad), batch_size=batch))
+  return out
+
+
 __all__ = [
-    "FeatureError", "cot_length", "difficulty", "embed_with", "hashed_ngrams", "line_numbers",
-    "read_rows",
+    "FeatureError", "checkpoint_embeddings", "cot_length", "difficulty", "embed_with",
+    "hashed_ngrams", "line_numbers", "mean_hidden_states", "read_rows",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -14,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+
+from pacbayes.tensorio import CheckpointError, SafetensorsFolder, row_blocks
+from pacbayes.tensorio import iter_tensors as iter_safetensors
 
 __all__ = [
   "CheckpointError",
@@ -27,29 +28,10 @@ __all__ = [
   "iter_safetensors",
 ]
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-CONFIG_FILE = "config.json"
-
-# safetensors dtype tags -> NumPy dtypes (little-endian on disk, as the format requires).
-_DTYPES: dict[str, np.dtype] = {
-  "F64": np.dtype("<f8"),
-  "F32": np.dtype("<f4"),
-  "F16": np.dtype("<f2"),
-  "BF16": np.dtype(ml_dtypes.bfloat16),
-  "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-  "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-  "I64": np.dtype("<i8"),
-  "I32": np.dtype("<i4"),
-  "I16": np.dtype("<i2"),
-  "I8": np.dtype("i1"),
-  "U64": np.dtype("<u8"),
-  "U32": np.dtype("<u4"),
-  "U16": np.dtype("<u2"),
-  "U8": np.dtype("u1"),
-  "BOOL": np.dtype("?"),
-}
-_EXTRA_FLOATS = frozenset(_DTYPES[t] for t in ("BF16", "F8_E4M3", "F8_E5M2"))
+# Floating dtypes that np.issubdtype(., np.floating) does not recognise.
+_EXTRA_FLOATS = frozenset(
+  np.dtype(t) for t in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
+)
 
 
 def _is_float(dtype: np.dtype) -> bool:
@@ -60,10 +42,6 @@ def _is_float(dtype: np.dtype) -> bool:
 _CHUNK_ELEMS = 1 << 21
 
 SigmaSpec = float | Mapping[str, float] | Callable[[str], float]
-
-
-class CheckpointError(ValueError):
-  """A checkpoint folder or tensor that cannot be used (the message names it)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,247 +199,7 @@ def isotropic_kl(
 
 
 # --------------------------------------------------------------------------------------------
-# Reading safetensors folders.
-
-
-@dataclasses.dataclass(frozen=True)
-class _TensorInfo:
-  file: str  # absolute path of the .safetensors file holding it
-  dtype: str  # safetensors tag, e.g. "F32"
-  shape: tuple[int, ...]
-  begin: int  # absolute byte offset of the data in the file
-  end: int
-
-
-def _read_header(path: str) -> dict[str, _TensorInfo]:
-  """Parses a safetensors header: 8-byte little-endian length, then JSON."""
-  try:
-    with open(path, "rb") as f:
-      raw_len = f.read(8)
-      if len(raw_len) != 8:
-        raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes).")
-      header_len = int.from_bytes(raw_len, "little")
-      if header_len > os.path.getsize(path) - 8:
-        raise CheckpointError(f"{path}: not a safetensors file (header length {header_len}).")
-      header = json.loads(f.read(header_len))
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path}: cannot read the safetensors header ({e}).") from e
-  if not isinstance(header, dict):
-    raise CheckpointError(f"{path}: safetensors header is not a JSON object.")
-  start = 8 + header_len
-  file_size = os.path.getsize(path)
-  infos = {}
-  for name, entry in header.items():
-    if name == "__metadata__":
-      continue
-    try:
-      dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-    except (KeyError, TypeError, ValueError) as e:
-      raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}.") from e
-    if dtype not in _DTYPES:
-      raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}.")
-    shape = tuple(int(s) for s in shape)
-    if end - begin != math.prod(shape) * _DTYPES[dtype].itemsize or start + end > file_size:
-      raise CheckpointError(
-        f"{path}: tensor {name!r} ({dtype}, shape {shape}) does not fit its byte range "
-        f"[{begin}, {end}) in a file of {file_size} bytes: the file is truncated or malformed."
-      )
-    infos[name] = _TensorInfo(path, dtype, shape, start + begin, start + end)
-  return infos
-
-
-class SafetensorsFolder:
-  """Lazy, read-only view of a Hugging Face safetensors checkpoint folder.
-
-  Accepts a single ``model.safetensors`` or shards listed in ``model.safetensors.index.json``
-  (the single file wins when both exist, as in ``transformers``). Only headers are read when
-  the folder is opened; tensor data is read on demand, one tensor (or row block) at a time,
-  through ``safetensors.safe_open(framework="numpy")``. bfloat16 tensors come back as
-  ``ml_dtypes.bfloat16`` arrays; where the installed safetensors cannot give them to NumPy,
-  their raw bytes are read directly (bit-exact).
-
-  Args:
-    folder: the checkpoint folder.
-    require_config: also require ``config.json`` (a complete HF model folder).
-    direct: read tensor bytes with plain file reads at the header's offsets instead of
-      ``safe_open`` (bit-identical; no memory map, so the resident size stays at one block
-      rather than one tensor, and reading is faster on some file systems).
-
-  Raises:
-    CheckpointError: (a ValueError) naming the folder, file or tensor that is missing or
-      malformed.
-  """
-
-  # None: probe on the first bfloat16 read whether safe_open can return it to NumPy.
-  _native_bf16: bool | None = None
-
-  def __init__(
-    self, folder: str | os.PathLike, *, require_config: bool = False, direct: bool = False
-  ):
-    self.path = os.fspath(folder)
-    self.direct = direct
-    if not os.path.isdir(self.path):
-      raise CheckpointError(f"checkpoint folder {self.path!r} does not exist (or is a file).")
-    if require_config and not os.path.isfile(os.path.join(self.path, CONFIG_FILE)):
-      raise CheckpointError(f"checkpoint folder {self.path!r} has no {CONFIG_FILE}.")
-    single = os.path.join(self.path, SINGLE_FILE)
-    index = os.path.join(self.path, INDEX_FILE)
-    self._infos: dict[str, _TensorInfo] = {}
-    if os.path.isfile(single):
-      self._infos = _read_header(single)
-    elif os.path.isfile(index):
-      self._infos = self._read_index(index)
-    else:
-      raise CheckpointError(
-        f"checkpoint folder {self.path!r} has neither {SINGLE_FILE} nor {INDEX_FILE}."
-      )
-    # Read in on-disk order: file by file, by offset.
-    self._names = sorted(self._infos, key=lambda n: (self._infos[n].file, self._infos[n].begin))
-
-  def _read_index(self, index: str) -> dict[str, _TensorInfo]:
-    try:
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-      raise CheckpointError(f"{index}: not a valid index (needs a 'weight_map' object).") from e
-    if not isinstance(weight_map, dict) or not weight_map:
-      raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object.")
-    headers: dict[str, dict[str, _TensorInfo]] = {}
-    infos = {}
-    for name, shard in weight_map.items():
-      if shard not in headers:
-        shard_path = os.path.join(self.path, shard)
-        if not os.path.isfile(shard_path):
-          raise CheckpointError(f"{index}: lists shard {shard!r}, which is missing.")
-        headers[shard] = _read_header(shard_path)
-      if name not in headers[shard]:
-        raise CheckpointError(f"{index}: tensor {name!r} is not in its shard {shard!r}.")
-      infos[name] = headers[shard][name]
-    return infos
-
-  def names(self) -> list[str]:
-    """Tensor names in on-disk order."""
-    return list(self._names)
-
-  def __contains__(self, name: str) -> bool:
-    return name in self._infos
-
-  def __len__(self) -> int:
-    return len(self._names)
-
-  def _info(self, name: str) -> _TensorInfo:
-    try:
-      return self._infos[name]
-    except KeyError:
-      raise CheckpointError(f"{self.path}: no tensor named {name!r}.") from None
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    """Shape of tensor ``name``."""
-    return self._info(name).shape
-
-  def dtype(self, name: str) -> str:
-    """safetensors dtype tag of tensor ``name`` (e.g. ``"F32"``, ``"BF16"``)."""
-    return self._info(name).dtype
-
-  def numpy_dtype(self, name: str) -> np.dtype:
-    """NumPy dtype that ``get`` returns for tensor ``name``."""
-    return _DTYPES[self._info(name).dtype]
-
-  def get(self, name: str) -> np.ndarray:
-    """The whole tensor ``name`` as a NumPy array in its stored dtype."""
-    info = self._info(name)
-    blocks = self._blocks(name, [(0, info.shape[0] if info.shape else 0)])
-    try:
-      return next(blocks)
-    finally:
-      blocks.close()
-
-  def iter_rows(self, name: str, max_elems: int | None = None) -> Iterator[np.ndarray]:
-    """Yields tensor ``name`` in blocks of whole rows (first axis), about ``max_elems`` each.
-
-    Only the block being read is held in memory; a 0-d tensor comes as one block.
-    """
-    return self._blocks(name, _row_blocks(self._info(name).shape, max_elems))
-
-  def _blocks(self, name: str, blocks: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
-    info = self._info(name)
-    if self.direct or (info.dtype == "BF16" and not self._bf16_native_ok(name)):
-      for r0, r1 in blocks:
-        yield self._read_raw(name, r0, r1)
-      return
-    # One handle per tensor: the file mapping is released once the tensor is done, so the
-    # resident size stays near one tensor even for large shards.
-    with safe_open(info.file, framework="numpy") as handle:
-      if not info.shape:
-        yield handle.get_tensor(name)
-        return
-      view = handle.get_slice(name)
-      for r0, r1 in blocks:
-        yield view[r0:r1]
-
-  def _bf16_native_ok(self, name: str) -> bool:
-    cls = type(self)
-    if cls._native_bf16 is None:
-      info = self._info(name)
-      try:
-        with safe_open(info.file, framework="numpy") as handle:
-          probe = handle.get_slice(name)[0:1] if info.shape else handle.get_tensor(name)
-        cls._native_bf16 = probe.dtype == _DTYPES["BF16"]
-      except Exception:  # noqa: BLE001  (any failure means: use the raw reader)
-        cls._native_bf16 = False
-    return cls._native_bf16
-
-  def _read_raw(self, name: str, r0: int, r1: int) -> np.ndarray:
-    """Reads rows [r0, r1) of a tensor straight from the file bytes (no safe_open)."""
-    info = self._info(name)
-    dtype = _DTYPES[info.dtype]
-    row_elems = math.prod(info.shape[1:])
-    count = math.prod(info.shape) if not info.shape else (r1 - r0) * row_elems
-    offset = info.begin + (r0 * row_elems * dtype.itemsize if info.shape else 0)
-    if info.dtype == "BF16":
-      # bfloat16 is the top half of a float32: read the little-endian 16-bit words.
-      raw = np.fromfile(info.file, dtype="<u2", count=count, offset=offset)
-      data = raw.astype(np.uint16, copy=False).view(ml_dtypes.bfloat16)
-    else:
-      data = np.fromfile(info.file, dtype=dtype, count=count, offset=offset)
-    if data.size != count:
-      raise CheckpointError(f"{info.file}: tensor {name!r} is truncated.")
-    return data.reshape(((r1 - r0),) + info.shape[1:] if info.shape else ())
-
-
-def _row_blocks(shape: tuple[int, ...], max_elems: int | None) -> list[tuple[int, int]]:
-  max_elems = _CHUNK_ELEMS if max_elems is None else max_elems
-  if not shape:
-    return [(0, 0)]
-  row_elems = max(1, math.prod(shape[1:]))
-  rows_per_block = max(1, max_elems // row_elems)
-  return [(r, min(r + rows_per_block, shape[0])) for r in range(0, shape[0], rows_per_block)] or [
-    (0, 0)
-  ]
-
-
-def iter_safetensors(
-  folder: str | os.PathLike, *, names: Sequence[str] | None = None
-) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields ``(name, array)`` for each tensor of a safetensors checkpoint folder, lazily.
-
-  Honours ``model.safetensors.index.json`` (sharded checkpoints). One tensor is read per step,
-  in on-disk order, in its stored dtype (bfloat16 as ``ml_dtypes.bfloat16``), so the caller
-  controls how many are kept alive. ``config.json`` is not required.
-
-  Args:
-    folder: a folder with ``model.safetensors`` or ``model.safetensors.index.json``.
-    names: if given, only these tensors, in this order (a missing one raises).
-
-  Yields:
-    ``(tensor name, NumPy array)`` pairs.
-
-  Raises:
-    CheckpointError: (a ValueError) for a missing folder, weights file, shard or tensor.
-  """
-  reader = SafetensorsFolder(folder)
-  for name in reader.names() if names is None else names:
-    yield name, reader.get(name)
+# Weight sources: safetensors folders (pacbayes.tensorio) or in-memory mappings.
 
 
 class _DictSource:
@@ -485,7 +223,7 @@ class _DictSource:
     if array.ndim == 0:
       yield array
       return
-    for r0, r1 in _row_blocks(array.shape, max_elems):
+    for r0, r1 in row_blocks(array.shape, max_elems):
       yield array[r0:r1]
 
 
@@ -704,16 +442,21 @@ def checkpoint_kl(
   )
 
 
+def _paired_rows(src_p, src_q, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The same row blocks of tensor ``name`` from both sources, one pair at a time."""
+  return zip(src_p.iter_rows(name, _CHUNK_ELEMS), src_q.iter_rows(name, _CHUNK_ELEMS), strict=True)
+
+
 def _raise_non_finite(src_p, src_q, name: str) -> None:
   for src in (src_p, src_q):
-    for block in src.iter_rows(name):
+    for block in src.iter_rows(name, _CHUNK_ELEMS):
       if not np.all(np.isfinite(np.asarray(block, dtype=np.float64))):
         raise CheckpointError(f"tensor {name!r} in {src.path!r} has non-finite values.")
 
 
 def _tensor_sq_distance(src_p, src_q, name: str) -> float:
   parts = []
-  for a, b in zip(src_p.iter_rows(name), src_q.iter_rows(name), strict=True):
+  for a, b in _paired_rows(src_p, src_q, name):
     # The ufunc upcasts block by block: no float64 copies of the inputs are made.
     d = np.subtract(b, a, dtype=np.float64).ravel()
     parts.append(float(np.dot(d, d)))
@@ -726,7 +469,7 @@ def _tensor_sq_distance(src_p, src_q, name: str) -> float:
 
 def _check_identical(src_p, src_q, name: str) -> None:
   exact = not _is_float(src_p.numpy_dtype(name))
-  for a, b in zip(src_p.iter_rows(name), src_q.iter_rows(name), strict=True):
+  for a, b in _paired_rows(src_p, src_q, name):
     if exact and np.array_equal(a, b):
       continue
     a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

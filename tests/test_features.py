@@ -1,14 +1,18 @@
-"""Tests for pacbayes.features: difficulty, CoT length, hashed n-grams, embed_with."""
+"""Tests for pacbayes.features: difficulty, CoT length, hashed n-grams, embeddings."""
 
+import functools
 import json
 import zlib
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from pacbayes import features
 from pacbayes.data.jsonl import DataError
 from pacbayes.features import FeatureError
+from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
 
 
 def test_difficulty_values():
@@ -131,3 +135,78 @@ def test_read_rows_roundtrip(tmp_path):
   path.write_text("\n".join(json.dumps({"difficulty": i}) for i in range(3)) + "\n")
   rows, lines = features.read_rows(path)
   assert [r["difficulty"] for r in rows] == [0, 1, 2] and lines == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+  cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                    max_position_embeddings=64)
+  path = tmp_path_factory.mktemp("features_llama") / "model"
+  save_pretrained(build_model(cfg, rngs=nnx.Rngs(0)), cfg, path)
+  return str(path)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hidden(graphdef, state, ids):
+  return nnx.merge(graphdef, state).hidden_states(ids)
+
+
+def _row_means(model, rows):
+  """Reference: rows without padding or mask (grouped by length), mean over positions."""
+  graphdef, state = nnx.split(model)
+  out = [None] * len(rows)
+  for length in sorted({len(r) for r in rows}):
+    idx = [i for i, r in enumerate(rows) if len(r) == length]
+    ids = np.asarray([rows[i] for i in idx], np.int32)
+    hidden = np.asarray(_hidden(graphdef, state, ids), np.float64)
+    for i, h in zip(idx, hidden, strict=True):
+      out[i] = h.mean(axis=0)
+  return np.stack(out)
+
+
+def test_mean_hidden_states_matches_rows_run_alone(tiny_llama):
+  model, _ = load_pretrained(tiny_llama)
+  rng = np.random.default_rng(0)
+  rows = [rng.integers(0, 32, n).tolist() for n in (3, 1, 9, 3, 1, 9, 3)]
+  ids = np.zeros((7, 12), np.int32)
+  mask = np.zeros((7, 12), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)], mask[i, :len(r)] = r, 1
+  want = _row_means(model, rows)
+  for batch_size in (1, 3, 16):  # The last batch is padded with empty rows.
+    got = features.mean_hidden_states(model, ids, mask, batch_size=batch_size)
+    assert got.dtype == np.float32 and got.shape == (7, 16)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_mean_hidden_states_errors(tiny_llama):
+  model, _ = load_pretrained(tiny_llama)
+  ids = np.ones((2, 3), np.int32)
+  with pytest.raises(FeatureError, match="share a non-empty shape"):
+    features.mean_hidden_states(model, ids, np.ones((2, 4)))
+  with pytest.raises(FeatureError, match="batch_size"):
+    features.mean_hidden_states(model, ids, np.ones((2, 3)), batch_size=0)
+  with pytest.raises(FeatureError, match="row 1 has no real token"):
+    features.mean_hidden_states(model, ids, np.array([[1, 1, 0], [0, 0, 0]]))
+
+
+def test_checkpoint_embeddings_of_files(tmp_path, tiny_llama):
+  model, _ = load_pretrained(tiny_llama)
+  rows_a = [[1, 2, 3], [4, 5, 0], [6, 7, 8, 9, 10, 11]]
+  rows_b = [[30, 31, 29], [2, 2, 2, 2, 6, 2]]
+  a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+  a.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows_a))
+  b.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows_b))
+  xa, xb = features.checkpoint_embeddings(tiny_llama, [a, b], batch_size=2)
+  np.testing.assert_allclose(xa, _row_means(model, rows_a), atol=1e-5)
+  np.testing.assert_allclose(xb, _row_means(model, rows_b), atol=1e-5)
+  # Rows longer than max_length are cut on the right.
+  (xb3,) = features.checkpoint_embeddings(tiny_llama, [b], max_length=3)
+  np.testing.assert_allclose(xb3, _row_means(model, [r[:3] for r in rows_b]), atol=1e-5)
+  with pytest.raises(FeatureError, match="max_length"):
+    features.checkpoint_embeddings(tiny_llama, [a], max_length=0)
+  text = tmp_path / "text.jsonl"
+  text.write_text('{"text": "no tokenizer files in the folder"}\n')
+  with pytest.raises(DataError, match="tokenizer"):
+    features.checkpoint_embeddings(tiny_llama, [text])

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
-import struct
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,142 +17,36 @@ from flax import nnx
 
 from pacbayes.models.config import ModelConfig
 from pacbayes.models.transformer import Decoder, build_model
+from pacbayes.tensorio import (
+  CONFIG_FILE,
+  checkpoint_folder,
+  iter_tensors,
+  read_tensors,
+  weight_files,
+  write_safetensors,
+  write_tensors,
+)
 
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-CONFIG_FILE = "config.json"
-
-_ST_DTYPES = {
-  "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-  "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-  "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
-  "BOOL": np.dtype(np.bool_),
-}
-_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+# Reading and writing the safetensors files themselves lives in pacbayes.tensorio; these
+# names stay importable from here.
+__all__ = [
+  "Entry",
+  "iter_tensors",
+  "load_config",
+  "load_pretrained",
+  "param_table",
+  "read_tensors",
+  "save_pretrained",
+  "weight_files",
+  "write_safetensors",
+]
 
 NnxPath = tuple[str | int, ...]
 
 
-# ----------------------------------------------------------------------------------------------
-# safetensors: the format is an 8-byte little-endian header length, a JSON header, then raw
-# little-endian bytes. Reading it directly (memory-mapped) handles bfloat16, which
-# safetensors' numpy backend cannot.
-
-
-def _read_header(file: Path) -> tuple[dict[str, Any], int]:
-  try:
-    with open(file, "rb") as f:
-      raw = f.read(8)
-      if len(raw) != 8:
-        raise ValueError(f"{file}: not a safetensors file (shorter than 8 bytes)")
-      (n,) = struct.unpack("<Q", raw)
-      header = json.loads(f.read(n))
-  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{file}: cannot read safetensors header ({e})") from e
-  header.pop("__metadata__", None)
-  return header, 8 + n
-
-
-def _read_file(file: Path) -> dict[str, np.ndarray]:
-  """Memory-maps every tensor of one safetensors file."""
-  header, start = _read_header(file)
-  size = file.stat().st_size
-  out = {}
-  for name, info in header.items():
-    dtype = _ST_DTYPES.get(info.get("dtype"))
-    if dtype is None:
-      raise ValueError(f"{file}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
-    shape = tuple(info["shape"])
-    begin, end = info["data_offsets"]
-    if end - begin != math.prod(shape) * dtype.itemsize or start + end > size:
-      raise ValueError(f"{file}: tensor {name!r} has inconsistent offsets {begin}..{end}")
-    if math.prod(shape) == 0:
-      out[name] = np.zeros(shape, dtype)
-    else:
-      out[name] = np.memmap(file, dtype=dtype, mode="r", offset=start + begin, shape=shape)
-  return out
-
-
-def write_safetensors(file: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
-  """Writes numpy arrays (float32, bfloat16 via ml_dtypes, ints) as one safetensors file."""
-  header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-  offset = 0
-  arrays = []
-  for name in sorted(tensors):
-    array = np.ascontiguousarray(tensors[name])
-    if array.dtype not in _ST_NAMES:
-      raise ValueError(f"tensor {name!r}: dtype {array.dtype} cannot be saved")
-    header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + array.nbytes]}
-    offset += array.nbytes
-    arrays.append(array)
-  raw = json.dumps(header, separators=(",", ":")).encode()
-  raw += b" " * (-len(raw) % 8)
-  with open(file, "wb") as f:
-    f.write(struct.pack("<Q", len(raw)))
-    f.write(raw)
-    for array in arrays:
-      f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-
-
-def _check_dir(path: str | os.PathLike) -> Path:
-  folder = Path(path)
-  if not folder.is_dir():
-    raise ValueError(f"checkpoint folder {str(folder)!r} does not exist or is not a folder")
-  return folder
-
-
-def weight_files(path: str | os.PathLike) -> list[Path]:
-  """The safetensors files of a checkpoint folder, honouring `model.safetensors.index.json`.
-
-  Raises:
-    ValueError: naming the folder or file, when the folder, the weights or a shard is missing.
-  """
-  folder = _check_dir(path)
-  index = folder / INDEX_FILE
-  if index.is_file():
-    try:
-      weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-      raise ValueError(f"{index}: expected JSON with a 'weight_map' ({e})") from e
-    files = []
-    for shard in sorted(set(weight_map.values())):
-      file = folder / shard
-      if not file.is_file():
-        raise ValueError(f"{index} lists shard {shard!r}, which is missing from {folder}")
-      files.append(file)
-    return files
-  single = folder / SINGLE_FILE
-  if single.is_file():
-    return [single]
-  raise ValueError(f"checkpoint folder {str(folder)!r} has neither {SINGLE_FILE} nor "
-                   f"{INDEX_FILE} (only safetensors weights are supported)")
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of a checkpoint folder by HF name, memory-mapped (bfloat16 as ml_dtypes)."""
-  tensors: dict[str, np.ndarray] = {}
-  sources: dict[str, Path] = {}
-  for file in weight_files(path):
-    for name, array in _read_file(file).items():
-      if name in tensors:
-        raise ValueError(f"tensor {name!r} appears in both {sources[name]} and {file}")
-      tensors[name] = array
-      sources[name] = file
-  return tensors
-
-
-def iter_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields (HF name, memory-mapped array) file by file, for streaming over large checkpoints."""
-  for file in weight_files(path):
-    yield from sorted(_read_file(file).items())
-
-
 def load_config(path: str | os.PathLike, *, dtype: str | None = None) -> ModelConfig:
   """Reads and checks `config.json` of a checkpoint folder."""
-  file = _check_dir(path) / CONFIG_FILE
-  if not file.is_file():
-    raise ValueError(f"checkpoint folder {str(path)!r} has no {CONFIG_FILE}")
+  file = checkpoint_folder(path, require_config=True) / CONFIG_FILE
   try:
     hf = json.loads(file.read_text())
   except (OSError, json.JSONDecodeError) as e:
@@ -364,26 +255,7 @@ def save_pretrained(model: Decoder, config: ModelConfig, path: str | os.PathLike
       files of at most about this many bytes plus `model.safetensors.index.json`.
   """
   tensors = _tensors_to_save(model, config)
-  folder = Path(path)
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / CONFIG_FILE).write_text(json.dumps(config.to_hf_config(), indent=2) + "\n")
-  if max_shard_bytes is None:
-    write_safetensors(folder / SINGLE_FILE, tensors)
-    return
-  shards: list[dict[str, np.ndarray]] = [{}]
-  size = 0
-  for name in sorted(tensors):
-    nbytes = tensors[name].nbytes
-    if shards[-1] and size + nbytes > max_shard_bytes:
-      shards.append({})
-      size = 0
-    shards[-1][name] = tensors[name]
-    size += nbytes
-  weight_map = {}
-  for i, shard in enumerate(shards):
-    file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-    write_safetensors(folder / file, shard)
-    weight_map.update(dict.fromkeys(shard, file))
-  index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
-           "weight_map": weight_map}
-  (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, CONFIG_FILE), "w") as f:
+    f.write(json.dumps(config.to_hf_config(), indent=2) + "\n")
+  write_tensors(path, tensors, max_shard_bytes=max_shard_bytes)
