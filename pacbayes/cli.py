@@ -65,6 +65,7 @@ def cmd_bound(args) -> int:
       sigma_prior=args.sigma_prior, mc_scheme=args.mc_scheme, num_draws=args.draws,
       chunk_size=args.chunk_size, batch_size=args.batch_size, delta=args.delta,
       seed=args.seed, include=args.include, exclude=args.exclude, progress=not args.quiet,
+      difficulty_support=args.difficulty_support,
   )
   print(cert.to_table())
   if args.out:
@@ -79,6 +80,10 @@ def cmd_shift(args) -> int:
   if args.feature == "embedding" and not args.model:
     raise CommandError("--feature embedding needs --model DIR (a checkpoint folder)")
   extra = {"model_dir": args.model} if args.feature == "embedding" else {}
+  if args.support is not None:
+    if args.feature != "difficulty":
+      raise CommandError("--support applies to --feature difficulty only")
+    extra["support"] = args.support
   report = shift.shift_report(args.train, args.test, feature=args.feature, delta=args.delta,
                               seed=args.seed, **extra)
   print(shift.format_shift_table(report))
@@ -156,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
   b.add_argument("--batch-size", type=int, default=8)
   b.add_argument("--include", nargs="*", help="glob patterns of perturbed parameters")
   b.add_argument("--exclude", nargs="*", help="glob patterns of unperturbed parameters")
+  b.add_argument("--difficulty-support", type=float, nargs="+",
+                 help="every value `difficulty` can take, fixed in advance (for g_ext)")
   b.add_argument("--delta", type=_delta, default=0.05)
   b.add_argument("--seed", type=int, default=0)
   b.add_argument("--out", help="JSON report path")
@@ -166,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--train", required=True)
   s.add_argument("--test", required=True)
   s.add_argument("--feature", default="difficulty", choices=("difficulty", "ngram", "embedding"))
+  s.add_argument("--support", type=float, nargs="+",
+                 help="every value `difficulty` can take, fixed in advance")
   s.add_argument("--model", help="checkpoint folder for --feature embedding (mean hidden state)")
   s.add_argument("--delta", type=_delta, default=0.05)
   s.add_argument("--seed", type=int, default=0)

@@ -218,6 +218,9 @@ def certify_params(
         "tolerance": sigma_tolerance, "subset": min(search_subset, n),
         "unperturbed": found.unperturbed, "risk": found.risk, "steps": len(found.history)}
 
+  if not diagonal:
+    # Draws use sigma in float32; the KL must describe that same Q, so round once here.
+    sigma_q = float(np.float32(sigma_q))
   mc = perturb.mc_risk(
       loss_fn, posterior_params, data, key=key_mc, sigma=sigma_q, scheme=mc_scheme,
       num_draws=num_draws, chunk_size=chunk_size, batch_size=batch_size,
@@ -286,16 +289,18 @@ def _has_difficulty(path: str) -> bool:
 
 
 def _extrapolation(train_path: str, test_path: str | None, train_has_difficulty: bool,
-                   delta_ext: float, seed: int) -> tuple[float, str, dict[str, Any]]:
+                   delta_ext: float, seed: int, support=None) -> tuple[float, str, dict[str, Any]]:
   if test_path is None:
     return 0.0, "none", {}
   from pacbayes import shift
 
   feature = "difficulty" if train_has_difficulty and _has_difficulty(test_path) else "ngram"
-  report = shift.shift_report(train_path, test_path, feature=feature, delta=delta_ext, seed=seed)
+  extra = {"support": support} if feature == "difficulty" else {}
+  report = shift.shift_report(train_path, test_path, feature=feature, delta=delta_ext, seed=seed,
+                              **extra)
   g_ext = min(1.0, max(0.0, float(report["g_ext"])))
   info = {"feature": feature, "test_path": str(test_path), "delta_ext": delta_ext,
-          "tv": report.get("tv")}
+          "tv": report.get("tv"), "support": report.get("support")}
   return g_ext, report["g_ext_kind"], info
 
 
@@ -324,6 +329,7 @@ def run_bound(
     sigma_tolerance: float = 0.02,
     mesh: Mesh | str | None = "auto",
     progress: bool = True,
+    difficulty_support: Sequence[float] | None = None,
 ) -> Any:
   """`pacbayes bound`: the two-gap certificate for a base checkpoint and a fine-tuned one.
 
@@ -341,6 +347,8 @@ def run_bound(
     posterior_dir: fine-tuned checkpoint folder (also the tokenizer folder).
     train_path: training-set JSONL (S).
     test_path: optional test-set JSONL for g_ext.
+    difficulty_support: every value `difficulty` can take, fixed in advance (see
+      `pacbayes.shift.shift_report`); without it the cells come from the data.
     loss: a name in `pacbayes.losses.LOSSES`.
     sigma: posterior sigma (None: searched).
     sigma_grid: prior sigmas to choose from (default `DEFAULT_SIGMA_GRID`).
@@ -394,7 +402,7 @@ def run_bound(
                        max_length=max_length)
   d_ext = delta / 3 if test_path is not None else 0.0
   g_ext, kind, shift_info = _extrapolation(train_path, test_path, train.difficulty is not None,
-                                           d_ext, seed)
+                                           d_ext, seed, difficulty_support)
   if mesh == "auto":
     mesh = shd.make_mesh() if jax.device_count() > 1 else None
   loss_fn = _model_loss(graphdef, loss) if not jax.tree.leaves(rest) else (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -381,6 +381,7 @@ def shift_report(
     model_dir: str | None = None,
     max_length: int | None = None,
     batch_size: int = 32,
+    support: Sequence[float] | None = None,
 ) -> dict[str, Any]:
   """TV between a train and a test JSONL file, as a JSON-serialisable report.
 
@@ -404,6 +405,10 @@ def shift_report(
     max_length: "embedding" truncates longer rows; default the model's
       `max_position_embeddings`.
     batch_size: rows per compiled forward pass for "embedding".
+    support: for "difficulty", every value the difficulty can take, fixed before seeing the
+      data (e.g. the bucket labels). Weissman et al.'s deviation bound is stated for a fixed
+      alphabet; without `support` the cells are the values seen plus one cell for the rest,
+      which depends on the sample, and the report says so.
 
   Returns:
     A dict with `feature`, `train`, `test` (path, n), `tv` (estimate / upper / lower /
@@ -437,7 +442,9 @@ def shift_report(
   if feature == "difficulty":
     d_train = features.difficulty(rows_train, source=str(train_path), lines=lines_train)
     d_test = features.difficulty(rows_test, source=str(test_path), lines=lines_test)
-    res = tv_discrete(d_train.tolist(), d_test.tolist(), delta)
+    res = tv_discrete(d_train.tolist(), d_test.tolist(), delta, support=support)
+    report["support"] = (sorted(float(v) for v in support) if support is not None else
+                         "chosen from the data: the values seen, plus one cell for the rest")
     report["tv"] = {
         "estimate": _entry(res.estimate, KIND_ESTIMATE),
         "upper": _entry(res.upper, KIND_CERTIFIED),

@@ -134,3 +134,21 @@ def test_bound_command_refuses_bad_input(checkpoints, tmp_path, capsys, case):
   assert err and "Traceback" not in "\n".join(err)
   assert len(err) == 1, err
   assert not out.exists()
+
+
+def test_shift_command_with_fixed_support(shift_files, tmp_path):
+  train, test = shift_files
+  out = tmp_path / "shift.json"
+  args = ["shift", "--train", str(train), "--test", str(test), "--out", str(out)]
+  assert main(args + ["--support", "1", "2", "3", "4", "5"]) == 0
+  fixed = json.loads(out.read_text())
+  assert fixed["support"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+  assert main(args) == 0
+  free = json.loads(out.read_text())
+  assert "chosen from the data" in free["support"]
+  for rep in (fixed, free):
+    assert rep["tv"]["estimate"]["value"] <= rep["g_ext"] <= 1.0
+  # A value outside the declared support is refused with one line, and no report.
+  out.unlink()
+  assert main(args + ["--support", "1", "2"]) == 2
+  assert not out.exists()

@@ -403,7 +403,9 @@ class _Study:
     self.pools: dict[tuple[str, int], Dataset] = {}
     for b_idx, (name, blo, bhi) in enumerate(c.buckets):
       for seed in c.seeds:
-        rows = _rows(max(c.sizes), blo, bhi, _seed(c, 2, b_idx, seed), c, self.test_keys)
+        # Fine-tuning pools are NOT deduplicated against the test set: g_ext certifies TV
+        # only if train and test draw from the same per-difficulty distribution D(z|k).
+        rows = _rows(max(c.sizes), blo, bhi, _seed(c, 2, b_idx, seed), c, set())
         pad_ops = hi if c.pad_to_test_length else bhi
         self.pools[(name, seed)] = _to_dataset(rows, pad_ops, full_loss=False,
                                                source=f"<bucket {name} seed {seed}>")
