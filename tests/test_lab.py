@@ -192,6 +192,10 @@ def test_study_config_checks_and_presets():
   assert sum(mix.values()) == pytest.approx(1.0)
   probs = [mix[k] for k in sorted(mix)]
   assert probs == sorted(probs)  # leans harder
+  for cfg in (quick, full):
+    # a fixed fine-tuning step budget for every n, and posterior scales the prior grid holds
+    assert len({cfg.ft_steps(n) for n in cfg.sizes}) == 1
+    assert set(cfg.sigma_q_grid) <= set(cfg.sigma_prior_grid)
 
 
 MICRO = dict(

@@ -13,7 +13,6 @@ from pacbayes.lab.subspace import make_subspace as make_subspace
 from pacbayes.lab.train import TrainConfig as TrainConfig
 from pacbayes.lab.train import TrainResult as TrainResult
 from pacbayes.lab.train import token_loss as token_loss
-from pacbayes.lab.train import train as train
 
 __all__ = [
   "PRESETS",
@@ -29,5 +28,4 @@ __all__ = [
   "slice_accuracy",
   "summary_table",
   "token_loss",
-  "train",
 ]
