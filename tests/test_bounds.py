@@ -32,7 +32,8 @@ def mp_kl(q, p):
     if (p == 0 and q > 0) or (p == 1 and q < 1):
       return mpmath.inf
     t1 = q * mpmath.log(q / p) if q > 0 else mpmath.mpf(0)
-    t2 = (1 - q) * mpmath.log((1 - q) / (1 - p)) if q < 1 else mpmath.mpf(0)
+    # log1p keeps tiny p exact (1 - p rounds to 1 at 50 digits when p ~ 1e-159)
+    t2 = (1 - q) * (mpmath.log1p(-q) - mpmath.log1p(-p)) if q < 1 else mpmath.mpf(0)
     return t1 + t2
 
 
