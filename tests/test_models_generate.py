@@ -2,48 +2,24 @@
 
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
 import pacbayes  # noqa: F401  (x64 on, as in real use)
-from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
+from pacbayes.models import build_model, load_pretrained, save_pretrained
 from pacbayes.models.checkpoint import read_tensors
 from pacbayes.models.generate import greedy_generate
+from tests.model_fixtures import jit_forward, tiny_config
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def tiny_config(model_type="llama", **kw):
-  base = dict(model_type=model_type, vocab_size=40, hidden_size=32, intermediate_size=48,
-              num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
-              initializer_range=0.2)
-  if model_type == "gpt2":
-    base.update(attention_bias=True, attention_out_bias=True, mlp_bias=True,
-                tie_word_embeddings=True)
-  if model_type == "qwen2":
-    base.update(attention_bias=True, num_key_value_heads=2)
-  base.update(kw)
-  return ModelConfig(**base)
-
-
-def jit_forward(model):
-  """model(input_ids, attention_mask) compiled once per shape (eager NNX is slow op by op)."""
-  graphdef, state = nnx.split(model)
-  fn = jax.jit(lambda s, x, m: nnx.merge(graphdef, s)(x, m))
-  def forward(ids, mask=None):
-    ids = np.asarray(ids, np.int32)
-    return np.asarray(fn(state, ids, np.ones_like(ids) if mask is None else mask))
-  return forward
 
 
 @pytest.fixture(scope="module")
 def llama():
   config = tiny_config(num_key_value_heads=2)
   return build_model(config, rngs=nnx.Rngs(0)), config
-
 
 # ------------------------------------------------------------------------------- generate
 
