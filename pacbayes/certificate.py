@@ -7,11 +7,11 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pacbayes import bounds
+from pacbayes.atomic import write_text
 
 __all__ = ["G_EXT_KINDS", "METHODS", "SCHEMA", "Certificate", "certify"]
 
@@ -152,7 +152,7 @@ class Certificate:
     """
     text = json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
     if path is not None:
-      _atomic_write(os.fspath(path), text)
+      write_text(path, text)
     return text
 
   @classmethod
@@ -256,21 +256,6 @@ class Certificate:
 
 def _fmt(value: float | None) -> str:
   return "?" if value is None else f"{value:.6g}"
-
-
-def _atomic_write(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pacbayes.atomic import write_text
+
 
 class CommandError(ValueError):
   """A bad command line (the message names the flag)."""
@@ -44,12 +46,7 @@ def _delta(text):
 
 def _write_json(obj, path):
   """Writes JSON atomically, so a failure never leaves a half-written report."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def cmd_bound(args) -> int:

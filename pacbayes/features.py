@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from pacbayes.data.dataset import load_dataset
-from pacbayes.data.jsonl import DataError, read_jsonl
+from pacbayes.data.jsonl import DataError, read_jsonl_with_lines
 from pacbayes.models import load_pretrained
 
 
@@ -28,16 +28,9 @@ _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _SEP = "\x1f"  # Unit separator: cannot occur inside a word token.
 
 
-def line_numbers(path: str | os.PathLike) -> list[int]:
-  """1-based line numbers of the non-blank lines of a JSONL file (the rows of read_jsonl)."""
-  with open(os.fspath(path), encoding="utf-8") as f:
-    return [i for i, line in enumerate(f, start=1) if line.strip()]
-
-
 def read_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[int]]:
   """Reads a JSONL file: (rows, their 1-based line numbers), for located error messages."""
-  rows = read_jsonl(path)
-  return rows, line_numbers(path)
+  return read_jsonl_with_lines(path)
 
 
 def _where(source: str | None, lines: Sequence[int] | None, i: int) -> str:
@@ -368,5 +361,5 @@ def checkpoint_embeddings(
 
 __all__ = [
     "FeatureError", "checkpoint_embeddings", "cot_length", "difficulty", "embed_with",
-    "hashed_ngrams", "line_numbers", "mean_hidden_states", "read_rows",
+    "hashed_ngrams", "mean_hidden_states", "read_rows",
 ]

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from pacbayes.atomic import write_atomic  # noqa: E402
+
 _BUCKET_COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
@@ -341,10 +343,6 @@ def base_comparison(results: Mapping[str, Any]) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 130) -> None:
   """Writes a figure atomically (temporary file, then rename) and closes it."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  root, ext = os.path.splitext(path)
-  tmp = f"{root}.tmp{ext or '.png'}"
-  fig.savefig(tmp, dpi=dpi)
-  os.replace(tmp, path)
+  fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+  write_atomic(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt), binary=True)
   plt.close(fig)

@@ -241,19 +241,10 @@ def load_dataset(
   """
   path = os.fspath(path)
   rows, lines = read_jsonl_with_lines(path)
-  return _build(
-    rows,
-    source=path,
-    line_numbers=lines,
-    tokenizer=tokenizer,
-    tokenizer_dir=tokenizer_dir,
-    vocab_size=vocab_size,
-    max_length=max_length,
-    pad_id=pad_id,
-    pad_length=pad_length,
-    on_overflow=on_overflow,
-    add_eos=add_eos,
-  )
+  return Dataset.from_rows(
+    rows, source=path, line_numbers=lines, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+    vocab_size=vocab_size, max_length=max_length, pad_id=pad_id, pad_length=pad_length,
+    on_overflow=on_overflow, add_eos=add_eos)
 
 
 def _check_ids(value: Any, key: str, where: str, *, allow_empty: bool = False) -> np.ndarray:

@@ -38,11 +38,12 @@ import heapq
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from pacbayes.atomic import write_atomic
 
 PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, SEP, UNK)
@@ -528,20 +529,13 @@ def generate_splits(
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
   """Writes rows as JSONL atomically (a temporary file in the same folder, then a rename)."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for row in rows:
-        f.write(json.dumps(row, separators=(",", ":")))
-        f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+
+  def write(f):
+    for row in rows:
+      f.write(json.dumps(row, separators=(",", ":")))
+      f.write("\n")
+
+  write_atomic(path, write, suffix=".jsonl")
 
 
 class SyntheticTokenizer:

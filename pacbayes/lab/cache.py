@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+
+from pacbayes.atomic import write_atomic, write_text
 
 
 def config_hash(fields: Mapping[str, Any], *, length: int = 16) -> str:
@@ -27,24 +28,10 @@ def _jsonable(x: Any) -> Any:
   raise TypeError(f"config_hash: cannot hash a value of type {type(x).__name__}")
 
 
-def _atomic_bytes(path: str, write) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_json(path: str | os.PathLike, data: Any) -> None:
   """Writes JSON atomically (temporary file in the same folder, then a rename)."""
   text = json.dumps(data, indent=1, default=_jsonable, allow_nan=True) + "\n"
-  _atomic_bytes(os.fspath(path), lambda f: f.write(text.encode("utf-8")))
+  write_text(path, text)
 
 
 def read_json(path: str | os.PathLike) -> Any | None:
@@ -64,7 +51,7 @@ def _flat(params: Any) -> dict[str, np.ndarray]:
 def save_params(path: str | os.PathLike, params: Any) -> None:
   """Saves a parameter pytree as .npz, one array per leaf keyed by its tree path."""
   arrays = _flat(params)
-  _atomic_bytes(os.fspath(path), lambda f: np.savez(f, **arrays))
+  write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def load_params(path: str | os.PathLike, like: Any) -> Any | None:
