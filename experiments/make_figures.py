@@ -4,7 +4,6 @@ Usage: python experiments/make_figures.py experiments/results/quick/results.json
 """
 
 import argparse
-import os
 import sys
 
 from pacbayes import plots
@@ -19,9 +18,7 @@ def main(argv=None) -> int:
   try:
     results = plots.load_results(args.results)
     prefix = args.prefix or results.get("preset", "lab")
-    for stem, fig in plots.lab_figures(results).items():
-      path = os.path.join(args.out, f"{prefix}_{stem}.png")
-      plots.save_figure(fig, path)
+    for path in plots.write_lab_figures(results, args.out, prefix):
       print(f"figure written to {path}")
   except (ValueError, KeyError) as e:
     print(f"make_figures: error: {e}", file=sys.stderr)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -99,9 +98,7 @@ def cmd_lab(args) -> int:
     config = config.replace(seed=args.seed) if hasattr(config, "replace") else config
   results = study.run_study(config, args.out, progress=not args.quiet)
   if args.figures:
-    for stem, fig in plots.lab_figures(results).items():
-      path = os.path.join(args.figures, f"{args.preset}_{stem}.png")
-      plots.save_figure(fig, path)
+    for path in plots.write_lab_figures(results, args.figures, args.preset):
       print(f"figure written to {path}")
   print()
   for verdict in theory.judge(results):

@@ -300,6 +300,17 @@ def lab_figures(results: Mapping[str, Any]) -> dict[str, Figure]:
   return figs
 
 
+def write_lab_figures(results: Mapping[str, Any], folder: str | os.PathLike,
+                      prefix: str) -> list[str]:
+  """Saves every figure of `lab_figures` as ``folder/prefix_stem.png``; returns the paths."""
+  paths = []
+  for stem, fig in lab_figures(results).items():
+    path = os.path.join(os.fspath(folder), f"{prefix}_{stem}.png")
+    save_figure(fig, path)
+    paths.append(path)
+  return paths
+
+
 def method_comparison(results: Mapping[str, Any], *, base: str = "base") -> Figure:
   """Accuracy of SFT and DFT against n, one panel per bucket where DFT was run."""
   sft = select_cells(results, base=base, method="sft")

@@ -63,3 +63,15 @@ def test_plot_command_bad_file_is_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "bad.json" in err[0]
   assert not out.exists()
+
+
+def test_write_lab_figures_and_script(results_file, tmp_path):
+  import subprocess
+  import sys
+
+  paths = plots.write_lab_figures(plots.load_results(results_file), tmp_path / "a", "t")
+  assert len(paths) == 6 and all(p.endswith(".png") for p in paths)
+  out = subprocess.run([sys.executable, "experiments/make_figures.py", str(results_file),
+                        "--out", str(tmp_path / "b")], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert len(list((tmp_path / "b").glob("test_*.png"))) == 6
