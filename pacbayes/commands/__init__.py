@@ -1,0 +1,1 @@
+"""Sub-commands of the ``pacbayes`` command line, one module each (``add_parser`` + ``run``)."""
