@@ -1,8 +1,14 @@
-"""The ``pacbayes`` command: parses arguments, calls the library, prints one line on error."""
+"""The ``pacbayes`` command: parses arguments, calls the library, prints one line on error.
+
+Exit statuses: 0 success, 2 bad input or an output that cannot be written (one line on
+stderr naming the file, key or flag), 130 interrupted (Ctrl-C; one line).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -10,14 +16,16 @@ from pacbayes.commands import bound, finetune, lab, plot, shift
 from pacbayes.commands.common import CommandError
 
 COMMANDS = (bound, shift, finetune, lab, plot)
-__all__ = ["CommandError", "build_parser", "main"]
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "CommandError", "build_parser", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
   """An argument parser whose errors are one line (no usage block), exit status 2."""
 
   def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
+    self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,19 +39,85 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command line; returns the exit status (0 on success, 2 on bad input)."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
+def _first_line(text: str) -> str:
+  lines = [line for line in str(text).strip().splitlines() if line.strip()]
+  return lines[0].strip() if lines else ""
+
+
+def error_line(error: BaseException) -> str:
+  """The one line shown for an error: the message, or the path and reason of an OSError."""
+  if isinstance(error, OSError):
+    names = [n for n in (error.filename, error.filename2) if n is not None]
+    if names:
+      reason = error.strerror or _first_line(error) or type(error).__name__
+      return f"{' -> '.join(map(os.fsdecode, map(str, names)))}: {reason}"
+  if isinstance(error, MemoryError):
+    return "out of memory (MemoryError); use a smaller --batch-size or --max-length"
+  if isinstance(error, KeyError) and error.args:
+    return f"missing key {error.args[0]!r}"
+  return _first_line(error) or type(error).__name__
+
+
+def _leave(status: int, line: str) -> None:
+  """Prints `line`, flushes, and ends the process at once.
+
+  ``os._exit`` skips interpreter teardown: after an interrupt JAX/XLA threads may still run,
+  and tearing the interpreter down under them segfaults (exit 139 instead of 130).
+  """
   try:
+    sys.stdout.flush()
+  except Exception:  # noqa: BLE001  (a closed pipe must not hide the status)
+    pass
+  try:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+  except Exception:  # noqa: BLE001
+    pass
+  os._exit(status)
+
+
+def _install_interrupt_handler(prog: str) -> None:
+  """First Ctrl-C: KeyboardInterrupt (cleanups run, temporary files go); a second one: exit."""
+  count = [0]
+
+  def handler(signum, frame):
+    count[0] += 1
+    if count[0] > 1:
+      _leave(EXIT_INTERRUPTED, f"{prog}: interrupted")
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) -> int:
+  """Runs the command line.
+
+  Args:
+    argv: the arguments (default ``sys.argv[1:]``).
+    hard_exit: end the process with ``os._exit`` after an interrupt (skipping interpreter
+      teardown, see `_leave`); default: when ``argv`` is None, i.e. run as a program.
+
+  Returns:
+    The exit status: 0 success, 2 bad input, 130 interrupted. Argument errors raise
+    ``SystemExit(2)`` after one line, as argparse does.
+  """
+  hard = argv is None if hard_exit is None else hard_exit
+  prog = "pacbayes"
+  if hard:
+    _install_interrupt_handler(prog)
+  try:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"pacbayes {args.command}"
     return args.func(args)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"pacbayes {args.command}: error: {message}", file=sys.stderr)
-    return 2
   except KeyboardInterrupt:
-    print(f"pacbayes {args.command}: interrupted", file=sys.stderr)
-    return 130
+    if hard:
+      _leave(EXIT_INTERRUPTED, f"{prog}: interrupted")
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+  except (ValueError, OSError, KeyError, MemoryError) as e:
+    print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
