@@ -1,4 +1,30 @@
-"""Verdicts on the paper's claims from a lab results file: one PASS or FAIL per claim."""
+"""Verdicts on the paper's claims as statistical tests: PASS, FAIL or INCONCLUSIVE.
+
+Each claim is one or more linear contrasts of per-cell quantities (`pacbayes.stats.contrast`),
+paired over the same test items and combined with the variance between fine-tuning seeds. A
+claim of the form "theta > 0" PASSes when the whole 95% interval lies above 0 (a one-sided
+test at level 2.5%), FAILs when it lies wholly below, and is INCONCLUSIVE otherwise. A claim
+made of several contrasts that must all hold (the inverted U) PASSes only if each does (an
+intersection-union test, level <= alpha without correction) and FAILs if any one is
+significantly reversed. Every claim also works on simulated studies with R replicates (the
+calibration tests in tests/test_stats.py use this).
+
+Claims (arXiv 2605.12906, Section 5 and Proposition 4.1; quantities and their losses):
+  inverted U at fixed n         accuracy: medium - easy > 0 and medium - hard > 0
+  best moves harder with n      accuracy: slope of (hard - easy) on ln n > 0
+  saturation                    accuracy in buckets with headroom: rises from n_min to n_max
+                                and the gain per ln n shrinks (concave in ln n)
+  G_gen rises with difficulty   ln ||w - w_base||^2 (KL at one fixed sigma) and the measured
+                                in-bucket gap R_bucket - R_S (sequence error): hard - easy > 0
+  G_gen falls with n            the same two quantities: slope on ln n < 0
+  G_ext falls with difficulty   measured gap R_test - R_bucket (sequence error): hard - easy < 0;
+                                the mixture terms (TV, w_max, m_out) are printed, not judged
+  bound holds                   certificate >= measured E_Q[R_test] in every cell and seed
+                                (Bonferroni over cells), with non-vacuous counts
+  stronger base                 (strong: hard - easy) - (base: hard - easy) > 0
+  DFT vs SFT                    on the hardest bucket: DFT - SFT at the smallest n > 0, at the
+                                largest n < 0, and their difference (interaction) > 0
+"""
 
 from __future__ import annotations
 
@@ -8,231 +34,333 @@ from typing import Any
 
 import numpy as np
 
-from pacbayes.plots import bucket_order, select_cells
+from pacbayes.stats import Contrast, bootstrap_argmax, contrast, slope_weights
+from pacbayes.studyview import StudyView, study_view
 
-# Differences smaller than this count as ties; everything else is compared as measured.
-_TIE = 1e-9
+ALPHA = 0.05
+PASS, INCONCLUSIVE, FAIL = 1, 0, -1
+_WORDS = {PASS: "PASS", INCONCLUSIVE: "INCONCLUSIVE", FAIL: "FAIL"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  """One claim's verdict.
+  """One claim's verdict over R replicate studies.
 
   Attributes:
-    claim: short name of the claim.
-    passed: whether the measured numbers agree with the claim.
-    judged: False when the results lack the cells the claim needs (then ``passed`` is False).
-    evidence: the numbers behind the verdict, one short line.
+    claim: the claim, with its setting (e.g. "inverted U at n=800").
+    outcome: [R] int: 1 PASS, 0 INCONCLUSIVE, -1 FAIL.
+    estimate, lo, hi: [R] the reported contrast and its interval (NaN when not judged).
+    test: the test used, in words.
+    note: extra evidence (design facts, bootstrap distributions), one line.
   """
 
   claim: str
-  passed: bool
-  judged: bool
-  evidence: str
+  outcome: np.ndarray
+  estimate: np.ndarray
+  lo: np.ndarray
+  hi: np.ndarray
+  test: str
+  note: str = ""
 
-  def line(self) -> str:
-    word = "PASS" if self.passed else "FAIL"
-    if not self.judged:
-      return f"FAIL  {self.claim}: not judged ({self.evidence})"
-    return f"{word}  {self.claim}: {self.evidence}"
+  @property
+  def word(self) -> str:
+    return _WORDS[int(self.outcome[0])]
 
-
-def _fmt(xs: Sequence[float]) -> str:
-  return "[" + ", ".join(f"{x:.3f}" for x in xs) + "]"
-
-
-def _not_judged(claim: str, why: str) -> Verdict:
-  return Verdict(claim, False, False, why)
-
-
-def _rows(results, base="base", method="sft"):
-  """Accuracy/terms as {n: [cell per bucket in easy->hard order]} keeping complete rows."""
-  cells = select_cells(results, base=base, method=method)
-  buckets = bucket_order(results)
-  sizes = sorted({n for (_, n) in cells})
-  rows = {n: [cells.get((b, n)) for b in buckets] for n in sizes}
-  return {n: r for n, r in rows.items() if all(c is not None for c in r)}, buckets
+  def line(self, r: int = 0) -> str:
+    """``PASS|FAIL|INCONCLUSIVE  <claim>: <estimate> [<lo>, <hi>] (<test>)`` for replicate r."""
+    word = _WORDS[int(self.outcome[r])]
+    est = (f"{self.estimate[r]:+.4f} [{self.lo[r]:+.4f}, {self.hi[r]:+.4f}]"
+           if np.isfinite(self.estimate[r]) else "not judged")
+    text = f"{word:<12}  {self.claim}: {est} ({self.test})"
+    return text + (f"; {self.note}" if self.note else "")
 
 
-def _argmax(xs: Sequence[float]) -> int:
-  # ties resolve to the easier bucket, so "moves harder" needs a real gain
-  return int(np.argmax(np.asarray(xs) + 0.0))
+def _not_judged(view: StudyView, claim: str, why: str) -> Verdict:
+  r = view.replicates
+  nan = np.full(r, np.nan)
+  return Verdict(claim, np.zeros(r, dtype=int), nan, nan, nan, why)
 
 
-def claim_shape(results) -> Verdict:
-  """At fixed n, accuracy against difficulty is inverted-U or monotone (unimodal)."""
-  name = "at fixed n, accuracy vs difficulty is inverted-U or monotone"
-  rows, buckets = _rows(results)
-  if not rows or len(buckets) < 3:
-    return _not_judged(name, "needs SFT cells for >= 3 buckets at some n")
-  bad, parts = [], []
-  for n, row in rows.items():
-    acc = [c["accuracy"] for c in row]
-    peak = _argmax(acc)
-    up = all(acc[i + 1] >= acc[i] - _TIE for i in range(peak))
-    down = all(acc[i + 1] <= acc[i] + _TIE for i in range(peak, len(acc) - 1))
-    shape = ("increasing" if peak == len(acc) - 1 else "decreasing" if peak == 0
-             else "inverted-U")
-    if not (up and down):
-      shape, bad = "not unimodal", bad + [n]
-    parts.append(f"n={n}: {_fmt(acc)} {shape}")
-  return Verdict(name, not bad, True, "; ".join(parts))
+def _outcome(ct: Contrast, sign: int) -> np.ndarray:
+  """PASS where the interval is wholly on the claimed side, FAIL where wholly opposite."""
+  if sign > 0:
+    return np.where(ct.lo > 0, PASS, np.where(ct.hi < 0, FAIL, INCONCLUSIVE))
+  return np.where(ct.hi < 0, PASS, np.where(ct.lo > 0, FAIL, INCONCLUSIVE))
 
 
-def claim_best_moves_harder(results) -> Verdict:
-  """The best training difficulty is non-decreasing in n."""
-  name = "best difficulty is non-decreasing in n"
-  rows, buckets = _rows(results)
-  if len(rows) < 2:
-    return _not_judged(name, "needs complete SFT bucket rows at >= 2 sizes")
-  best = {n: _argmax([c["accuracy"] for c in row]) for n, row in rows.items()}
-  seq = [best[n] for n in sorted(best)]
-  ok = all(b >= a for a, b in zip(seq, seq[1:], strict=False))
-  ev = ", ".join(f"n={n}: {buckets[best[n]]}" for n in sorted(best))
-  return Verdict(name, ok, True, ev)
+def _single(claim: str, ct: Contrast, sign: int, note: str = "") -> Verdict:
+  return Verdict(claim, _outcome(ct, sign), ct.estimate, ct.lo, ct.hi, ct.test_name(), note)
 
 
-def claim_g_gen_difficulty(results) -> Verdict:
-  """G_gen rises with training difficulty at every n."""
-  name = "G_gen rises with difficulty"
-  rows, _ = _rows(results)
-  if not rows:
-    return _not_judged(name, "needs complete SFT bucket rows")
-  bad, parts = [], []
-  for n, row in rows.items():
-    g = [c["certificate"]["g_gen"] for c in row]
-    if not (all(b >= a - _TIE for a, b in zip(g, g[1:], strict=False)) and g[-1] > g[0]):
-      bad.append(n)
-    parts.append(f"n={n}: {_fmt(g)}")
-  return Verdict(name, not bad, True, "; ".join(parts))
+def _item_contrast(view: StudyView, terms: Sequence[tuple[tuple, float, np.ndarray]],
+                   field: str, scalar: str | None = None, scalar_sign: float = 1.0,
+                   alpha: float = ALPHA) -> Contrast:
+  """sum over terms (key, a, weights_K) of a * [sum_k w_k mean_k items[field] + sign*scalar]."""
+  idx = [view.index(k) for k, _, _ in terms]
+  a = np.array([t[1] for t in terms])
+  W = np.stack([t[2] for t in terms])
+  X = view.items[field][:, idx]
+  B = None if scalar is None else scalar_sign * view.scalars[scalar][:, idx]
+  return contrast(a, X=X, W=W, slice_of=view.slice_of, B=B, alpha=alpha)
 
 
-def claim_g_gen_size(results) -> Verdict:
-  """G_gen falls with n in every bucket."""
-  name = "G_gen falls with n"
-  cells = select_cells(results, base="base", method="sft")
-  buckets = bucket_order(results)
-  bad, parts, judged = [], [], False
-  for b in buckets:
-    ns = sorted(n for (bb, n) in cells if bb == b)
-    if len(ns) < 2:
-      continue
-    judged = True
-    g = [cells[(b, n)]["certificate"]["g_gen"] for n in ns]
-    if not (all(y <= x + _TIE for x, y in zip(g, g[1:], strict=False)) and g[-1] < g[0]):
-      bad.append(b)
-    parts.append(f"{b} n={ns}: {_fmt(g)}")
-  if not judged:
-    return _not_judged(name, "needs SFT cells at >= 2 sizes in some bucket")
-  return Verdict(name, not bad, True, "; ".join(parts))
+def _scalar_contrast(view: StudyView, terms, field: str, transform=None,
+                     alpha: float = ALPHA) -> Contrast:
+  idx = [view.index(k) for k, _ in terms]
+  a = np.array([t[1] for t in terms])
+  B = view.scalars[field][:, idx]
+  if transform is not None:
+    B = transform(B)
+  return contrast(a, B=B, alpha=alpha)
 
 
-def claim_g_ext_difficulty(results) -> Verdict:
-  """G_ext falls with training difficulty."""
-  name = "G_ext falls with difficulty"
-  rows, _ = _rows(results)
-  if not rows:
-    return _not_judged(name, "needs complete SFT bucket rows")
-  bad, parts = [], []
-  for n, row in rows.items():
-    g = [c["certificate"]["g_ext"] for c in row]
-    if not (all(b <= a + _TIE for a, b in zip(g, g[1:], strict=False)) and g[-1] < g[0]):
-      bad.append(n)
-    parts.append(f"n={n}: {_fmt(g)}")
-  return Verdict(name, not bad, True, "; ".join(parts))
+def _hardest_easiest(view: StudyView) -> tuple[str, str]:
+  return view.buckets[-1], view.buckets[0]
 
 
-def claim_bound_holds(results) -> Verdict:
-  """The bound is at or above the measured test risk in every cell."""
-  name = "bound >= measured test risk in every cell"
-  cells = results["cells"]
-  if not cells:
-    return _not_judged(name, "no cells")
-  viol = [c for c in cells if c["certificate"]["bound"] < c["test_risk"]]
-  slack = [c["certificate"]["bound"] - c["test_risk"] for c in cells]
-  nonvac = sum(c["certificate"]["bound"] < 1.0 for c in cells)
-  ev = (f"{len(cells) - len(viol)}/{len(cells)} cells hold; min slack {min(slack):.3f}; "
-        f"{nonvac} non-vacuous (bound < 1)")
-  if viol:
-    worst = min(viol, key=lambda c: c["certificate"]["bound"] - c["test_risk"])
-    ev += (f"; worst {worst['base']}/{worst['method']}/{worst['bucket']}/n={worst['n']}: "
-           f"bound {worst['certificate']['bound']:.3f} < risk {worst['test_risk']:.3f}")
-  return Verdict(name, not viol, True, ev)
+# --------------------------------------------------------------------------------- accuracy
 
 
-def claim_stronger_base(results) -> Verdict:
-  """A stronger base moves the best training difficulty harder."""
-  name = "a stronger base moves the best difficulty harder"
-  weak, buckets = _rows(results, base="base")
-  strong, _ = _rows(results, base="strong")
-  common = sorted(set(weak) & set(strong))
-  if not common:
-    return _not_judged(name, "needs complete SFT bucket rows for 'base' and 'strong' at one n")
-  parts, oks = [], []
-  for n in common:
-    bw = _argmax([c["accuracy"] for c in weak[n]])
-    bs = _argmax([c["accuracy"] for c in strong[n]])
-    oks.append(bs > bw)
-    parts.append(
-        f"n={n}: base best {buckets[bw]} {_fmt([c['accuracy'] for c in weak[n]])}, "
-        f"strong best {buckets[bs]} {_fmt([c['accuracy'] for c in strong[n]])}")
-  return Verdict(name, all(oks), True, "; ".join(parts))
+def claim_inverted_u(view: StudyView, n: int) -> Verdict:
+  """Inverted U at fixed n: medium beats both easy and hard (intersection-union test)."""
+  claim = f"inverted U at n={n} (medium > easy and medium > hard)"
+  if len(view.buckets) < 3 or n not in view.complete_sizes():
+    return _not_judged(view, claim, "needs base/sft cells for >= 3 buckets at this n")
+  e, h = view.buckets[0], view.buckets[-1]
+  mids = view.buckets[1:-1]
+  mid = mids[len(mids) // 2]
+  p = view.p_test
+  up = _item_contrast(view, [(("base", "sft", mid, n), 1.0, p), (("base", "sft", e, n), -1.0, p)],
+                      "correct")
+  down = _item_contrast(view, [(("base", "sft", mid, n), 1.0, p),
+                               (("base", "sft", h, n), -1.0, p)], "correct")
+  out = np.where((up.lo > 0) & (down.lo > 0), PASS,
+                 np.where((up.hi < 0) | (down.hi < 0), FAIL, INCONCLUSIVE))
+  binding = up.lo <= down.lo
+  pick = lambda x, y: np.where(binding, x, y)  # noqa: E731
+  note = (f"{mid}-{e} {up.estimate[0]:+.4f} [{up.lo[0]:+.4f}, {up.hi[0]:+.4f}], "
+          f"{mid}-{h} {down.estimate[0]:+.4f} [{down.lo[0]:+.4f}, {down.hi[0]:+.4f}]")
+  return Verdict(claim, out, pick(up.estimate, down.estimate), pick(up.lo, down.lo),
+                 pick(up.hi, down.hi), "IUT of 2 one-sided contrasts, binding one shown; "
+                 + up.test_name(), note)
 
 
-def claim_dft(results) -> Verdict:
-  """DFT beats SFT at small n on hard data, and SFT wins at large n."""
-  name = "DFT beats SFT at small n on hard data, SFT wins at large n"
-  hard = bucket_order(results)[-1]
-  sft = select_cells(results, base="base", method="sft")
-  dft = select_cells(results, base="base", method="dft")
-  ns = sorted(n for (b, n) in dft if b == hard and (b, n) in sft)
+def argmax_note(view: StudyView, sizes: Sequence[int], num: int = 1000) -> str:
+  """Bootstrap distribution of the best bucket at each n (replicate 0), as text."""
+  keys = [("base", "sft", b, n) for n in sizes for b in view.buckets]
+  idx = [view.index(k) for k in keys]
+  X = view.items["correct"][0, idx]
+  W = np.tile(view.p_test, (len(idx), 1))
+  nb = len(view.buckets)
+  groups = [list(range(j * nb, (j + 1) * nb)) for j in range(len(sizes))]
+  freq = bootstrap_argmax(X, W, view.slice_of, groups, num=num, seed=0)
+  parts = [f"n={n}: " + "/".join(f"{b[0]}{freq[j, i]:.2f}" for i, b in enumerate(view.buckets))
+           for j, n in enumerate(sizes)]
+  return "P(best) " + ", ".join(parts)
+
+
+def claim_best_moves_harder(view: StudyView, *, with_bootstrap: bool = True) -> Verdict:
+  """The best difficulty moves harder with n: slope of (acc_hard - acc_easy) on ln n > 0."""
+  claim = "best difficulty moves harder with n (slope of acc_hard - acc_easy on ln n)"
+  sizes = view.complete_sizes()
+  if len(sizes) < 2:
+    return _not_judged(view, claim, "needs complete base/sft rows at >= 2 sizes")
+  h, e = _hardest_easiest(view)
+  c = slope_weights(np.log(sizes))
+  terms = []
+  for n, cj in zip(sizes, c, strict=True):
+    terms += [(("base", "sft", h, n), cj, view.p_test), (("base", "sft", e, n), -cj, view.p_test)]
+  ct = _item_contrast(view, terms, "correct")
+  note = argmax_note(view, sizes) if with_bootstrap and view.replicates == 1 else ""
+  return _single(claim, ct, +1, note)
+
+
+def claim_saturation(view: StudyView, bucket: str) -> Verdict:
+  """In a bucket with headroom, accuracy rises with n and the gain per ln n shrinks."""
+  claim = f"saturation in {bucket} (rises with n, gain per ln n shrinks)"
+  sizes = view.sizes(bucket=bucket)
+  if len(sizes) < 3:
+    return _not_judged(view, claim, "needs base/sft cells at >= 3 sizes")
+  base_on_bucket = float(view.base_acc["base"] @ view.p_bucket[bucket])
+  if base_on_bucket > 1 - view.headroom_min:
+    return _not_judged(view, claim, f"no headroom: base accuracy {base_on_bucket:.3f} on the "
+                       f"bucket > {1 - view.headroom_min:.2f} (decided before training)")
+  n1, n2, n3 = sizes[0], sizes[len(sizes) // 2], sizes[-1]
+  p = view.p_test
+  k = lambda n: ("base", "sft", bucket, n)  # noqa: E731
+  rise = _item_contrast(view, [(k(n3), 1.0, p), (k(n1), -1.0, p)], "correct")
+  l1, l2 = np.log(n2 / n1), np.log(n3 / n2)
+  conc = _item_contrast(view, [(k(n2), 1 / l1 + 1 / l2, p), (k(n1), -1 / l1, p),
+                               (k(n3), -1 / l2, p)], "correct")
+  out = np.where((rise.lo > 0) & (conc.lo > 0), PASS,
+                 np.where((rise.hi < 0) | (conc.hi < 0), FAIL, INCONCLUSIVE))
+  binding = rise.lo <= conc.lo
+  pick = lambda x, y: np.where(binding, x, y)  # noqa: E731
+  note = (f"rise n={n1}->{n3} {rise.estimate[0]:+.4f} [{rise.lo[0]:+.4f}, {rise.hi[0]:+.4f}], "
+          f"concavity {conc.estimate[0]:+.4f} [{conc.lo[0]:+.4f}, {conc.hi[0]:+.4f}]; "
+          f"base on bucket {base_on_bucket:.3f}")
+  return Verdict(claim, out, pick(rise.estimate, conc.estimate), pick(rise.lo, conc.lo),
+                 pick(rise.hi, conc.hi), "IUT of 2 one-sided contrasts, binding one shown; "
+                 + rise.test_name(), note)
+
+
+# ------------------------------------------------------------------------------------ gaps
+
+
+def _gen_gap_terms(view: StudyView, pairs):
+  return [(key, a, view.p_bucket[key[2]]) for key, a in pairs]
+
+
+def claim_g_gen_difficulty(view: StudyView) -> list[Verdict]:
+  """G_gen rises with difficulty: hard - easy, averaged over the complete sizes, > 0."""
+  sizes = view.complete_sizes()
+  c1 = "G_gen rises with difficulty: ln ||w - w_base||^2 (KL at one fixed sigma), hard - easy"
+  c2 = "G_gen rises with difficulty: measured in-bucket gap R_bucket - R_S, hard - easy"
+  if not sizes:
+    return [_not_judged(view, c, "needs complete base/sft rows") for c in (c1, c2)]
+  h, e = _hardest_easiest(view)
+  pairs = []
+  for n in sizes:
+    pairs += [(("base", "sft", h, n), 1 / len(sizes)), (("base", "sft", e, n), -1 / len(sizes))]
+  dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
+  gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
+  return [_single(c1, dist, +1), _single(c2, gap, +1, "loss: sequence error of the weights")]
+
+
+def claim_g_gen_size(view: StudyView) -> list[Verdict]:
+  """G_gen falls with n: slope on ln n, averaged over buckets, < 0."""
+  c1 = "G_gen falls with n: slope of ln ||w - w_base||^2 on ln n"
+  c2 = "G_gen falls with n: slope of measured in-bucket gap R_bucket - R_S on ln n"
+  sizes = view.complete_sizes()
+  if len(sizes) < 2:
+    return [_not_judged(view, c, "needs complete base/sft rows at >= 2 sizes") for c in (c1, c2)]
+  c = slope_weights(np.log(sizes))
+  pairs = [(("base", "sft", b, n), cj / len(view.buckets))
+           for b in view.buckets for n, cj in zip(sizes, c, strict=True)]
+  dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
+  gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
+  return [_single(c1, dist, -1), _single(c2, gap, -1, "loss: sequence error of the weights")]
+
+
+def mixture_facts(view: StudyView) -> str:
+  """TV, m_out and w_max of every bucket against the test mixture (design facts)."""
+  parts = []
+  for b in view.buckets:
+    pb, pt = view.p_bucket[b], view.p_test
+    tv = 0.5 * float(np.abs(pb - pt).sum())
+    out = float(pt[pb == 0].sum())
+    w = float(np.max(pt[pb > 0] / pb[pb > 0]))
+    parts.append(f"{b}: TV {tv:.3f} m_out {out:.3f} w_max {w:.2f}")
+  return "design facts (not judged): " + "; ".join(parts)
+
+
+def claim_g_ext_difficulty(view: StudyView) -> Verdict:
+  """G_ext falls with difficulty: measured R_test - R_bucket, hard - easy (averaged) < 0."""
+  claim = "G_ext falls with difficulty: measured gap R_test - R_bucket, hard - easy"
+  sizes = view.complete_sizes()
+  if not sizes:
+    return _not_judged(view, claim, "needs complete base/sft rows")
+  h, e = _hardest_easiest(view)
+  terms = []
+  for n in sizes:
+    for b, a in ((h, 1 / len(sizes)), (e, -1 / len(sizes))):
+      terms.append((("base", "sft", b, n), a, view.p_test - view.p_bucket[b]))
+  ct = _item_contrast(view, terms, "seq_error")
+  return _single(claim, ct, -1, "loss: sequence error; " + mixture_facts(view))
+
+
+# ---------------------------------------------------------------------------------- bounds
+
+
+def claim_bound_holds(view: StudyView, alpha: float = ALPHA) -> Verdict:
+  """Certificate >= measured E_Q[R_test] in every cell and seed (Bonferroni over them)."""
+  from scipy import stats as sps
+
+  claim = "bound >= measured E_Q[R_test] (sequence error) in every cell"
+  r, c, s = view.scalars["bound"].shape
+  m = c * s
+  counts = np.bincount(view.slice_of, minlength=len(view.ops))
+  w_i = view.p_test[view.slice_of] / counts[view.slice_of]
+  x = view.items["q_seq_error"]
+  mean = np.einsum("rcsn,n->rcs", x, w_i)
+  sq = np.zeros_like(mean)
+  for k in range(len(view.ops)):
+    xk = x[..., view.slice_of == k]
+    sq += view.p_test[k] ** 2 * xk.var(axis=-1) / counts[k]
+  z = sps.norm.ppf(1 - alpha / (2 * m))
+  lo, hi = mean - z * np.sqrt(sq), mean + z * np.sqrt(sq)
+  bound = view.scalars["bound"]
+  slack = (bound - mean).reshape(r, -1)
+  worst = np.argmin(slack, axis=1)
+  take = lambda a: a.reshape(r, -1)[np.arange(r), worst]  # noqa: E731
+  out = np.where(np.all(bound >= hi, axis=(1, 2)), PASS,
+                 np.where(np.any(bound < lo, axis=(1, 2)), FAIL, INCONCLUSIVE))
+  nonvac = int(np.sum(bound[0] < 1))
+  nonvac_in = int(np.sum(view.scalars["b_train"][0] < 1))
+  note = (f"non-vacuous: {nonvac_in}/{m} in-bucket (B_train < 1), {nonvac}/{m} test mixture "
+          f"(bound < 1); estimate = smallest slack bound - risk")
+  bw = take(bound)
+  return Verdict(claim, out, take(bound - mean), bw - take(hi), bw - take(lo),
+                 f"slack vs {100 * (1 - alpha):.0f}% Bonferroni interval of the measured risk "
+                 f"over {m} cell-seeds", note)
+
+
+# ------------------------------------------------------------------------------ base, DFT
+
+
+def claim_stronger_base(view: StudyView) -> Verdict:
+  """Interaction: (strong hard - strong easy) - (base hard - base easy) > 0, averaged over n."""
+  claim = "stronger base favours harder data (interaction of base x difficulty)"
+  sizes = [n for n in view.complete_sizes("strong") if n in view.complete_sizes("base")]
+  if not sizes:
+    return _not_judged(view, claim, "needs complete strong and base rows at a common n")
+  h, e = _hardest_easiest(view)
+  terms = []
+  for n in sizes:
+    for base, sign in (("strong", 1.0), ("base", -1.0)):
+      terms += [((base, "sft", h, n), sign / len(sizes), view.p_test),
+                ((base, "sft", e, n), -sign / len(sizes), view.p_test)]
+  return _single(claim, _item_contrast(view, terms, "correct"), +1, f"n in {sizes}")
+
+
+def claim_dft(view: StudyView) -> list[Verdict]:
+  """DFT - SFT on the hardest DFT bucket: > 0 at the smallest n, < 0 at the largest, interaction."""
+  dft_buckets = [b for b in view.buckets if view.sizes("base", "dft", b)]
+  names = ("DFT - SFT at small n", "DFT - SFT at large n", "DFT - SFT interaction small - large n")
+  if not dft_buckets:
+    return [_not_judged(view, c, "needs DFT cells") for c in names]
+  b = dft_buckets[-1]
+  ns = [n for n in view.sizes("base", "dft", b) if ("base", "sft", b, n) in view.keys]
   if len(ns) < 2:
-    return _not_judged(name, f"needs SFT and DFT cells on bucket {hard!r} at >= 2 sizes")
+    return [_not_judged(view, c, f"needs DFT and SFT on {b} at >= 2 sizes") for c in names]
   lo, hi = ns[0], ns[-1]
-  a = {(m, n): c[(hard, n)]["accuracy"] for m, c in (("sft", sft), ("dft", dft))
-       for n in (lo, hi)}
-  ok = a[("dft", lo)] > a[("sft", lo)] and a[("sft", hi)] > a[("dft", hi)]
-  ev = (f"{hard}, n={lo}: DFT {a[('dft', lo)]:.3f} vs SFT {a[('sft', lo)]:.3f}; "
-        f"n={hi}: DFT {a[('dft', hi)]:.3f} vs SFT {a[('sft', hi)]:.3f}")
-  return Verdict(name, ok, True, ev)
+  p = view.p_test
+  d = lambda n, a: [(("base", "dft", b, n), a, p), (("base", "sft", b, n), -a, p)]  # noqa: E731
+  small = _item_contrast(view, d(lo, 1.0), "correct")
+  large = _item_contrast(view, d(hi, 1.0), "correct")
+  inter = _item_contrast(view, d(lo, 1.0) + d(hi, -1.0), "correct")
+  return [_single(f"DFT - SFT on {b} at n={lo} (> 0)", small, +1),
+          _single(f"DFT - SFT on {b} at n={hi} (< 0)", large, -1),
+          _single(f"DFT - SFT on {b} interaction n={lo} minus n={hi} (> 0)", inter, +1)]
 
 
-def claim_saturation(results) -> Verdict:
-  """At fixed difficulty, accuracy rises with n and saturates (diminishing gains per log n)."""
-  name = "at fixed difficulty, accuracy rises with n and saturates"
-  cells = select_cells(results, base="base", method="sft")
-  bad, parts, judged = [], [], False
-  for b in bucket_order(results):
-    ns = sorted(n for (bb, n) in cells if bb == b)
-    if len(ns) < 3:
-      continue
-    judged = True
-    acc = [cells[(b, n)]["accuracy"] for n in ns]
-    slope = [(y - x) / np.log(n2 / n1) for x, y, n1, n2 in
-             zip(acc, acc[1:], ns, ns[1:], strict=False)]
-    rising = acc[-1] > acc[0]
-    saturating = all(s2 <= s1 + _TIE for s1, s2 in zip(slope, slope[1:], strict=False))
-    if not (rising and saturating):
-      bad.append(b)
-    parts.append(f"{b}: {_fmt(acc)} gain/ln n {_fmt(slope)}")
-  if not judged:
-    return _not_judged(name, "needs SFT cells at >= 3 sizes in some bucket")
-  return Verdict(name, not bad, True, "; ".join(parts))
+# ---------------------------------------------------------------------------------- judge
 
 
-CLAIMS = (
-    claim_shape,
-    claim_best_moves_harder,
-    claim_saturation,
-    claim_g_gen_difficulty,
-    claim_g_gen_size,
-    claim_g_ext_difficulty,
-    claim_bound_holds,
-    claim_stronger_base,
-    claim_dft,
-)
+def judge_view(view: StudyView, *, with_bootstrap: bool = True) -> list[Verdict]:
+  """Every verdict of a study view, in a fixed order."""
+  out = [claim_inverted_u(view, n) for n in view.complete_sizes()]
+  out.append(claim_best_moves_harder(view, with_bootstrap=with_bootstrap))
+  out += [claim_saturation(view, b) for b in view.buckets]
+  out += claim_g_gen_difficulty(view)
+  out += claim_g_gen_size(view)
+  out.append(claim_g_ext_difficulty(view))
+  out.append(claim_bound_holds(view))
+  out.append(claim_stronger_base(view))
+  out += claim_dft(view)
+  return out
 
 
-def judge(results: Mapping[str, Any]) -> list[Verdict]:
-  """Judges every claim on a lab results dict (schema ``pacbayes.lab/1``)."""
-  return [claim(results) for claim in CLAIMS]
+def judge(results: Mapping[str, Any], *, arm: str = "tilted") -> list[Verdict]:
+  """Judges every claim on a lab results dict (schema ``pacbayes.lab/2``)."""
+  return judge_view(study_view(results, arm=arm))
