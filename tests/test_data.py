@@ -125,7 +125,8 @@ def test_truncation_counts_and_keeps_the_prompt(tmp_path):
   assert ds.num_truncated == 1 and ds.max_length == 4
   np.testing.assert_array_equal(ds.input_ids, [[1, 2, 3, 4], [1, 2, 3, 0]])
   np.testing.assert_array_equal(ds.loss_mask, [[0, 0, 1, 1], [0, 1, 1, 0]])
-  with pytest.raises(DataError, match=r"d\.jsonl:1: 6 tokens exceed max_length=4"):
+  with pytest.raises(DataError, match=r"d\.jsonl:1: the row has 6 tokens, more than "
+                     r"max_length=4; refused \(pass on_overflow='truncate'"):
     load_dataset(tmp_path / "d.jsonl", max_length=4, on_overflow="error")
 
 
@@ -277,3 +278,87 @@ def test_subset_and_dataclass_checks():
     Dataset(ds.input_ids, ds.attention_mask, bad, ds.prompt_lengths)
   with pytest.raises(ValueError, match="int32"):
     Dataset(ds.input_ids.astype(np.int64), ds.attention_mask, ds.loss_mask, ds.prompt_lengths)
+
+
+def test_long_row_message_names_the_flag(tmp_path):
+  path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, {"input_ids": list(range(9))}])
+  with pytest.raises(DataError, match=r"d\.jsonl:2: the row has 9 tokens, more than "
+                     r"max_length=4; refused \(use --max-length N --truncate\)"):
+    load_dataset(path, max_length=4, on_overflow="error",
+                 overflow_hint="use --max-length N --truncate")
+
+
+@pytest.mark.parametrize("kind", ["text", "prompt"])
+def test_missing_tokenizer_is_named_with_the_folder(tmp_path, kind):
+  ckpt = tmp_path / "ckpt"
+  ckpt.mkdir()
+  (ckpt / "config.json").write_text("{}")
+  row = {"text": "hello"} if kind == "text" else {"prompt": "a", "completion": "b"}
+  path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, row])
+  with pytest.raises(DataError, match=rf"d\.jsonl:2: the row holds '{kind}' strings, but the "
+                     rf"tokenizer is missing: {ckpt} holds none of tokenizer\.json"):
+    load_dataset(path, tokenizer_dir=ckpt)
+
+
+@pytest.mark.parametrize("content,match", [
+  (b"[" * 100000 + b"\n", r"d\.jsonl:1: JSON nested too deeply"),
+  (b'{"input_ids": [' + b"9" * 5000 + b"]}\n", r"d\.jsonl:1: not usable JSON"),
+  (b'{"input_ids": [1, 2], "difficulty": 1}\n{"input_ids": [1, 2], "difficulty": NaN}\n',
+   r"d\.jsonl:2: 'difficulty' must be a finite number"),
+])
+def test_hostile_json_lines(tmp_path, content, match):
+  path = tmp_path / "d.jsonl"
+  path.write_bytes(content)
+  with pytest.raises(DataError, match=match):
+    load_dataset(path)
+
+
+def test_folder_instead_of_file(tmp_path):
+  with pytest.raises(DataError, match="is a folder; expected a JSONL file"):
+    read_jsonl(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["3", None, True, [1], {"a": 1}, float("inf")])
+def test_malformed_difficulty_is_refused_with_file_and_line(tmp_path, value):
+  rows = [{"input_ids": [1, 2], "difficulty": 1}, {"input_ids": [1, 2], "difficulty": value}]
+  path = _write(tmp_path / "d.jsonl", rows)  # inf is written as the JSON extension Infinity
+  with pytest.raises(DataError, match=r"d\.jsonl:2: 'difficulty' must be a finite number"):
+    load_dataset(path)
+
+
+def _imports(module_path):
+  import ast
+
+  tree = ast.parse(open(module_path, encoding="utf-8").read())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+    elif isinstance(node, ast.Import):
+      names.update(a.name for a in node.names)
+  return names
+
+
+def test_data_package_has_no_import_cycle():
+  """Every import between pacbayes.data modules (TYPE_CHECKING ones too) points one way."""
+  import pathlib
+
+  import pacbayes.data
+
+  folder = pathlib.Path(pacbayes.data.__file__).parent
+  modules = {f"pacbayes.data.{p.stem}": p for p in folder.glob("*.py") if p.stem != "__init__"}
+  graph = {m: {i for i in _imports(p) if i in modules} for m, p in modules.items()}
+  assert "pacbayes.data.dataset" not in graph["pacbayes.data.difficulty"]
+  state = {}
+
+  def visit(m, stack):
+    state[m] = "open"
+    for n in graph[m]:
+      assert state.get(n) != "open", f"import cycle: {' -> '.join([*stack, m, n])}"
+      if n not in state:
+        visit(n, [*stack, m])
+    state[m] = "done"
+
+  for m in graph:
+    if m not in state:
+      visit(m, [])

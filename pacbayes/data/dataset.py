@@ -27,24 +27,23 @@ refuses them instead. A row that truncation leaves without targets is always ref
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from pacbayes.data import tokenize as _tok
-
-# Difficulty helpers moved to `pacbayes.data.difficulty`; re-exported so old imports still work.
+# Difficulty helpers live in `pacbayes.data.difficulty` (which imports nothing from here);
+# re-exported so old imports still work.
 from pacbayes.data.difficulty import Buckets as Buckets
 from pacbayes.data.difficulty import assign_buckets as assign_buckets
 from pacbayes.data.difficulty import bucket_by_quantiles as bucket_by_quantiles
 from pacbayes.data.difficulty import completion_lengths as completion_lengths
 from pacbayes.data.difficulty import difficulty_values as difficulty_values
-from pacbayes.data.jsonl import DataError, read_jsonl_with_lines
+from pacbayes.data.jsonl import DataError as DataError
+from pacbayes.data.jsonl import read_jsonl_with_lines
+from pacbayes.data.rows import DEFAULT_OVERFLOW_HINT, encode_rows
 
-_INT32_MAX = 2**31 - 1
 _BATCH_EXTRAS = ("prompt_lengths", "index", "difficulty")
 
 
@@ -164,6 +163,7 @@ class Dataset:
     add_eos: bool = True,
     source: str = "<memory>",
     line_numbers: Sequence[int] | None = None,
+    overflow_hint: str = DEFAULT_OVERFLOW_HINT,
   ) -> Dataset:
     """Builds a dataset from in-memory rows (same formats and checks as `load_dataset`).
 
@@ -179,14 +179,18 @@ class Dataset:
       add_eos: append the tokenizer's EOS to string completions.
       source: a label used in error messages and kept in ``Dataset.source``.
       line_numbers: the line number of each row in ``source`` (default 1, 2, ...).
+      overflow_hint: how to ask for truncation, ending the message that refuses a long row
+        (a command names its flag, e.g. "use --max-length N --truncate").
 
     Returns:
       The `Dataset`.
 
     Raises:
-      DataError: a row is malformed; the message is ``"source:line: what is wrong"``.
+      DataError: a row is malformed, longer than ``max_length`` under
+        ``on_overflow="error"``, or holds strings but the tokenizer folder holds no tokenizer;
+        the message is ``"source:line: what is wrong"``.
     """
-    return _build(
+    arrays = encode_rows(
       rows,
       source=source,
       line_numbers=line_numbers,
@@ -198,7 +202,10 @@ class Dataset:
       pad_length=pad_length,
       on_overflow=on_overflow,
       add_eos=add_eos,
+      overflow_hint=overflow_hint,
     )
+    fields = {f.name: getattr(arrays, f.name) for f in dataclasses.fields(arrays)}
+    return cls(**fields, source=source, pad_id=pad_id)
 
 
 def load_dataset(
@@ -212,6 +219,7 @@ def load_dataset(
   pad_length: int | None = None,
   on_overflow: str = "truncate",
   add_eos: bool = True,
+  overflow_hint: str = DEFAULT_OVERFLOW_HINT,
 ) -> Dataset:
   """Reads a JSONL dataset (DESIGN.md §3) into a `Dataset`.
 
@@ -228,6 +236,7 @@ def load_dataset(
       several datasets share one compiled shape.
     on_overflow: ``"truncate"`` or ``"error"``.
     add_eos: append the tokenizer's EOS to string completions.
+    overflow_hint: see `Dataset.from_rows`.
 
   Returns:
     The `Dataset`, with ``source`` the path and ``line_numbers`` the file lines.
@@ -244,236 +253,8 @@ def load_dataset(
   return Dataset.from_rows(
     rows, source=path, line_numbers=lines, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
     vocab_size=vocab_size, max_length=max_length, pad_id=pad_id, pad_length=pad_length,
-    on_overflow=on_overflow, add_eos=add_eos)
+    on_overflow=on_overflow, add_eos=add_eos, overflow_hint=overflow_hint)
 
-
-def _check_ids(value: Any, key: str, where: str, *, allow_empty: bool = False) -> np.ndarray:
-  if not isinstance(value, list):
-    raise DataError(f"{where}: {key!r} must be a list of ints, got {type(value).__name__}")
-  if not value:
-    if allow_empty:
-      return np.zeros((0,), np.int64)
-    raise DataError(f"{where}: {key!r} is empty")
-  try:
-    arr = np.asarray(value)
-  except (ValueError, OverflowError):
-    arr = np.asarray(value, dtype=object)
-  if arr.ndim != 1 or arr.dtype.kind not in "iu":
-    raise DataError(f"{where}: {key!r} must be a flat list of ints")
-  if arr.min() < 0:
-    raise DataError(f"{where}: {key!r} holds a negative token id ({int(arr.min())})")
-  if arr.max() > _INT32_MAX:
-    raise DataError(f"{where}: {key!r} holds a token id too large for int32 ({arr.max()})")
-  return arr.astype(np.int64)
-
-
-def _check_string(value: Any, key: str, where: str) -> str:
-  if not isinstance(value, str):
-    raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
-  return value
-
-
-_FORMATS = {
-  "input_ids": ("input_ids",),
-  "text": ("text",),
-  "prompt": ("prompt", "completion"),
-  "prompt_ids": ("prompt_ids", "completion_ids"),
-}
-
-
-def _row_kind(row: Mapping[str, Any], where: str) -> str:
-  present = [kind for kind, keys in _FORMATS.items() if any(k in row for k in keys)]
-  if not present:
-    raise DataError(
-      f"{where}: the row has none of 'input_ids', 'text', 'prompt'+'completion', "
-      f"'prompt_ids'+'completion_ids' (keys: {sorted(row)})"
-    )
-  if len(present) > 1:
-    raise DataError(
-      f"{where}: the row mixes formats {present}; give exactly one of 'input_ids', 'text', "
-      "'prompt'+'completion', 'prompt_ids'+'completion_ids'"
-    )
-  kind = present[0]
-  for key in _FORMATS[kind]:
-    if key not in row:
-      other = [k for k in _FORMATS[kind] if k != key][0]
-      raise DataError(f"{where}: the row has {other!r} but no {key!r}")
-  return kind
-
-
-def _build(
-  rows: Sequence[Mapping[str, Any]],
-  *,
-  source: str,
-  line_numbers: Sequence[int] | None,
-  tokenizer: Any,
-  tokenizer_dir: str | os.PathLike | None,
-  vocab_size: int | None,
-  max_length: int | None,
-  pad_id: int,
-  pad_length: int | None,
-  on_overflow: str,
-  add_eos: bool,
-) -> Dataset:
-  if not rows:
-    raise DataError(f"{source}: no rows")
-  lines = list(range(1, len(rows) + 1)) if line_numbers is None else list(line_numbers)
-  if len(lines) != len(rows):
-    raise ValueError(f"line_numbers: expected {len(rows)} entries, got {len(lines)}")
-  if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
-    raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
-  if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
-    raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
-  if not isinstance(pad_id, int) or pad_id < 0 or (vocab_size is not None and pad_id >= vocab_size):
-    raise ValueError(f"pad_id: expected an int in [0, vocab_size), got {pad_id!r}")
-  if on_overflow not in ("truncate", "error"):
-    raise ValueError(f"on_overflow: expected 'truncate' or 'error', got {on_overflow!r}")
-
-  n = len(rows)
-  wheres = [f"{source}:{line}" for line in lines]
-  kinds = []
-  for row, where in zip(rows, wheres, strict=True):
-    if not isinstance(row, Mapping):
-      raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    kinds.append(_row_kind(row, where))
-
-  # Each row becomes (prompt ids, completion ids); unsplit rows have an empty completion part
-  # and are marked whole, so that every token after the first is a target.
-  parts: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
-  whole = [k in ("input_ids", "text") for k in kinds]
-  text_rows, pc_rows = [], []
-  for i, (row, kind, where) in enumerate(zip(rows, kinds, wheres, strict=True)):
-    if kind == "input_ids":
-      parts[i] = (_check_ids(row["input_ids"], "input_ids", where), np.zeros((0,), np.int64))
-    elif kind == "prompt_ids":
-      p = _check_ids(row["prompt_ids"], "prompt_ids", where, allow_empty=True)
-      c = _check_ids(row["completion_ids"], "completion_ids", where, allow_empty=True)
-      if c.size == 0:
-        raise DataError(f"{where}: 'completion_ids' is empty (no target tokens)")
-      parts[i] = (p, c)
-    elif kind == "text":
-      if not _check_string(row["text"], "text", where):
-        raise DataError(f"{where}: 'text' is empty")
-      text_rows.append(i)
-    else:
-      _check_string(row["prompt"], "prompt", where)
-      if not _check_string(row["completion"], "completion", where):
-        raise DataError(f"{where}: 'completion' is empty (no target tokens)")
-      pc_rows.append(i)
-
-  from_tokenizer = set(text_rows) | set(pc_rows)
-  if from_tokenizer:
-    if tokenizer is None:
-      if tokenizer_dir is None:
-        first = min(from_tokenizer)
-        raise DataError(
-          f"{wheres[first]}: the row holds {kinds[first]!r} strings but no tokenizer was "
-          "given (pass tokenizer_dir, e.g. the checkpoint folder, or use token id rows)"
-        )
-      tokenizer = _tok.load_tokenizer(tokenizer_dir)
-    encoded = _tok.encode_texts(tokenizer, [rows[i]["text"] for i in text_rows])
-    for i, ids in zip(text_rows, encoded, strict=True):
-      parts[i] = (np.asarray(ids, np.int64), np.zeros((0,), np.int64))
-    pairs = _tok.encode_prompt_completions(
-      tokenizer,
-      [rows[i]["prompt"] for i in pc_rows],
-      [rows[i]["completion"] for i in pc_rows],
-      add_eos=add_eos,
-    )
-    for i, (p, c) in zip(pc_rows, pairs, strict=True):
-      if not c:
-        raise DataError(f"{wheres[i]}: 'completion' encodes to no tokens (no target tokens)")
-      parts[i] = (np.asarray(p, np.int64), np.asarray(c, np.int64))
-
-  seqs, prompt_lengths, num_truncated = [], np.zeros((n,), np.int32), 0
-  for i, (p, c) in enumerate(parts):
-    where = wheres[i]
-    seq = np.concatenate([p, c])
-    if seq.size == 0:
-      raise DataError(f"{where}: the token sequence is empty")
-    if vocab_size is not None and seq.max() >= vocab_size:
-      origin = " (from the tokenizer)" if i in from_tokenizer else ""
-      raise DataError(
-        f"{where}: token id {int(seq.max())}{origin} is outside the vocabulary [0, {vocab_size})"
-      )
-    truncated = max_length is not None and seq.size > max_length
-    if truncated:
-      if on_overflow == "error":
-        raise DataError(f"{where}: {seq.size} tokens exceed max_length={max_length}")
-      seq = seq[:max_length]
-      num_truncated += 1
-    prompt_len = seq.size if whole[i] else min(p.size, seq.size)
-    first_target = 1 if whole[i] else max(prompt_len, 1)
-    if seq.size <= first_target:
-      why = f" after truncation to max_length={max_length}" if truncated else ""
-      raise DataError(f"{where}: the row has no target tokens{why} (need a token after the first)")
-    seqs.append(seq)
-    prompt_lengths[i] = prompt_len
-
-  longest = max(s.size for s in seqs)
-  if pad_length is None:
-    pad_length = longest
-  elif not isinstance(pad_length, int) or pad_length < longest:
-    raise ValueError(
-      f"pad_length: expected an int >= the longest row ({longest}), got {pad_length!r}"
-    )
-  input_ids = np.full((n, pad_length), pad_id, np.int32)
-  attention_mask = np.zeros((n, pad_length), np.int32)
-  loss_mask = np.zeros((n, pad_length), np.int32)
-  for i, seq in enumerate(seqs):
-    input_ids[i, : seq.size] = seq
-    attention_mask[i, : seq.size] = 1
-    first_target = 1 if whole[i] else max(int(prompt_lengths[i]), 1)
-    loss_mask[i, first_target : seq.size] = 1
-
-  return Dataset(
-    input_ids=input_ids,
-    attention_mask=attention_mask,
-    loss_mask=loss_mask,
-    prompt_lengths=prompt_lengths,
-    difficulty=_collect_difficulty(rows, wheres),
-    answers=_collect_answers(rows, wheres),
-    source=source,
-    line_numbers=np.asarray(lines, np.int64),
-    num_truncated=num_truncated,
-    pad_id=pad_id,
-  )
-
-
-def _all_or_none(rows: Sequence[Mapping[str, Any]], wheres: list[str], key: str) -> bool:
-  has = [key in row for row in rows]
-  if any(has) and not all(has):
-    i = has.index(False)
-    j = has.index(True)
-    raise DataError(
-      f"{wheres[i]}: the row has no {key!r}, but other rows do (e.g. {wheres[j]}); "
-      "give it on every row or on none"
-    )
-  return all(has)
-
-
-def _collect_difficulty(rows, wheres) -> np.ndarray | None:
-  if not _all_or_none(rows, wheres, "difficulty"):
-    return None
-  values = np.zeros((len(rows),), np.float64)
-  for i, (row, where) in enumerate(zip(rows, wheres, strict=True)):
-    v = row["difficulty"]
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-      raise DataError(f"{where}: 'difficulty' must be a finite number, got {v!r}")
-    values[i] = float(v)
-  return values
-
-
-def _collect_answers(rows, wheres) -> list[str] | None:
-  if not _all_or_none(rows, wheres, "answer"):
-    return None
-  answers = []
-  for row, where in zip(rows, wheres, strict=True):
-    v = row["answer"]
-    if isinstance(v, bool) or not isinstance(v, str | int):
-      raise DataError(f"{where}: 'answer' must be a string (or an int), got {v!r}")
-    answers.append(str(v))
-  return answers
 
 
 def iterate_batches(

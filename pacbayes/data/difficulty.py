@@ -1,27 +1,38 @@
-"""Difficulty measures of a `Dataset` and equal-count difficulty buckets (easy/medium/hard)."""
+"""Difficulty measures of a dataset and equal-count difficulty buckets (easy/medium/hard).
+
+This module imports nothing from `pacbayes.data.dataset` (which re-exports it): the measures
+take any object with the attributes they read (`HasDifficulty`), so there is no import cycle.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-  from pacbayes.data.dataset import Dataset
+
+class HasDifficulty(Protocol):
+  """What the measures read from a `pacbayes.data.dataset.Dataset`."""
+
+  difficulty: np.ndarray | None
+  source: str
+
+  @property
+  def num_targets(self) -> np.ndarray: ...
 
 
-def completion_lengths(dataset: Dataset) -> np.ndarray:
+def completion_lengths(dataset: HasDifficulty) -> np.ndarray:
   """[N] int32 number of target tokens per row: the CoT/completion length in tokens."""
   return dataset.num_targets
 
 
-def difficulty_values(dataset: Dataset, measure: str = "difficulty") -> np.ndarray:
+def difficulty_values(dataset: HasDifficulty, measure: str = "difficulty") -> np.ndarray:
   """Per-row difficulty values.
 
   Args:
-    dataset: the `Dataset`.
+    dataset: a `pacbayes.data.dataset.Dataset` (or any `HasDifficulty`).
     measure: ``"difficulty"`` (the rows' own field) or ``"completion_length"`` (number of
       target tokens, the token-level analogue of the paper's CoT length).
 

@@ -21,8 +21,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     The rows, in file order.
 
   Raises:
-    DataError: the file is missing, a line is not JSON or not an object, or the file
-      holds no rows.
+    DataError: the file is missing, a folder or unreadable, a line is not UTF-8, not JSON
+      (or nested too deeply, or holds an integer beyond Python's digit limit) or not an
+      object, or the file holds no rows.
   """
   return read_jsonl_with_lines(path)[0]
 
@@ -40,10 +41,24 @@ def read_jsonl_with_lines(path: str | os.PathLike) -> tuple[list[dict[str, Any]]
     DataError: as `read_jsonl`.
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise DataError(f"{path}: is a folder; expected a JSONL file")
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
+  try:
+    f = open(path, "rb")  # noqa: SIM115  (closed below; an OSError here names the path)
+  except OSError as e:
+    raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
+  with f:
+    rows, lines = _parse(f, path)
+  if not rows:
+    raise DataError(f"{path}: the file holds no rows")
+  return rows, lines
+
+
+def _parse(f, path: str) -> tuple[list[dict[str, Any]], list[int]]:
   rows, lines = [], []
-  with open(path, "rb") as f:
+  try:
     for lineno, raw in enumerate(f, start=1):
       try:
         line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
@@ -55,10 +70,14 @@ def read_jsonl_with_lines(path: str | os.PathLike) -> tuple[list[dict[str, Any]]
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      except ValueError as e:  # e.g. an integer longer than Python's digit limit
+        raise DataError(f"{path}:{lineno}: not usable JSON ({e})") from None
+      except RecursionError:
+        raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
       if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
       rows.append(row)
       lines.append(lineno)
-  if not rows:
-    raise DataError(f"{path}: the file holds no rows")
+  except OSError as e:
+    raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
   return rows, lines
