@@ -1,4 +1,4 @@
-"""Posterior choice: isotropic sigma search, prior sigma grid, PBB-style diagonal posterior fit."""
+"""Posterior choice: prior sigma grid, risk-tolerance sigma search, PBB-style diagonal fit."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from pacbayes.perturb import (
-  LossFn,
-  _check_data,
-  _gather,
-  _mask_leaves,
-  _perturb_leaves,
-  _positive_int,
-  _progress_bar,
-  empirical_risk,
-  mc_risk,
+from pacbayes.draws import (
+    LossFn,
+    check_data,
+    gather,
+    mask_leaves,
+    perturb_leaves,
+    positive_int,
+    progress_bar,
 )
+from pacbayes.montecarlo import empirical_risk, mc_risk
 
 # --------------------------------------------------------------------------- sigma choice
 
@@ -97,10 +96,10 @@ def search_sigma(
     raise ValueError(f"tolerance: expected a number > 0, got {tolerance!r}")
   if not (0 < low < high and math.isfinite(high)):
     raise ValueError(f"low, high: expected 0 < low < high < inf, got low={low!r}, high={high!r}")
-  num_steps = _positive_int(num_steps, "num_steps")
-  arrays, n = _check_data(data)
+  num_steps = positive_int(num_steps, "num_steps")
+  arrays, n = check_data(data)
   key_sub, key_noise = jax.random.split(key)
-  if subset_size is not None and _positive_int(subset_size, "subset_size") < n:
+  if subset_size is not None and positive_int(subset_size, "subset_size") < n:
     rows = np.sort(np.asarray(jax.random.permutation(key_sub, n))[:subset_size])
     arrays = {k: v[rows] for k, v in arrays.items()}
   base = empirical_risk(loss_fn, params, arrays, batch_size=batch_size, mesh=mesh)
@@ -142,7 +141,7 @@ def sigma_prior_grid(low: float, high: float, k: int) -> np.ndarray:
   Returns:
     [k] float64 array.
   """
-  k = _positive_int(k, "k")
+  k = positive_int(k, "k")
   if not (0 < low <= high and math.isfinite(high)):
     raise ValueError(f"low, high: expected 0 < low <= high < inf, got {low!r}, {high!r}")
   if k > 1 and low == high:
@@ -247,12 +246,12 @@ def optimise_posterior(
       raise ValueError(f"{name}: expected a finite number > 0, got {v!r}")
   if not 0 < delta < 1:
     raise ValueError(f"delta: expected a value in (0, 1), got {delta!r}")
-  arrays, n = _check_data(data)
-  num_steps = _positive_int(num_steps, "num_steps")
-  batch_size = _positive_int(batch_size, "batch_size")
-  num_draws = _positive_int(num_draws, "num_draws")
-  grid_size = _positive_int(grid_size, "grid_size")
-  mask_t = _mask_leaves(mask, params)
+  arrays, n = check_data(data)
+  num_steps = positive_int(num_steps, "num_steps")
+  batch_size = positive_int(batch_size, "batch_size")
+  num_draws = positive_int(num_draws, "num_draws")
+  grid_size = positive_int(grid_size, "grid_size")
+  mask_t = mask_leaves(mask, params)
   leaves, treedef = jax.tree.flatten(params)
   p_leaves, p_def = jax.tree.flatten(prior_params)
   if p_def != treedef or any(
@@ -274,7 +273,7 @@ def optimise_posterior(
       s_all[i] = jnp.exp(ls)
 
     def one(k):
-      theta = jax.tree.unflatten(treedef, _perturb_leaves(k, leaves, s_all, mask_t))
+      theta = jax.tree.unflatten(treedef, perturb_leaves(k, leaves, s_all, mask_t))
       losses = jnp.reshape(surrogate_fn(theta, batch), batch["weight"].shape)
       return jnp.sum(losses * batch["weight"]) / jnp.sum(batch["weight"])
 
@@ -290,12 +289,12 @@ def optimise_posterior(
     return optax.apply_updates(log_s, updates), opt_state, value
 
   history = np.zeros(num_steps)
-  bar = _progress_bar(num_steps, f"fit posterior ({objective})", progress)
+  bar = progress_bar(num_steps, f"fit posterior ({objective})", progress)
   for t in range(num_steps):
     k_batch, k_noise = jax.random.split(jax.random.fold_in(key, t))
     idx = np.asarray(jax.random.randint(k_batch, (batch_size,), 0, n))
     log_s, opt_state, value = update(log_s, opt_state, leaves, p_leaves, k_noise,
-                                     _gather(arrays, idx))
+                                     gather(arrays, idx))
     history[t] = float(value)
     bar.update(1)
   bar.close()
