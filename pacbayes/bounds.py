@@ -14,10 +14,12 @@ __all__ = [
   "flamb",
   "flamb_optimal_lam",
   "fquad",
+  "hoeffding_upper",
   "kl_bernoulli",
   "kl_inv_lower",
   "kl_inv_upper",
   "maurer",
+  "mc_epsilon",
   "mc_sample_bound",
   "mcallester",
 ]
@@ -738,13 +740,21 @@ def flamb_optimal_lam(
 
 
 def mc_sample_bound(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -> jax.Array:
-  r"""Sample-convergence bound on E_Q[R_S] from a Monte-Carlo mean (Langford & Caruana 2002).
+  r"""One-sided sample-convergence bound on E_Q[R_S] from a Monte-Carlo mean.
 
-  For the mean of m independent [0, 1]-valued draws with expectation mu, with probability at
-  least 1 - delta,
+  For the mean of m independent [0, 1]-valued draws whose means average to mu, with
+  probability at least 1 - delta,
 
   .. math::
-    \mu \le \mathrm{kl}^{-1}_{+}\left(\hat\mu, \frac{\ln(2/\delta)}{m}\right).
+    \mu \le \mathrm{kl}^{-1}_{+}\left(\hat\mu, \frac{\ln(1/\delta)}{m}\right).
+
+  Only the upper side is needed (the certificate never uses a lower value of E_Q[R_S]), so
+  the budget is ln(1/delta), not the two-sided ln(2/delta). Proof: with c = ln(1/delta)/m the
+  bound fails iff mean < mu and kl(mean || mu) > c, i.e. iff mean < q* where q* < mu solves
+  kl(q* || mu) = c (no q* means it cannot fail); the lower-tail Chernoff bound
+  P(mean <= q*) <= exp(-m kl(q* || mu)) = delta holds for independent, not necessarily
+  identically distributed, [0, 1] variables whose means average to mu (Hoeffding 1963,
+  Theorem 1 applied to 1 - X).
 
   Args:
     mean: the Monte-Carlo mean(s) in [0, 1].
@@ -758,11 +768,55 @@ def mc_sample_bound(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -
     ValueError: naming the argument, for concrete out-of-range inputs.
 
   References:
-    Langford & Caruana, "(Not) bounding the true error", NeurIPS 2002.
+    Langford & Caruana, "(Not) bounding the true error", NeurIPS 2002 (sample convergence).
+    Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963,
+    Theorem 1 (one-sided kl form).
     Perez-Ortiz et al., "Tighter risk certificates for neural networks", JMLR 22, 2021, eq. (7).
   """
   _check_interval("mean", mean, 0.0, 1.0)
   _check_at_least("num_samples", num_samples, 1.0)
   _check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
   mean, num_samples, delta = _f64(mean, num_samples, delta)
-  return _inv_upper(mean, (jnp.log(2.0) - jnp.log(delta)) / num_samples)
+  return _inv_upper(mean, -jnp.log(delta) / num_samples)
+
+
+def mc_epsilon(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -> jax.Array:
+  """The Monte-Carlo term of the certificate: ``mc_sample_bound(mean, m, delta) - mean``.
+
+  ``epsilon = kl_inv_upper(mean, ln(1/delta)/m) - mean >= 0`` (DESIGN.md section 1), in
+  float64, same arguments and errors as :func:`mc_sample_bound`.
+  """
+  return mc_sample_bound(mean, num_samples, delta) - jnp.asarray(mean, jnp.float64)
+
+
+def hoeffding_upper(total: ArrayLike, sum_sq_ranges: ArrayLike, delta: ArrayLike) -> jax.Array:
+  r"""One-sided Hoeffding upper bound on E[Y] for Y a sum of independent bounded terms.
+
+  If Y = sum_m Y_m with independent Y_m in [0, a_m], then P(E Y - Y >= t) <=
+  exp(-2 t^2 / sum_m a_m^2), so with probability at least 1 - delta
+
+  .. math::
+    \mathbb{E}[Y] \le Y + \sqrt{\tfrac{1}{2} \ln(1/\delta) \textstyle\sum_m a_m^2}.
+
+  Used for per-slice Monte-Carlo means under the chunk scheme, where draw m covers a_m of a
+  slice's rows (`pacbayes.extrapolation`).
+
+  Args:
+    total: the observed sum Y.
+    sum_sq_ranges: sum_m a_m^2, >= 0.
+    delta: confidence parameter(s) in (0, 1).
+
+  Returns:
+    float64 upper bound (not clipped).
+
+  Raises:
+    ValueError: naming the argument, for concrete out-of-range inputs.
+
+  References:
+    Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963,
+    Theorem 2.
+  """
+  _check_at_least("sum_sq_ranges", sum_sq_ranges, 0.0)
+  _check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+  total, sum_sq_ranges, delta = _f64(total, sum_sq_ranges, delta)
+  return total + jnp.sqrt(0.5 * sum_sq_ranges * -jnp.log(delta))

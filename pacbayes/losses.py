@@ -84,6 +84,43 @@ def _token_error(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) 
   return _masked_mean(wrong, mask)
 
 
+def sequence_error(logits: ArrayLike, input_ids: ArrayLike, loss_mask: ArrayLike) -> jax.Array:
+  """Per-example 0-1 error of the whole completion under teacher forcing.
+
+  ``loss[b] = 1`` if for some target t, ``argmax_v logits[b, t - 1, v] != input_ids[b, t]``,
+  else 0 (ties in the argmax go to the lowest id, as in `token_error`). Rows without targets
+  get 0. Always ``sequence_error >= token_error`` row by row.
+
+  Why it bounds the greedy answer error of the same weights (DESIGN.md section 1): if every
+  teacher-forced argmax on the completion is right, greedy decoding from the prompt emits the
+  first completion token, and then by induction each next one, since its context is exactly
+  the teacher-forced context; so it reproduces the completion and the answer is right.
+  Contrapositive: greedy answer wrong implies ``sequence_error = 1``, hence answer error <=
+  sequence error pointwise and any bound on the latter bounds the former. (This needs the
+  same argmax tie rule in decoding and a completion that contains the answer; with a
+  stochastic posterior it holds draw by draw.)
+
+  Args:
+    logits: [B, L, V] next-token logits (any float dtype).
+    input_ids: [B, L] int token ids.
+    loss_mask: [B, L] 1 where ``input_ids`` is a target (the completion).
+
+  Returns:
+    [B] float32 errors in {0, 1}.
+
+  Raises:
+    ValueError: if the shapes disagree.
+  """
+  return _sequence_error(*_checked(logits, input_ids, loss_mask))
+
+
+@jax.jit
+def _sequence_error(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> jax.Array:
+  logits, targets, mask = _shifted(logits, input_ids, loss_mask)
+  wrong = (jnp.argmax(logits, axis=-1) != targets) & (mask > 0)  # [B, L-1]
+  return jnp.any(wrong, axis=-1).astype(jnp.float32)
+
+
 def smoothed_nll_range(alpha: float, vocab_size: int) -> tuple[float, float]:
   """The range ``[lo, hi]`` (nats) of the smoothed negative log-likelihood ``-log p'``.
 
@@ -166,6 +203,7 @@ def _smoothed_nll(logits, input_ids, loss_mask, alpha) -> jax.Array:
 LOSSES: dict[str, Callable[..., jax.Array]] = {
   "token_error": token_error,
   "smoothed_nll": smoothed_nll,
+  "sequence_error": sequence_error,
 }
 
 
