@@ -22,10 +22,9 @@ from pacbayes.classifier import (
   tv_classifier,
   tv_lower_from_heldout,
 )
+from pacbayes.data.rows import collect_difficulty
 
-# ---------------------------------------------------------------------------------------------
 # Certified TV over a discrete feature.
-# ---------------------------------------------------------------------------------------------
 
 
 def log_two_pow_k_minus_two(k: int) -> float:
@@ -286,9 +285,7 @@ def tv_discrete(
   )
 
 
-# ---------------------------------------------------------------------------------------------
 # Importance-weighted risk gap.
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,9 +331,7 @@ def importance_weighted_gap(ratio_train: Any, losses_train: Any) -> GapEstimate:
   return GapEstimate(estimate=float(np.mean(terms)), stderr=stderr, num=int(r.size))
 
 
-# ---------------------------------------------------------------------------------------------
 # Report over two JSONL files.
-# ---------------------------------------------------------------------------------------------
 
 
 def _entry(value: float | None, kind: str) -> dict[str, Any]:
@@ -415,8 +410,10 @@ def shift_report(
     diagnostics, each `{"value", "kind"}`), `g_ext`, `g_ext_kind`, `delta`, and details.
 
   Raises:
-    ValueError: (DataError / ShiftError / CheckpointError) unreadable files or checkpoint,
-      missing `difficulty` (naming file and line), empty or constant features, bad settings.
+    ValueError: (DataError / ShiftError / CheckpointError) unreadable files or checkpoint;
+      a `difficulty` that is not a finite number, or given on some rows only, in either file
+      and for every feature (naming file and line); no `difficulty` for "difficulty"; a
+      `support` or `model_dir` that the feature does not use; empty or constant features.
   """
   from pacbayes import features  # Local: features imports the data and models packages.
 
@@ -428,9 +425,14 @@ def shift_report(
                      "final hidden state embeds each row (--model DIR on the command line)")
   if feature != "embedding" and model_dir is not None:
     raise ShiftError(f"model_dir is used only with feature='embedding', got feature={feature!r}")
+  if feature != "difficulty" and support is not None:
+    raise ShiftError(f"support is used only with feature='difficulty', got feature={feature!r}")
   delta = check_delta(delta)
   rows_train, lines_train = features.read_rows(train_path)
   rows_test, lines_test = features.read_rows(test_path)
+  # A bad `difficulty` is refused whatever the feature (one parser: rows.collect_difficulty).
+  diffs = [collect_difficulty(rows, [f"{path}:{line}" for line in lines]) for rows, lines, path
+           in ((rows_train, lines_train, train_path), (rows_test, lines_test, test_path))]
   report: dict[str, Any] = {
       "feature": feature,
       "train": {"path": str(train_path), "n": len(rows_train)},
@@ -440,9 +442,12 @@ def shift_report(
   common = dict(train_path=train_path, test_path=test_path, delta=delta, seed=seed,
                 model=model)
   if feature == "difficulty":
-    d_train = features.difficulty(rows_train, source=str(train_path), lines=lines_train)
-    d_test = features.difficulty(rows_test, source=str(test_path), lines=lines_test)
-    res = tv_discrete(d_train.tolist(), d_test.tolist(), delta, support=support)
+    for d, path in zip(diffs, (train_path, test_path), strict=True):
+      if d is None:
+        raise ShiftError(f"{path}: no row has a 'difficulty' field, which feature='difficulty'"
+                         f"{' (and its support)' if support is not None else ''} needs; use "
+                         "feature 'ngram' or 'embedding' for rows without it")
+    res = tv_discrete(diffs[0].tolist(), diffs[1].tolist(), delta, support=support)
     report["support"] = (sorted(float(v) for v in support) if support is not None else
                          "chosen from the data: the values seen, plus one cell for the rest")
     report["tv"] = {
@@ -493,5 +498,4 @@ __all__ = [
     "FEATURES", "ClassifierTVResult", "GapEstimate", "KIND_CERTIFIED", "KIND_DIAGNOSTIC",
     "KIND_ESTIMATE", "KIND_LOWER", "ShiftError", "TVResult", "clopper_pearson_lower",
     "format_shift_table", "importance_weighted_gap", "log_two_pow_k_minus_two", "shift_report",
-    "tv_classifier", "tv_discrete", "tv_lower_from_heldout", "weissman_epsilon",
-]
+    "tv_classifier", "tv_discrete", "tv_lower_from_heldout", "weissman_epsilon"]

@@ -187,7 +187,7 @@ def test_shift_report_ngram(tmp_path):
 def test_shift_report_errors(tmp_path):
   good = _write(tmp_path / "good.jsonl", [{"difficulty": 1}, {"difficulty": 2}])
   bad = _write(tmp_path / "bad.jsonl", [{"difficulty": 1}, {"text": "no d"}], blank_first=True)
-  with pytest.raises(DataError, match=r"bad\.jsonl:3: row has no 'difficulty'"):
+  with pytest.raises(DataError, match=r"bad\.jsonl:3: the row has no 'difficulty'"):
     shift.shift_report(good, bad)
   empty = tmp_path / "empty.jsonl"
   empty.write_text("")
@@ -198,6 +198,36 @@ def test_shift_report_errors(tmp_path):
   same = _write(tmp_path / "same.jsonl", [{"text": "one two"}] * 4)
   with pytest.raises(ShiftError, match=r"same\.jsonl.*constant"):
     shift.shift_report(same, same, feature="ngram")
+
+
+@pytest.mark.parametrize("feature", ["difficulty", "ngram"])
+@pytest.mark.parametrize("value", ["2", None, True, [2], {"d": 2}, "missing"])
+def test_one_malformed_difficulty_is_refused_for_every_feature(tmp_path, feature, value):
+  """One bad row never silently switches the kind of g_ext: refused with file and line."""
+  rows = [{"text": f"row {i} words", "difficulty": i % 3} for i in range(30)]
+  good = _write(tmp_path / "good.jsonl", rows)
+  bad_rows = [dict(r) for r in rows]
+  if value == "missing":
+    del bad_rows[7]["difficulty"]
+  else:
+    bad_rows[7]["difficulty"] = value
+  bad = _write(tmp_path / "bad.jsonl", bad_rows)
+  match = (r"bad\.jsonl:8: the row has no 'difficulty'" if value == "missing" else
+           r"bad\.jsonl:8: 'difficulty' must be a finite number")
+  for train, test in ((good, bad), (bad, good)):
+    with pytest.raises(DataError, match=match):
+      shift.shift_report(train, test, feature=feature)
+
+
+def test_support_needs_difficulty_rows(tmp_path):
+  plain = _write(tmp_path / "plain.jsonl", [{"text": f"row {i}"} for i in range(10)])
+  with_d = _write(tmp_path / "d.jsonl", [{"text": "x", "difficulty": i % 2} for i in range(10)])
+  with pytest.raises(ShiftError, match=r"plain\.jsonl: no row has a 'difficulty' field.*support"):
+    shift.shift_report(with_d, plain, support=[0, 1])
+  with pytest.raises(ShiftError, match=r"plain\.jsonl: no row has a 'difficulty' field"):
+    shift.shift_report(plain, with_d)
+  with pytest.raises(ShiftError, match="support is used only with feature='difficulty'"):
+    shift.shift_report(with_d, with_d, feature="ngram", support=[0, 1])
 
 
 # ------------------------------------------------------------------------------------------
