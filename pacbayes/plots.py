@@ -1,4 +1,10 @@
-"""Figures from result files: each function takes data and returns a matplotlib Figure."""
+"""Figures from result files: each function takes data and returns a matplotlib Figure.
+
+Lab figures read a study through `pacbayes.studyview.StudyView` (schema ``pacbayes.lab/2``);
+every error bar is the 95% interval of `pacbayes.stats.contrast` for that one cell (paired
+bootstrap over test items combined with the variance between seeds), the same interval the
+verdicts use.
+"""
 
 from __future__ import annotations
 
@@ -16,25 +22,30 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from pacbayes.atomic import write_atomic  # noqa: E402
+from pacbayes.stats import contrast  # noqa: E402
+from pacbayes.studyview import SCHEMA, ResultsError, StudyView, study_view  # noqa: E402
 
-_BUCKET_COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
+__all__ = ["ResultsError", "load_results", "is_lab_results", "lab_figures", "write_lab_figures",
+           "accuracy_vs_n", "accuracy_vs_difficulty", "gaps_vs_difficulty",
+           "certified_vs_measured", "bound_vs_risk", "method_comparison", "report_terms",
+           "save_figure", "LAB_FIGURES"]
+
+_COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
-class ResultsError(ValueError):
-  """A results file that cannot be plotted or judged; the message names the file or key."""
+def is_lab_results(data: Mapping[str, Any]) -> bool:
+  """True for a lab results dict (schema ``pacbayes.lab/2``)."""
+  return data.get("schema") == SCHEMA
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads a lab results file (schema ``pacbayes.lab/1``) or a bound report.
-
-  Args:
-    path: a JSON file written by ``pacbayes lab`` or ``pacbayes bound``.
+  """Reads a lab results file (schema ``pacbayes.lab/2``) or a bound report.
 
   Returns:
     The parsed object, with ``"_path"`` added.
 
   Raises:
-    ResultsError: the file is missing, is not JSON, or is neither kind of file.
+    ResultsError: missing file, not JSON, an old lab schema, or neither kind of file.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -44,216 +55,193 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
       data = json.load(f)
   except json.JSONDecodeError as e:
     raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  except UnicodeDecodeError:
+    raise ResultsError(f"{path}: not UTF-8 text") from None
   if not isinstance(data, dict):
     raise ResultsError(f"{path}: expected a JSON object at the top level")
-  if data.get("schema") == "pacbayes.lab/1":
-    for key in ("cells", "buckets", "sizes", "bases"):
+  schema = data.get("schema")
+  if isinstance(schema, str) and schema.startswith("pacbayes.lab/") and schema != SCHEMA:
+    raise ResultsError(f"{path}: key 'schema': {schema!r} is an older study format; rerun "
+                       f"`pacbayes lab` (expected {SCHEMA!r})")
+  if schema == SCHEMA:
+    for key in ("cells", "arms", "test_items", "bases", "test_mixture"):
       if key not in data:
         raise ResultsError(f"{path}: lab results lack the key {key!r}")
   elif not {"bound", "g_gen", "g_ext", "emp_risk"} <= set(data):
-    raise ResultsError(
-        f"{path}: neither lab results (schema 'pacbayes.lab/1') nor a bound report "
-        "(keys bound, g_gen, g_ext, emp_risk)"
-    )
+    raise ResultsError(f"{path}: neither lab results (schema {SCHEMA!r}) nor a bound report "
+                       "(keys bound, g_gen, g_ext, emp_risk)")
   data["_path"] = path
   return data
 
 
-def bucket_order(results: Mapping[str, Any]) -> list[str]:
-  """Bucket names ordered from easy to hard (by the lower end of their op range)."""
-  buckets = results["buckets"]
-  return sorted(buckets, key=lambda b: (buckets[b][0], buckets[b][1]))
+def _view(results) -> StudyView:
+  return results if isinstance(results, StudyView) else study_view(results)
 
 
-def select_cells(
-    results: Mapping[str, Any], *, base: str = "base", method: str = "sft"
-) -> dict[tuple[str, int], dict[str, Any]]:
-  """Cells of one base and method keyed by ``(bucket, n)``; repeated seeds are averaged.
-
-  Averaging touches the numeric fields that figures and verdicts read: ``accuracy``,
-  ``test_risk``, ``accuracy_by_slice`` and the certificate terms.
-  """
-  groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-  for cell in results["cells"]:
-    if cell.get("base") == base and cell.get("method") == method:
-      groups.setdefault((cell["bucket"], int(cell["n"])), []).append(cell)
-  return {key: _mean_cell(cells) for key, cells in groups.items()}
+def cell_interval(view: StudyView, key, field: str = "correct", weights=None):
+  """(estimate, lo, hi) of one cell's slice-weighted mean of a per-item field (replicate 0)."""
+  i = view.index(key)
+  w = view.p_test if weights is None else np.asarray(weights)
+  ct = contrast([1.0], X=view.items[field][:1, [i]], W=w[None, :], slice_of=view.slice_of)
+  return float(ct.estimate[0]), float(ct.lo[0]), float(ct.hi[0])
 
 
-def _mean_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
-  if len(cells) == 1:
-    return cells[0]
-  out = dict(cells[0])
-  out["accuracy"] = float(np.mean([c["accuracy"] for c in cells]))
-  out["test_risk"] = float(np.mean([c["test_risk"] for c in cells]))
-  slices = cells[0].get("accuracy_by_slice", {})
-  out["accuracy_by_slice"] = {
-      k: float(np.mean([c["accuracy_by_slice"][k] for c in cells])) for k in slices
-  }
-  cert = dict(cells[0]["certificate"])
-  for key in ("emp_risk", "epsilon", "g_gen", "g_ext", "bound", "kl"):
-    if key in cert:
-      cert[key] = float(np.mean([c["certificate"][key] for c in cells]))
-  out["certificate"] = cert
-  out["num_seeds"] = len(cells)
-  return out
+def _errorbar(ax, xs, cis, **kw):
+  est = np.array([c[0] for c in cis])
+  err = np.array([[c[0] - c[1] for c in cis], [c[2] - c[0] for c in cis]])
+  ax.errorbar(xs, est, yerr=err, capsize=3, **kw)
 
 
-def _grid(results, cells, field):
-  buckets = bucket_order(results)
-  sizes = sorted(int(n) for n in results["sizes"])
-  grid = np.full((len(sizes), len(buckets)), np.nan)  # [sizes, buckets]
-  for i, n in enumerate(sizes):
-    for j, b in enumerate(buckets):
-      cell = cells.get((b, n))
-      if cell is not None:
-        grid[i, j] = field(cell)
-  return grid, sizes, buckets
-
-
-def _bucket_labels(results, buckets):
-  return [f"{b}\n(ops {results['buckets'][b][0]}-{results['buckets'][b][1]})" for b in buckets]
-
-
-def accuracy_heatmap(
-    results: Mapping[str, Any], *, base: str = "base", method: str = "sft",
-    field: str = "accuracy",
-) -> Figure:
-  """Heatmap over data size (rows) x training difficulty (columns).
-
-  Args:
-    results: lab results (schema ``pacbayes.lab/1``).
-    base: which base model's cells.
-    method: ``"sft"`` or ``"dft"``.
-    field: ``"accuracy"`` or a certificate term (``"g_gen"``, ``"g_ext"``, ``"bound"``).
-
-  Returns:
-    The figure; the best bucket of each row is outlined.
-  """
-  cells = select_cells(results, base=base, method=method)
-  if not cells:
-    raise ResultsError(f"no cells with base={base!r} and method={method!r}")
-  get = (lambda c: c[field]) if field in ("accuracy", "test_risk") else (
-      lambda c: c["certificate"][field])
-  grid, sizes, buckets = _grid(results, cells, get)
-  fig, ax = plt.subplots(figsize=(1.9 * len(buckets) + 2.2, 0.8 * len(sizes) + 2.0))
-  cmap = "viridis" if field == "accuracy" else "magma"
-  im = ax.imshow(grid, cmap=cmap, aspect="auto", origin="lower")
-  fig.colorbar(im, ax=ax, label=field.replace("_", " "))
-  ax.set_xticks(range(len(buckets)), _bucket_labels(results, buckets))
-  ax.set_yticks(range(len(sizes)), [f"n={n}" for n in sizes])
-  ax.set_xlabel("training difficulty")
-  ax.set_ylabel("SFT data size")
-  finite = np.isfinite(grid)
-  for i in range(len(sizes)):
-    for j in range(len(buckets)):
-      if finite[i, j]:
-        ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
-    if field == "accuracy" and finite[i].any():
-      j = int(np.nanargmax(grid[i]))
-      ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="white", lw=2.5))
-  ax.set_title(f"{field.replace('_', ' ')} over size x difficulty ({base}, {method.upper()})")
+def accuracy_vs_n(results, *, base: str = "base", method: str = "sft") -> Figure:
+  """Answer accuracy on the test mixture against n, one line per bucket, 95% error bars."""
+  view = _view(results)
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for j, b in enumerate(view.buckets):
+    ns = view.sizes(base, method, b)
+    if ns:
+      _errorbar(ax, ns, [cell_interval(view, (base, method, b, n)) for n in ns], fmt="o-",
+                color=_COLORS[j % len(_COLORS)], label=b)
+  base_acc = float(view.base_acc[base] @ view.p_test)
+  ax.axhline(base_acc, color="gray", ls=":", label=f"{base} before fine-tuning")
+  ax.set_xscale("log")
+  ax.set_xlabel("n (fine-tuning examples)")
+  ax.set_ylabel("answer accuracy (test mixture)")
+  ax.set_title(f"{base}/{method}: accuracy vs n (95% CI, items + seeds)")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
   fig.tight_layout()
   return fig
 
 
-def slice_accuracy(
-    results: Mapping[str, Any], *, base: str = "base", method: str = "sft",
-    sizes: Sequence[int] | None = None,
-) -> Figure:
-  """Accuracy by test slice (operation count) for each training bucket, one panel per n.
+def accuracy_vs_difficulty(results, *, method: str = "sft") -> Figure:
+  """Accuracy against training bucket at each n, for the base and the stronger base."""
+  view = _view(results)
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  xs = np.arange(len(view.buckets))
+  for base, style in (("base", "o-"), ("strong", "s--")):
+    for j, n in enumerate(view.complete_sizes(base, method)):
+      cis = [cell_interval(view, (base, method, b, n)) for b in view.buckets]
+      _errorbar(ax, xs + 0.04 * j, cis, fmt=style, label=f"{base}, n={n}")
+  ax.set_xticks(xs, view.buckets)
+  ax.set_xlabel("training bucket (easy -> hard)")
+  ax.set_ylabel("answer accuracy (test mixture)")
+  ax.set_title("Accuracy vs training difficulty (95% CI)")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  return fig
 
-  The base model's own accuracy is drawn in black, so one sees which slices a training
-  bucket improves and which it damages.
+
+def gaps_vs_difficulty(results, *, base: str = "base", method: str = "sft") -> Figure:
+  """Measured in-bucket gap R_bucket - R_S and extrapolation gap R_test - R_bucket by bucket."""
+  view = _view(results)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  xs = np.arange(len(view.buckets))
+  for j, n in enumerate(view.complete_sizes(base, method)):
+    gen, ext = [], []
+    for b in view.buckets:
+      i = view.index((base, method, b, n))
+      pb = view.p_bucket[b]
+      ct = contrast([1.0], X=view.items["seq_error"][:1, [i]], W=pb[None, :],
+                    slice_of=view.slice_of, B=-view.scalars["train_seq_error"][:1, [i]])
+      gen.append((ct.estimate[0], ct.lo[0], ct.hi[0]))
+      ext.append(cell_interval(view, (base, method, b, n), "seq_error", view.p_test - pb))
+    _errorbar(axes[0], xs + 0.04 * j, gen, fmt="o-", label=f"n={n}")
+    _errorbar(axes[1], xs + 0.04 * j, ext, fmt="o-", label=f"n={n}")
+  axes[0].set_title("generalization gap R_bucket - R_S (sequence error)")
+  axes[1].set_title("extrapolation gap R_test - R_bucket (sequence error)")
+  for ax in axes:
+    ax.set_xticks(xs, view.buckets)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def certified_vs_measured(results: Mapping[str, Any], *, n: int | None = None,
+                          seed: int | None = None) -> Figure:
+  """Per-slice certified risk beside the measured per-slice risk, one panel per bucket.
+
+  Certified: the per-slice bounds B_d of the certificate (sequence error, union bound over
+  slices); measured: E_Q of the sequence error on each test slice under the same posterior.
   """
-  cells = select_cells(results, base=base, method=method)
-  if not cells:
-    raise ResultsError(f"no cells with base={base!r} and method={method!r}")
-  buckets = bucket_order(results)
-  sizes = sorted(sizes or {n for (_, n) in cells})
-  base_info = results["bases"].get(base, {})
-  fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False,
-                           sharey=True)
-  for ax, n in zip(axes[0], sizes, strict=True):
-    if "accuracy_by_slice" in base_info:
-      xs, ys = _slice_xy(base_info["accuracy_by_slice"])
-      ax.plot(xs, ys, "k--", marker=".", label=f"{base} (before SFT)")
-    for color, b in zip(_BUCKET_COLORS, buckets, strict=False):
-      cell = cells.get((b, n))
-      if cell is None:
-        continue
-      xs, ys = _slice_xy(cell["accuracy_by_slice"])
-      lo, hi = results["buckets"][b]
-      ax.plot(xs, ys, marker="o", color=color, label=f"{b} (ops {lo}-{hi})")
-      ax.axvspan(lo - 0.5, hi + 0.5, color=color, alpha=0.06)
-    ax.set_title(f"n = {n}")
-    ax.set_xlabel("test slice: operations")
+  view = _view(results)
+  cells = [c for c in results["cells"] if c["base"] == "base" and c["method"] == "sft"
+           and c.get("arm", "tilted") == results["config"].get("arms", [["tilted"]])[0][0]]
+  n = max(c["n"] for c in cells) if n is None else n
+  seed = min(c["seed"] for c in cells) if seed is None else seed
+  fig, axes = plt.subplots(1, len(view.buckets), figsize=(4 * len(view.buckets), 3.5),
+                           squeeze=False, sharey=True)
+  for ax, b in zip(axes[0], view.buckets, strict=True):
+    cell = next((c for c in cells if c["bucket"] == b and c["n"] == n and c["seed"] == seed),
+                None)
+    if cell is None:
+      continue
+    slices = cell["certificate"].get("slices") or []
+    if slices:
+      ax.plot([s["difficulty"] for s in slices], [min(s["bound"], 1.0) for s in slices], "v-",
+              color="tab:red", label="certified B_d")
+    ks = sorted(int(k) for k in cell["q_risk_by_slice"])
+    ax.plot(ks, [cell["q_risk_by_slice"][str(k)] for k in ks], "o-", color="tab:blue",
+            label="measured E_Q[R_d]")
+    ax.plot(ks, [1 - cell["accuracy_by_slice"][str(k)] for k in ks], "x:", color="tab:gray",
+            label="answer error")
+    ax.set_title(f"{b}, n={n}, seed {seed}")
+    ax.set_xlabel("operations (difficulty)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel("risk (sequence error)")
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def bound_vs_risk(results: Mapping[str, Any]) -> Figure:
+  """Every cell: B_train, the full bound and the measured E_Q[R_test] (sequence error)."""
+  cells = results["cells"]
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(cells)), 3.8))
+  xs = np.arange(len(cells))
+  ax.plot(xs, [min(c["certificate"]["bound"], 1.5) for c in cells], "v", color="tab:red",
+          label="bound (test mixture)")
+  ax.plot(xs, [min(c["certificate"]["b_train"], 1.5) for c in cells], "^", color="tab:orange",
+          label="B_train (in bucket)")
+  ax.plot(xs, [c["q_test_risk"] for c in cells], "o", color="tab:blue", label="measured E_Q")
+  ax.axhline(1.0, color="gray", lw=0.8)
+  ax.set_xticks(xs, [f"{c['base'][0]}{c['method'][0]}-{c['bucket'][0]}{c['n']}s{c['seed']}"
+                     for c in cells], rotation=90, fontsize=6)
+  ax.set_ylabel("sequence error (clipped at 1.5)")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  return fig
+
+
+def method_comparison(results, *, base: str = "base") -> Figure:
+  """Accuracy of SFT and DFT against n, one panel per bucket where DFT was run (95% CI)."""
+  view = _view(results)
+  buckets = [b for b in view.buckets if view.sizes(base, "dft", b)]
+  if not buckets:
+    raise ResultsError(f"no DFT cells for base {base!r}")
+  fig, axes = plt.subplots(1, len(buckets), figsize=(4 * len(buckets), 3.4), squeeze=False)
+  for ax, b in zip(axes[0], buckets, strict=True):
+    for method, style in (("sft", "o-"), ("dft", "s--")):
+      ns = view.sizes(base, method, b)
+      _errorbar(ax, ns, [cell_interval(view, (base, method, b, n)) for n in ns], fmt=style,
+                label=method.upper())
+    ax.set_xscale("log")
+    ax.set_title(f"{b} training data")
+    ax.set_xlabel("n")
     ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel("answer accuracy")
-  axes[0, -1].legend(fontsize=8, loc="best")
-  fig.suptitle(f"Accuracy by test slice ({base}, {method.upper()})")
-  fig.tight_layout()
-  return fig
-
-
-def _slice_xy(by_slice: Mapping[str, float]):
-  items = sorted((float(k), float(v)) for k, v in by_slice.items())
-  return [k for k, _ in items], [v for _, v in items]
-
-
-def gaps_vs_difficulty(
-    results: Mapping[str, Any], *, base: str = "base", method: str = "sft"
-) -> Figure:
-  """G_gen and G_ext across training difficulty for each n (top), bound vs test risk (bottom).
-
-  The top row is Proposition 4.1's tradeoff: G_gen should rise with difficulty and fall
-  with n, G_ext should fall with difficulty. The bottom row sets the whole bound beside
-  the measured test risk under the same posterior and loss.
-  """
-  cells = select_cells(results, base=base, method=method)
-  if not cells:
-    raise ResultsError(f"no cells with base={base!r} and method={method!r}")
-  buckets = bucket_order(results)
-  sizes = sorted({n for (_, n) in cells})
-  diff = {b: float(np.mean(results["buckets"][b])) for b in buckets}
-  fig, axes = plt.subplots(2, 1, figsize=(6.5, 7.5), sharex=True)
-  cmap = plt.get_cmap("Blues")
-  for k, n in enumerate(sizes):
-    color = cmap(0.4 + 0.6 * (k + 1) / len(sizes))
-    row = [cells.get((b, n)) for b in buckets]
-    xs = [cells[(b, n)].get("difficulty", diff[b]) for b, c in zip(buckets, row, strict=True) if c]
-    present = [c for c in row if c]
-    axes[0].plot(xs, [c["certificate"]["g_gen"] for c in present], marker="o", color=color,
-                 label=f"G_gen, n={n}")
-    axes[1].plot(xs, [c["certificate"]["bound"] for c in present], marker="o", color=color,
-                 label=f"bound, n={n}")
-    axes[1].plot(xs, [c["test_risk"] for c in present], marker="x", ls=":", color=color,
-                 label=f"test risk, n={n}")
-  ext = [(cells[(b, n)].get("difficulty", diff[b]), cells[(b, n)]["certificate"]["g_ext"])
-         for b in buckets for n in sizes[:1] if (b, n) in cells]
-  axes[0].plot([x for x, _ in ext], [y for _, y in ext], marker="s", color="tab:red", lw=2,
-               label="G_ext (TV, any n)")
-  axes[0].set_ylabel("gap")
-  axes[0].set_title(f"Generalization vs extrapolation gap ({base}, {method.upper()})")
-  axes[0].legend(fontsize=8)
-  axes[0].grid(alpha=0.3)
-  axes[1].axhline(1.0, color="gray", lw=0.8)
-  axes[1].set_ylabel("risk (token error)")
-  axes[1].set_xlabel("training difficulty (mean operations)")
-  axes[1].legend(fontsize=7, ncol=2)
-  axes[1].grid(alpha=0.3)
+  axes[0, 0].legend()
   fig.tight_layout()
   return fig
 
 
 def report_terms(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None
                  ) -> Figure:
-  """Stacked bars of the bound terms of several ``pacbayes bound`` reports.
-
-  Args:
-    reports: certificate dicts (as written by ``pacbayes bound --out``).
-    labels: one label per report (defaults to the file name or index).
-  """
+  """Stacked bars of the bound terms of several ``pacbayes bound`` reports."""
   if not reports:
     raise ResultsError("no reports to plot")
   labels = list(labels) if labels is not None else [
@@ -278,25 +266,23 @@ def report_terms(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | N
 
 
 LAB_FIGURES = {
-    "heatmap": accuracy_heatmap,
-    "slices": slice_accuracy,
+    "accuracy": accuracy_vs_n,
     "gaps": gaps_vs_difficulty,
 }
 
 
 def lab_figures(results: Mapping[str, Any]) -> dict[str, Figure]:
   """Every standard figure for one lab results file, keyed by a file stem."""
+  view = study_view(results)
   figs = {
-      "accuracy_heatmap": accuracy_heatmap(results),
-      "slice_accuracy": slice_accuracy(results),
-      "gaps_vs_difficulty": gaps_vs_difficulty(results),
-      "g_gen_heatmap": accuracy_heatmap(results, field="g_gen"),
+      "accuracy_vs_n": accuracy_vs_n(view),
+      "accuracy_vs_difficulty": accuracy_vs_difficulty(view),
+      "gaps_vs_difficulty": gaps_vs_difficulty(view),
+      "certified_vs_measured": certified_vs_measured(results),
+      "bound_vs_risk": bound_vs_risk(results),
   }
-  methods = {(c["base"], c["method"]) for c in results["cells"]}
-  if ("base", "dft") in methods:
-    figs["dft_vs_sft"] = method_comparison(results)
-  if any(b == "strong" for b, _ in methods):
-    figs["base_strength"] = base_comparison(results)
+  if any(k[1] == "dft" for k in view.keys):
+    figs["dft_vs_sft"] = method_comparison(view)
   return figs
 
 
@@ -309,47 +295,6 @@ def write_lab_figures(results: Mapping[str, Any], folder: str | os.PathLike,
     save_figure(fig, path)
     paths.append(path)
   return paths
-
-
-def method_comparison(results: Mapping[str, Any], *, base: str = "base") -> Figure:
-  """Accuracy of SFT and DFT against n, one panel per bucket where DFT was run."""
-  sft = select_cells(results, base=base, method="sft")
-  dft = select_cells(results, base=base, method="dft")
-  buckets = [b for b in bucket_order(results) if any(k[0] == b for k in dft)]
-  if not buckets:
-    raise ResultsError(f"no DFT cells for base {base!r}")
-  fig, axes = plt.subplots(1, len(buckets), figsize=(4 * len(buckets), 3.4), squeeze=False)
-  for ax, b in zip(axes[0], buckets, strict=True):
-    for cells, name, style in ((sft, "SFT", "o-"), (dft, "DFT", "s--")):
-      ns = sorted(n for (bb, n) in cells if bb == b)
-      ax.plot(ns, [cells[(b, n)]["accuracy"] for n in ns], style, label=name)
-    ax.set_xscale("log")
-    ax.set_title(f"{b} training data")
-    ax.set_xlabel("n")
-    ax.grid(alpha=0.3)
-  axes[0, 0].set_ylabel("answer accuracy")
-  axes[0, 0].legend()
-  fig.tight_layout()
-  return fig
-
-
-def base_comparison(results: Mapping[str, Any]) -> Figure:
-  """Accuracy against training difficulty for the base and the stronger base."""
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  buckets = bucket_order(results)
-  for base, style in (("base", "o-"), ("strong", "s--")):
-    cells = select_cells(results, base=base, method="sft")
-    for n in sorted({n for (_, n) in cells}):
-      xs = [i for i, b in enumerate(buckets) if (b, n) in cells]
-      ax.plot(xs, [cells[(buckets[i], n)]["accuracy"] for i in xs], style,
-              label=f"{base}, n={n}")
-  ax.set_xticks(range(len(buckets)), _bucket_labels(results, buckets))
-  ax.set_ylabel("answer accuracy")
-  ax.set_title("A stronger base and the best difficulty")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 130) -> None:

@@ -1,57 +1,90 @@
-"""Hand-made lab results (schema pacbayes.lab/1) with known verdicts, for plot/theory tests."""
+"""Hand-made lab results (schema pacbayes.lab/2) with per-item values, for plot/theory tests."""
 
 import copy
 
-BUCKETS = {"easy": [1, 3], "medium": [4, 6], "hard": [7, 9]}
-SIZES = [100, 400, 1600]
+import numpy as np
+
+from pacbayes.stats import encode_u8
+
+OPS = [1, 2, 3, 4]
+PER_SLICE = 200
+SIZES = [200, 800, 3200]
+BUCKETS = ["easy", "medium", "hard"]
+MIXTURES = {"easy": [8, 4, 2, 1], "medium": [1, 1, 1, 1], "hard": [1, 2, 4, 8]}
 
 
-def make_results(acc, *, g_gen=None, g_ext=(0.6, 0.4, 0.2), strong_acc=None, dft_acc=None,
-                 test_risk=0.3, bound=None):
-  """acc[i][j]: SFT accuracy at SIZES[i], bucket j (easy->hard)."""
-  names = list(BUCKETS)
-  g_gen = g_gen or [[0.1 * (j + 1) / (i + 1) for j in range(3)] for i in range(3)]
+def _items(acc, rng, shared):
+  """Per-item 0/1 with mean close to acc: items below acc on a shared scale are right."""
+  n = len(OPS) * PER_SLICE
+  v = np.where(rng.random(n) < 0.5, shared, rng.random(n))
+  return (v < acc).astype(np.uint8)
+
+
+def make_results(acc, *, strong_acc=None, dft_acc=None, seeds=(0, 1), bound=None,
+                 sq_distance=None, gap=None, seed=0):
+  """acc[i][j]: SFT accuracy at SIZES[i], bucket j (easy -> hard); items drawn to match.
+
+  strong_acc: {i: [3 accuracies]}; dft_acc: {i: accuracy on the hard bucket};
+  sq_distance / gap: f(bucket index, size index) -> value (defaults rise with difficulty,
+  fall with n); bound: a fixed bound (default: measured risk + 0.2).
+  """
+  rng = np.random.default_rng(seed)
+  shared = rng.random(len(OPS) * PER_SLICE)
+  sq_distance = sq_distance or (lambda j, i: 10.0 * (2.0 ** j) / (i + 1))
+  gap = gap or (lambda j, i: 0.05 * (j + 1) / (i + 1))
   cells = []
 
-  def cell(base, method, j, i, a):
-    gg, ge = g_gen[i][j], g_ext[j]
-    b = bound if bound is not None else 0.2 + gg + ge
+  def cell(base, method, j, i, a, s):
+    correct = _items(a, rng, shared)
+    seq = 1 - correct
+    risk = float(seq.mean())
+    b = risk + 0.2 if bound is None else bound
     return {
-        "base": base, "method": method, "bucket": names[j],
-        "difficulty": sum(BUCKETS[names[j]]) / 2, "n": SIZES[i], "seed": 0,
-        "accuracy": a, "accuracy_by_slice": {str(k): a for k in range(1, 10)},
-        "test_risk": test_risk, "test_risk_point": test_risk,
-        "certificate": {"emp_risk": 0.1, "epsilon": 0.1, "g_gen": gg, "g_ext": ge,
-                        "g_ext_kind": "certified under difficulty shift", "bound": b,
-                        "kl": 100.0 * (j + 1), "n": SIZES[i], "sigma_q": 0.01,
-                        "sigma_p": 0.01},
-        "train_time_s": 1.0,
+      "arm": "tilted", "base": base, "method": method, "bucket": BUCKETS[j], "n": SIZES[i],
+      "seed": s, "ft_steps": 10, "certified_arm": False,
+      "accuracy": float(correct.mean()),
+      "accuracy_by_slice": {str(k): float(correct[t * PER_SLICE:(t + 1) * PER_SLICE].mean())
+                            for t, k in enumerate(OPS)},
+      "q_test_risk": risk,
+      "q_risk_by_slice": {str(k): float(seq[t * PER_SLICE:(t + 1) * PER_SLICE].mean())
+                          for t, k in enumerate(OPS)},
+      "test_seq_error": risk, "train_seq_error": max(risk - gap(j, i), 0.0),
+      "sq_distance": sq_distance(j, i) * float(np.exp(rng.normal(0, 0.05))),
+      "items": {"correct": encode_u8(correct), "seq_error": encode_u8(seq),
+                "q_seq_error": encode_u8(seq), "q_draws": 1},
+      "certificate": {"bound": b, "b_train": b - 0.1, "kl": 1.0, "g_ext_name": "mixture_shift",
+                      "slices": [{"difficulty": float(k), "bound": 0.9} for k in OPS]},
     }
 
-  for i in range(3):
-    for j in range(3):
-      cells.append(cell("base", "sft", j, i, acc[i][j]))
-      if strong_acc is not None and strong_acc[i] is not None:
-        cells.append(cell("strong", "sft", j, i, strong_acc[i][j]))
-  if dft_acc is not None:
-    for i, a in dft_acc.items():
-      cells.append(cell("base", "dft", 2, i, a))
-  slices = {str(k): 0.5 for k in range(1, 10)}
+  for s in seeds:
+    for i in range(len(SIZES)):
+      for j in range(3):
+        cells.append(cell("base", "sft", j, i, acc[i][j], s))
+        if strong_acc is not None and i in strong_acc:
+          cells.append(cell("strong", "sft", j, i, strong_acc[i][j], s))
+    for i, a in (dft_acc or {}).items():
+      cells.append(cell("base", "dft", 2, i, a, s))
+  slices = {str(k): 0.5 for k in OPS}
   return copy.deepcopy({
-      "schema": "pacbayes.lab/1", "preset": "test", "config": {}, "runtime_s": 1.0,
-      "test_mixture": {str(k): 1 / 9 for k in range(1, 10)}, "buckets": BUCKETS,
-      "sizes": SIZES,
-      "bases": {"base": {"pretrain_ops": [1, 4], "steps": 10, "accuracy": 0.5,
-                         "accuracy_by_slice": slices, "test_risk": 0.4},
-                "strong": {"pretrain_ops": [1, 6], "steps": 20, "accuracy": 0.6,
-                           "accuracy_by_slice": slices, "test_risk": 0.3}},
-      "cells": cells,
+    "schema": "pacbayes.lab/2", "preset": "test",
+    "config": {"headroom_min": 0.1, "arms": [["tilted", []]]}, "runtime_s": 1.0,
+    "test_mixture": {str(k): 0.25 for k in OPS},
+    "test_items": {"ops": OPS, "counts": [PER_SLICE] * len(OPS)},
+    "arms": {"tilted": {"order": BUCKETS, "mixtures": {
+      b: {str(k): w / sum(ws) for k, w in zip(OPS, ws, strict=True)}
+      for b, ws in MIXTURES.items()}}},
+    "sizes": SIZES,
+    "bases": {"base": {"pretrain_ops": [1, 2], "steps": 10, "accuracy": 0.5,
+                       "accuracy_by_slice": slices, "test_seq_error": 0.6},
+              "strong": {"pretrain_ops": [1, 3], "steps": 20, "accuracy": 0.6,
+                         "accuracy_by_slice": slices, "test_seq_error": 0.5}},
+    "cells": cells, "certified": [],
   })
 
 
-# A study where every claim of the paper holds.
+# A study where the paper's claims hold by wide margins.
 GOOD = dict(
-    acc=[[0.50, 0.45, 0.30], [0.55, 0.60, 0.50], [0.58, 0.66, 0.68]],
-    strong_acc=[None, [0.50, 0.60, 0.65], None],
-    dft_acc={0: 0.40, 2: 0.60},
+  acc=[[0.60, 0.70, 0.45], [0.60, 0.75, 0.62], [0.55, 0.72, 0.85]],
+  strong_acc={1: [0.45, 0.75, 0.85]},
+  dft_acc={0: 0.60, 2: 0.70},
 )

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+from pacbayes.commands.common import seed
+
 
 def add_parser(sub) -> None:
   lab = sub.add_parser("lab", help="the synthetic difficulty x size study")
   lab.add_argument("--preset", default="quick", choices=("quick", "full"))
   lab.add_argument("--out", default="experiments/results/quick")
   lab.add_argument("--figures", default="figures", help="folder for figures ('' for none)")
-  lab.add_argument("--seed", type=int, default=None)
+  lab.add_argument("--seed", type=seed("--seed"), default=None)
   lab.add_argument("--quiet", action="store_true")
   lab.set_defaults(func=run)
 
 
 def run(args) -> int:
-  from pacbayes import plots, theory
-  from pacbayes.lab import study
+  import os
 
-  config = study.StudyConfig.preset(args.preset)
+  from pacbayes import plots, theory
+  from pacbayes.atomic import write_text
+  from pacbayes.lab import study
+  from pacbayes.lab.config import StudyConfig
+
+  config = StudyConfig.preset(args.preset)
   if args.seed is not None:
-    config = config.replace(seed=args.seed) if hasattr(config, "replace") else config
+    config = config.replace(seed=args.seed)
   results = study.run_study(config, args.out, progress=not args.quiet)
+  print(study.summary_table(results))
   if args.figures:
     for path in plots.write_lab_figures(results, args.figures, args.preset):
       print(f"figure written to {path}")
+  lines = [v.line() for v in theory.judge(results)]
+  write_text(os.path.join(args.out, "verdicts.txt"), "\n".join(lines) + "\n")
   print()
-  for verdict in theory.judge(results):
-    print(verdict.line())
+  print("\n".join(lines))
+  print(f"\nruntime: {results['runtime_s']:.0f} s ({args.preset} preset)")
   return 0

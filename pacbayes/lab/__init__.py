@@ -1,11 +1,11 @@
 """The synthetic difficulty study: pretraining, SFT/DFT, grids, evaluation by slice."""
 
+from pacbayes.lab.config import PRESETS as PRESETS
+from pacbayes.lab.config import StudyConfig as StudyConfig
 from pacbayes.lab.evaluate import SliceSet as SliceSet
 from pacbayes.lab.evaluate import evaluate_model as evaluate_model
 from pacbayes.lab.evaluate import make_slice_set as make_slice_set
 from pacbayes.lab.evaluate import slice_accuracy as slice_accuracy
-from pacbayes.lab.study import PRESETS as PRESETS
-from pacbayes.lab.study import StudyConfig as StudyConfig
 from pacbayes.lab.study import run_study as run_study
 from pacbayes.lab.study import summary_table as summary_table
 from pacbayes.lab.subspace import Subspace as Subspace

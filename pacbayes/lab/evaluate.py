@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -103,9 +104,9 @@ def answer_correct(generated_ids: np.ndarray, answers: Sequence[str], *,
   return out
 
 
-def slice_accuracy(model: nnx.Module, test: SliceSet, *, batch_size: int = 256,
-                   slack: int = DECODE_SLACK) -> dict[int, float]:
-  """Greedy-decoded answer accuracy on every slice.
+def slice_correct(model: nnx.Module, test: SliceSet, *, batch_size: int = 256,
+                  slack: int = DECODE_SLACK) -> dict[int, np.ndarray]:
+  """Greedy-decoded answer correctness of every test item, slice by slice.
 
   Prompts of one slice share one length (the task fixes it by the op count), and each slice
   decodes its reference completion length plus `slack` tokens, stopping rows at EOS.
@@ -117,7 +118,8 @@ def slice_accuracy(model: nnx.Module, test: SliceSet, *, batch_size: int = 256,
     slack: extra decoding budget beyond the reference completion length.
 
   Returns:
-    op count -> accuracy in [0, 1].
+    op count -> [n_k] bool, True where the stated answer equals the reference (row order of
+    the slice).
   """
   tokenizer = synthetic.SyntheticTokenizer()
   result = {}
@@ -139,8 +141,73 @@ def slice_accuracy(model: nnx.Module, test: SliceSet, *, batch_size: int = 256,
       real = min(b, n - start)
       answers = [ds.answers[i] for i in idx[:real]]
       correct[start:start + real] = answer_correct(gen[:real], answers, tokenizer=tokenizer)
-    result[k] = float(correct.mean())
+    result[k] = correct
   return result
+
+
+def slice_accuracy(model: nnx.Module, test: SliceSet, *, batch_size: int = 256,
+                   slack: int = DECODE_SLACK) -> dict[int, float]:
+  """Greedy-decoded answer accuracy on every slice: op count -> mean of `slice_correct`."""
+  return {k: float(v.mean()) for k, v in
+          slice_correct(model, test, batch_size=batch_size, slack=slack).items()}
+
+
+def row_losses(loss_fn: Callable, params: Any, data: Mapping[str, np.ndarray], *,
+               batch_size: int = 128) -> np.ndarray:
+  """[N] float64 per-row loss of `params` (no perturbation), in fixed-shape batches.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> [B]` (e.g. `sequence_error_fn(apply)`).
+    params: the parameters.
+    data: [N, L] arrays "input_ids", "attention_mask", "loss_mask".
+    batch_size: rows per forward pass (the last batch is padded with row 0, then dropped).
+  """
+  fn = _jitted(loss_fn)
+  n = int(np.shape(data["input_ids"])[0])
+  out = np.zeros(n, dtype=np.float64)
+  b = min(batch_size, n)
+  for start in range(0, n, b):
+    idx = np.arange(start, start + b)
+    idx[idx >= n] = 0
+    batch = {k: np.asarray(data[k])[idx] for k in ("input_ids", "attention_mask", "loss_mask")}
+    real = min(b, n - start)
+    out[start:start + real] = np.asarray(fn(params, batch), dtype=np.float64)[:real]
+  return out
+
+
+def posterior_row_losses(loss_fn: Callable, params: Any, data: Mapping[str, np.ndarray], *,
+                         key: jax.Array, sigma: float, num_draws: int,
+                         batch_size: int = 128) -> np.ndarray:
+  """[num_draws, N] per-row loss under `num_draws` draws of Q = N(params, sigma^2 I).
+
+  Draw d uses `perturb.sample_posterior(fold_in(key, d), ...)` for every row (one full pass per
+  draw), so the mean over rows and draws estimates E_Q[R] without bias.
+  """
+  out = []
+  for d in range(num_draws):
+    theta = perturb.sample_posterior(jax.random.fold_in(key, d), params, sigma)
+    out.append(row_losses(loss_fn, theta, data, batch_size=batch_size))
+  return np.stack(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted(loss_fn: Callable) -> Callable:
+  """One compiled program per loss function (and batch shape)."""
+  return jax.jit(loss_fn)
+
+
+def sequence_error_fn(apply_fn: Callable) -> Callable:
+  """loss(params, batch) -> [B] sequence error (`pacbayes.losses.sequence_error`) of `apply_fn`.
+
+  1 where some teacher-forced argmax on the completion differs from the target: an upper bound
+  on the greedy answer error of the same weights (see `pacbayes.losses.sequence_error`).
+  """
+
+  def loss_fn(params, batch):
+    logits_BxLxV = apply_fn(params, batch["input_ids"], batch["attention_mask"])
+    return losses.sequence_error(logits_BxLxV, batch["input_ids"], batch["loss_mask"])
+
+  return loss_fn
 
 
 def error_loss_fn(apply_fn: Callable) -> Callable:
