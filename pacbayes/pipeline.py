@@ -1,58 +1,56 @@
-"""Certificate pipeline behind `pacbayes bound`: checkpoints and data in, a Certificate out."""
+"""Certificate pipeline behind `pacbayes bound`: checkpoints and data in, a Certificate out.
+
+`certify_params` works on parameters in memory (any pytree and loss); `run_bound` loads two
+Hugging Face folders and JSONL files, checks every input before the expensive work (see
+`pacbayes.bound_inputs`, `pacbayes.bound_shift`), and calls `certify_params`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import inspect
 import os
+import sys
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from pacbayes import bound_inputs as bi
 from pacbayes import perturb
 from pacbayes import sharding as shd
 
-# Prior scales searched when neither `sigma_prior` nor `sigma_grid` is given. Fixed here, in
+# Prior scales used when neither `sigma_prior` nor `sigma_grid` is given. Fixed here, in
 # advance of any data, as the union bound over the grid requires: 1e-5 .. 1e-1, four points
-# per decade (ln 17 = 2.8 nats).
+# per decade (ln 17 = 2.8 nats). Every report that uses it says so.
 DEFAULT_SIGMA_GRID = tuple(float(s) for s in perturb.sigma_prior_grid(1e-5, 1e-1, 17))
 DEFAULT_NUM_DRAWS = {"passes": 20}
-# Config fields that do not change the function a checkpoint computes.
-_IGNORED_CONFIG_FIELDS = ("dtype", "initializer_range", "bos_token_id", "eos_token_id",
-                          "pad_token_id")
+# Rows of S the sigma search scores (a random subset; the certificate uses all of S).
+SEARCH_SUBSET = 256
+
+__all__ = ["DEFAULT_NUM_DRAWS", "DEFAULT_SIGMA_GRID", "certify_params", "delta_plan",
+           "run_bound"]
 
 
-def _check_delta(delta: Any) -> float:
-  if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-    raise ValueError(f"delta: expected a number in (0, 1), got {delta!r}")
-  return float(delta)
+def delta_plan(delta: float, *, tv: bool = False, mixture: bool = False,
+               per_slice: bool = False) -> dict[str, float]:
+  """Equal shares of `delta` over the parts of a certificate that spend confidence.
 
+  Parts: "mc" (Monte-Carlo) and "pb" (PAC-Bayes) always; "tv" when the TV term is estimated
+  from samples; "mixture" when a mixture is estimated from samples; "slice_mc" and
+  "slice_pb" for per-slice bounds. Fixed before any data is seen; the shares sum to delta
+  (`pacbayes.extrapolation.split_delta`).
+  """
+  from pacbayes.extrapolation import split_delta
 
-def _check_sigma(value: Any, name: str) -> float | None:
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
-      math.isfinite(value) and value > 0):
-    raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-  return float(value)
-
-
-def _check_grid(grid: Any) -> tuple[float, ...] | None:
-  if grid is None:
-    return None
-  values = tuple(np.asarray(grid, dtype=np.float64).ravel().tolist())
-  if not values:
-    raise ValueError("sigma_grid: expected at least one prior sigma")
-  for v in values:
-    _check_sigma(v, "sigma_grid")
-  if len(set(values)) != len(values):
-    raise ValueError(f"sigma_grid: values must be distinct, got {values}")
-  return values
+  parts = ["mc", "pb"] + (["tv"] if tv else []) + (["mixture"] if mixture else []) + (
+      ["slice_mc", "slice_pb"] if per_slice else [])
+  return split_delta(bi.check_delta(delta), parts)
 
 
 def _as_arrays(dataset: Any) -> dict[str, np.ndarray]:
@@ -80,20 +78,66 @@ def _check_same_structure(prior: Any, posterior: Any) -> None:
           f"{np.shape(b)}")
 
 
-def _check_unperturbed_equal(prior: Any, posterior: Any, mask: Any) -> None:
+def _check_unperturbed_equal(prior: Any, posterior: Any, mask: Any,
+                             name_of: Callable[[str], str] | None) -> None:
   """A parameter that moved but is not perturbed makes KL(Q || P) infinite."""
   names = perturb.leaf_paths(posterior)
   for name, a, b, m in zip(names, jax.tree.leaves(posterior), jax.tree.leaves(prior),
                            jax.tree.leaves(mask), strict=True):
     if not m and not np.array_equal(np.asarray(a), np.asarray(b)):
+      shown = name_of(name) if name_of is not None else name
       raise ValueError(
-          f"parameter {name!r} differs between prior and posterior but is excluded from the "
+          f"parameter {shown!r} differs between prior and posterior but is excluded from the "
           "perturbation (include/exclude); its KL would be infinite. Perturb it, or keep it "
           "equal in both checkpoints")
 
 
 def _masked(tree: Any, mask: Any) -> list[Any]:
   return [x for x, m in zip(jax.tree.leaves(tree), jax.tree.leaves(mask), strict=True) if m]
+
+
+def _say(progress: bool, text: str) -> None:
+  """One progress line on stderr, kept in logs (no carriage returns)."""
+  if progress:
+    print(f"pacbayes bound: {text}", file=sys.stderr, flush=True)
+
+
+
+def _choose_sigma(loss_fn, params, data, key, plan, details, *, sq_dist, num_params, num_mc, n,
+                  delta_parts, method, search_subset, batch_size, draws_per_step, mask, mesh,
+                  progress) -> tuple[float, list[str]]:
+  """`perturb.choose_sigma` for the plan; returns (sigma_q, notes) and fills `details`.
+
+  A fixed sigma_q is returned as given (float64). The search's own warnings become notes and
+  one line each on stderr; its grid-edge warning is left to the final choice of sigma_p.
+  """
+  if plan.sigma_q is not None:
+    details["sigma_search"] = {"how": "sigma_q fixed by the caller (no search)"}
+    return plan.sigma_q, []
+  _say(progress, f"choosing sigma on {min(search_subset, n)} of {n} rows ...")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    choice = perturb.choose_sigma(
+        loss_fn, params, data, key=key, sigma_grid=plan.grid, sq_distance=sq_dist,
+        num_params=num_params, num_mc=num_mc, n=n, delta_mc=delta_parts["mc"],
+        delta_pb=delta_parts["pb"],
+        method=method if method in ("maurer", "mcallester", "fquad") else "maurer",
+        subset_size=search_subset, batch_size=batch_size, draws_per_step=draws_per_step,
+        mask=mask, mesh=mesh, progress=progress)
+  notes = []
+  for i, w in enumerate(caught):
+    if choice.at_grid_edge and i == len(caught) - 1:
+      continue
+    notes.append(f"warning: {w.message}")
+    _say(progress, f"warning: {w.message}")
+  s_q = choice.sigma_q
+  details["sigma_search"] = {
+      "how": choice.how, "grid_position": choice.grid_position,
+      "at_grid_edge": choice.at_grid_edge, "subset": choice.subset_size,
+      "search_sigma_p": choice.sigma_p, "search_bound": choice.bound,
+      "evaluations": len(choice.trace), "forward_rows": choice.forward_rows}
+  _say(progress, f"sigma_q = {s_q:.6g} (searched; {choice.grid_position} of the grid)")
+  return s_q, notes
 
 
 def certify_params(
@@ -103,43 +147,51 @@ def certify_params(
     dataset: Any,
     *,
     key: jax.Array,
-    sigma_q: float | Any | None = None,
+    sigma_q: float | None = None,
     sigma_grid: Sequence[float] | None = None,
     sigma_prior: float | None = None,
     mc_scheme: str = "chunk",
     num_draws: int | None = None,
     chunk_size: int | None = None,
     batch_size: int = 8,
-    draws_per_step: int = 8,
+    draws_per_step: int | None = None,
+    max_memory: int | None = None,
     delta: float = 0.05,
+    delta_parts: Mapping[str, float] | None = None,
     g_ext: float = 0.0,
     g_ext_kind: str = "none",
+    mixture: Any = None,
+    difficulty: Any = None,
+    mask: Any = None,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
+    name_of: Callable[[str], str] | None = None,
     mesh: Mesh | None = None,
     progress: bool = True,
     loss_name: str = "custom",
+    loss_options: Mapping[str, Any] | None = None,
     method: str = "maurer",
-    sigma_tolerance: float = 0.02,
-    search_subset: int = 512,
+    search_subset: int = SEARCH_SUBSET,
+    notes: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> Any:
   """Two-gap certificate (DESIGN.md §1) for in-memory prior and posterior parameters.
 
   P = N(prior_params, sigma_p^2 I) and Q = N(posterior_params, sigma_q^2 I) on the leaves
-  selected by `include` / `exclude`. Steps:
+  selected by `mask` (or the generic `include` / `exclude` leaf-path globs). Steps:
 
-  1. sigma_q: given, or the largest sigma whose perturbed risk stays within
-     `sigma_tolerance` of the unperturbed risk (`perturb.search_sigma` on a random
-     `search_subset` of S; data-dependent, which the posterior may be).
-  2. emp_risk, M: `perturb.mc_risk` with a key independent of the search, scheme
-     `mc_scheme` (one draw per `chunk_size` rows, or `num_draws` full passes).
-  3. sigma_p: `sigma_prior` (grid_size 1), else the point of `sigma_grid` (default
-     `DEFAULT_SIGMA_GRID`, fixed in advance) with the smallest bound, paying ln k.
-  4. KL by `pacbayes.kl.gaussian_kl`, then `pacbayes.certificate.certify`.
+  1. sigma: `perturb.choose_sigma` on a random subset of `search_subset` rows of S with
+     its own key: sigma_q free (or the given `sigma_q`), sigma_p from the grid, minimising
+     B_train (the method's bound; Maurer for "catoni" / "flamb", which it does not search).
+  2. emp_risk, M: `perturb.mc_risk` on all of S with a key independent of the search.
+  3. For every grid point: KL (`pacbayes.kl.gaussian_kl`, float64) and the certificate
+     (`pacbayes.certificate.certify`, all kinds, ln k paid); the grid point with the
+     smallest full bound is reported (ties toward the smaller KL).
 
-  Delta is split in halves (MC, PAC-Bayes) when `g_ext_kind` is "none", in thirds
-  otherwise (the caller must have computed `g_ext` at confidence delta/3).
+  Confidence: `delta_parts` ({"mc", "pb", "tv", "mixture", "slice_mc", "slice_pb"}, see
+  `delta_plan`) or, without it, `delta_plan(delta, tv=g_ext_kind is certified or estimated,
+  per_slice=difficulty is given)`. The caller computes `g_ext` (TV or an estimate) at the
+  "tv" share and `mixture` at the "mixture" share.
 
   Args:
     loss_fn: `(params, batch) -> [B]` losses in [0, 1].
@@ -147,161 +199,166 @@ def certify_params(
     posterior_params: posterior mean (e.g. the fine-tuned model's), same structure.
     dataset: the training set S: a `Dataset` or a mapping of arrays (n rows).
     key: PRNG key (search and Monte Carlo use independent subkeys).
-    sigma_q: posterior sigma: a number (isotropic), a pytree like the parameters
-      (diagonal, e.g. `perturb.optimise_posterior(...).sigma` with the same include /
-      exclude; certify with a key not used for the fit), or None to search it.
-    sigma_grid: prior sigmas to choose from (fixed before seeing S).
-    sigma_prior: a single prior sigma (overrides `sigma_grid`).
+    sigma_q: a fixed posterior sigma, reported as given (float64), or None to search it.
+    sigma_grid: prior sigmas to choose from (fixed before seeing S); default
+      `DEFAULT_SIGMA_GRID`, stated in the report.
+    sigma_prior: one prior sigma (refused together with `sigma_grid`).
     mc_scheme: "chunk" or "passes".
     num_draws: M for "passes" (default 20); for "chunk", sets chunk_size = ceil(n / M).
     chunk_size: rows per draw for "chunk" (default 1: M = n).
     batch_size: rows per forward pass per draw.
-    draws_per_step: draws evaluated in parallel.
+    draws_per_step: draws evaluated together (memory: that many perturbed copies).
+    max_memory: a memory budget in bytes that sets `draws_per_step` instead.
     delta: total failure probability, in (0, 1).
-    g_ext: extrapolation term in [0, 1].
-    g_ext_kind: "none", "certified under difficulty shift" or "estimate".
-    include, exclude: glob patterns selecting perturbed parameters (`perturbation_mask`).
+    delta_parts: the shares of `delta` (they must sum to it).
+    g_ext: TV term in [0, 1] (certified upper value or estimate).
+    g_ext_kind: `pacbayes.extrapolation.KIND_TV`, `KIND_ESTIMATE` or "none".
+    mixture: `pacbayes.extrapolation.MixtureBounds` for the mixture-shift kind, or None.
+    difficulty: [n] difficulty of each row of S, for per-slice bounds (needs `mixture`).
+    mask: bool pytree of perturbed leaves (e.g. `pacbayes.models.parameter_mask`).
+    include, exclude: leaf-path globs (`perturb.perturbation_mask`) when `mask` is None.
+    name_of: maps a leaf path to the name shown in messages (e.g. its HF name).
     mesh: optional ('data', 'fsdp') mesh; numbers are the same with or without it.
-    progress: tqdm progress bars.
+    progress: progress bars and lines on stderr.
     loss_name: name of the loss for the report.
-    method: PAC-Bayes bound behind g_gen ("maurer" by default; see `certify`).
-    sigma_tolerance: allowed risk increase in the sigma search.
-    search_subset: rows used by the sigma search.
+    loss_options: the loss's options (e.g. {"alpha": 0.01}), recorded in the report.
+    method: PAC-Bayes bound behind g_gen ("maurer", "mcallester", "catoni", "fquad",
+      "flamb").
+    search_subset: rows of S the sigma search uses.
+    notes: lines for the report's notes.
     extra: more JSON details for the report.
 
   Returns:
     A `pacbayes.certificate.Certificate`.
 
   Raises:
-    ValueError: mismatched prior/posterior, a moved but excluded parameter, sigma <= 0,
-      delta outside (0, 1), empty data, a loss outside [0, 1], and so on.
+    ValueError: mismatched prior/posterior, a moved but excluded parameter, a bad sigma or
+      delta, empty data, a loss outside [0, 1], and so on.
   """
-  from pacbayes.certificate import certify
+  from pacbayes import extrapolation as ex
+  from pacbayes.certificate import METHODS, certify
   from pacbayes.kl import gaussian_kl
 
   start = time.perf_counter()
-  delta = _check_delta(delta)
+  delta = bi.check_delta(delta)
+  if method not in METHODS:
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
   diagonal = sigma_q is not None and not jax.tree_util.treedef_is_leaf(
       jax.tree.structure(sigma_q))
-  if not diagonal:
-    sigma_q = _check_sigma(sigma_q, "sigma_q")
-  sigma_prior = _check_sigma(sigma_prior, "sigma_prior")
-  grid = _check_grid(sigma_grid)
+  plan = bi.plan_sigma(None if diagonal else sigma_q, sigma_grid, sigma_prior,
+                       DEFAULT_SIGMA_GRID)
   if mc_scheme not in perturb.SCHEMES:
     raise ValueError(f"mc_scheme: expected one of {perturb.SCHEMES}, got {mc_scheme!r}")
   if not (isinstance(g_ext, (int, float)) and 0 <= g_ext <= 1):
     raise ValueError(f"g_ext: expected a number in [0, 1], got {g_ext!r}")
-  data = _as_arrays(dataset)
-  data, n = perturb._check_data(data)
+  if difficulty is not None and mixture is None:
+    raise ValueError("difficulty: per-slice bounds need a mixture (MixtureBounds)")
+  if delta_parts is None:
+    delta_parts = delta_plan(delta, tv=g_ext_kind != "none", per_slice=difficulty is not None)
+  delta_parts = dict(delta_parts)
+  data, n = perturb.check_data(_as_arrays(dataset))
   _check_same_structure(prior_params, posterior_params)
-  mask = perturb.perturbation_mask(posterior_params, include, exclude)
-  _check_unperturbed_equal(prior_params, posterior_params, mask)
-  if g_ext_kind == "none":
-    d_mc = d_pb = delta / 2
-    d_ext = 0.0
-  else:
-    d_mc = d_pb = d_ext = delta / 3
+  if mask is None:
+    mask = perturb.perturbation_mask(posterior_params, include, exclude)
+  _check_unperturbed_equal(prior_params, posterior_params, mask, name_of)
   if mc_scheme == "chunk" and chunk_size is None and num_draws is None:
     chunk_size = 1
   if mc_scheme == "passes" and num_draws is None:
     num_draws = DEFAULT_NUM_DRAWS["passes"]
+  m_final = num_draws if mc_scheme == "passes" else -(-n // (chunk_size or -(-n // num_draws)))
 
-  key_search, key_mc = jax.random.split(key)
-  details: dict[str, Any] = {"mc_scheme": mc_scheme}
-  if sigma_q is None:
-    found = perturb.search_sigma(
-        loss_fn, posterior_params, data, key=key_search, tolerance=sigma_tolerance,
-        subset_size=search_subset, batch_size=batch_size, draws_per_step=draws_per_step,
-        mask=mask, mesh=mesh)
-    sigma_q = found.sigma
-    details["sigma_search"] = {
-        "tolerance": sigma_tolerance, "subset": min(search_subset, n),
-        "unperturbed": found.unperturbed, "risk": found.risk, "steps": len(found.history)}
-
-  if not diagonal:
-    # Draws use sigma in float32; the KL must describe that same Q, so round once here.
-    sigma_q = float(np.float32(sigma_q))
-  mc = perturb.mc_risk(
-      loss_fn, posterior_params, data, key=key_mc, sigma=sigma_q, scheme=mc_scheme,
-      num_draws=num_draws, chunk_size=chunk_size, batch_size=batch_size,
-      draws_per_step=draws_per_step, mask=mask, mesh=mesh, unperturbed=True,
-      progress=progress)
-  details.update(chunk_size=mc.chunk_size, num_fillers=mc.num_fillers,
-                 unperturbed_risk=mc.unperturbed, mc_seconds=round(mc.seconds, 3))
-
-  mu_q = _masked(posterior_params, mask)
-  mu_p = _masked(prior_params, mask)
-  s_q = _masked(sigma_q, mask) if diagonal else sigma_q
-  if diagonal:
-    details["sigma_q"] = "diagonal"
+  mu_q, mu_p = _masked(posterior_params, mask), _masked(prior_params, mask)
   num_params = int(sum(int(np.size(x)) for x in mu_q))
-  candidates = (sigma_prior,) if sigma_prior is not None else (grid or DEFAULT_SIGMA_GRID)
-  best = None
-  for sp in candidates:
-    kl = float(gaussian_kl(mu_q, mu_p, s_q, sp))
+  sq_dist = perturb.sq_distance(posterior_params, prior_params, mask)
+  key_search, key_mc = jax.random.split(key)
+  details: dict[str, Any] = {"mc_scheme": mc_scheme, "sigma_choice": plan.describe()}
+  if plan.grid_source == "default":
+    notes = (*notes, f"prior sigma grid: the DEFAULT grid {DEFAULT_SIGMA_GRID[0]:g} .. "
+             f"{DEFAULT_SIGMA_GRID[-1]:g} ({len(DEFAULT_SIGMA_GRID)} points, ln "
+             f"{len(DEFAULT_SIGMA_GRID)} paid); give --sigma-grid or --sigma-prior to fix "
+             "your own")
+  if diagonal:
+    s_q = sigma_q
+    details["sigma_q"] = "diagonal"
+  else:
+    s_q, search_notes = _choose_sigma(
+        loss_fn, posterior_params, data, key_search, plan, details, sq_dist=sq_dist,
+        num_params=num_params, num_mc=m_final, n=n, delta_parts=delta_parts, method=method,
+        search_subset=search_subset, batch_size=batch_size, draws_per_step=draws_per_step,
+        mask=mask, mesh=mesh, progress=progress)
+    notes = (*notes, *search_notes)
+  _say(progress, f"Monte-Carlo risk on all {n} rows ...")
+  mc = perturb.mc_risk(
+      loss_fn, posterior_params, data, key=key_mc, sigma=s_q, scheme=mc_scheme,
+      num_draws=num_draws if mc_scheme == "passes" or chunk_size is None else None,
+      chunk_size=chunk_size, batch_size=batch_size, draws_per_step=draws_per_step,
+      max_memory=max_memory, mask=mask, mesh=mesh, unperturbed=True, progress=progress)
+  details.update(chunk_size=mc.chunk_size, num_fillers=mc.num_fillers,
+                 draws_per_step=mc.draws_per_step, unperturbed_risk=mc.unperturbed,
+                 mc_seconds=round(mc.seconds, 3))
+
+  per_grid, best = [], None
+  for sp in plan.grid:
+    kl = float(gaussian_kl(mu_q, mu_p, _masked(s_q, mask) if diagonal else s_q, sp))
+    kinds = []
+    if difficulty is not None:
+      kinds.append(ex.per_slice_bounds(
+          mc.slot_losses, mc.slot_rows, difficulty, mixture, kl=kl, grid_size=len(plan.grid),
+          delta_mc=delta_parts["slice_mc"], delta_pb=delta_parts["slice_pb"]))
     cert = certify(
         mc.mean, mc.num_samples, kl, n, g_ext=float(g_ext), g_ext_kind=g_ext_kind,
-        delta=delta, delta_mc=d_mc, delta_pb=d_pb, delta_ext=d_ext,
-        grid_size=len(candidates), method=method, sigma_q=None if diagonal else sigma_q,
-        sigma_p=sp,
-        num_params=num_params, loss=loss_name,
-        extra={**details, "sigma_grid": list(candidates), **dict(extra or {})})
-    if best is None or cert.bound < best.bound:
+        delta=delta, delta_mc=delta_parts["mc"], delta_pb=delta_parts["pb"],
+        delta_ext=delta_parts.get("tv", 0.0) if g_ext_kind != "none" else 0.0,
+        grid_size=len(plan.grid), method=method, sigma_q=None if diagonal else s_q, sigma_p=sp,
+        num_params=num_params, loss=loss_name, mixture=mixture, extrapolation=kinds,
+        notes=notes, loss_options=dict(loss_options or {}),
+        extra={**details, "sigma_grid": list(plan.grid), "sigma_grid_source": plan.grid_source,
+               **dict(extra or {})})
+    per_grid.append({"sigma_p": sp, "kl": kl, "b_train": cert.b_train, "bound": cert.bound})
+    if best is None or cert.bound < best.bound or (cert.bound == best.bound and
+                                                    cert.kl < best.kl):
       best = cert
-  return dataclasses.replace(
-      best, extra={**best.extra, "seconds": round(time.perf_counter() - start, 3)})
+  j = [g["sigma_p"] for g in per_grid].index(best.sigma_p)
+  position = "single" if len(plan.grid) == 1 else (
+      "lowest" if best.sigma_p == min(plan.grid) else
+      "highest" if best.sigma_p == max(plan.grid) else "inside")
+  if position in ("lowest", "highest"):
+    line = (f"sigma_p = {best.sigma_p:.6g} is the {position} point of the prior grid; a grid "
+            "reaching further (fixed before seeing the data) may give a smaller bound")
+    _say(progress, f"warning: {line}")
+    best = dataclasses.replace(best, notes=(*best.notes, line))
+  return dataclasses.replace(best, extra={
+      **best.extra, "per_grid": per_grid, "grid_index": j, "grid_position": position,
+      "seconds": round(time.perf_counter() - start, 3)})
 
 
 # --------------------------------------------------------------------------- from files
 
 
-def _architecture(config: Any) -> dict[str, Any]:
-  fields = dataclasses.asdict(config)
-  return {k: v for k, v in fields.items() if k not in _IGNORED_CONFIG_FIELDS}
-
-
-def _check_same_architecture(cfg_p: Any, cfg_q: Any, prior_dir: str, posterior_dir: str) -> None:
-  a, b = _architecture(cfg_p), _architecture(cfg_q)
-  diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-  if diff:
-    k = diff[0]
-    raise ValueError(
-        f"prior {prior_dir} and posterior {posterior_dir} have different architectures: "
-        f"{k} = {a.get(k)!r} vs {b.get(k)!r} (all differing fields: {diff})")
-
-
 @functools.lru_cache(maxsize=8)
-def _model_loss(graphdef: Any, loss: str) -> perturb.LossFn:
+def _model_loss(graphdef: Any, loss: str, options: tuple) -> perturb.LossFn:
   """`losses.model_loss_fn` for a model without non-parameter state, cached by (graphdef,
-  loss) so that repeated certificates in one process reuse the compiled perturbed step."""
+  loss, options) so that repeated certificates in one process reuse the compiled step."""
   from pacbayes import losses
 
-  return losses.model_loss_fn(graphdef, loss=loss)
+  return losses.model_loss_fn(graphdef, loss=loss, **dict(options))
 
 
-def _has_difficulty(path: str) -> bool:
-  from pacbayes.data.jsonl import read_jsonl
+def _loss_options(loss: str, alpha: float | None) -> dict[str, Any]:
+  """The loss's options as used (defaults filled in), for the loss and the report."""
+  from pacbayes import losses
 
-  rows = read_jsonl(path)
-  return bool(rows) and all(
-      isinstance(r.get("difficulty"), (int, float)) and not isinstance(r.get("difficulty"), bool)
-      for r in rows)
-
-
-def _extrapolation(train_path: str, test_path: str | None, train_has_difficulty: bool,
-                   delta_ext: float, seed: int, support=None) -> tuple[float, str, dict[str, Any]]:
-  if test_path is None:
-    return 0.0, "none", {}
-  from pacbayes import shift
-
-  feature = "difficulty" if train_has_difficulty and _has_difficulty(test_path) else "ngram"
-  extra = {"support": support} if feature == "difficulty" else {}
-  report = shift.shift_report(train_path, test_path, feature=feature, delta=delta_ext, seed=seed,
-                              **extra)
-  g_ext = min(1.0, max(0.0, float(report["g_ext"])))
-  info = {"feature": feature, "test_path": str(test_path), "delta_ext": delta_ext,
-          "tv": report.get("tv"), "support": report.get("support")}
-  return g_ext, report["g_ext_kind"], info
+  if loss not in losses.LOSSES:
+    raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(losses.LOSSES)}")
+  params = inspect.signature(losses.LOSSES[loss]).parameters
+  if alpha is not None and "alpha" not in params:
+    raise ValueError(f"alpha: applies to loss 'smoothed_nll' only, not {loss!r}")
+  out = {k: p.default for k, p in params.items()
+         if k not in ("logits", "input_ids", "loss_mask") and p.default is not p.empty}
+  if alpha is not None:
+    out["alpha"] = alpha
+  losses.get_loss(loss, **out)  # Checks the values (e.g. alpha in (0, 1)).
+  return out
 
 
 def run_bound(
@@ -311,6 +368,7 @@ def run_bound(
     test_path: str | os.PathLike | None = None,
     *,
     loss: str = "token_error",
+    alpha: float | None = None,
     sigma: float | None = None,
     sigma_grid: Sequence[float] | None = None,
     sigma_prior: float | None = None,
@@ -318,7 +376,8 @@ def run_bound(
     num_draws: int | None = None,
     chunk_size: int | None = None,
     batch_size: int = 8,
-    draws_per_step: int = 8,
+    draws_per_step: int | None = None,
+    max_memory: int | None = None,
     delta: float = 0.05,
     seed: int = 0,
     include: str | Sequence[str] | None = None,
@@ -326,97 +385,183 @@ def run_bound(
     max_length: int | None = None,
     dtype: str | None = None,
     method: str = "maurer",
-    sigma_tolerance: float = 0.02,
+    test_mixture: str | os.PathLike | Mapping[Any, float] | None = None,
+    shift_feature: str | None = None,
+    difficulty_support: Sequence[float] | None = None,
+    chat_template: bool = False,
     mesh: Mesh | str | None = "auto",
     progress: bool = True,
-    difficulty_support: Sequence[float] | None = None,
 ) -> Any:
   """`pacbayes bound`: the two-gap certificate for a base checkpoint and a fine-tuned one.
 
-  Loads both Hugging Face folders (`pacbayes.models.load_pretrained`; the prior in the
-  posterior's dtype), refuses different architectures or shapes, loads the training JSONL
-  (`pacbayes.data.dataset.load_dataset`, tokenising text rows with the posterior folder's
-  tokenizer), and calls `certify_params` with `loss` from `pacbayes.losses`. With a test
-  file, g_ext comes from `pacbayes.shift.shift_report` at confidence delta/3: the
-  certified upper value on the `difficulty` mixture when both files carry `difficulty`
-  (kind "certified under difficulty shift"), else a domain classifier on hashed n-grams
-  (kind "estimate"). Without one, g_ext = 0 and the bound is on the training distribution.
+  Order of work, cheapest first, so that a bad input costs seconds: argument checks (delta,
+  seed, sizes, loss and its options, method, the sigma plan and each sigma in the model's
+  dtype), the configs of both folders (same architecture; `include` / `exclude` matched
+  against Hugging Face parameter names, `pacbayes.models.select_parameters`), the training
+  rows (tokenised with the posterior folder's tokenizer, chat template, lengths), the shift
+  plan (`pacbayes.bound_shift.plan_shift`: feature, test difficulties, test mixture), the
+  shift terms and the one-pool check; then the weights, the sigma search and the
+  Monte-Carlo pass (`certify_params`).
+
+  g_ext: see `pacbayes.bound_shift`. With the difficulty feature the certificate holds the
+  TV kind (certified TV over difficulty) and, when a support is known in advance (from
+  `difficulty_support`, or the keys of an exact test mixture that cover the training
+  values), the mixture-shift and per-slice kinds; the tightest certified value is the bound.
+  With the n-gram or embedding feature g_ext is a classifier estimate and the report says
+  so. When the one-pool check refutes the assumption, the certified kinds are withdrawn,
+  g_ext is the n-gram classifier's estimate, and `extra["shift_check"]["refuted"]` is True.
 
   Args:
     prior_dir: base checkpoint folder.
     posterior_dir: fine-tuned checkpoint folder (also the tokenizer folder).
     train_path: training-set JSONL (S).
     test_path: optional test-set JSONL for g_ext.
-    difficulty_support: every value `difficulty` can take, fixed in advance (see
-      `pacbayes.shift.shift_report`); without it the cells come from the data.
-    loss: a name in `pacbayes.losses.LOSSES`.
-    sigma: posterior sigma (None: searched).
-    sigma_grid: prior sigmas to choose from (default `DEFAULT_SIGMA_GRID`).
-    sigma_prior: a single prior sigma (no grid).
-    mc_scheme: "chunk" or "passes".
-    num_draws, chunk_size, batch_size, draws_per_step: see `certify_params`.
+    loss: "token_error", "smoothed_nll" or "sequence_error" (`pacbayes.losses.LOSSES`).
+    alpha: smoothing of "smoothed_nll" (default that of `pacbayes.losses.smoothed_nll`).
+    sigma: posterior sigma (None: chosen to minimise the bound).
+    sigma_grid: prior sigmas to choose from (default `DEFAULT_SIGMA_GRID`, stated).
+    sigma_prior: a single prior sigma (refused with `sigma_grid`).
+    mc_scheme, num_draws, chunk_size, batch_size, draws_per_step, max_memory: see
+      `certify_params`.
     delta: total failure probability.
-    seed: seed of every random choice (jax.random.key(seed)).
-    include, exclude: glob patterns of perturbed parameters.
-    max_length: truncate longer rows.
-    dtype: "float32" or "bfloat16" (default: the posterior's config).
+    seed: seed of every random choice, in [0, 2^32) (jax.random.key(seed)).
+    include, exclude: Hugging Face parameter-name globs of perturbed / unperturbed
+      parameters; a pattern that matches nothing is an error.
+    max_length: truncate longer rows to this many tokens (None: refuse rows longer than the
+      model's context).
+    dtype: "float32" or "bfloat16" (default: the posterior's config); casts are stated.
     method: PAC-Bayes bound for g_gen.
-    sigma_tolerance: risk tolerance of the sigma search.
+    test_mixture: the test mixture over difficulty, exactly: "uniform", a JSON file or a
+      mapping (see `pacbayes.bound_shift.plan_shift`).
+    shift_feature: "difficulty", "ngram" or "embedding" (None: the rule of
+      `pacbayes.bound_inputs.choose_shift_feature`).
+    difficulty_support: every value `difficulty` can take, fixed in advance.
+    chat_template: render `prompt` with the posterior tokenizer's chat template.
     mesh: a Mesh, None, or "auto" (all local devices along 'data' when there are several).
-    progress: tqdm bars.
+    progress: progress bars and lines on stderr.
 
   Returns:
     A `pacbayes.certificate.Certificate`.
 
   Raises:
-    ValueError: bad arguments, unreadable or mismatched checkpoints, bad data.
+    ValueError: bad arguments, unreadable or mismatched checkpoints, bad data (naming the
+      argument, file, line or key).
   """
-  from flax import nnx
+  from pacbayes import bound_shift, losses
+  from pacbayes import extrapolation as ex
+  from pacbayes.bound_load import check_same_architecture, load_pair, load_training_set
+  from pacbayes.certificate import METHODS
+  from pacbayes.kl import check_sigmas
+  from pacbayes.models import hf_name_of_path, parameter_mask, select_parameters
+  from pacbayes.models.checkpoint import load_config
+  from pacbayes.models.config import DTYPES
 
-  from pacbayes import losses
-  from pacbayes.data.dataset import load_dataset
-  from pacbayes.models import load_pretrained
-
-  delta = _check_delta(delta)
-  _check_sigma(sigma, "sigma")
-  _check_sigma(sigma_prior, "sigma_prior")
-  _check_grid(sigma_grid)
+  say = functools.partial(_say, progress)
+  # 1. Arguments alone.
+  delta = bi.check_delta(delta)
+  seed = bi.check_seed(seed)
+  batch_size = bi.check_batch_size(batch_size)
+  for name, value in (("num_draws", num_draws), ("chunk_size", chunk_size),
+                      ("draws_per_step", draws_per_step), ("max_length", max_length)):
+    bi.check_positive_int(value, name)
   if mc_scheme not in perturb.SCHEMES:
     raise ValueError(f"mc_scheme: expected one of {perturb.SCHEMES}, got {mc_scheme!r}")
-  if loss not in losses.LOSSES:
-    raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(losses.LOSSES)}")
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f"seed: expected an integer, got {seed!r}")
+  if mc_scheme == "passes" and chunk_size is not None:
+    raise ValueError("chunk_size: applies to mc_scheme 'chunk' only")
+  if num_draws is not None and chunk_size is not None:
+    raise ValueError("num_draws and chunk_size: give one (both set the draws of the chunk "
+                     "scheme)")
+  if draws_per_step is not None and max_memory is not None:
+    raise ValueError("draws_per_step and max_memory: give one")
+  if method not in METHODS:
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+  options = _loss_options(loss, alpha)
+  plan = bi.plan_sigma(sigma, sigma_grid, sigma_prior, DEFAULT_SIGMA_GRID)
   prior_dir, posterior_dir = os.fspath(prior_dir), os.fspath(posterior_dir)
   train_path = os.fspath(train_path)
   test_path = None if test_path is None else os.fspath(test_path)
 
-  model_q, cfg_q = load_pretrained(posterior_dir, dtype=dtype)
-  model_p, cfg_p = load_pretrained(prior_dir, dtype=cfg_q.dtype)
-  _check_same_architecture(cfg_p, cfg_q, prior_dir, posterior_dir)
-  graphdef, params_q, rest = nnx.split(model_q, nnx.Param, ...)
-  _, params_p, _ = nnx.split(model_p, nnx.Param, ...)
-  del model_p
+  # 2. Configs: architecture, parameter names, sigmas in the evaluation dtype.
+  cfg_q = load_config(posterior_dir, dtype=dtype)
+  cfg_p = load_config(prior_dir, dtype=cfg_q.dtype)
+  check_same_architecture(cfg_p, cfg_q, prior_dir, posterior_dir)
+  selected = select_parameters(cfg_q, include, exclude)
+  check_sigmas({"sigma": plan.sigma_q,
+                "sigma_prior" if plan.grid_source == "sigma_prior" else "sigma_grid": plan.grid},
+               dtype=cfg_q.dtype)
 
-  train = load_dataset(train_path, tokenizer_dir=posterior_dir, vocab_size=cfg_q.vocab_size,
-                       max_length=max_length)
-  d_ext = delta / 3 if test_path is not None else 0.0
-  g_ext, kind, shift_info = _extrapolation(train_path, test_path, train.difficulty is not None,
-                                           d_ext, seed, difficulty_support)
+  # 3. Data and the shift plan (no weights read yet).
+  say(f"reading {train_path} ...")
+  train = load_training_set(train_path, tokenizer_dir=posterior_dir, config=cfg_q,
+                            max_length=max_length, chat_template=chat_template)
+  shift_plan = bound_shift.plan_shift(
+      train_path, test_path, train_difficulty=train.difficulty, shift_feature=shift_feature,
+      test_mixture=test_mixture, difficulty_support=difficulty_support)
+  mix_support = shift_plan.support
+  if shift_plan.feature == "difficulty" and mix_support is None and shift_plan.mixture:
+    keys = {float(d) for d in shift_plan.mixture}
+    if {float(v) for v in train.difficulty} <= keys:
+      mix_support = tuple(sorted(keys))
+  use_mixture = shift_plan.feature == "difficulty" and mix_support is not None
+  parts = delta_plan(delta, tv=shift_plan.feature is not None, mixture=use_mixture,
+                     per_slice=use_mixture)
+  notes: list[str] = []
+  if shift_plan.feature == "difficulty" and not use_mixture:
+    notes.append("mixture-shift and per-slice kinds not computed: they need the difficulty "
+                 "support fixed in advance (--difficulty-support); only the TV kind is used")
+  if shift_plan.feature == "difficulty":
+    notes.append("weighted-loss kind not computed: it needs the training mixture known "
+                 "exactly, and bound estimates it from S")
+  say(f"extrapolation: {shift_plan.rule} ...")
+  measure = bound_shift.measure_shift(
+      dataclasses.replace(shift_plan, support=mix_support) if use_mixture else shift_plan,
+      train_path, train.difficulty, delta_tv=parts.get("tv", 0.0),
+      delta_mixture=parts.get("mixture", 0.0), delta=delta, seed=seed,
+      model_dir=prior_dir, max_length=max_length)
+  g_ext, g_kind, mixture, difficulty = 0.0, ex.KIND_NONE, None, None
+  if measure.tv is not None:
+    g_ext, g_kind = measure.tv, measure.tv_kind
+  if use_mixture and not measure.refuted:
+    mixture, difficulty = measure.mixture, train.difficulty
+  if measure.refuted:
+    est = measure.check.get("tv_estimate")
+    g_ext, g_kind = float(est), ex.KIND_ESTIMATE
+    notes.append(f"REFUTED: {measure.check['reason']}; g_ext is the n-gram classifier's "
+                 "estimate of TV, and the total is an estimate, not a guarantee")
+    if use_mixture:
+      # The split was fixed before the check; the withdrawn kinds' shares stay unused (they
+      # are booked under "tv", so that the parts still sum to delta).
+      unused = [parts[k] for k in ("mixture", "slice_mc", "slice_pb")]
+      parts = {"mc": parts["mc"], "pb": parts["pb"], "tv": parts["tv"] + sum(unused)}
+
+  # 4. Weights.
+  pair = load_pair(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
+  notes = pair.notes + notes
+  mask = parameter_mask(pair.config, pair.params_q, include, exclude)
   if mesh == "auto":
     mesh = shd.make_mesh() if jax.device_count() > 1 else None
-  loss_fn = _model_loss(graphdef, loss) if not jax.tree.leaves(rest) else (
-      losses.model_loss_fn(graphdef, rest, loss=loss))
+  if jax.tree.leaves(pair.rest):
+    loss_fn = losses.model_loss_fn(pair.graphdef, pair.rest, loss=loss, **options)
+  else:
+    loss_fn = _model_loss(pair.graphdef, loss, tuple(sorted(options.items())))
   extra = {"prior": prior_dir, "posterior": posterior_dir, "train": train_path, "seed": seed,
-           "model_type": cfg_q.model_type, "dtype": cfg_q.dtype,
-           "num_truncated": int(train.num_truncated)}
-  if shift_info:
-    extra["shift"] = shift_info
+           "model_type": pair.config.model_type, "dtype": pair.config.dtype,
+           "storage": pair.storage, "max_length": max_length,
+           "length_policy": ("truncate to max_length" if max_length is not None else
+                             "refuse rows longer than the model's context"),
+           "num_truncated": int(train.num_truncated), "chat_template": bool(chat_template),
+           "parameters": {"include": include, "exclude": exclude,
+                          "num_selected_tensors": len(selected)},
+           "shift": {**measure.info, "delta_parts": parts}}
+  if measure.check is not None:
+    extra["shift_check"] = measure.check
   return certify_params(
-      loss_fn, params_p, params_q, train, key=jax.random.key(seed), sigma_q=sigma,
-      sigma_grid=sigma_grid, sigma_prior=sigma_prior, mc_scheme=mc_scheme,
-      num_draws=num_draws, chunk_size=chunk_size, batch_size=batch_size,
-      draws_per_step=draws_per_step, delta=delta, g_ext=g_ext, g_ext_kind=kind,
-      include=include, exclude=exclude, mesh=mesh, progress=progress, loss_name=loss,
-      method=method, sigma_tolerance=sigma_tolerance, extra=extra)
-
+      loss_fn, pair.params_p, pair.params_q, train, key=jax.random.key(seed),
+      sigma_q=plan.sigma_q, sigma_grid=sigma_grid, sigma_prior=sigma_prior,
+      mc_scheme=mc_scheme, num_draws=num_draws, chunk_size=chunk_size, batch_size=batch_size,
+      draws_per_step=draws_per_step, max_memory=max_memory, delta=delta, delta_parts=parts,
+      g_ext=g_ext, g_ext_kind=g_kind, mixture=mixture, difficulty=difficulty, mask=mask,
+      name_of=lambda path: hf_name_of_path(pair.config, path), mesh=mesh, progress=progress,
+      loss_name=loss, loss_options=options, method=method, notes=notes, extra=extra)

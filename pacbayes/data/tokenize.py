@@ -11,8 +11,14 @@ Conventions (used by `pacbayes.data.dataset`):
   without special tokens (so the prompt/completion boundary is exact and a prompt never gets a
   trailing EOS), and ``eos`` is ``tokenizer.eos_token_id`` when ``add_eos`` and the tokenizer
   defines one. The EOS is a target: the model is scored on stopping. Strings are used
-  verbatim: no chat template is applied, and whitespace between prompt and completion is the
-  caller's (GPT-2-style BPE encodes " 42" and "42" differently).
+  verbatim unless a chat template is asked for, and whitespace between prompt and completion
+  is the caller's (GPT-2-style BPE encodes " 42" and "42" differently).
+- With a chat template (`render_chat_prompts`, `pacbayes bound --chat-template`), each
+  ``prompt`` becomes the text of the conversation ``[{"role": "user", "content": prompt}]``
+  rendered by the tokenizer's own template with the generation prompt appended (the text an
+  instruction-tuned model sees before it answers), and the completion follows it verbatim.
+  When the template writes the tokenizer's special prefix itself (``{{ bos_token }}``) and the
+  encoder would add the same prefix again, the template's copy is removed, so it appears once.
 """
 
 from __future__ import annotations
@@ -121,3 +127,95 @@ def encode_prompt_completions(
     (prefix + p, c + suffix if c else c)  # An empty completion stays empty (and is refused).
     for p, c in zip(prompt_ids, completion_ids, strict=True)
   ]
+
+
+def render_chat_prompts(
+  tokenizer: Any,
+  prompts: Sequence[str],
+  *,
+  tokenizer_dir: str | os.PathLike | None = None,
+  wheres: Sequence[str] | None = None,
+) -> list[str]:
+  """Renders each prompt as one user turn with the tokenizer's chat template.
+
+  The result is the text ``tokenizer.apply_chat_template([{"role": "user", "content": p}],
+  add_generation_prompt=True, tokenize=False)``, minus a leading copy of the special prefix
+  (e.g. BOS) that `encode_prompt_completions` adds itself (see the module docstring).
+
+  Args:
+    tokenizer: a ``transformers`` tokenizer.
+    prompts: the prompt strings.
+    tokenizer_dir: where the tokenizer was loaded from, for error messages.
+    wheres: ``"file:line"`` of each prompt, for error messages.
+
+  Returns:
+    One rendered string per prompt.
+
+  Raises:
+    DataError: the tokenizer has no chat template (naming the folder), or the template fails
+      on a prompt (naming its file and line).
+  """
+  where_tok = f"tokenizer in {os.fspath(tokenizer_dir)!r}" if tokenizer_dir else "tokenizer"
+  if not getattr(tokenizer, "chat_template", None):
+    raise DataError(
+      f"{where_tok}: has no chat template (no 'chat_template' in tokenizer_config.json and no "
+      "chat_template.jinja); drop --chat-template or render the prompts yourself"
+    )
+  prefix, _ = special_affixes(tokenizer)
+  prefix_text = "".join(tokenizer.convert_ids_to_tokens(prefix)) if prefix else ""
+  out = []
+  for i, prompt in enumerate(prompts):
+    try:
+      text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+      )
+    except Exception as e:  # jinja2 raises its own exception types from user templates.
+      where = wheres[i] if wheres is not None else f"prompt {i + 1}"
+      raise DataError(f"{where}: the chat template of the {where_tok} failed ({e})") from None
+    if not isinstance(text, str):
+      raise DataError(f"{where_tok}: the chat template returned {type(text).__name__}, not text")
+    if prefix_text and text.startswith(prefix_text):
+      text = text[len(prefix_text) :]
+    out.append(text)
+  return out
+
+
+def apply_chat_template_rows(
+  rows: Sequence[Any],
+  tokenizer: Any,
+  *,
+  source: str,
+  line_numbers: Sequence[int],
+  tokenizer_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+  """Copies of JSONL rows whose ``prompt`` is rendered with the chat template.
+
+  The inputs are not modified. Every row must be a ``prompt``/``completion`` row: a chat
+  template needs a user turn, and scoring ``text`` or token-id rows through one is not
+  defined, so such rows are refused rather than passed through unchanged.
+
+  Args:
+    rows: the rows as read from ``source``.
+    tokenizer: a ``transformers`` tokenizer with a chat template.
+    source: the file name, for error messages.
+    line_numbers: each row's line in ``source``.
+    tokenizer_dir: where the tokenizer was loaded from, for error messages.
+
+  Returns:
+    New row dicts, ``prompt`` replaced by its rendered text.
+
+  Raises:
+    DataError: ``"source:line: ..."`` for a row without a string ``prompt``; see
+      `render_chat_prompts`.
+  """
+  wheres = [f"{source}:{line}" for line in line_numbers]
+  for row, where in zip(rows, wheres, strict=True):
+    if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+      raise DataError(
+        f"{where}: --chat-template renders the 'prompt' of prompt/completion rows, and this row "
+        "has no string 'prompt'"
+      )
+  rendered = render_chat_prompts(
+    tokenizer, [r["prompt"] for r in rows], tokenizer_dir=tokenizer_dir, wheres=wheres
+  )
+  return [{**row, "prompt": text} for row, text in zip(rows, rendered, strict=True)]

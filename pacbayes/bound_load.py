@@ -1,0 +1,167 @@
+"""Loading for `pacbayes bound`: the checkpoint pair (with dtype notes) and the training set.
+
+Dtypes are never changed silently: `load_pair` states in its notes when either checkpoint is
+stored in a 16-bit dtype (with the measured share of parameters that differ only by
+rounding, `pacbayes.models.weights.storage_report`) and when a checkpoint is cast to another
+dtype for evaluation (the KL then describes the cast weights).
+
+Lengths: without `max_length`, a row longer than the model's context
+(`max_position_embeddings`) is refused with its file and line; with `max_length` (at most the
+context), longer rows are truncated on the right and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from pacbayes.data.jsonl import DataError
+
+__all__ = ["LoadedPair", "check_same_architecture", "load_pair", "load_training_set",
+           "stored_dtypes"]
+
+# Config fields that do not change the function a checkpoint computes.
+_IGNORED_CONFIG_FIELDS = ("dtype", "initializer_range", "bos_token_id", "eos_token_id",
+                          "pad_token_id")
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+  fields = dataclasses.asdict(config)
+  return {k: v for k, v in fields.items() if k not in _IGNORED_CONFIG_FIELDS}
+
+
+def check_same_architecture(cfg_p: Any, cfg_q: Any, prior_dir: str, posterior_dir: str) -> None:
+  """Refuses two configs that compute different functions (dtype and token ids aside)."""
+  a, b = _architecture(cfg_p), _architecture(cfg_q)
+  diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  if diff:
+    k = diff[0]
+    raise ValueError(
+        f"prior {prior_dir} and posterior {posterior_dir} have different architectures: "
+        f"{k} = {a.get(k)!r} vs {b.get(k)!r} (all differing fields: {diff})")
+
+
+def stored_dtypes(counts: dict[str, int]) -> str:
+  """"float32" or "bfloat16 (90%), float32 (10%)" from {dtype: number of parameters}."""
+  total = sum(counts.values()) or 1
+  if len(counts) == 1:
+    return next(iter(counts))
+  return ", ".join(f"{d} ({100 * c / total:.0f}%)" for d, c in
+                   sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+@dataclasses.dataclass
+class LoadedPair:
+  """Both checkpoints, split for the perturbation engine.
+
+  Attributes:
+    graphdef, rest: from `nnx.split(model_q, nnx.Param, ...)`.
+    params_q, params_p: the posterior's and the prior's `nnx.Param` state.
+    config: the posterior's config (dtype = the evaluation dtype).
+    notes: one-line notes on stored dtypes and casts, for the report and table.
+    storage: JSON-ready stored-dtype details.
+  """
+
+  graphdef: Any
+  rest: Any
+  params_q: Any
+  params_p: Any
+  config: Any
+  notes: list[str]
+  storage: dict[str, Any]
+
+
+def load_pair(prior_dir: str, posterior_dir: str, *, dtype: str | None,
+              say=lambda text: None) -> LoadedPair:
+  """Loads the prior and posterior folders in one evaluation dtype and states every cast.
+
+  Args:
+    prior_dir, posterior_dir: Hugging Face checkpoint folders.
+    dtype: "float32", "bfloat16", or None (the posterior config's dtype).
+    say: a callback for progress lines.
+
+  Returns:
+    A `LoadedPair`.
+
+  Raises:
+    ValueError: unreadable or mismatched checkpoints (naming the folder, file and tensor).
+  """
+  from flax import nnx
+
+  from pacbayes.models import load_pretrained
+  from pacbayes.models.checkpoint import load_config
+  from pacbayes.models.weights import storage_report
+
+  cfg_q0 = load_config(posterior_dir)
+  cfg_p0 = load_config(prior_dir)
+  check_same_architecture(cfg_p0, cfg_q0, prior_dir, posterior_dir)
+  say("reading stored dtypes ...")
+  storage = storage_report(prior_dir, posterior_dir)
+  eval_dtype = dtype or cfg_q0.dtype
+  notes = []
+  note = storage.note()
+  if note:
+    notes.append(note)
+  for side, folder, counts in (("prior", prior_dir, storage.prior_dtypes),
+                               ("posterior", posterior_dir, storage.posterior_dtypes)):
+    others = {d: c for d, c in counts.items() if d != eval_dtype}
+    if others:
+      notes.append(f"{side} {folder} is stored in {stored_dtypes(counts)} and is cast to "
+                   f"{eval_dtype} for evaluation; the risk and the KL are those of the cast "
+                   "weights")
+  say(f"loading posterior {posterior_dir} ({eval_dtype}) ...")
+  model_q, cfg_q = load_pretrained(posterior_dir, dtype=eval_dtype)
+  say(f"loading prior {prior_dir} ({eval_dtype}) ...")
+  model_p, _ = load_pretrained(prior_dir, dtype=eval_dtype)
+  graphdef, params_q, rest = nnx.split(model_q, nnx.Param, ...)
+  _, params_p, _ = nnx.split(model_p, nnx.Param, ...)
+  details = {"prior": storage.prior_dtypes, "posterior": storage.posterior_dtypes,
+             "evaluation_dtype": eval_dtype, "sixteen_bit": storage.sixteen_bit,
+             "moved_share": storage.moved_share, "rounding_share": storage.rounding_share}
+  return LoadedPair(graphdef, rest, params_q, params_p, cfg_q, notes, details)
+
+
+def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length: int | None,
+                      chat_template: bool) -> Any:
+  """The training JSONL as a `pacbayes.data.dataset.Dataset`, with the model's limits.
+
+  Args:
+    path: the JSONL file.
+    tokenizer_dir: the folder with the tokenizer files (for string rows).
+    config: the model config (vocabulary size, context length).
+    max_length: truncate rows to this many tokens (at most the context), or None to refuse
+      rows longer than the context.
+    chat_template: render each `prompt` with the tokenizer's chat template
+      (`pacbayes.data.tokenize.apply_chat_template_rows`).
+
+  Raises:
+    DataError: naming the file and line (see `pacbayes.data.dataset.load_dataset`), a
+      `max_length` beyond the context, or a missing chat template.
+  """
+  from pacbayes.data import tokenize
+  from pacbayes.data.dataset import Dataset
+  from pacbayes.data.jsonl import read_jsonl_with_lines
+
+  context = int(config.max_position_embeddings)
+  if max_length is not None and max_length > context:
+    raise DataError(f"max_length: {max_length} exceeds the model's context "
+                    f"(max_position_embeddings = {context})")
+  path = os.fspath(path)
+  rows, lines = read_jsonl_with_lines(path)
+  tokenizer = None
+  if chat_template:
+    tokenizer = tokenize.load_tokenizer(tokenizer_dir)
+    rows = tokenize.apply_chat_template_rows(rows, tokenizer, source=path, line_numbers=lines,
+                                             tokenizer_dir=tokenizer_dir)
+  limit = context if max_length is None else max_length
+  try:
+    return Dataset.from_rows(
+        rows, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, vocab_size=config.vocab_size,
+        max_length=limit, on_overflow="error" if max_length is None else "truncate",
+        source=path, line_numbers=lines)
+  except DataError as e:
+    if max_length is None and "exceed max_length" in str(e):
+      raise DataError(f"{e} (the model's context, max_position_embeddings); give "
+                      "max_length to truncate") from None
+    raise
