@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -14,7 +13,16 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from pacbayes.tensorio import CheckpointError, SafetensorsFolder, row_blocks
+from pacbayes.models.config import ModelConfig
+from pacbayes.models.params import match_names, select_parameters
+from pacbayes.models.weights import (
+  BLOCK_ELEMS,
+  check_identical,
+  check_same_parameters,
+  open_parameters,
+  sq_distance,
+)
+from pacbayes.tensorio import CheckpointError, SafetensorsFolder
 from pacbayes.tensorio import iter_tensors as iter_safetensors
 
 __all__ = [
@@ -22,24 +30,17 @@ __all__ = [
   "CheckpointKL",
   "SafetensorsFolder",
   "TensorKL",
+  "check_finite",
+  "check_sigma",
+  "check_sigmas",
   "checkpoint_kl",
   "gaussian_kl",
   "isotropic_kl",
   "iter_safetensors",
 ]
 
-# Floating dtypes that np.issubdtype(., np.floating) does not recognise.
-_EXTRA_FLOATS = frozenset(
-  np.dtype(t) for t in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2)
-)
-
-
-def _is_float(dtype: np.dtype) -> bool:
-  return np.issubdtype(dtype, np.floating) or dtype in _EXTRA_FLOATS
-
-
-# Elements per streamed chunk: three float64 buffers of this size stay live at once (~48 MiB).
-_CHUNK_ELEMS = 1 << 21
+# Elements per streamed block (three float64 buffers of this size stay live at once).
+_CHUNK_ELEMS = BLOCK_ELEMS
 
 SigmaSpec = float | Mapping[str, float] | Callable[[str], float]
 
@@ -54,14 +55,124 @@ def _is_scalar(x: Any) -> bool:
   return hasattr(x, "shape") and hasattr(x, "dtype") and np.ndim(x) == 0
 
 
+# ------------------------------------------------------------------------------------------
+# Sigma checks (cheap; run them before any expensive work).
+
+_DTYPE_INFO = {
+  "float32": np.finfo(np.float32),
+  "bfloat16": ml_dtypes.finfo(ml_dtypes.bfloat16),
+  "float16": np.finfo(np.float16),
+}
+_DTYPE_CAST = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+# sigma^2 must be a normal float64: the KL divides by sigma_p^2 and takes logs of the ratio.
+_F64 = np.finfo(np.float64)
+
+
+def check_sigma(value: Any, what: str = "sigma", *, dtype: str | None = "float32") -> float:
+  """Checks one posterior/prior standard deviation and returns it as a float.
+
+  Args:
+    value: the scale.
+    what: its name in messages (an argument or a CLI flag, e.g. "--sigma-prior").
+    dtype: the dtype the noise ``sigma * eps`` is made in ("float32", "bfloat16", "float16"),
+      or None to check only the float64 KL arithmetic.
+
+  Returns:
+    ``float(value)``.
+
+  Raises:
+    ValueError: naming ``what`` and the cause: not a real number; not positive and finite;
+      ``value**2`` under- or overflows float64 (the KL's ``1/sigma_p^2`` and
+      ``ln(sigma_q^2/sigma_p^2)`` would be inf or NaN: e.g. 1e-200, 4e-320); or ``value``
+      rounds to zero, to a subnormal or to infinity in ``dtype`` (the posterior noise would
+      vanish, lose its precision or overflow: e.g. 1e-50 in float32).
+  """
+  if isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"{what} must be a positive number; got {value!r}.")
+  try:
+    x = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{what} must be a positive number; got {value!r}.") from None
+  if not (math.isfinite(x) and x > 0):
+    raise ValueError(f"{what} must be positive and finite; got {value!r}.")
+  if not _F64.tiny <= x * x <= _F64.max:
+    side = "underflows" if x < 1 else "overflows"
+    raise ValueError(
+      f"{what}={x!r} is outside the usable range: its square {side} in float64 (the KL needs "
+      f"{math.sqrt(_F64.tiny):.1e} <= sigma <= {math.sqrt(_F64.max):.1e}).")
+  if dtype is not None:
+    if dtype not in _DTYPE_INFO:
+      raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPE_INFO)} or None")
+    info = _DTYPE_INFO[dtype]
+    rounded = float(np.asarray(x).astype(_DTYPE_CAST[dtype]))
+    if not math.isfinite(rounded):
+      raise ValueError(f"{what}={x!r} overflows in {dtype} (largest {float(info.max):.3g}): the "
+                       "posterior noise would be infinite.")
+    if rounded < float(info.tiny):
+      raise ValueError(
+        f"{what}={x!r} underflows in {dtype} (it rounds to {rounded!r}; the smallest normal "
+        f"{dtype} is {float(info.tiny):.3g}): the posterior noise would vanish or lose its "
+        "precision.")
+  return x
+
+
+def check_sigmas(sigmas: Mapping[str, Any], *, dtype: str | None = "float32") -> dict[str, Any]:
+  """Checks several sigma arguments at once (see `check_sigma`), e.g. every CLI sigma flag.
+
+  Args:
+    sigmas: ``{name: value}`` where a value is a number, a non-empty sequence of numbers (a
+      grid), or None (not given; passed through).
+    dtype: as in `check_sigma`.
+
+  Returns:
+    The same keys: numbers as floats, sequences as tuples of floats, None kept.
+
+  Raises:
+    ValueError: naming the key (and the grid position) of the first bad value.
+  """
+  out: dict[str, Any] = {}
+  for name, value in sigmas.items():
+    if value is None:
+      out[name] = None
+    elif isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+      out[name] = check_sigma(value, name, dtype=dtype)
+    else:
+      values = list(value)
+      if not values:
+        raise ValueError(f"{name} must hold at least one value.")
+      out[name] = tuple(check_sigma(v, f"{name}[{i}]", dtype=dtype)
+                        for i, v in enumerate(values))
+  return out
+
+
 def _check_positive(value: Any, what: str) -> None:
-  """Raises if a concrete (non-traced) sigma leaf is not positive and finite."""
+  """Raises if a concrete (non-traced) sigma leaf is unusable (see `check_sigma`, no dtype)."""
   if isinstance(value, jax.core.Tracer):
     return
   arr = np.asarray(value, dtype=np.float64)
-  if not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
-    bad = arr[~(np.isfinite(arr) & (arr > 0))].ravel()[0]
-    raise ValueError(f"{what} must be positive and finite; got {float(bad)!r}.")
+  with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+    sq = np.square(arr)
+    ok = np.isfinite(arr) & (arr > 0) & (sq >= _F64.tiny) & np.isfinite(sq)
+  if not np.all(ok):
+    check_sigma(arr[~ok].ravel()[0], what, dtype=None)
+
+
+def check_finite(tree: Any, what: str = "params") -> None:
+  """Raises ValueError naming the first leaf of ``tree`` that holds a NaN or infinite value.
+
+  Args:
+    tree: a pytree of arrays (e.g. model parameters).
+    what: its name in the message.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  for path, leaf in flat:
+    arr = np.asarray(leaf)
+    if arr.dtype.kind in "fc" or arr.dtype == np.dtype(ml_dtypes.bfloat16):
+      values = np.asarray(arr, np.float64)
+      if not np.all(np.isfinite(values)):
+        bad = values[~np.isfinite(values)].ravel()[0]
+        raise ValueError(f"{what}: leaf {jax.tree_util.keystr(path)} holds a non-finite value "
+                         f"({bad!r}).")
 
 
 def _sigma_leaves(sigma: Any, name: str, treedef, paths, shapes) -> list[Any]:
@@ -131,8 +242,9 @@ def gaussian_kl(mu_q: Any, mu_p: Any, sigma_q: Any, sigma_p: Any) -> jax.Array:
     The KL divergence, a float64 scalar.
 
   Raises:
-    ValueError: on mismatched structure or shapes (naming the leaf path) or a non-positive
-      sigma (naming the argument).
+    ValueError: on mismatched structure or shapes (naming the leaf path), an unusable sigma
+      (naming the argument; see `check_sigma`), or, on concrete inputs, a mean holding a
+      non-finite value (naming the leaf) or a KL that overflows float64.
 
   References:
     DESIGN.md section 1; the Gaussian KL as used in Dziugaite & Roy, "Computing nonvacuous
@@ -165,7 +277,13 @@ def gaussian_kl(mu_q: Any, mu_p: Any, sigma_q: Any, sigma_p: Any) -> jax.Array:
   ]
   if not terms:
     return jnp.zeros((), jnp.float64)
-  return jnp.sum(jnp.stack(terms))
+  total = jnp.sum(jnp.stack(terms))
+  if not isinstance(total, jax.core.Tracer) and not bool(jnp.isfinite(total)):
+    check_finite(mu_q, "mu_q")
+    check_finite(mu_p, "mu_p")
+    raise ValueError(f"the KL overflows float64 ({float(total)!r}): the means are too far apart "
+                     "for these sigmas.")
+  return total
 
 
 def isotropic_kl(
@@ -199,43 +317,6 @@ def isotropic_kl(
 
 
 # --------------------------------------------------------------------------------------------
-# Weight sources: safetensors folders (pacbayes.tensorio) or in-memory mappings.
-
-
-class _DictSource:
-  """In-memory ``{name: array}`` weights with the reading interface of SafetensorsFolder."""
-
-  def __init__(self, weights: Mapping[str, Any], label: str):
-    self.path = label
-    self._weights = {k: np.asarray(v) for k, v in weights.items()}
-
-  def names(self) -> list[str]:
-    return list(self._weights)
-
-  def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._weights[name].shape)
-
-  def numpy_dtype(self, name: str) -> np.dtype:
-    return self._weights[name].dtype
-
-  def iter_rows(self, name: str, max_elems: int | None = None) -> Iterator[np.ndarray]:
-    array = self._weights[name]
-    if array.ndim == 0:
-      yield array
-      return
-    for r0, r1 in row_blocks(array.shape, max_elems):
-      yield array[r0:r1]
-
-
-def _open_source(source: Any, label: str, direct: bool):
-  if isinstance(source, Mapping):
-    return _DictSource(source, label)
-  if isinstance(source, SafetensorsFolder):
-    return source
-  return SafetensorsFolder(source, require_config=True, direct=direct)
-
-
-# --------------------------------------------------------------------------------------------
 # KL between two checkpoints.
 
 
@@ -261,7 +342,7 @@ class CheckpointKL:
     num_params: number of perturbed parameters.
     sq_distance: ``||w_posterior - w_prior||^2`` over the perturbed tensors.
     tensors: per-tensor contributions, in reading order.
-    excluded: names of tensors left unperturbed (they are identical in both checkpoints).
+    excluded: names of parameters left unperturbed (they are identical in both checkpoints).
     sigma_q: the posterior scale when it was one scalar, else None (per-tensor).
     sigma_p: the prior scale when it was one scalar, else None (per-tensor).
   """
@@ -282,13 +363,7 @@ class CheckpointKL:
 
 
 def _check_scalar_sigma(value: Any, what: str) -> float:
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{what} must be a positive number; got {value!r}.") from None
-  if not (math.isfinite(value) and value > 0):
-    raise ValueError(f"{what} must be positive and finite; got {value!r}.")
-  return value
+  return check_sigma(value, what, dtype=None)
 
 
 def _kl_terms(count: int, sq_distance: float, sigma_q: float, sigma_p: float) -> float:
@@ -312,17 +387,6 @@ def _sigma_resolver(sigma: SigmaSpec, what: str) -> tuple[Callable[[str], float]
   return (lambda name: value), value
 
 
-def _as_patterns(patterns: str | Sequence[str] | None, what: str) -> tuple[str, ...] | None:
-  if patterns is None:
-    return None
-  if isinstance(patterns, str):
-    return (patterns,)
-  patterns = tuple(patterns)
-  if not all(isinstance(p, str) for p in patterns):
-    raise ValueError(f"{what} must be a glob pattern or a sequence of them; got {patterns!r}.")
-  return patterns
-
-
 def checkpoint_kl(
   prior: str | os.PathLike | Mapping[str, Any],
   posterior: str | os.PathLike | Mapping[str, Any],
@@ -331,30 +395,40 @@ def checkpoint_kl(
   *,
   include: str | Sequence[str] | None = None,
   exclude: str | Sequence[str] | None = None,
+  config: ModelConfig | None = None,
   progress: bool = False,
   direct: bool = False,
 ) -> CheckpointKL:
   """KL(N(w_post, sigma_q^2 I) || N(w_prior, sigma_p^2 I)) streamed over two checkpoints.
+
+  The sum runs over the parameters of the checkpoints as defined once for every path by
+  `pacbayes.models.weights.open_parameters` (the architecture's own parameter table from
+  `config.json`; known buffers such as GPT-2's `attn.bias` / `attn.masked_bias` and rotary
+  `inv_freq` are ignored; a redundant tied `lm_head.weight` is checked equal to the embedding
+  and counted once; any other tensor is refused). It therefore equals `gaussian_kl` over the
+  parameters of the loaded models (`pacbayes.models.load_pretrained`).
 
   Reads the two checkpoints tensor by tensor, in blocks of rows, so memory stays near one
   block plus the file pages of the tensor being read, whatever the model size. Values are
   upcast to float64 before subtracting; each tensor's squared distance is a float64 sum and
   the total is summed exactly (``math.fsum``).
 
-  A tensor is perturbed when it matches one of ``include`` (all tensors when None), matches
-  none of ``exclude``, and holds floating-point values. Every other tensor must be identical
-  in both checkpoints: a parameter that moved but is not perturbed has a point-mass posterior
-  and prior at different places, and the KL is infinite.
+  A parameter is perturbed when `pacbayes.models.select_parameters` keeps it (the same
+  Hugging Face glob patterns as `pacbayes bound --include/--exclude`). Every other parameter
+  must be identical in both checkpoints: a parameter that moved but is not perturbed has a
+  point-mass posterior and prior at different places, and the KL is infinite.
 
   Args:
     prior: the pretrained checkpoint: a HF folder (``config.json`` and ``model.safetensors``
-      or an index with shards) or an in-memory ``{name: array}`` mapping.
+      or an index with shards) or an in-memory ``{HF name: array}`` mapping.
     posterior: the fine-tuned checkpoint, same forms.
     sigma_q: posterior scale: a positive number, a ``{tensor name: scale}`` mapping, or a
       callable ``name -> scale`` (per-tensor isotropic).
     sigma_p: prior scale, same forms. For a valid bound it must not depend on the training set.
-    include: fnmatch glob pattern(s) on tensor names to perturb (None: all).
-    exclude: fnmatch glob pattern(s) on tensor names to leave unperturbed.
+    include: fnmatch glob pattern(s) on HF parameter names to perturb (None: all).
+    exclude: fnmatch glob pattern(s) on HF parameter names to leave unperturbed.
+    config: the architecture of in-memory mappings (their names are then checked like a
+      folder's); without it every entry of a mapping is a parameter. Ignored for folders.
     progress: show a tqdm progress bar over tensors.
     direct: read folders with plain file reads instead of ``safe_open`` (same values; memory
       stays at one block instead of one tensor's mapped pages; see ``SafetensorsFolder``).
@@ -364,49 +438,26 @@ def checkpoint_kl(
 
   Raises:
     ValueError: (CheckpointError for file problems) naming the folder or tensor, for: a
-      missing folder, config or weights file, a shard listed in the index but absent, tensor
-      names or shapes that differ between the checkpoints, non-finite weights, sigma <= 0,
-      an excluded tensor that differs, or an empty set of perturbed tensors.
+      missing folder, config or weights file, a shard listed in the index but absent, an
+      unknown or missing tensor, parameter names or shapes that differ between the
+      checkpoints, a non-finite weight (naming the tensor and the checkpoint), an unusable
+      sigma (see `check_sigma`), a pattern that matches no parameter, or an excluded
+      parameter that differs.
 
   References:
     DESIGN.md section 1 (KL(Q||P) of Proposition 4.1, arXiv 2605.12906).
   """
   sigma_q_of, sigma_q_value = _sigma_resolver(sigma_q, "sigma_q")
   sigma_p_of, sigma_p_value = _sigma_resolver(sigma_p, "sigma_p")
-  include = _as_patterns(include, "include")
-  exclude = _as_patterns(exclude, "exclude")
-  src_p = _open_source(prior, "prior", direct)
-  src_q = _open_source(posterior, "posterior", direct)
-
-  names_p, names_q = src_p.names(), set(src_q.names())
-  only_p = sorted(set(names_p) - names_q)
-  only_q = sorted(names_q - set(names_p))
-  if only_p or only_q:
-    raise CheckpointError(
-      f"checkpoints {src_p.path!r} and {src_q.path!r} hold different tensors: "
-      f"only in the prior: {only_p[:5]}{' ...' if len(only_p) > 5 else ''}; "
-      f"only in the posterior: {only_q[:5]}{' ...' if len(only_q) > 5 else ''}."
-    )
-  for name in names_p:
-    if src_p.shape(name) != src_q.shape(name):
-      raise CheckpointError(
-        f"tensor {name!r} has shape {src_p.shape(name)} in {src_p.path!r} but "
-        f"{src_q.shape(name)} in {src_q.path!r}."
-      )
-
-  def perturbed(name: str) -> bool:
-    if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
-      return False
-    if exclude is not None and any(fnmatch.fnmatchcase(name, p) for p in exclude):
-      return False
-    return _is_float(src_p.numpy_dtype(name)) and _is_float(src_q.numpy_dtype(name))
-
-  chosen = {name: perturbed(name) for name in names_p}
-  if not any(chosen.values()):
-    raise ValueError(
-      f"no tensor is perturbed (include={include!r}, exclude={exclude!r}); the KL would be "
-      "over no parameters."
-    )
+  src_p = open_parameters(prior, "prior", config=config, direct=direct)
+  src_q = open_parameters(posterior, "posterior", config=config, direct=direct)
+  check_same_parameters(src_p, src_q)
+  names_p = list(src_p.names)
+  if src_p.config is not None:
+    chosen_names = set(select_parameters(src_p.config, include, exclude))
+  else:
+    chosen_names = set(match_names(names_p, include, exclude))
+  chosen = {name: name in chosen_names for name in names_p}
 
   # Unperturbed tensors first, so that an infinite KL is refused before the long pass, and
   # every sigma is validated before any reading.
@@ -422,17 +473,21 @@ def checkpoint_kl(
   tensors = []
   for name in iterator:
     if not chosen[name]:
-      _check_identical(src_p, src_q, name)
+      check_identical(src_p, src_q, name, _CHUNK_ELEMS)
       continue
     s_q, s_p = scales[name]
-    sq = _tensor_sq_distance(src_p, src_q, name)
+    sq = sq_distance(src_p, src_q, name, _CHUNK_ELEMS)
     count = math.prod(src_p.shape(name))
     tensors.append(
       TensorKL(name, src_p.shape(name), count, sq, _kl_terms(count, sq, s_q, s_p), s_q, s_p)
     )
 
+  total = math.fsum(t.kl for t in tensors)
+  if not math.isfinite(total):
+    raise ValueError(f"the KL overflows float64 ({total!r}): the checkpoints are too far apart "
+                     "for these sigmas.")
   return CheckpointKL(
-    kl=math.fsum(t.kl for t in tensors),
+    kl=total,
     num_params=sum(t.count for t in tensors),
     sq_distance=math.fsum(t.sq_distance for t in tensors),
     tensors=tuple(tensors),
@@ -440,44 +495,3 @@ def checkpoint_kl(
     sigma_q=sigma_q_value,
     sigma_p=sigma_p_value,
   )
-
-
-def _paired_rows(src_p, src_q, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """The same row blocks of tensor ``name`` from both sources, one pair at a time."""
-  return zip(src_p.iter_rows(name, _CHUNK_ELEMS), src_q.iter_rows(name, _CHUNK_ELEMS), strict=True)
-
-
-def _raise_non_finite(src_p, src_q, name: str) -> None:
-  for src in (src_p, src_q):
-    for block in src.iter_rows(name, _CHUNK_ELEMS):
-      if not np.all(np.isfinite(np.asarray(block, dtype=np.float64))):
-        raise CheckpointError(f"tensor {name!r} in {src.path!r} has non-finite values.")
-
-
-def _tensor_sq_distance(src_p, src_q, name: str) -> float:
-  parts = []
-  for a, b in _paired_rows(src_p, src_q, name):
-    # The ufunc upcasts block by block: no float64 copies of the inputs are made.
-    d = np.subtract(b, a, dtype=np.float64).ravel()
-    parts.append(float(np.dot(d, d)))
-  sq = math.fsum(parts)
-  if not math.isfinite(sq):
-    _raise_non_finite(src_p, src_q, name)
-    raise CheckpointError(f"tensor {name!r}: squared distance overflows float64.")
-  return sq
-
-
-def _check_identical(src_p, src_q, name: str) -> None:
-  exact = not _is_float(src_p.numpy_dtype(name))
-  for a, b in _paired_rows(src_p, src_q, name):
-    if exact and np.array_equal(a, b):
-      continue
-    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if not (np.all(np.isfinite(a64)) and np.all(np.isfinite(b64))):
-      _raise_non_finite(src_p, src_q, name)
-    if not np.array_equal(a64, b64):
-      raise ValueError(
-        f"tensor {name!r} is not perturbed (excluded by include/exclude or not floating point) "
-        f"but differs between {src_p.path!r} and {src_q.path!r}: its KL is infinite. "
-        "Perturb it, or make it identical in both checkpoints."
-      )

@@ -22,6 +22,8 @@ __all__ = [
   "CheckpointError",
   "SafetensorsFolder",
   "checkpoint_folder",
+  "is_float_dtype",
+  "load_unique_json",
   "iter_tensors",
   "read_tensors",
   "row_blocks",
@@ -55,6 +57,15 @@ _DTYPES: dict[str, np.dtype] = {
 _TAGS = {dtype: tag for tag, dtype in _DTYPES.items()}
 _SHARD_NAME = re.compile(r"model-\d+-of-\d+\.safetensors")
 
+_EXTRA_FLOATS = frozenset(_DTYPES[t] for t in ("BF16", "F8_E4M3", "F8_E5M2"))
+
+
+def is_float_dtype(dtype: np.dtype) -> bool:
+  """True for floating dtypes, including ml_dtypes' bfloat16 and float8 (NumPy misses those)."""
+  dtype = np.dtype(dtype)
+  return bool(np.issubdtype(dtype, np.floating)) or dtype in _EXTRA_FLOATS
+
+
 # Elements per block when a caller of ``iter_rows`` gives no size (~16 MiB of float64).
 DEFAULT_BLOCK_ELEMS = 1 << 21
 
@@ -86,8 +97,37 @@ class _TensorInfo:
   end: int
 
 
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+  """json object hook that refuses a repeated key (json.loads keeps the last one silently)."""
+  out: dict[str, Any] = {}
+  for key, value in pairs:
+    if key in out:
+      raise _DuplicateKey(key)
+    out[key] = value
+  return out
+
+
+class _DuplicateKey(Exception):
+  pass
+
+
+def load_unique_json(text: str | bytes) -> Any:
+  """``json.loads`` that raises ValueError on a key repeated inside one object."""
+  try:
+    return json.loads(text, object_pairs_hook=_unique_object)
+  except _DuplicateKey as e:
+    raise ValueError(f"key {e.args[0]!r} is repeated") from None
+
+
 def _read_header(path: str) -> dict[str, _TensorInfo]:
-  """Parses a safetensors header (8-byte little-endian length, then JSON) and checks ranges."""
+  """Parses and validates a safetensors header (8-byte little-endian length, then JSON).
+
+  The checks are those of the reference implementation (the `safetensors` crate's
+  ``Metadata::validate``): a JSON object of unique names, each with a known dtype, a shape of
+  non-negative integers and ``data_offsets [begin, end]`` with ``end - begin`` equal to the
+  tensor's byte size; the byte ranges, sorted, tile the data buffer exactly (contiguous, no
+  overlap, no gap, nothing left over); ``__metadata__`` maps strings to strings.
+  """
   try:
     file_size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -97,32 +137,58 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
       header_len = int.from_bytes(raw_len, "little")
       if header_len > file_size - 8:
         raise CheckpointError(f"{path}: not a safetensors file (header length {header_len}).")
-      header = json.loads(f.read(header_len))
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      header = load_unique_json(f.read(header_len).decode("utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    if isinstance(e, CheckpointError):
+      raise
     raise CheckpointError(f"{path}: cannot read the safetensors header ({e}).") from e
   if not isinstance(header, dict):
     raise CheckpointError(f"{path}: safetensors header is not a JSON object.")
+  meta = header.get("__metadata__")
+  if meta is not None and not (isinstance(meta, dict)
+                               and all(isinstance(v, str) for v in meta.values())):
+    raise CheckpointError(f"{path}: safetensors '__metadata__' must map strings to strings.")
   start = 8 + header_len
   infos = {}
   for name, entry in header.items():
     if name == "__metadata__":
       continue
     try:
-      dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-      shape = tuple(int(s) for s in shape)
-      begin, end = int(begin), int(end)
-    except (KeyError, TypeError, ValueError) as e:
-      raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}.") from e
-    if dtype not in _DTYPES:
+      dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+      if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+              and all(_is_count(x) for x in shape + offsets)):
+        raise TypeError
+      shape = tuple(shape)
+      begin, end = offsets
+    except (KeyError, TypeError) as e:
+      raise CheckpointError(f"{path}: malformed header entry for tensor {name!r} (needs dtype, "
+                            "a shape and data_offsets of non-negative integers).") from e
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
       raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}.")
     nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
-    if min(shape, default=0) < 0 or begin < 0 or end - begin != nbytes or start + end > file_size:
+    if end < begin or end - begin != nbytes or start + end > file_size:
       raise CheckpointError(
         f"{path}: tensor {name!r} ({dtype}, shape {shape}) does not fit its byte range "
         f"[{begin}, {end}) in a file of {file_size} bytes: the file is truncated or malformed."
       )
     infos[name] = _TensorInfo(path, dtype, shape, start + begin, start + end)
+  position = start
+  for name in sorted(infos, key=lambda n: (infos[n].begin, infos[n].end)):
+    info = infos[name]
+    if info.begin != position:
+      what = "overlaps the tensor before it" if info.begin < position else "leaves a gap"
+      raise CheckpointError(
+        f"{path}: tensor {name!r} at bytes [{info.begin - start}, {info.end - start}) {what} "
+        "(safetensors data must be contiguous and non-overlapping).")
+    position = info.end
+  if position != file_size:
+    raise CheckpointError(f"{path}: {file_size - position} bytes after the last tensor's data "
+                          "(the header does not describe the whole file).")
   return infos
+
+
+def _is_count(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def row_blocks(shape: tuple[int, ...], max_elems: int | None = None) -> list[tuple[int, int]]:
@@ -185,10 +251,11 @@ class SafetensorsFolder:
 
   def _read_index(self, index: str) -> dict[str, _TensorInfo]:
     try:
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-      raise CheckpointError(f"{index}: not a valid index (needs a 'weight_map' object).") from e
+      with open(index, encoding="utf-8") as f:
+        weight_map = load_unique_json(f.read())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f"{index}: not a valid index (needs a 'weight_map' object with "
+                            f"unique names): {e}") from e
     if not isinstance(weight_map, dict) or not weight_map:
       raise CheckpointError(f"{index}: 'weight_map' must be a non-empty object.")
     headers: dict[str, dict[str, _TensorInfo]] = {}

@@ -21,6 +21,8 @@ from pacbayes.kl import (
   gaussian_kl,
   isotropic_kl,
 )
+from pacbayes.models import ModelConfig
+from pacbayes.models.params import hf_shapes
 
 # ------------------------------------------------------------------------------------------
 # References.
@@ -176,17 +178,14 @@ def test_gaussian_kl_rejects_bad_sigma(bad):
 # Checkpoint folders.
 
 
-def random_weights(rng, dtype=np.float32):
-  return {
-    "model.embed_tokens.weight": rng.normal(size=(40, 8)).astype(dtype),
-    "model.layers.0.self_attn.q_proj.weight": rng.normal(size=(8, 8)).astype(dtype),
-    "model.layers.0.mlp.up_proj.weight": rng.normal(size=(16, 8)).astype(dtype),
-    "model.layers.0.input_layernorm.weight": rng.normal(size=(8,)).astype(dtype),
-    "model.layers.1.self_attn.q_proj.weight": rng.normal(size=(8, 8)).astype(dtype),
-    "model.layers.1.input_layernorm.weight": rng.normal(size=(8,)).astype(dtype),
-    "model.norm.weight": rng.normal(size=(8,)).astype(dtype),
-    "lm_head.weight": rng.normal(size=(40, 8)).astype(dtype),
-  }
+# A tiny untied Llama: every test folder is a complete checkpoint of this architecture.
+CONFIG = ModelConfig(model_type="llama", vocab_size=40, hidden_size=8, intermediate_size=16,
+                     num_hidden_layers=2, num_attention_heads=2)
+SHAPES = hf_shapes(CONFIG)
+
+
+def random_weights(rng, dtype=np.float32, shapes=SHAPES):
+  return {name: rng.normal(size=shape).astype(dtype) for name, shape in shapes.items()}
 
 
 def perturbed(weights, rng, scale=0.01, keep=()):
@@ -200,7 +199,7 @@ def write_checkpoint(folder, weights, num_shards=1, config=True):
   os.makedirs(folder, exist_ok=True)
   if config:
     with open(os.path.join(folder, "config.json"), "w") as f:
-      json.dump({"model_type": "llama"}, f)
+      json.dump((CONFIG if config is True else config).to_hf_config(), f)
   if num_shards == 1:
     save_file(weights, os.path.join(folder, "model.safetensors"))
     return folder
@@ -309,19 +308,27 @@ def test_include_exclude(tmp_path):
   layer0 = [k for k in prior if k.startswith("model.layers.0.")]
   assert sorted(t.name for t in result.tensors) == sorted(layer0)
   np.testing.assert_allclose(result.kl, closed_form(prior, same1, 0.01, 0.02, layer0)[0])
-  with pytest.raises(ValueError, match="no tensor is perturbed"):
+  with pytest.raises(ValueError, match="include: pattern 'nothing.*' matches no parameter"):
     checkpoint_kl(prior, post, 0.01, 0.02, include="nothing.*")
+  with pytest.raises(ValueError, match="exclude: pattern 'transformer.wte.weight' matches no"):
+    checkpoint_kl(tmp_path / "pre", tmp_path / "ft", 0.01, 0.02, exclude="transformer.wte.weight")
+  with pytest.raises(ValueError, match="no parameter is left to perturb"):
+    checkpoint_kl(prior, post, 0.01, 0.02, exclude="*")
 
 
-def test_integer_tensors_are_never_perturbed():
+def test_non_parameter_tensors_are_refused(tmp_path):
   rng = np.random.default_rng(14)
-  prior = dict(random_weights(rng), position_ids=np.arange(10, dtype=np.int64))
-  post = perturbed(prior, rng, keep=["position_ids"])
-  result = checkpoint_kl(prior, post, 0.01, 0.02)
-  assert result.excluded == ("position_ids",)
-  post["position_ids"] = np.arange(1, 11, dtype=np.int64)
-  with pytest.raises(ValueError, match="'position_ids' is not perturbed.*differs"):
-    checkpoint_kl(prior, post, 0.01, 0.02)
+  prior = random_weights(rng)
+  post = perturbed(prior, rng)
+  # In memory without a config every entry is a parameter, and must be floating point.
+  with pytest.raises(CheckpointError, match="parameter 'position_ids' has dtype int64"):
+    checkpoint_kl(dict(prior, position_ids=np.arange(10)), dict(post, position_ids=np.arange(10)),
+                  0.01, 0.02)
+  # A folder: an unknown tensor is refused by name, whatever its dtype.
+  write_checkpoint(tmp_path / "pre", dict(prior, position_ids=np.arange(10)))
+  write_checkpoint(tmp_path / "ft", post)
+  with pytest.raises(CheckpointError, match="'position_ids' is not a parameter of model_type="):
+    checkpoint_kl(tmp_path / "pre", tmp_path / "ft", 0.01, 0.02)
 
 
 @pytest.mark.parametrize("native", [None, False])
@@ -392,13 +399,18 @@ def test_refuses_mismatched_names_and_shapes(pair):
   renamed = dict(post)
   renamed["model.extra.weight"] = renamed.pop("model.norm.weight")
   write_checkpoint(tmp / "renamed", renamed)
-  with pytest.raises(
-    CheckpointError, match=r"only in the prior: \['model.norm.weight'\].*\['model.extra.weight'\]"
-  ):
+  with pytest.raises(CheckpointError, match=r"renamed: tensor 'model.extra.weight' is not a param"):
     checkpoint_kl(tmp / "pre", tmp / "renamed", 0.01, 0.02)
+  tied = CONFIG.replace(tie_word_embeddings=True)
+  write_checkpoint(tmp / "tied", {k: v for k, v in post.items() if k != "lm_head.weight"},
+                   config=tied)
+  with pytest.raises(
+    CheckpointError, match=r"different parameters: only in the prior: \['lm_head.weight'\]"
+  ):
+    checkpoint_kl(tmp / "pre", tmp / "tied", 0.01, 0.02)
   reshaped = dict(post, **{"lm_head.weight": np.zeros((8, 40), np.float32)})
   write_checkpoint(tmp / "reshaped", reshaped)
-  with pytest.raises(CheckpointError, match=r"'lm_head.weight' has shape \(40, 8\).*\(8, 40\)"):
+  with pytest.raises(CheckpointError, match=r"'lm_head.weight' has shape \(8, 40\).*\(40, 8\)"):
     checkpoint_kl(tmp / "pre", tmp / "reshaped", 0.01, 0.02)
 
 

@@ -256,6 +256,69 @@ def shard_of(index):
   return next(iter(index["weight_map"].values()))
 
 
+def raw_header_file(path, text, data=b""):
+  raw = text.encode()
+  path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+def f32(begin, end, n=2):
+  return {"dtype": "F32", "shape": [n], "data_offsets": [begin, end]}
+
+
+# Headers the reference implementation (the safetensors library) refuses; so must we.
+def entries(*pairs):
+  """A header's JSON text from (name, entry) pairs; a name may repeat (json.dumps cannot)."""
+  return "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
+
+
+BAD_LAYOUTS = [
+  (entries(("a", f32(0, 8)), ("b", f32(0, 8))), 8, "'b' at bytes \\[0, 8\\) overlaps"),
+  (entries(("a", f32(0, 8)), ("b", f32(4, 12))), 12, "overlaps"),
+  (entries(("a", f32(0, 8)), ("b", f32(12, 20))), 20, "leaves a gap"),
+  (entries(("a", f32(0, 8))), 12, "4 bytes after the last tensor"),
+  (entries(("a", f32(0, 8)), ("a", f32(8, 16))), 16, "key 'a' is repeated"),
+  (entries(("__metadata__", {"x": 1}), ("a", f32(0, 8))), 8, "__metadata__"),
+]
+
+
+@pytest.mark.parametrize("text, size, match", BAD_LAYOUTS)
+def test_refuses_what_the_reference_refuses(tmp_path, text, size, match):
+  os.makedirs(tmp_path / "bad")
+  path = tmp_path / "bad" / "model.safetensors"
+  raw_header_file(path, text, np.arange(size, dtype=np.uint8).tobytes())
+  from safetensors import safe_open
+
+  with pytest.raises(Exception):  # noqa: B017  (the reference raises its own error types)
+    with safe_open(path, framework="numpy") as f:
+      [f.get_tensor(k) for k in f.keys()]  # noqa: B018
+  with pytest.raises(CheckpointError, match=f"model.safetensors: .*{match}"):
+    SafetensorsFolder(tmp_path / "bad")
+
+
+def test_shared_byte_range_cannot_fake_a_zero_kl(tmp_path):
+  # Two tensors on one byte range used to load as equal weights (KL ~0 instead of ~2e6).
+  rng = np.random.default_rng(3)
+  a, b = rng.normal(size=(2,)).astype(np.float32), rng.normal(size=(2,)).astype(np.float32)
+  os.makedirs(tmp_path / "ok")
+  save_file({"a": a, "b": b}, str(tmp_path / "ok" / "model.safetensors"))
+  assert sorted(SafetensorsFolder(tmp_path / "ok").names()) == ["a", "b"]
+  os.makedirs(tmp_path / "bad")
+  raw_header_file(tmp_path / "bad" / "model.safetensors",
+                  json.dumps({"a": f32(0, 8), "b": f32(0, 8)}), a.tobytes())
+  with pytest.raises(CheckpointError, match="overlaps"):
+    SafetensorsFolder(tmp_path / "bad")
+
+
+def test_index_with_repeated_name_is_refused(tmp_path):
+  os.makedirs(tmp_path / "ix")
+  save_file({"a": np.zeros(2, np.float32)}, str(tmp_path / "ix" / "s1.safetensors"))
+  save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "ix" / "s2.safetensors"))
+  (tmp_path / "ix" / "model.safetensors.index.json").write_text(
+    '{"weight_map": {"a": "s1.safetensors", "a": "s2.safetensors"}}')
+  with pytest.raises(CheckpointError, match="key 'a' is repeated"):
+    SafetensorsFolder(tmp_path / "ix")
+
+
 def header_file(path, header, data=b""):
   raw = json.dumps(header).encode()
   path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
@@ -267,7 +330,7 @@ def header_file(path, header, data=b""):
     (None, b"\x05\x00", "not a safetensors file"),
     ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "truncated"),
     ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "byte range"),
-    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, -8]}}, b"", "byte range"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, -8]}}, b"", "malformed header"),
     ({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8, "dtype 'C64'"),
     ({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "malformed header entry for tensor 'a'"),
     ({"a": "F32"}, b"", "malformed header entry for tensor 'a'"),

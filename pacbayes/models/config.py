@@ -64,6 +64,55 @@ def _reject(key: str, value: Any, expected: str) -> ValueError:
   return ValueError(f"config attribute {key!r}={value!r} is not supported: expected {expected}")
 
 
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Type checks of config values: kind -> (test, description for messages).
+_KINDS = {
+  "int": (_is_int, "an integer"),
+  "int|null": (lambda v: v is None or _is_int(v), "an integer or null"),
+  "number": (_is_number, "a finite number"),
+  "bool": (lambda v: isinstance(v, bool), "true or false"),
+  "str": (lambda v: isinstance(v, str), "a string"),
+  "str-list|null": (lambda v: v is None or (isinstance(v, list)
+                                             and all(isinstance(t, str) for t in v)),
+                    "a list of strings or null"),
+  "ids|null": (lambda v: v is None or _is_int(v) or (isinstance(v, (list, tuple)) and v
+                                                      and all(_is_int(t) for t in v)),
+               "an integer, a list of integers or null"),
+}
+_MISSING = object()
+
+
+def _get(hf: Mapping[str, Any], key: str, kind: str, default: Any = _MISSING, *,
+         parent: str = "") -> Any:
+  """hf[key] checked against `kind` (see _KINDS); `default` when absent (required if none).
+
+  `parent` names the enclosing attribute in messages (e.g. "rope_parameters.").
+  """
+  if key not in hf:
+    if default is _MISSING:
+      raise ValueError(f"config attribute {parent + key!r} is missing")
+    return default
+  value = hf[key]
+  test, expected = _KINDS[kind]
+  if not test(value):
+    raise ValueError(f"config attribute {parent + key!r}={value!r}: expected {expected}, got "
+                     f"{type(value).__name__}")
+  return value
+
+
+def _is_metadata(key: str) -> bool:
+  """Keys that never change the function: private/bookkeeping names and special token ids."""
+  return (key in _IGNORED_KEYS or key.startswith("_") or key.endswith("_token_id")
+          or key.endswith("_token_ids"))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture of a decoder-only transformer (Llama, Qwen2 or GPT-2 family).
@@ -118,6 +167,11 @@ class ModelConfig:
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"model_type={self.model_type!r}: expected one of {MODEL_TYPES}")
+    for name, kind in _FIELD_KINDS.items():
+      test, expected = _KINDS[kind]
+      value = getattr(self, name)
+      if not test(value):
+        raise ValueError(f"{name}={value!r}: expected {expected}, got {type(value).__name__}")
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "num_attention_heads", "max_position_embeddings"):
       value = getattr(self, name)
@@ -217,9 +271,9 @@ class ModelConfig:
             "use_sliding_window", "sliding_window", "layer_types", "quantization_config",
             "rope_interleaved"}
     _check_unknown(hf, used)
-    if hf.get("rope_interleaved", False):
+    if _get(hf, "rope_interleaved", "bool", False):
       raise _reject("rope_interleaved", hf["rope_interleaved"], "false (HF rotate_half layout)")
-    rope_theta = hf.get("rope_theta")
+    rope_theta = _get(hf, "rope_theta", "number", None)
     rope_scaling = None
     supported = "rope_type 'default'" + (" or 'llama3'" if model_type == "llama" else "")
     for key in ("rope_scaling", "rope_parameters"):
@@ -234,60 +288,59 @@ class ModelConfig:
         allowed |= set(_LLAMA3_KEYS)
         if any(k not in rope for k in _LLAMA3_KEYS):
           raise _reject(key, dict(rope), f"llama3 rope scaling with all of {_LLAMA3_KEYS}")
-        rope_scaling = Llama3RopeScaling(
-          float(rope["factor"]), float(rope["low_freq_factor"]),
-          float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+        values = {k: (int if k.startswith("original") else float)(
+          _get(rope, k, "int" if k.startswith("original") else "number", parent=key + "."))
+          for k in _LLAMA3_KEYS}
+        rope_scaling = Llama3RopeScaling(**values)
       elif rope_type != "default":
         raise _reject(key, dict(rope), supported)
       extra = sorted(set(rope) - allowed)
       if extra:
         raise _reject(key, dict(rope), f"no {extra} entries with {supported}")
       if "rope_theta" in rope:
-        rope_theta = rope["rope_theta"]
+        rope_theta = _get(rope, "rope_theta", "number", parent=key + ".")
     if hf.get("quantization_config") is not None:
       raise _reject("quantization_config", hf["quantization_config"], "null (no quantisation)")
-    if hf.get("use_sliding_window", False):
+    if _get(hf, "use_sliding_window", "bool", False):
       raise _reject("use_sliding_window", hf["use_sliding_window"], "false (full attention)")
-    if model_type == "llama" and hf.get("sliding_window") is not None:
-      raise _reject("sliding_window", hf["sliding_window"], "null for llama")
-    layer_types = hf.get("layer_types")
+    sliding_window = _get(hf, "sliding_window", "int|null", None)
+    if model_type == "llama" and sliding_window is not None:
+      raise _reject("sliding_window", sliding_window, "null for llama")
+    layer_types = _get(hf, "layer_types", "str-list|null", None)
     if layer_types is not None and any(t != "full_attention" for t in layer_types):
       raise _reject("layer_types", layer_types, "'full_attention' for every layer")
     if model_type == "qwen2":
       for key in ("attention_bias", "mlp_bias"):
-        if hf.get(key):
+        if _get(hf, key, "bool", False):
           raise _reject(key, hf[key], "absent or false for qwen2")
       attention_bias, out_bias, mlp_bias = True, False, False
     else:
-      attention_bias = bool(hf.get("attention_bias", False))
+      attention_bias = _get(hf, "attention_bias", "bool", False)
       out_bias = attention_bias
-      mlp_bias = bool(hf.get("mlp_bias", False))
-    hidden_act = hf.get("hidden_act", "silu")
+      mlp_bias = _get(hf, "mlp_bias", "bool", False)
+    hidden_act = _get(hf, "hidden_act", "str", "silu")
     if hidden_act not in _ACTIVATIONS[model_type]:
       raise _reject("hidden_act", hidden_act, f"one of {_ACTIVATIONS[model_type]}")
     return cls(
       model_type=model_type,
-      vocab_size=_req(hf, "vocab_size"),
-      hidden_size=_req(hf, "hidden_size"),
-      intermediate_size=_req(hf, "intermediate_size"),
-      num_hidden_layers=_req(hf, "num_hidden_layers"),
-      num_attention_heads=_req(hf, "num_attention_heads"),
-      num_key_value_heads=hf.get("num_key_value_heads"),
-      head_dim=hf.get("head_dim"),
-      max_position_embeddings=hf.get("max_position_embeddings", 2048),
+      vocab_size=_get(hf, "vocab_size", "int"),
+      hidden_size=_get(hf, "hidden_size", "int"),
+      intermediate_size=_get(hf, "intermediate_size", "int"),
+      num_hidden_layers=_get(hf, "num_hidden_layers", "int"),
+      num_attention_heads=_get(hf, "num_attention_heads", "int"),
+      num_key_value_heads=_get(hf, "num_key_value_heads", "int|null", None),
+      head_dim=_get(hf, "head_dim", "int|null", None),
+      max_position_embeddings=_get(hf, "max_position_embeddings", "int", 2048),
       rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
       rope_scaling=rope_scaling,
-      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      norm_eps=float(_get(hf, "rms_norm_eps", "number", 1e-6)),
+      tie_word_embeddings=_get(hf, "tie_word_embeddings", "bool", False),
       attention_bias=attention_bias,
       attention_out_bias=out_bias,
       mlp_bias=mlp_bias,
       hidden_act=hidden_act,
       dtype=dtype,
-      initializer_range=float(hf.get("initializer_range", 0.02)),
-      bos_token_id=hf.get("bos_token_id"),
-      eos_token_id=hf.get("eos_token_id"),
-      pad_token_id=hf.get("pad_token_id"),
+      **_common(hf),
     )
 
   @classmethod
@@ -299,37 +352,33 @@ class ModelConfig:
     _check_unknown(hf, used)
     if hf.get("quantization_config") is not None:
       raise _reject("quantization_config", hf["quantization_config"], "null (no quantisation)")
-    if not hf.get("scale_attn_weights", True):
+    if not _get(hf, "scale_attn_weights", "bool", True):
       raise _reject("scale_attn_weights", hf["scale_attn_weights"], "true")
-    if hf.get("scale_attn_by_inverse_layer_idx", False):
+    if _get(hf, "scale_attn_by_inverse_layer_idx", "bool", False):
       raise _reject("scale_attn_by_inverse_layer_idx",
                     hf["scale_attn_by_inverse_layer_idx"], "false")
-    if hf.get("add_cross_attention", False):
-      raise _reject("add_cross_attention", hf["add_cross_attention"], "false")
-    activation = hf.get("activation_function", "gelu_new")
+    _get(hf, "reorder_and_upcast_attn", "bool", False)  # float32 attention: ours already is
+    activation = _get(hf, "activation_function", "str", "gelu_new")
     if activation not in _ACTIVATIONS["gpt2"]:
       raise _reject("activation_function", activation, f"one of {_ACTIVATIONS['gpt2']}")
-    hidden = _req(hf, "n_embd")
-    inner = hf.get("n_inner")
+    hidden = _get(hf, "n_embd", "int")
+    inner = _get(hf, "n_inner", "int|null", None)
     return cls(
       model_type="gpt2",
-      vocab_size=_req(hf, "vocab_size"),
+      vocab_size=_get(hf, "vocab_size", "int"),
       hidden_size=hidden,
       intermediate_size=inner if inner is not None else 4 * hidden,
-      num_hidden_layers=_req(hf, "n_layer"),
-      num_attention_heads=_req(hf, "n_head"),
-      max_position_embeddings=_req(hf, "n_positions"),
-      norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+      num_hidden_layers=_get(hf, "n_layer", "int"),
+      num_attention_heads=_get(hf, "n_head", "int"),
+      max_position_embeddings=_get(hf, "n_positions", "int"),
+      norm_eps=float(_get(hf, "layer_norm_epsilon", "number", 1e-5)),
+      tie_word_embeddings=_get(hf, "tie_word_embeddings", "bool", True),
       attention_bias=True,
       attention_out_bias=True,
       mlp_bias=True,
       hidden_act=activation,
       dtype=dtype,
-      initializer_range=float(hf.get("initializer_range", 0.02)),
-      bos_token_id=hf.get("bos_token_id"),
-      eos_token_id=hf.get("eos_token_id"),
-      pad_token_id=hf.get("pad_token_id"),
+      **_common(hf),
     )
 
   def to_hf_config(self) -> dict[str, Any]:
@@ -397,17 +446,32 @@ class ModelConfig:
     return out
 
 
-def _req(hf: Mapping[str, Any], key: str) -> Any:
-  if key not in hf:
-    raise ValueError(f"config attribute {key!r} is missing")
-  return hf[key]
+def _common(hf: Mapping[str, Any]) -> dict[str, Any]:
+  eos = _get(hf, "eos_token_id", "ids|null", None)
+  return dict(
+    initializer_range=float(_get(hf, "initializer_range", "number", 0.02)),
+    bos_token_id=_get(hf, "bos_token_id", "int|null", None),
+    eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+    pad_token_id=_get(hf, "pad_token_id", "int|null", None),
+  )
+
+
+# Types of the dataclass fields, checked in __post_init__ (direct construction included).
+_FIELD_KINDS = {
+  "vocab_size": "int", "hidden_size": "int", "intermediate_size": "int",
+  "num_hidden_layers": "int", "num_attention_heads": "int", "num_key_value_heads": "int|null",
+  "head_dim": "int|null", "max_position_embeddings": "int", "rope_theta": "number",
+  "norm_eps": "number", "tie_word_embeddings": "bool", "attention_bias": "bool",
+  "attention_out_bias": "bool", "mlp_bias": "bool", "initializer_range": "number",
+  "bos_token_id": "int|null", "eos_token_id": "ids|null", "pad_token_id": "int|null",
+}
 
 
 def _check_unknown(hf: Mapping[str, Any], used: set[str]) -> None:
   for key in ("add_cross_attention", "is_encoder_decoder", "tie_encoder_decoder"):
     if hf.get(key):
       raise _reject(key, hf[key], "false (decoder-only models)")
-  unknown = sorted(set(hf) - used - _IGNORED_KEYS)
+  unknown = sorted(k for k in set(hf) - used if not _is_metadata(k))
   if unknown:
     raise ValueError(
       f"config attribute {unknown[0]!r} (model_type={hf.get('model_type')!r}) is not "

@@ -73,6 +73,24 @@ class LayerNorm(nnx.Module):
     return y_BxLxD.astype(x_BxLxD.dtype)
 
 
+def positions_from_mask(attention_mask_BxL: jax.typing.ArrayLike) -> jax.Array:
+  """Position ids that follow the attention mask: the number of real tokens before each one.
+
+  ``cumsum(mask) - 1`` on real tokens (so a left-padded row's first real token gets
+  position 0, as when the row runs alone) and 0 on padding, as transformers computes
+  ``position_ids`` from an attention mask (e.g. in ``generate``).
+
+  Args:
+    attention_mask_BxL: [B, L], nonzero on real tokens.
+
+  Returns:
+    [B, L] int32 positions.
+  """
+  real_BxL = jnp.asarray(attention_mask_BxL) != 0
+  positions_BxL = jnp.cumsum(real_BxL.astype(jnp.int32), axis=1, dtype=jnp.int32) - 1
+  return jnp.where(real_BxL, positions_BxL, 0)
+
+
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
   """Rotary inverse frequencies [head_dim // 2] in float32, with Llama 3 scaling if configured.
 
@@ -298,8 +316,9 @@ class Decoder(nnx.Module):
 
     Args:
       input_ids: [B, L] int token ids (right-padded when `attention_mask` is given).
-      attention_mask: optional [B, L], 1 for real tokens and 0 for padding; padded keys are
-        never attended to. Positions are 0..L-1, as in HF without position_ids.
+      attention_mask: optional [B, L], 1 for real tokens and 0 for padding (any side); padded
+        keys are never attended to, and positions follow the mask (`positions_from_mask`), so
+        each row gives the hidden states it gives alone. None: every token is real.
 
     Returns:
       [B, L, D] float32.
@@ -313,7 +332,9 @@ class Decoder(nnx.Module):
 
     Args:
       input_ids: [B, L] int token ids.
-      attention_mask: optional [B, L], 1 for real tokens and 0 for padding.
+      attention_mask: optional [B, L], 1 for real tokens and 0 for padding (left or right);
+        positions follow the mask (`positions_from_mask`), so a padded row gives the logits
+        of the row alone on its real tokens (padding positions hold unspecified values).
 
     Returns:
       [B, L, V] float32 logits; logits[:, t] predicts input_ids[:, t + 1].
@@ -322,8 +343,9 @@ class Decoder(nnx.Module):
     return self._logits(hidden_BxLxD)
 
   def prefill_hidden(self, input_ids, attention_mask=None):
-    """Full-sequence pass at positions 0..L-1: final normed hidden [B, L, D] (model dtype)
-    and per-layer keys/values ([B, L, K, Dh] each)."""
+    """Full-sequence pass: final normed hidden [B, L, D] (model dtype) and per-layer
+    keys/values ([B, L, K, Dh] each). Positions follow `attention_mask` (`positions_from_mask`;
+    0..L-1 without a mask)."""
     input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
     if input_ids_BxL.ndim != 2:
       raise ValueError(f"input_ids: expected [batch, length], got shape {input_ids_BxL.shape}")
@@ -331,12 +353,19 @@ class Decoder(nnx.Module):
     if self.pos_embed is not None and seq_len > self.config.max_position_embeddings:
       raise ValueError(f"input_ids: length {seq_len} exceeds max_position_embeddings="
                        f"{self.config.max_position_embeddings} (learned positions)")
-    positions_BxL = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32)[None], (b, seq_len))
+    if attention_mask is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32)[None], (b, seq_len))
+    else:
+      mask_BxL = jnp.asarray(attention_mask)
+      if mask_BxL.shape != (b, seq_len):
+        raise ValueError(f"attention_mask: expected shape {(b, seq_len)} like input_ids, got "
+                         f"{mask_BxL.shape}")
+      positions_BxL = positions_from_mask(mask_BxL)
     return self._run(input_ids_BxL, positions_BxL,
                      self._prefill_mask(input_ids_BxL, attention_mask))
 
   def prefill(self, input_ids_BxP: jax.Array, attention_mask_BxP: jax.Array):
-    """Forward over a right-padded prompt; returns logits [B, P, V] and per-layer keys/values."""
+    """Forward over a padded prompt; returns logits [B, P, V] and per-layer keys/values."""
     hidden_BxPxD, kvs = self.prefill_hidden(input_ids_BxP, attention_mask_BxP)
     return self._logits(hidden_BxPxD), kvs
 
