@@ -18,7 +18,7 @@ from pacbayes.data.jsonl import DataError
 
 __all__ = [
     "MAX_BATCH_SIZE", "MAX_SEED", "SHIFT_FEATURES", "SigmaPlan", "check_batch_size",
-    "check_delta", "check_grid", "check_positive_int", "check_seed", "check_sigma",
+    "check_delta", "check_grid", "delta_plan", "check_positive_int", "check_seed", "check_sigma",
     "choose_shift_feature", "plan_sigma", "read_difficulty", "sigma_in_dtype",
 ]
 
@@ -108,6 +108,22 @@ def sigma_in_dtype(value: float, name: str, dtype: str) -> None:
   if not (value * value > 0 and math.isfinite(value * value)):
     raise ValueError(f"{name}: {value!r} squared leaves the float64 range, so the KL cannot be "
                      "computed")
+
+
+def delta_plan(delta: float, *, tv: bool = False, mixture: bool = False,
+               per_slice: bool = False) -> dict[str, float]:
+  """Equal shares of `delta` over the parts of a certificate that spend confidence.
+
+  Parts: "mc" (Monte-Carlo) and "pb" (PAC-Bayes) always; "tv" when the TV term is estimated
+  from samples; "mixture" when a mixture is estimated from samples; "slice_mc" and
+  "slice_pb" for per-slice bounds. Fixed before any data is seen; the shares sum to delta
+  (`pacbayes.extrapolation.split_delta`).
+  """
+  from pacbayes.extrapolation import split_delta
+
+  parts = ["mc", "pb"] + (["tv"] if tv else []) + (["mixture"] if mixture else []) + (
+      ["slice_mc", "slice_pb"] if per_slice else [])
+  return split_delta(check_delta(delta), parts)
 
 
 # --------------------------------------------------------------------------- sigma plan

@@ -13,13 +13,17 @@ context), longer rows are truncated on the right and counted.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from typing import Any
 
+import jax
+
 from pacbayes.data.jsonl import DataError
 
-__all__ = ["LoadedPair", "check_same_architecture", "load_pair", "load_training_set",
-           "stored_dtypes"]
+__all__ = ["LoadedPair", "check_same_architecture", "load_lora_pair", "load_pair",
+           "load_training_set", "loss_options", "model_loss", "stored_dtypes"]
 
 # Config fields that do not change the function a checkpoint computes.
 _IGNORED_CONFIG_FIELDS = ("dtype", "initializer_range", "bos_token_id", "eos_token_id",
@@ -61,6 +65,7 @@ class LoadedPair:
     config: the posterior's config (dtype = the evaluation dtype).
     notes: one-line notes on stored dtypes and casts, for the report and table.
     storage: JSON-ready stored-dtype details.
+    mask: the default perturbed set (a LoRA adapter's adapted matrices), or None (all).
   """
 
   graphdef: Any
@@ -70,6 +75,7 @@ class LoadedPair:
   config: Any
   notes: list[str]
   storage: dict[str, Any]
+  mask: Any = None
 
 
 def load_pair(prior_dir: str, posterior_dir: str, *, dtype: str | None,
@@ -105,11 +111,7 @@ def load_pair(prior_dir: str, posterior_dir: str, *, dtype: str | None,
     notes.append(note)
   for side, folder, counts in (("prior", prior_dir, storage.prior_dtypes),
                                ("posterior", posterior_dir, storage.posterior_dtypes)):
-    others = {d: c for d, c in counts.items() if d != eval_dtype}
-    if others:
-      notes.append(f"{side} {folder} is stored in {stored_dtypes(counts)} and is cast to "
-                   f"{eval_dtype} for evaluation; the risk and the KL are those of the cast "
-                   "weights")
+    notes += _cast_notes(side, folder, counts, eval_dtype)
   say(f"loading posterior {posterior_dir} ({eval_dtype}) ...")
   model_q, cfg_q = load_pretrained(posterior_dir, dtype=eval_dtype)
   say(f"loading prior {prior_dir} ({eval_dtype}) ...")
@@ -120,6 +122,46 @@ def load_pair(prior_dir: str, posterior_dir: str, *, dtype: str | None,
              "evaluation_dtype": eval_dtype, "sixteen_bit": storage.sixteen_bit,
              "moved_share": storage.moved_share, "rounding_share": storage.rounding_share}
   return LoadedPair(graphdef, rest, params_q, params_p, cfg_q, notes, details)
+
+
+def _cast_notes(side: str, folder: str, counts: dict[str, int], eval_dtype: str) -> list[str]:
+  if any(d != eval_dtype for d in counts):
+    return [f"{side} {folder} is stored in {stored_dtypes(counts)} and is cast to {eval_dtype} "
+            "for evaluation; the risk and the KL are those of the cast weights"]
+  return []
+
+
+def load_lora_pair(base_dir: str, adapter_dir: str, *, dtype: str | None,
+                   say=lambda text: None) -> LoadedPair:
+  """The base checkpoint (prior mean) and a PEFT LoRA adapter merged into it (posterior mean).
+
+  Weight space (`pacbayes.lora.load_lora`): the posterior mean is W + s B A on the adapted
+  matrices (merged in float32, rounded once to the evaluation dtype) and the base elsewhere;
+  the default perturbed set is the adapted matrices (`LoadedPair.mask`), every other
+  parameter being equal in both by construction.
+
+  Raises:
+    ValueError: see `pacbayes.lora.read_adapter` and `pacbayes.models.load_pretrained`.
+  """
+  from pacbayes import lora
+  from pacbayes.models.weights import storage_dtypes
+
+  say(f"loading base {base_dir} and merging the LoRA adapter {adapter_dir} ...")
+  ck = lora.load_lora(base_dir, adapter_dir, dtype=dtype)
+  eval_dtype = ck.config.dtype
+  counts: dict[str, int] = {}
+  for d in storage_dtypes(base_dir).values():  # by tensor
+    counts[d] = counts.get(d, 0) + 1
+  layout = ck.adapter.layout
+  notes = [f"posterior: PEFT LoRA adapter {adapter_dir} (rank {layout.rank}, alpha "
+           f"{layout.alpha:g}) merged into the base {base_dir} in float32 and rounded to "
+           f"{eval_dtype} (weight space); {len(ck.adapted_hf_names)} adapted matrices"]
+  notes += _cast_notes("base", base_dir, counts, eval_dtype)
+  details = {"prior": counts, "posterior": "LoRA adapter (merged)", "evaluation_dtype":
+             eval_dtype, "lora": {"adapter": adapter_dir, "rank": layout.rank,
+                                  "alpha": layout.alpha, "adapted": list(ck.adapted_hf_names)}}
+  return LoadedPair(ck.graphdef, ck.rest, ck.merged_params, ck.base_params, ck.config, notes,
+                    details, ck.adapted_mask)
 
 
 def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length: int | None,
@@ -165,3 +207,42 @@ def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length:
       raise DataError(f"{e} (the model's context, max_position_embeddings); give "
                       "max_length to truncate") from None
     raise
+
+
+@functools.lru_cache(maxsize=8)
+def _model_loss(graphdef: Any, loss: str, options: tuple) -> Any:
+  """`losses.model_loss_fn` for a model without non-parameter state, cached by (graphdef,
+  loss, options) so that repeated certificates in one process reuse the compiled step."""
+  from pacbayes import losses
+
+  return losses.model_loss_fn(graphdef, loss=loss, **dict(options))
+
+
+def loss_options(loss: str, alpha: float | None) -> dict[str, Any]:
+  """The loss's options as used (defaults filled in), for the loss and the report.
+
+  Raises:
+    ValueError: an unknown loss, `alpha` for a loss without that option, a bad value.
+  """
+  from pacbayes import losses
+
+  if loss not in losses.LOSSES:
+    raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(losses.LOSSES)}")
+  params = inspect.signature(losses.LOSSES[loss]).parameters
+  if alpha is not None and "alpha" not in params:
+    raise ValueError(f"alpha: applies to loss 'smoothed_nll' only, not {loss!r}")
+  out = {k: p.default for k, p in params.items()
+         if k not in ("logits", "input_ids", "loss_mask") and p.default is not p.empty}
+  if alpha is not None:
+    out["alpha"] = alpha
+  losses.get_loss(loss, **out)  # Checks the values (e.g. alpha in (0, 1)).
+  return out
+
+
+def model_loss(graphdef: Any, rest: Any, loss: str, options: dict[str, Any]) -> Any:
+  """`(params, batch) -> [B]` losses of the split model (`pacbayes.losses.model_loss_fn`)."""
+  from pacbayes import losses
+
+  if jax.tree.leaves(rest):
+    return losses.model_loss_fn(graphdef, rest, loss=loss, **options)
+  return _model_loss(graphdef, loss, tuple(sorted(options.items())))

@@ -27,7 +27,8 @@ import numpy as np
 
 from pacbayes import bound_inputs as bi
 
-__all__ = ["ShiftMeasure", "ShiftPlan", "check_one_pool", "measure_shift", "plan_shift"]
+__all__ = ["ShiftMeasure", "ShiftPlan", "ShiftTerms", "check_one_pool", "measure_shift",
+           "plan_shift", "shift_terms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,3 +293,85 @@ def measure_shift(plan: ShiftPlan, train_path: str, train_difficulty: np.ndarray
   refuted = bool(check["refuted"])
   return ShiftMeasure(mix, float(res.upper), ex.KIND_TV, delta_tv, check, refuted, info)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftTerms:
+  """The shift inputs of `pipeline.certify_params`, and what the report says about them.
+
+  Attributes:
+    g_ext, g_ext_kind: the TV term (certified TV over difficulty, or an estimate) and its
+      kind; 0 and "none" without a test side.
+    mixture: `MixtureBounds` for the mixture-shift kind, or None.
+    difficulty: [n] difficulties of S for per-slice bounds, or None.
+    delta_parts: the shares of delta (`bound_inputs.delta_plan`), summing to delta.
+    notes: lines for the report.
+    info: JSON-ready details (feature, rule, TV, mixture source).
+    check: the one-pool cross-check, or None.
+  """
+
+  g_ext: float
+  g_ext_kind: str
+  mixture: Any
+  difficulty: np.ndarray | None
+  delta_parts: dict[str, float]
+  notes: tuple[str, ...]
+  info: dict[str, Any]
+  check: dict[str, Any] | None
+
+
+def shift_terms(train_path: str, test_path: str | None, train_difficulty: np.ndarray | None, *,
+                shift_feature: str | None, test_mixture: Any, difficulty_support: Any,
+                delta: float, seed: int, model_dir: str | None = None,
+                max_length: int | None = None, say=lambda text: None) -> ShiftTerms:
+  """Plans, measures and checks the extrapolation side of `pacbayes bound`.
+
+  Kinds: with the difficulty feature, the TV kind always; the mixture-shift and per-slice
+  kinds when the support is fixed in advance (`difficulty_support`, or the keys of an exact
+  test mixture when they cover every training value). The delta split is fixed from the
+  arguments alone (`bound_inputs.delta_plan`). When the one-pool check refutes the
+  assumption, the certified kinds are withdrawn: g_ext is the n-gram classifier's estimate
+  (kind "estimate"), and the shares of the withdrawn kinds stay unspent (booked under "tv").
+
+  Raises:
+    ValueError: see `plan_shift` and `measure_shift`.
+  """
+  from pacbayes import extrapolation as ex
+
+  plan = plan_shift(train_path, test_path, train_difficulty=train_difficulty,
+                    shift_feature=shift_feature, test_mixture=test_mixture,
+                    difficulty_support=difficulty_support)
+  support = plan.support
+  if plan.feature == "difficulty" and support is None and plan.mixture:
+    keys = {float(d) for d in plan.mixture}
+    if {float(v) for v in train_difficulty} <= keys:
+      support = tuple(sorted(keys))
+  use_mixture = plan.feature == "difficulty" and support is not None
+  parts = bi.delta_plan(delta, tv=plan.feature is not None, mixture=use_mixture,
+                        per_slice=use_mixture)
+  notes = []
+  if plan.feature == "difficulty" and not use_mixture:
+    notes.append("mixture-shift and per-slice kinds not computed: they need the difficulty "
+                 "support fixed in advance (--difficulty-support); only the TV kind is used")
+  if plan.feature == "difficulty":
+    notes.append("weighted-loss kind not computed: it needs the training mixture known "
+                 "exactly, and bound estimates it from S")
+  say(f"extrapolation: {plan.rule} ...")
+  measure = measure_shift(
+      dataclasses.replace(plan, support=support), train_path, train_difficulty,
+      delta_tv=parts.get("tv", 0.0), delta_mixture=parts.get("mixture", 0.0), delta=delta,
+      seed=seed, model_dir=model_dir, max_length=max_length)
+  g_ext, kind, mixture, difficulty = 0.0, ex.KIND_NONE, None, None
+  if measure.tv is not None:
+    g_ext, kind = measure.tv, measure.tv_kind
+  if use_mixture and not measure.refuted:
+    mixture, difficulty = measure.mixture, train_difficulty
+  if measure.refuted:
+    g_ext, kind = float(measure.check["tv_estimate"]), ex.KIND_ESTIMATE
+    notes.append(f"REFUTED: {measure.check['reason']}; g_ext is the n-gram classifier's "
+                 "estimate of TV, and the total is an estimate, not a guarantee")
+    if use_mixture:
+      unused = sum(parts[k] for k in ("mixture", "slice_mc", "slice_pb"))
+      parts = {"mc": parts["mc"], "pb": parts["pb"], "tv": parts["tv"] + unused}
+  return ShiftTerms(g_ext, kind, mixture, difficulty, parts, tuple(notes), measure.info,
+                    measure.check)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ from jax.sharding import Mesh
 from pacbayes import bound_inputs as bi
 from pacbayes import perturb
 from pacbayes import sharding as shd
+from pacbayes.bound_inputs import delta_plan
 
 # Prior scales used when neither `sigma_prior` nor `sigma_grid` is given. Fixed here, in
 # advance of any data, as the union bound over the grid requires: 1e-5 .. 1e-1, four points
@@ -35,22 +35,6 @@ SEARCH_SUBSET = 256
 
 __all__ = ["DEFAULT_NUM_DRAWS", "DEFAULT_SIGMA_GRID", "certify_params", "delta_plan",
            "run_bound"]
-
-
-def delta_plan(delta: float, *, tv: bool = False, mixture: bool = False,
-               per_slice: bool = False) -> dict[str, float]:
-  """Equal shares of `delta` over the parts of a certificate that spend confidence.
-
-  Parts: "mc" (Monte-Carlo) and "pb" (PAC-Bayes) always; "tv" when the TV term is estimated
-  from samples; "mixture" when a mixture is estimated from samples; "slice_mc" and
-  "slice_pb" for per-slice bounds. Fixed before any data is seen; the shares sum to delta
-  (`pacbayes.extrapolation.split_delta`).
-  """
-  from pacbayes.extrapolation import split_delta
-
-  parts = ["mc", "pb"] + (["tv"] if tv else []) + (["mixture"] if mixture else []) + (
-      ["slice_mc", "slice_pb"] if per_slice else [])
-  return split_delta(bi.check_delta(delta), parts)
 
 
 def _as_arrays(dataset: Any) -> dict[str, np.ndarray]:
@@ -335,32 +319,6 @@ def certify_params(
 # --------------------------------------------------------------------------- from files
 
 
-@functools.lru_cache(maxsize=8)
-def _model_loss(graphdef: Any, loss: str, options: tuple) -> perturb.LossFn:
-  """`losses.model_loss_fn` for a model without non-parameter state, cached by (graphdef,
-  loss, options) so that repeated certificates in one process reuse the compiled step."""
-  from pacbayes import losses
-
-  return losses.model_loss_fn(graphdef, loss=loss, **dict(options))
-
-
-def _loss_options(loss: str, alpha: float | None) -> dict[str, Any]:
-  """The loss's options as used (defaults filled in), for the loss and the report."""
-  from pacbayes import losses
-
-  if loss not in losses.LOSSES:
-    raise ValueError(f"loss: unknown name {loss!r}; expected one of {sorted(losses.LOSSES)}")
-  params = inspect.signature(losses.LOSSES[loss]).parameters
-  if alpha is not None and "alpha" not in params:
-    raise ValueError(f"alpha: applies to loss 'smoothed_nll' only, not {loss!r}")
-  out = {k: p.default for k, p in params.items()
-         if k not in ("logits", "input_ids", "loss_mask") and p.default is not p.empty}
-  if alpha is not None:
-    out["alpha"] = alpha
-  losses.get_loss(loss, **out)  # Checks the values (e.g. alpha in (0, 1)).
-  return out
-
-
 def run_bound(
     prior_dir: str | os.PathLike,
     posterior_dir: str | os.PathLike,
@@ -413,7 +371,10 @@ def run_bound(
 
   Args:
     prior_dir: base checkpoint folder.
-    posterior_dir: fine-tuned checkpoint folder (also the tokenizer folder).
+    posterior_dir: fine-tuned checkpoint folder (also the tokenizer folder), or a PEFT LoRA
+      adapter folder of `prior_dir` (`pacbayes.bound_load.load_lora_pair`: weight space, the
+      adapted matrices perturbed unless include / exclude say otherwise; the tokenizer is
+      then the prior's).
     train_path: training-set JSONL (S).
     test_path: optional test-set JSONL for g_ext.
     loss: "token_error", "smoothed_nll" or "sequence_error" (`pacbayes.losses.LOSSES`).
@@ -447,9 +408,15 @@ def run_bound(
     ValueError: bad arguments, unreadable or mismatched checkpoints, bad data (naming the
       argument, file, line or key).
   """
-  from pacbayes import bound_shift, losses
-  from pacbayes import extrapolation as ex
-  from pacbayes.bound_load import check_same_architecture, load_pair, load_training_set
+  from pacbayes import bound_shift, lora
+  from pacbayes.bound_load import (
+      check_same_architecture,
+      load_lora_pair,
+      load_pair,
+      load_training_set,
+      loss_options,
+      model_loss,
+  )
   from pacbayes.certificate import METHODS
   from pacbayes.kl import check_sigmas
   from pacbayes.models import hf_name_of_path, parameter_mask, select_parameters
@@ -477,16 +444,22 @@ def run_bound(
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
   if dtype is not None and dtype not in DTYPES:
     raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-  options = _loss_options(loss, alpha)
+  options = loss_options(loss, alpha)
   plan = bi.plan_sigma(sigma, sigma_grid, sigma_prior, DEFAULT_SIGMA_GRID)
   prior_dir, posterior_dir = os.fspath(prior_dir), os.fspath(posterior_dir)
   train_path = os.fspath(train_path)
   test_path = None if test_path is None else os.fspath(test_path)
 
   # 2. Configs: architecture, parameter names, sigmas in the evaluation dtype.
-  cfg_q = load_config(posterior_dir, dtype=dtype)
-  cfg_p = load_config(prior_dir, dtype=cfg_q.dtype)
-  check_same_architecture(cfg_p, cfg_q, prior_dir, posterior_dir)
+  is_lora = lora.is_adapter_folder(posterior_dir)
+  if is_lora:
+    cfg_q = load_config(prior_dir, dtype=dtype)
+    lora.read_adapter(posterior_dir, cfg_q, prior_dir)  # small files: checked before the base
+  else:
+    cfg_q = load_config(posterior_dir, dtype=dtype)
+    cfg_p = load_config(prior_dir, dtype=cfg_q.dtype)
+    check_same_architecture(cfg_p, cfg_q, prior_dir, posterior_dir)
+  tokenizer_dir = prior_dir if is_lora else posterior_dir
   selected = select_parameters(cfg_q, include, exclude)
   check_sigmas({"sigma": plan.sigma_q,
                 "sigma_prior" if plan.grid_source == "sigma_prior" else "sigma_grid": plan.grid},
@@ -494,58 +467,27 @@ def run_bound(
 
   # 3. Data and the shift plan (no weights read yet).
   say(f"reading {train_path} ...")
-  train = load_training_set(train_path, tokenizer_dir=posterior_dir, config=cfg_q,
+  train = load_training_set(train_path, tokenizer_dir=tokenizer_dir, config=cfg_q,
                             max_length=max_length, chat_template=chat_template)
-  shift_plan = bound_shift.plan_shift(
-      train_path, test_path, train_difficulty=train.difficulty, shift_feature=shift_feature,
-      test_mixture=test_mixture, difficulty_support=difficulty_support)
-  mix_support = shift_plan.support
-  if shift_plan.feature == "difficulty" and mix_support is None and shift_plan.mixture:
-    keys = {float(d) for d in shift_plan.mixture}
-    if {float(v) for v in train.difficulty} <= keys:
-      mix_support = tuple(sorted(keys))
-  use_mixture = shift_plan.feature == "difficulty" and mix_support is not None
-  parts = delta_plan(delta, tv=shift_plan.feature is not None, mixture=use_mixture,
-                     per_slice=use_mixture)
-  notes: list[str] = []
-  if shift_plan.feature == "difficulty" and not use_mixture:
-    notes.append("mixture-shift and per-slice kinds not computed: they need the difficulty "
-                 "support fixed in advance (--difficulty-support); only the TV kind is used")
-  if shift_plan.feature == "difficulty":
-    notes.append("weighted-loss kind not computed: it needs the training mixture known "
-                 "exactly, and bound estimates it from S")
-  say(f"extrapolation: {shift_plan.rule} ...")
-  measure = bound_shift.measure_shift(
-      dataclasses.replace(shift_plan, support=mix_support) if use_mixture else shift_plan,
-      train_path, train.difficulty, delta_tv=parts.get("tv", 0.0),
-      delta_mixture=parts.get("mixture", 0.0), delta=delta, seed=seed,
-      model_dir=prior_dir, max_length=max_length)
-  g_ext, g_kind, mixture, difficulty = 0.0, ex.KIND_NONE, None, None
-  if measure.tv is not None:
-    g_ext, g_kind = measure.tv, measure.tv_kind
-  if use_mixture and not measure.refuted:
-    mixture, difficulty = measure.mixture, train.difficulty
-  if measure.refuted:
-    est = measure.check.get("tv_estimate")
-    g_ext, g_kind = float(est), ex.KIND_ESTIMATE
-    notes.append(f"REFUTED: {measure.check['reason']}; g_ext is the n-gram classifier's "
-                 "estimate of TV, and the total is an estimate, not a guarantee")
-    if use_mixture:
-      # The split was fixed before the check; the withdrawn kinds' shares stay unused (they
-      # are booked under "tv", so that the parts still sum to delta).
-      unused = [parts[k] for k in ("mixture", "slice_mc", "slice_pb")]
-      parts = {"mc": parts["mc"], "pb": parts["pb"], "tv": parts["tv"] + sum(unused)}
+  terms = bound_shift.shift_terms(
+      train_path, test_path, train.difficulty, shift_feature=shift_feature,
+      test_mixture=test_mixture, difficulty_support=difficulty_support, delta=delta,
+      seed=seed, model_dir=prior_dir, max_length=max_length, say=say)
+  parts, notes = terms.delta_parts, list(terms.notes)
 
   # 4. Weights.
-  pair = load_pair(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
+  if is_lora:
+    pair = load_lora_pair(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
+  else:
+    pair = load_pair(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
   notes = pair.notes + notes
-  mask = parameter_mask(pair.config, pair.params_q, include, exclude)
+  if pair.mask is not None and include is None and exclude is None:
+    mask = pair.mask
+  else:
+    mask = parameter_mask(pair.config, pair.params_q, include, exclude)
   if mesh == "auto":
     mesh = shd.make_mesh() if jax.device_count() > 1 else None
-  if jax.tree.leaves(pair.rest):
-    loss_fn = losses.model_loss_fn(pair.graphdef, pair.rest, loss=loss, **options)
-  else:
-    loss_fn = _model_loss(pair.graphdef, loss, tuple(sorted(options.items())))
+  loss_fn = model_loss(pair.graphdef, pair.rest, loss, options)
   extra = {"prior": prior_dir, "posterior": posterior_dir, "train": train_path, "seed": seed,
            "model_type": pair.config.model_type, "dtype": pair.config.dtype,
            "storage": pair.storage, "max_length": max_length,
@@ -554,14 +496,15 @@ def run_bound(
            "num_truncated": int(train.num_truncated), "chat_template": bool(chat_template),
            "parameters": {"include": include, "exclude": exclude,
                           "num_selected_tensors": len(selected)},
-           "shift": {**measure.info, "delta_parts": parts}}
-  if measure.check is not None:
-    extra["shift_check"] = measure.check
+           "shift": {**terms.info, "delta_parts": parts}}
+  if terms.check is not None:
+    extra["shift_check"] = terms.check
   return certify_params(
       loss_fn, pair.params_p, pair.params_q, train, key=jax.random.key(seed),
       sigma_q=plan.sigma_q, sigma_grid=sigma_grid, sigma_prior=sigma_prior,
       mc_scheme=mc_scheme, num_draws=num_draws, chunk_size=chunk_size, batch_size=batch_size,
       draws_per_step=draws_per_step, max_memory=max_memory, delta=delta, delta_parts=parts,
-      g_ext=g_ext, g_ext_kind=g_kind, mixture=mixture, difficulty=difficulty, mask=mask,
+      g_ext=terms.g_ext, g_ext_kind=terms.g_ext_kind, mixture=terms.mixture,
+      difficulty=terms.difficulty, mask=mask,
       name_of=lambda path: hf_name_of_path(pair.config, path), mesh=mesh, progress=progress,
       loss_name=loss, loss_options=options, method=method, notes=notes, extra=extra)

@@ -156,22 +156,48 @@ def check_args(args) -> None:
                     inputs=[args.prior, args.posterior, args.train, args.test, mixture_file])
 
 
+# Python argument names in library messages -> the flags that set them.
+_FLAGS = {
+    "sigma_grid": "--sigma-grid", "sigma_prior": "--sigma-prior", "sigma": "--sigma",
+    "difficulty_support": "--difficulty-support", "test_mixture": "--test-mixture",
+    "shift_feature": "--shift-feature", "max_length": "--max-length", "include": "--include",
+    "exclude": "--exclude", "chunk_size": "--chunk-size", "num_draws": "--draws",
+    "draws_per_step": "--draws-per-step", "max_memory": "--max-memory",
+    "batch_size": "--batch-size", "alpha": "--alpha", "seed": "--seed", "delta": "--delta",
+}
+_NAME = re.compile(r"(?<![\w-])(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) +
+                   r")(?=[:=\[])")
+
+
+def flag_message(text: str) -> str:
+  """A library message with its argument names spelled as the command's flags."""
+  return _NAME.sub(lambda m: _FLAGS[m.group(1)], text)
+
+
+def _config_dtype(folder: str) -> str | None:
+  from pacbayes.models.checkpoint import load_config
+
+  try:
+    return load_config(folder).dtype
+  except (ValueError, OSError):
+    return None  # Reported by the library, with its own message.
+
+
 def run(args) -> int:
   check_args(args)
   from pacbayes import pipeline, sharding
+  from pacbayes.kl import check_sigmas
 
+  dtype = args.dtype or _config_dtype(args.posterior) or _config_dtype(args.prior) or "float32"
+  check_sigmas({"--sigma": args.sigma, "--sigma-grid": args.sigma_grid,
+                "--sigma-prior": args.sigma_prior}, dtype=dtype)
   sharding.maybe_initialize_distributed()
-  cert = pipeline.run_bound(
-      args.prior, args.posterior, args.train, args.test,
-      loss=args.loss, alpha=args.alpha, sigma=args.sigma, sigma_grid=args.sigma_grid,
-      sigma_prior=args.sigma_prior, mc_scheme=args.mc_scheme, num_draws=args.draws,
-      chunk_size=args.chunk_size, batch_size=args.batch_size,
-      draws_per_step=args.draws_per_step, max_memory=args.max_memory, delta=args.delta,
-      seed=args.seed, include=args.include, exclude=args.exclude,
-      max_length=args.max_length, dtype=args.dtype, method=args.method,
-      test_mixture=args.test_mixture, shift_feature=args.shift_feature,
-      difficulty_support=args.difficulty_support, chat_template=args.chat_template,
-      progress=not args.quiet)
+  try:
+    cert = _certify(args, pipeline)
+  except CommandError:
+    raise
+  except ValueError as e:
+    raise CommandError(flag_message(str(e))) from None
   print(cert.to_table())
   if args.out:
     cert.to_json(args.out)
@@ -183,3 +209,17 @@ def run(args) -> int:
     print(line, file=sys.stderr)
     return 0 if args.force else EXIT_REFUTED
   return 0
+
+
+def _certify(args, pipeline):
+  return pipeline.run_bound(
+      args.prior, args.posterior, args.train, args.test,
+      loss=args.loss, alpha=args.alpha, sigma=args.sigma, sigma_grid=args.sigma_grid,
+      sigma_prior=args.sigma_prior, mc_scheme=args.mc_scheme, num_draws=args.draws,
+      chunk_size=args.chunk_size, batch_size=args.batch_size,
+      draws_per_step=args.draws_per_step, max_memory=args.max_memory, delta=args.delta,
+      seed=args.seed, include=args.include, exclude=args.exclude,
+      max_length=args.max_length, dtype=args.dtype, method=args.method,
+      test_mixture=args.test_mixture, shift_feature=args.shift_feature,
+      difficulty_support=args.difficulty_support, chat_template=args.chat_template,
+      progress=not args.quiet)

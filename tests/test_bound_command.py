@@ -1,0 +1,261 @@
+"""`pacbayes bound` end to end on small trained checkpoint pairs (Hugging Face folders).
+
+The prior is a tiny Llama trained on a deterministic successor task (token t is followed by
+t % 31 + 1), so its token error is 0 and survives small Gaussian noise; the posterior is the
+prior moved a little (a fixed Gaussian step of 3e-5 per weight), as a short fine-tune would.
+A non-vacuous in-distribution certificate then exists, and the tests check that the command
+finds it, that the prior sigma is the grid point of the smallest bound (recomputed here from
+the weights with an independent closed form), and the options of issue 13.
+"""
+
+import functools
+import json
+import math
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from pacbayes import bounds
+from pacbayes.certificate import Certificate
+from pacbayes.cli import main
+from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
+from pacbayes.tensorio import read_tensors
+
+VOCAB = 32
+LENGTH = 8
+MOVE = 3e-5
+README_GRID = ["1e-4", "3e-4", "1e-3", "3e-3"]
+
+
+def config(**kw):
+  base = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+              num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+              max_position_embeddings=16)
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+def successor_rows(n, seed, *, step=1, difficulty=None, length=LENGTH):
+  """Rows of the task: a random start, then t -> (t - 1 + step) % 31 + 1 (ids 1..31)."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(n):
+    t = int(rng.integers(1, VOCAB))
+    ids = [t]
+    for _ in range(length - 1):
+      t = (t - 1 + step) % (VOCAB - 1) + 1
+      ids.append(t)
+    row = {"input_ids": ids}
+    if difficulty is not None:
+      row["difficulty"] = difficulty[i % len(difficulty)]
+    rows.append(row)
+  return rows
+
+
+def write_jsonl(path, rows):
+  with open(path, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  return str(path)
+
+
+def _train(model, steps=120, seed=0):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  data = np.asarray([r["input_ids"] for r in successor_rows(512, seed + 100)], np.int32)
+  opt = optax.adam(3e-2)
+
+  def loss(p, ids):
+    logits = nnx.merge(graphdef, p, rest)(ids, jnp.ones_like(ids))
+    lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+    return -jnp.mean(jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1))
+
+  @jax.jit
+  def step(p, s, ids):
+    g = jax.grad(loss)(p, ids)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  state = opt.init(params)
+  rng = np.random.default_rng(seed)
+  for _ in range(steps):
+    params, state = step(params, state, data[rng.integers(0, len(data), 64)])
+  return nnx.merge(graphdef, params, rest)
+
+
+def _moved(model, only=None):
+  """The model with every parameter (or those whose path contains `only`) moved by MOVE."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(7), len(flat))
+  out = []
+  for (path, x), k in zip(flat, keys, strict=True):
+    hit = only is None or only in jax.tree_util.keystr(path)
+    out.append(x + MOVE * jax.random.normal(k, x.shape, x.dtype) if hit else x)
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, out), rest)
+
+
+@functools.cache
+def build():
+  """A folder with the checkpoints and files of these tests, built once per process.
+
+  prior/ (trained), posterior/ (prior moved by MOVE), mlp_only/ (only the MLP moved),
+  wide/ (another architecture); train.jsonl (n = 200, difficulty 1-3), test.jsonl (same pool,
+  difficulty 2-4), other_pool.jsonl (the predecessor task, training mixture), plain.jsonl
+  (no difficulty).
+
+  Returns:
+    {name: path}.
+  """
+  root = tempfile.mkdtemp(prefix="bound_pairs_")
+  cfg = config()
+  model = _train(build_model(cfg, rngs=nnx.Rngs(0)))
+  save_pretrained(model, cfg, os.path.join(root, "prior"))
+  save_pretrained(_moved(model), cfg, os.path.join(root, "posterior"))
+  save_pretrained(_moved(model, only="mlp"), cfg, os.path.join(root, "mlp_only"))
+  wide = config(hidden_size=48)
+  save_pretrained(build_model(wide, rngs=nnx.Rngs(1)), wide, os.path.join(root, "wide"))
+  paths = {k: os.path.join(root, k) for k in ("prior", "posterior", "mlp_only", "wide")}
+  paths["train"] = write_jsonl(os.path.join(root, "train.jsonl"),
+                               successor_rows(200, 1, difficulty=[1, 2, 3]))
+  paths["test"] = write_jsonl(os.path.join(root, "test.jsonl"),
+                              successor_rows(200, 2, difficulty=[2, 3, 3, 4]))
+  paths["other_pool"] = write_jsonl(os.path.join(root, "other_pool.jsonl"),
+                                    successor_rows(200, 3, step=-1, difficulty=[1, 2, 3]))
+  paths["plain"] = write_jsonl(os.path.join(root, "plain.jsonl"), successor_rows(200, 4))
+  return paths
+
+
+@pytest.fixture(scope="module")
+def pair():
+  return build()
+
+
+def bound_args(p, out, *extra, posterior="posterior", train="train"):
+  return ["bound", "--prior", p["prior"], "--posterior", p[posterior], "--train", p[train],
+          "--quiet", "--out", str(out), *extra]
+
+
+def kl_closed_form(prior_dir, posterior_dir, sigma_q, sigma_p):
+  """KL(N(w_q, sq^2 I) || N(w_p, sp^2 I)) from the safetensors files, float64 NumPy."""
+  a, b = read_tensors(prior_dir), read_tensors(posterior_dir)
+  d2 = sum(float(np.sum((np.asarray(b[k], np.float64) - np.asarray(a[k], np.float64)) ** 2))
+           for k in a)
+  d = sum(int(np.size(a[k])) for k in a)
+  r = sigma_q**2 / sigma_p**2
+  return 0.5 * (d * r - d - d * math.log(r) + d2 / sigma_p**2), d
+
+
+def test_readme_worked_example(pair, tmp_path, capsys):
+  """README: `--sigma-grid 1e-4 3e-4 1e-3 3e-3 --delta 0.05` on a same-pool test set."""
+  out = tmp_path / "report.json"
+  args = bound_args(pair, out, "--test", pair["test"], "--sigma-grid", *README_GRID,
+                    "--delta", "0.05")
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  cert = Certificate.from_json(out)  # the report loads back
+  assert rep["b_train_non_vacuous"] and rep["b_train"] < 0.5
+  assert rep["bound"] == rep["emp_risk"] + rep["epsilon"] + rep["g_gen"] + rep["g_ext"]
+  assert rep["g_ext_kind"] == "certified under difficulty shift (TV)"
+  assert rep["extra"]["shift_check"]["refuted"] is False
+  assert math.fsum(v for _, v in cert.delta_parts) == pytest.approx(0.05, abs=1e-15)
+  # The grid values are the floats the user gave, not float32-rounded.
+  assert [g["sigma_p"] for g in rep["extra"]["per_grid"]] == [1e-4, 3e-4, 1e-3, 3e-3]
+  assert rep["grid_size"] == 4 and rep["sigma_p"] in (1e-4, 3e-4, 1e-3, 3e-3)
+  # Independent check: KL in closed form from the files and B_train by Maurer for each grid
+  # point; the report's sigma_p is the point of the smallest bound (ties: smaller KL).
+  d_mc, d_pb = dict(cert.delta_parts)["mc"], dict(cert.delta_parts)["pb"]
+  n, m = rep["n"], rep["num_mc"]
+  q_up = float(bounds.kl_inv_upper(rep["emp_risk"], math.log(1 / d_mc) / m))
+  mine = []
+  for g in rep["extra"]["per_grid"]:
+    kl, d = kl_closed_form(pair["prior"], pair["posterior"], rep["sigma_q"], g["sigma_p"])
+    assert g["kl"] == pytest.approx(kl, rel=1e-9, abs=1e-9)
+    c = (kl + math.log(2 * math.sqrt(n) / d_pb) + math.log(4)) / n
+    b = min(float(bounds.kl_inv_upper(q_up, c)), 1.0)
+    assert min(g["b_train"], 1.0) == pytest.approx(b, abs=1e-9)
+    mine.append((g["bound"], g["kl"], g["sigma_p"]))
+  assert rep["sigma_p"] == min(mine)[2]
+  assert rep["num_params"] == d
+  assert rep["extra"]["sigma_grid_source"] == "sigma_grid"
+  assert "choose_sigma" in json.dumps(rep) or "searched" in rep["extra"]["sigma_search"]["how"]
+  shown = capsys.readouterr().out
+  assert "B_train" in shown and "report written" in shown
+
+
+def test_fixed_sigma_with_grid_test_mixture_and_sequence_error(pair, tmp_path):
+  """--sigma with --sigma-grid: the posterior sigma as given; mixture kinds from a JSON file."""
+  out, mix = tmp_path / "r.json", tmp_path / "mix.json"
+  mix.write_text(json.dumps({"1": 0.1, "2": 0.2, "3": 0.3, "4": 0.4}))
+  args = bound_args(pair, out, "--test", pair["test"], "--sigma", "0.001", "--sigma-grid",
+                    "0.001", "0.003", "--loss", "sequence_error", "--test-mixture", str(mix),
+                    "--difficulty-support", "1", "2", "3", "4", "--chunk-size", "4")
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  assert rep["sigma_q"] == 0.001 and rep["grid_size"] == 2
+  assert rep["loss"] == "sequence_error" and rep["num_mc"] == 50
+  names = {k["name"] for k in rep["extrapolation"]}
+  assert {"tv", "mixture_shift", "per_slice"} <= names
+  assert [s["difficulty"] for s in rep["slices"]] == [1.0, 2.0, 3.0, 4.0]
+  assert rep["mixture"]["test_exact"] and not rep["mixture"]["train_exact"]
+  assert "given exactly" in rep["extra"]["shift"]["mixture_source"]
+  # The test mixture puts 0.4 on d = 4, unseen in training: at least that much is uncertain.
+  assert rep["bound"] >= 0.4
+  total = math.fsum(v for _, v in rep["delta_parts"])
+  assert total == pytest.approx(rep["delta"], abs=1e-15)
+
+
+def test_another_pool_with_difficulty_is_not_certified(pair, tmp_path, capsys):
+  """A test set from another pool that carries difficulty: refuted, exit 3 (0 with --force)."""
+  out = tmp_path / "r.json"
+  args = bound_args(pair, out, "--test", pair["other_pool"], "--sigma", "1e-3",
+                    "--sigma-prior", "1e-3", "--chunk-size", "10")
+  assert main(args) == 3
+  rep = json.loads(out.read_text())
+  check = rep["extra"]["shift_check"]
+  assert check["refuted"] and check["tv_lower"] > check["tv_upper"]
+  assert rep["g_ext_kind"] == "estimate"
+  assert not any(k["kind"].startswith("certified") and k["name"] == rep["g_ext_name"]
+                 for k in rep["extrapolation"])
+  assert any("REFUTED" in note for note in rep["notes"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "refuted" in err[0]
+  assert main(args + ["--force"]) == 0
+
+
+def test_hf_name_selection_and_smoothed_nll_alpha(pair, tmp_path):
+  """--include takes Hugging Face names; the smoothed NLL's alpha is recorded."""
+  out = tmp_path / "r.json"
+  args = bound_args(pair, out, "--posterior", pair["mlp_only"], "--include",
+                    "model.layers.*.mlp.*", "--sigma", "1e-3", "--sigma-prior", "1e-3",
+                    "--loss", "smoothed_nll", "--alpha", "0.05", "--chunk-size", "10",
+                    "--method", "catoni", "--draws-per-step", "4")
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  cfg = config()
+  assert rep["num_params"] == 3 * cfg.hidden_size * cfg.intermediate_size
+  assert rep["loss_options"] == {"alpha": 0.05} and rep["method"] == "catoni"
+  assert rep["extra"]["draws_per_step"] == 4
+  kl, _ = kl_closed_form(pair["prior"], pair["mlp_only"], 1e-3, 1e-3)
+  assert rep["kl"] == pytest.approx(kl, rel=1e-9)
+
+
+def test_bf16_posterior_is_noted(pair, tmp_path):
+  """A bf16-stored posterior and an fp32 prior: one note on storage, one on the cast."""
+  model, cfg = load_pretrained(pair["posterior"], dtype="bfloat16")
+  save_pretrained(model, cfg, tmp_path / "bf16")
+  out = tmp_path / "r.json"
+  p = dict(pair, bf16=str(tmp_path / "bf16"))
+  args = bound_args(p, out, "--posterior", p["bf16"], "--sigma", "3e-3", "--sigma-prior",
+                    "3e-3", "--chunk-size", "20")
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  notes = " | ".join(rep["notes"])
+  assert "bfloat16" in notes and "cast to bfloat16" in notes
+  assert rep["extra"]["storage"]["sixteen_bit"] == "bfloat16"
+  assert 0 < rep["extra"]["storage"]["rounding_share"] <= 1
