@@ -1,6 +1,5 @@
 """Lab: SFT/DFT losses and steps, slice evaluation, the subspace, cache resume, a micro study."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +9,12 @@ from flax import nnx
 
 import pacbayes  # noqa: F401  (x64 on)
 from pacbayes.data import synthetic
-from pacbayes.lab import cache, study, subspace
+from pacbayes.data.dataset import Dataset
+from pacbayes.lab import cache, studydata, subspace
 from pacbayes.lab import evaluate as ev
 from pacbayes.lab import train as tr
+from pacbayes.lab.config import StudyConfig, seq_length
+from pacbayes.lab.grid import certified_cells, grid_cells
 from pacbayes.models import ModelConfig, build_model
 
 
@@ -28,8 +30,8 @@ def _rows(n, ops, seed=0):
 
 
 def _train_arrays(n=16, ops=(1, 2)):
-  ds = study._to_dataset(_rows(n, list(ops)), max(ops), full_loss=False, source="t")
-  return study._arrays(ds)
+  ds = Dataset.from_rows(_rows(n, list(ops)), pad_length=seq_length(max(ops)), source="t")
+  return studydata.arrays(ds)
 
 
 def _np_log_softmax(x):
@@ -177,75 +179,66 @@ def test_params_cache_round_trip(tmp_path):
   assert cache.config_hash({"a": (1, 2)}) == cache.config_hash({"a": [1, 2]})
 
 
+def test_per_item_evaluation_agrees_with_the_summaries():
+  model = _tiny_model()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  rows = _rows(5, [1]) + _rows(3, [2], seed=1)
+  test = ev.make_slice_set(rows, {1: 0.5, 2: 0.5})
+  per_item = ev.slice_correct(model, test, batch_size=3)
+  acc = ev.slice_accuracy(model, test, batch_size=4)
+  assert {k: float(v.mean()) for k, v in per_item.items()} == acc
+  seq_fn = ev.sequence_error_fn(tr.model_apply(graphdef, rest))
+  arrs = studydata.arrays(test.slices[1])
+  rows_loss = ev.row_losses(seq_fn, params, arrs, batch_size=2)
+  from pacbayes.losses import sequence_error
+
+  logits = model(arrs["input_ids"], attention_mask=arrs["attention_mask"])
+  np.testing.assert_array_equal(rows_loss, np.asarray(sequence_error(
+    logits, arrs["input_ids"], arrs["loss_mask"])))
+  # sequence error upper-bounds the greedy answer error item by item
+  assert np.all(rows_loss >= 1 - per_item[1])
+  q = ev.posterior_row_losses(seq_fn, params, arrs, key=jax.random.key(0), sigma=1e-6,
+                              num_draws=2)
+  assert q.shape == (2, 5)
+  np.testing.assert_array_equal(q[0], rows_loss)
+
+
 def test_study_config_checks_and_presets():
-  quick = study.StudyConfig.preset("quick")
+  quick = StudyConfig.preset("quick")
   assert quick.name == "quick" and quick.bucket_names == ["easy", "medium", "hard"]
-  full = study.StudyConfig.preset("full")
-  assert full.name == "full" and max(full.sizes) > max(quick.sizes)
+  assert len(quick.seeds) >= 2 and quick.sizes == (200, 800, 3200)
+  assert quick.test_mixture() == {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25}
+  assert quick.mixture("tilted", "hard") == pytest.approx({1: 1 / 15, 2: 2 / 15, 3: 4 / 15,
+                                                           4: 8 / 15})
+  full = StudyConfig.preset("full")
+  assert [a for a, _ in full.arms] == ["tilted", "disjoint"]
+  assert full.mixture("disjoint", "medium") == {2: 0.5, 3: 0.5}
   with pytest.raises(ValueError, match="preset"):
-    study.StudyConfig.preset("huge")
-  with pytest.raises(ValueError, match="buckets"):
-    study.StudyConfig(buckets=(("easy", 3, 4), ("hard", 1, 2)))
+    StudyConfig.preset("huge")
+  with pytest.raises(ValueError, match="unknown StudyConfig field"):
+    StudyConfig.preset("quick", bogus=1)
+  with pytest.raises(ValueError, match="weights"):
+    StudyConfig(arms=(("tilted", (("easy", (1.0, 2.0)),)),))
   with pytest.raises(ValueError, match="dft_sizes"):
-    study.StudyConfig(dft_sizes=(7,))
-  mix = study.test_mixture(quick)
-  assert sum(mix.values()) == pytest.approx(1.0)
-  probs = [mix[k] for k in sorted(mix)]
-  assert probs == sorted(probs)  # leans harder
-  for cfg in (quick, full):
-    # a fixed fine-tuning step budget for every n, and posterior scales the prior grid holds
-    assert len({cfg.ft_steps(n) for n in cfg.sizes}) == 1
-    assert set(cfg.sigma_q_grid) <= set(cfg.sigma_prior_grid)
+    StudyConfig(dft_sizes=(7,))
+  with pytest.raises(ValueError, match="certified_steps"):
+    StudyConfig(certified_steps=(400,))
+  cells = grid_cells(quick)
+  assert len(cells) == len(quick.seeds) * (9 + 2 + 3)
+  assert len({c.tag for c in cells}) == len(cells)
+  assert {c.steps for c in cells} == {quick.ft_steps}
+  cert = certified_cells(quick)
+  assert all(c.certified and c.steps < quick.ft_steps for c in cert)
 
 
-MICRO = dict(
-  test_ops=(1, 3), buckets=(("easy", 1, 1), ("medium", 2, 2), ("hard", 3, 3)),
-  test_per_slice=2, sizes=(6, 8), pad_to_test_length=True, hidden_size=16,
-  intermediate_size=32, num_layers=1, num_heads=2, pretrain_ops=(1, 2),
-  strong_pretrain_ops=(1, 3), pretrain_steps=2,
-  strong_pretrain_steps=3, pretrain_examples=16, pretrain_batch_size=4, ft_batch_size=4,
-  ft_min_steps=1, ft_max_steps=1, dft_buckets=("hard",), dft_sizes=(6, 8), strong_sizes=(6,),
-  ft_subspace_dim=8, sigma_prior_grid=(0.1, 1.0), sigma_q_grid=(0.1,), sigma_subset=4,
-  test_draws=1, eval_batch_size=4, generate_batch_size=8,
-)
-
-
-@pytest.mark.slow
-def test_micro_study_schema_and_resume(tmp_path, monkeypatch):
-  cfg = study.StudyConfig.preset("quick", **MICRO)
-  res = study.run_study(cfg, tmp_path, progress=False)
-  on_disk = json.loads((tmp_path / "results.json").read_text())
-  assert on_disk["schema"] == "pacbayes.lab/1" and on_disk["preset"] == "quick"
-  assert set(on_disk["config"]) == {f for f in cfg.to_dict()}
-  assert list(on_disk["buckets"]) == ["easy", "medium", "hard"]
-  assert on_disk["sizes"] == [6, 8]
-  assert sum(on_disk["test_mixture"].values()) == pytest.approx(1.0)
-  for name in ("base", "strong"):
-    b = on_disk["bases"][name]
-    assert {"pretrain_ops", "steps", "accuracy", "accuracy_by_slice", "test_risk"} <= set(b)
-  cells = on_disk["cells"]
-  assert len(cells) == 6 + 2 + 3
-  keys = {"base", "method", "bucket", "difficulty", "n", "seed", "accuracy",
-          "accuracy_by_slice", "test_risk", "test_risk_point", "certificate", "train_time_s"}
-  g_ext = {}
-  for c in cells:
-    assert keys <= set(c)
-    cert = c["certificate"]
-    assert cert["g_ext_kind"] == "certified under difficulty shift"
-    assert cert["bound"] == pytest.approx(
-      cert["emp_risk"] + cert["epsilon"] + cert["g_gen"] + cert["g_ext"])
-    assert set(c["accuracy_by_slice"]) == {"1", "2", "3"}
-    g_ext[c["bucket"]] = cert["g_ext"]
-  assert g_ext["easy"] > g_ext["medium"] > g_ext["hard"]  # the test mixture leans harder
-  # TV(p_test, bucket) computed by hand: p_test = (1, 2, 3) / 6.
-  assert g_ext["hard"] == pytest.approx(0.5)
-
-  # Second run: everything comes from the cache; training must not be called.
-  def boom(*a, **k):
-    raise AssertionError("train called on a cached study")
-
-  monkeypatch.setattr(tr, "train", boom)
-  again = study.run_study(cfg, tmp_path, progress=False)
-  assert [c["accuracy"] for c in again["cells"]] == [c["accuracy"] for c in res["cells"]]
-  assert [c["certificate"]["bound"] for c in again["cells"]] == [
-    c["certificate"]["bound"] for c in res["cells"]]
+def test_pools_are_seeded_per_seed_and_follow_their_mixture():
+  cfg = StudyConfig.preset("quick", test_per_slice=2, sizes=(400,), dft_sizes=(),
+                           strong_sizes=(), certified_sizes=())
+  data = studydata.build_data(cfg)
+  d0, d1 = data.difficulty[("tilted", "hard", 0)], data.difficulty[("tilted", "hard", 1)]
+  assert not np.array_equal(d0, d1)
+  freq = np.bincount(d0, minlength=5)[1:] / d0.size
+  np.testing.assert_allclose(freq, [1 / 15, 2 / 15, 4 / 15, 8 / 15], atol=0.06)
+  again = studydata.build_data(cfg)
+  np.testing.assert_array_equal(again.pools[("tilted", "easy", 1)].input_ids,
+                                data.pools[("tilted", "easy", 1)].input_ids)

@@ -20,8 +20,8 @@ def results_file(tmp_path):
 def test_lab_figures_build_and_save(results_file, tmp_path):
   results = plots.load_results(results_file)
   figs = plots.lab_figures(results)
-  assert {"accuracy_heatmap", "slice_accuracy", "gaps_vs_difficulty", "dft_vs_sft",
-          "base_strength"} <= set(figs)
+  assert {"accuracy_vs_n", "accuracy_vs_difficulty", "gaps_vs_difficulty",
+          "certified_vs_measured", "bound_vs_risk", "dft_vs_sft"} <= set(figs)
   for stem, fig in figs.items():
     assert isinstance(fig, matplotlib.figure.Figure)
     out = tmp_path / f"{stem}.png"
@@ -29,18 +29,27 @@ def test_lab_figures_build_and_save(results_file, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_heatmap_values_match_cells(results_file):
-  fig = plots.accuracy_heatmap(plots.load_results(results_file))
-  grid = fig.axes[0].images[0].get_array()
-  assert grid.shape == (3, 3)
-  assert float(grid[2, 2]) == pytest.approx(GOOD["acc"][2][2])
+def test_error_bars_are_the_verdicts_intervals(results_file):
+  """The plotted point and bar of a cell are the one-cell contrast of pacbayes.stats."""
+  from pacbayes.studyview import study_view
+
+  results = plots.load_results(results_file)
+  view = study_view(results)
+  est, lo, hi = plots.cell_interval(view, ("base", "sft", "hard", 3200))
+  cells = [c for c in results["cells"] if c["bucket"] == "hard" and c["n"] == 3200
+           and c["method"] == "sft" and c["base"] == "base"]
+  assert est == pytest.approx(sum(c["accuracy"] for c in cells) / len(cells))
+  assert lo < est < hi and hi - lo < 0.2
+  fig = plots.accuracy_vs_n(view)
+  line = fig.axes[0].lines[2]  # hard bucket's line (easy, medium, hard in order)
+  assert float(line.get_ydata()[-1]) == pytest.approx(est)
 
 
-@pytest.mark.parametrize("kind", ["heatmap", "slices", "gaps", "g_gen"])
-def test_plot_command_on_lab_results(results_file, tmp_path, kind):
-  out = tmp_path / f"{kind}.png"
-  assert main(["plot", str(results_file), "--kind", kind, "--out", str(out)]) == 0
-  assert out.exists()
+def test_old_lab_schema_is_refused_with_the_key(tmp_path):
+  old = tmp_path / "old.json"
+  old.write_text(json.dumps({"schema": "pacbayes.lab/1", "cells": []}))
+  with pytest.raises(plots.ResultsError, match="old.json.*schema"):
+    plots.load_results(old)
 
 
 def test_plot_command_on_bound_reports(tmp_path):
