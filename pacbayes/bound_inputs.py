@@ -19,7 +19,7 @@ from pacbayes.data.jsonl import DataError
 __all__ = [
     "MAX_BATCH_SIZE", "MAX_SEED", "SHIFT_FEATURES", "SigmaPlan", "check_batch_size",
     "check_delta", "check_grid", "delta_plan", "check_positive_int", "check_seed", "check_sigma",
-    "choose_shift_feature", "plan_sigma", "read_difficulty", "sigma_in_dtype",
+    "choose_shift_feature", "plan_sigma", "read_difficulty",
 ]
 
 SHIFT_FEATURES = ("difficulty", "ngram", "embedding")
@@ -90,24 +90,6 @@ def check_batch_size(value: Any, name: str = "batch_size") -> int:
   if out is None:
     raise ValueError(f"{name}: expected an integer >= 1, got None")
   return out
-
-
-def sigma_in_dtype(value: float, name: str, dtype: str) -> None:
-  """Refuses a sigma that the model's dtype cannot hold (it would round to 0 or overflow).
-
-  The draws compute `w + sigma * eps` with sigma in float32 (bfloat16 has float32's exponent
-  range); the KL uses sigma in float64, where `sigma^2` must stay a positive normal number.
-
-  Raises:
-    ValueError: naming `name`, the value and the dtype.
-  """
-  as32 = float(np.float32(value))
-  if as32 == 0.0 or not math.isfinite(as32) or as32 < float(np.finfo(np.float32).tiny):
-    raise ValueError(f"{name}: {value!r} underflows or overflows in {dtype} (the draws use "
-                     f"sigma in float32, where it becomes {as32!r})")
-  if not (value * value > 0 and math.isfinite(value * value)):
-    raise ValueError(f"{name}: {value!r} squared leaves the float64 range, so the KL cannot be "
-                     "computed")
 
 
 def delta_plan(delta: float, *, tv: bool = False, mixture: bool = False,
@@ -252,10 +234,10 @@ def choose_shift_feature(requested: str | None, *, train_has_difficulty: bool,
   feature = requested or ("difficulty" if train_has_difficulty or mixture_given else "ngram")
   if feature != "difficulty":
     if mixture_given:
-      raise ValueError(f"test_mixture is a mixture over difficulty; it cannot be used with "
+      raise ValueError(f"test_mixture: a mixture over difficulty cannot be used with "
                        f"shift_feature={feature!r}")
     if support_given:
-      raise ValueError(f"difficulty_support applies to the difficulty feature only, not "
+      raise ValueError(f"difficulty_support: applies to the difficulty feature only, not "
                        f"shift_feature={feature!r}")
     return feature
   if not train_has_difficulty:

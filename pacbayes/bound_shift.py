@@ -134,7 +134,7 @@ def plan_shift(train_path: str, test_path: str | None, *, train_difficulty: np.n
         source = (f"uniform over the {len(seen)} difficulty values seen in {test_path} (the "
                   "observed support, not fixed in advance)")
       else:
-        raise ValueError("test_mixture 'uniform': give difficulty_support or a test file "
+        raise ValueError("test_mixture: 'uniform' needs difficulty_support or a test file "
                          "whose rows carry difficulty, to fix the values it spreads over")
     elif isinstance(test_mixture, (str, os.PathLike)):
       mixture = ex.load_mixture(os.fspath(test_mixture), support=support)

@@ -166,7 +166,7 @@ _FLAGS = {
     "batch_size": "--batch-size", "alpha": "--alpha", "seed": "--seed", "delta": "--delta",
 }
 _NAME = re.compile(r"(?<![\w-])(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) +
-                   r")(?=[:=\[])")
+                   r")(?=[:=\[]|$)")
 
 
 def flag_message(text: str) -> str:
