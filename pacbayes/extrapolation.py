@@ -53,14 +53,19 @@ __all__ = [
   "detect_scheme",
   "difficulty_key",
   "load_mixture",
+  "loss_weights",
   "maurer_upper",
   "mixture_bounds",
   "mixture_shift_bound",
   "mixture_shift_formula",
   "per_slice_bounds",
+  "slice_mc_upper",
+  "slice_values",
   "split_delta",
+  "training_slices",
   "uniform_mixture",
   "weighted_loss_bound",
+  "weighted_value",
   "worst_case_mean",
 ]
 
@@ -169,14 +174,19 @@ def split_delta(delta: float, parts: Sequence[str],
   return out
 
 
-def maurer_upper(mc_upper: float, kl: float, n: int, delta: float, grid_size: int = 1) -> float:
+def maurer_upper(mc_upper: Any, kl: float, n: Any, delta: float, grid_size: int = 1) -> Any:
   """``kl_inv_upper(mc_upper, (kl + ln(2 sqrt(n)/delta) + ln k)/n)``: the certificate's B_train.
 
   The one definition of the Maurer step used by `certify` and by the weighted-loss and
   per-slice bounds (Maurer 2004, Theorem 5, with a union bound over k prior scales).
+  ``mc_upper`` (clipped to [0, 1]) and ``n`` (>= 1) may be arrays (broadcast); returns a
+  float for scalars, else a float64 array.
   """
-  c = (kl + math.log(2.0 * math.sqrt(n) / delta) + math.log(grid_size)) / n
-  return float(bounds.kl_inv_upper(min(max(mc_upper, 0.0), 1.0), c))
+  n = np.asarray(n, dtype=np.float64)
+  c = (kl + np.log(2.0 * np.sqrt(n) / delta) + math.log(grid_size)) / n
+  q = np.clip(np.asarray(mc_upper, dtype=np.float64), 0.0, 1.0)
+  out = np.asarray(bounds.kl_inv_upper(q, c), dtype=np.float64)
+  return float(out) if out.ndim == 0 else out
 
 
 # ------------------------------------------------------------------------------ slot arrays
@@ -211,7 +221,7 @@ def _slots(slot_losses: Any, slot_rows: Any, difficulty: Any):
     raise ValueError(f"slot_losses {loss.shape} and slot_rows {rows.shape} must have one shape")
   if not np.all(np.isfinite(diff)):
     bad = int(np.argmin(np.isfinite(diff)))
-    raise ValueError(f"difficulty[{bad}]: expected a finite number, got {diff[bad]!r}")
+    raise ValueError(f"difficulty[{bad}]: expected a finite number, got {float(diff[bad])!r}")
   scheme = detect_scheme(rows, diff.size)
   if not (np.all(np.isfinite(loss)) and loss.min() >= -_RANGE_TOL
           and loss.max() <= 1 + _RANGE_TOL):
@@ -274,36 +284,55 @@ def weighted_loss_bound(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: 
     term); DESIGN.md section 1 (weighted-loss refinement).
   """
   loss, rows, diff, scheme = _slots(slot_losses, slot_rows, difficulty)
-  _check_share(delta_mc, "delta_mc")
-  _check_share(delta_pb, "delta_pb")
   col = _support_index(diff, mix)
+  v, c, rule = loss_weights(mix)
+  per_slot = v[col[rows]] * loss  # [M, K]
+  x = per_slot.mean(axis=1)  # [M]
+  emp = float(np.clip(x.mean(), 0.0, 1.0))
+  value, mc_up, b_w = weighted_value(emp, x.size, diff.size, mix, kl=kl, grid_size=grid_size,
+                                     delta_mc=delta_mc, delta_pb=delta_pb)
+  return ExtrapolationBound(
+    name="weighted", kind=KIND_MIXTURE, value=float(value), delta=delta_mc + delta_pb,
+    delta_parts=(("weighted_mc", delta_mc), ("weighted_pb", delta_pb)),
+    details={"scheme": scheme, "num_mc": int(x.size), "emp_weighted": emp,
+             "mc_upper": float(mc_up), "b_w": float(b_w), "scale": c, "m_out": mix.m_out,
+             "rule": rule, "weights": {difficulty_key(d): float(y)
+                                       for d, y in zip(mix.support, v, strict=True)}})
+
+
+def loss_weights(mix: MixtureBounds) -> tuple[np.ndarray, float, str]:
+  """(v [k] in [0, 1] per support value, scale c, rule in words) of the weighted loss.
+
+  See `weighted_loss_bound`: ``p_test(d) <= c p_train(d) v(d)`` on the training support.
+  """
   u = np.asarray(mix.test_upper)
   lo = np.asarray(mix.train_lower)
   in_a = lo > 0
   if mix.train_exact:
     w = np.where(in_a, u / np.where(in_a, lo, 1.0), 0.0)
     c = float(w.max())
-    v = w / c if c > 0 else w
-    rule = "v = w / w_max (p_train exact)"
-  else:
-    v = u / u.max()
-    ratio = np.where(in_a & (v > 0), u / np.where(in_a, lo, 1.0) / np.where(v > 0, v, 1.0), 0.0)
-    c = float(ratio.max())
-    rule = "v = u_test / max u_test (p_train estimated from S: weights from the test side)"
-  per_slot = v[col[rows]] * loss  # [M, K]
-  x = per_slot.mean(axis=1)  # [M]
-  emp = float(np.clip(x.mean(), 0.0, 1.0))
-  m = x.size
-  mc_up = float(bounds.mc_sample_bound(emp, m, delta_mc))
-  b_w = maurer_upper(mc_up, kl, diff.size, delta_pb, grid_size)
-  value = mix.m_out + c * b_w
-  return ExtrapolationBound(
-    name="weighted", kind=KIND_MIXTURE, value=value, delta=delta_mc + delta_pb,
-    delta_parts=(("weighted_mc", delta_mc), ("weighted_pb", delta_pb)),
-    details={"scheme": scheme, "num_mc": m, "emp_weighted": emp, "mc_upper": mc_up,
-             "b_w": b_w, "scale": c, "m_out": mix.m_out, "rule": rule,
-             "weights": {difficulty_key(d): float(x) for d, x in zip(mix.support, v,
-                                                                       strict=True)}})
+    return (w / c if c > 0 else w), c, "v = w / w_max (p_train exact)"
+  v = u / u.max()
+  ratio = np.where(in_a & (v > 0), u / np.where(in_a, lo, 1.0) / np.where(v > 0, v, 1.0), 0.0)
+  return v, float(ratio.max()), ("v = u_test / max u_test (p_train estimated: weights from the "
+                                 "test side only)")
+
+
+def weighted_value(emp_weighted: Any, num_mc: int, n: int, mix: MixtureBounds, *, kl: float,
+                   grid_size: int = 1, delta_mc: float, delta_pb: float) -> tuple[Any, Any, Any]:
+  """(value, mc_upper, B_w) of the weighted-loss bound from the Monte-Carlo mean of l'.
+
+  ``mc_upper = mc_sample_bound(emp, M, delta_mc)``, ``B_w = maurer_upper(mc_upper, kl, n,
+  delta_pb, k)``, ``value = m_out + c B_w`` (`loss_weights`). Vectorised over
+  ``emp_weighted`` (e.g. simulation trials).
+  """
+  _check_share(delta_mc, "delta_mc")
+  _check_share(delta_pb, "delta_pb")
+  _, c, _ = loss_weights(mix)
+  emp = np.clip(np.asarray(emp_weighted, dtype=np.float64), 0.0, 1.0)
+  mc_up = np.asarray(bounds.mc_sample_bound(emp, num_mc, delta_mc), dtype=np.float64)
+  b_w = np.asarray(maurer_upper(mc_up, kl, n, delta_pb, grid_size))
+  return mix.m_out + c * b_w, mc_up, b_w
 
 
 def _check_share(value: float, name: str) -> None:
@@ -314,29 +343,66 @@ def _check_share(value: float, name: str) -> None:
 # ------------------------------------------------------------------------------ per slice
 
 
-def _slice_mc(loss: np.ndarray, rows: np.ndarray, scheme: str, members: np.ndarray,
-              delta: float) -> tuple[float, float, str]:
-  """(mean, upper value, method) for E_Q[R_{S_d}], the slice whose rows are ``members``."""
-  n = members.size
+def slice_mc_upper(slot_losses: Any, slot_rows: Any, members: Any, delta: float
+                   ) -> tuple[Any, Any, str]:
+  """(mean, upper value, method) for E_Q[R_{S_d}], the slice of S whose rows are ``members``.
+
+  Only primary slots count (see `per_slice_bounds` for the proof of both methods): "kl"
+  (`bounds.mc_sample_bound` over the M_d draws touching the slice) when every such draw
+  covers the same number of slice rows, else "hoeffding" (`bounds.hoeffding_upper` with
+  ranges c_m / n_d). Vectorised over leading axes of ``slot_losses`` ([..., M, K], e.g.
+  repeated Monte-Carlo runs over one S); ``slot_rows`` [M, K] fixes the layout.
+
+  Raises:
+    ValueError: a layout that is neither scheme, or no members.
+  """
+  loss = np.asarray(slot_losses, dtype=np.float64)
+  rows = np.asarray(slot_rows)
+  members = np.asarray(members, dtype=np.int64).reshape(-1)
+  n_d = members.size
+  if n_d == 0:
+    raise ValueError("members: the slice has no rows")
+  n = int(rows.max()) + 1 if rows.size else 0
+  scheme = detect_scheme(rows, max(n, int(members.max()) + 1))
+  m_total, k = rows.shape
+  flat = loss.reshape(loss.shape[:-2] + (m_total * k,))
   if scheme == "passes":
-    z = loss[:, members].mean(axis=1)  # [M] i.i.d. slice risks, one per full pass
-    mean = float(np.clip(z.mean(), 0.0, 1.0))
-    return mean, float(bounds.mc_sample_bound(mean, z.size, delta)), "kl"
-  k = rows.shape[1]
-  flat_loss = loss.reshape(-1)[:rows.shape[0] * k]
-  draw_of_row = np.arange(flat_loss.size) // k  # primary slots: slot j scores row j (j < n)
-  draws = draw_of_row[members]
-  counts = np.bincount(draws, minlength=rows.shape[0])
-  sums = np.bincount(draws, weights=flat_loss[members], minlength=rows.shape[0])
+    z = flat.reshape(loss.shape)[..., members].mean(axis=-1)  # [..., M] i.i.d. slice risks
+    mean = np.clip(z.mean(axis=-1), 0.0, 1.0)
+    return mean, np.asarray(bounds.mc_sample_bound(mean, m_total, delta)), "kl"
+  draws = members // k  # primary slot j < n scores row j, under draw j // K
+  counts = np.bincount(draws, minlength=m_total)
   used = counts > 0
-  mean = float(np.clip(sums.sum() / n, 0.0, 1.0))
+  mean = np.clip(flat[..., members].sum(axis=-1) / n_d, 0.0, 1.0)
   if np.all(counts[used] == counts[used][0]):
-    # Equal coverage c: the slice mean is the average of M_d independent [0, 1] chunk-slice
-    # means (one per draw touching it), so the kl form applies with M_d of them.
-    return mean, float(bounds.mc_sample_bound(mean, int(used.sum()), delta)), "kl"
-  sum_sq = float(np.sum((counts[used] / n) ** 2))
-  up = float(bounds.hoeffding_upper(mean, sum_sq, delta))
-  return mean, min(1.0, up), "hoeffding"
+    return mean, np.asarray(bounds.mc_sample_bound(mean, int(used.sum()), delta)), "kl"
+  sum_sq = float(np.sum((counts[used] / n_d) ** 2))
+  up = np.minimum(np.asarray(bounds.hoeffding_upper(mean, sum_sq, delta)), 1.0)
+  return mean, up, "hoeffding"
+
+
+def training_slices(mix: MixtureBounds) -> list[int]:
+  """Support indices that get a slice bound, fixed before S is seen (see `per_slice_bounds`)."""
+  if mix.train_exact:
+    return [i for i, lo in enumerate(mix.train_lower) if lo > 0]
+  return list(range(len(mix.support)))
+
+
+def slice_values(mc_upper: Any, n_d: Any, *, kl: float, grid_size: int = 1,
+                 delta_pb: float) -> np.ndarray:
+  """Per-slice Maurer bounds ``B_d`` (1 where ``n_d == 0``), vectorised over any shape.
+
+  Args:
+    mc_upper: [...] Monte-Carlo upper values of E_Q[R_{S_d}].
+    n_d: [...] slice sizes (ints >= 0).
+    kl: KL(Q || P) in nats.
+    grid_size: k prior scales (ln k).
+    delta_pb: the confidence of EACH slice (the caller's share divided by the slice count).
+  """
+  n_d = np.asarray(n_d)
+  safe = np.maximum(n_d, 1)
+  b = np.asarray(maurer_upper(np.where(n_d > 0, mc_upper, 1.0), kl, safe, delta_pb, grid_size))
+  return np.where(n_d > 0, b, 1.0)
 
 
 def per_slice_bounds(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: MixtureBounds, *,
@@ -382,29 +448,30 @@ def per_slice_bounds(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: Mix
   _check_share(delta_mc, "delta_mc")
   _check_share(delta_pb, "delta_pb")
   col = _support_index(diff, mix)
+  slices = training_slices(mix)
   if mix.train_exact:
-    slices = [i for i, lo in enumerate(mix.train_lower) if lo > 0]
     outside = np.flatnonzero(~np.isin(col, slices))
     if outside.size:
       i = int(outside[0])
-      raise ValueError(f"difficulty[{i}]: value {diff[i]!r} has p_train = 0 in the training "
-                       "mixture")
-  else:
-    slices = list(range(len(mix.support)))
+      raise ValueError(f"difficulty[{i}]: value {float(diff[i])!r} has p_train = 0 in the "
+                       "training mixture")
   k = len(slices)
   d_mc, d_pb = delta_mc / k, delta_pb / k
-  values = [1.0] * len(mix.support)
-  out = []
+  stats = []
   for j in slices:
     members = np.flatnonzero(col == j)
-    d = mix.support[j]
     if members.size == 0:
-      out.append(SliceBound(d, 0, math.nan, 1.0, "none", 1.0))
-      continue
-    mean, up, how = _slice_mc(loss, rows, scheme, members, d_mc)
-    b = maurer_upper(min(up, 1.0), kl, members.size, d_pb, grid_size)
-    values[j] = b
-    out.append(SliceBound(d, int(members.size), mean, min(up, 1.0), how, b))
+      stats.append((0, math.nan, 1.0, "none"))
+    else:
+      mean, up, how = slice_mc_upper(loss, rows, members, d_mc)
+      stats.append((int(members.size), float(mean), float(up), how))
+  n_d = np.array([s_[0] for s_ in stats])
+  ups = np.array([min(s_[2], 1.0) for s_ in stats])
+  b_d = slice_values(ups, n_d, kl=kl, grid_size=grid_size, delta_pb=d_pb)
+  values = np.ones(len(mix.support))
+  values[slices] = b_d
+  out = [SliceBound(mix.support[j], int(nd), float(st[1]), float(up), st[3], float(b))
+         for j, nd, st, up, b in zip(slices, n_d, stats, ups, b_d, strict=True)]
   value = worst_case_mean(values, mix)
   return ExtrapolationBound(
     name="per_slice", kind=KIND_MIXTURE, value=value, delta=delta_mc + delta_pb,

@@ -331,35 +331,45 @@ def mixture_bounds(
                        method=method)
 
 
-def worst_case_mean(values: Sequence[float], mix: MixtureBounds) -> float:
+def worst_case_mean(values: Any, mix: MixtureBounds) -> Any:
   """max sum_d p(d) values[d] over mixtures p with p(d) <= test_upper(d) and sum p = 1.
 
   With an exact test mixture this is simply ``sum_d p_test(d) values[d]``. Otherwise the
   maximiser puts mass on the largest values first (a fractional knapsack), which is >= the
-  true ``sum_d p_test(d) values[d]`` on the confidence event. ``values`` are per support
-  value (e.g. per-slice bounds, 1 outside the training support); requires values >= 0.
+  true ``sum_d p_test(d) values[d]`` on the confidence event.
+
+  Args:
+    values: [..., k] finite values >= 0 per support value (e.g. per-slice bounds, 1 outside
+      the training support); leading axes are batch axes (e.g. simulation trials).
+    mix: the mixtures.
+
+  Returns:
+    float (for 1-D ``values``) or a [...] float64 array.
   """
-  vals = [float(v) for v in values]
-  if len(vals) != len(mix.support) or not all(math.isfinite(v) and v >= 0 for v in vals):
-    raise ValueError(f"values: expected {len(mix.support)} finite values >= 0, got {values!r}")
+  vals = np.asarray(values, dtype=np.float64)
+  k = len(mix.support)
+  if vals.ndim == 0 or vals.shape[-1] != k or not np.all(np.isfinite(vals) & (vals >= 0)):
+    raise ValueError(f"values: expected [..., {k}] finite values >= 0, got shape {vals.shape}")
+  u = np.asarray(mix.test_upper)
   if mix.test_exact:
-    return math.fsum(p * v for p, v in zip(mix.test_upper, vals, strict=True))
-  left, total = 1.0, []
-  for v, u in sorted(zip(vals, mix.test_upper, strict=True), reverse=True):
-    take = min(u, left)
-    total.append(take * v)
-    left -= take
-    if left <= 0.0:
-      break
-  return math.fsum(total)
+    out = vals @ u
+  else:
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    v_sorted = np.take_along_axis(vals, order, axis=-1)
+    u_sorted = u[order]
+    before = np.cumsum(u_sorted, axis=-1) - u_sorted
+    take = np.clip(np.minimum(u_sorted, 1.0 - before), 0.0, None)
+    out = np.sum(take * v_sorted, axis=-1)
+  return float(out) if np.ndim(out) == 0 else out
 
 
-def mixture_shift_formula(b_train: float, mix: MixtureBounds) -> float:
-  """The DESIGN.md relaxation ``m_out + w_max * b_train`` (not capped)."""
-  return mix.m_out + mix.w_max * float(b_train)
+def mixture_shift_formula(b_train: Any, mix: MixtureBounds) -> Any:
+  """The DESIGN.md relaxation ``m_out + w_max * b_train`` (not capped; float or array)."""
+  out = mix.m_out + mix.w_max * np.asarray(b_train, dtype=np.float64)
+  return float(out) if np.ndim(out) == 0 else out
 
 
-def mixture_shift_bound(b_train: float, mix: MixtureBounds) -> float:
+def mixture_shift_bound(b_train: Any, mix: MixtureBounds) -> Any:
   """Upper bound on E_test[R] from an upper value ``b_train`` of E_train[R], one pool.
 
   ``E_test[R] = sum_d p_test(d) R_d`` with ``R_d in [0, 1]``. Outside the (certified)
@@ -373,36 +383,37 @@ def mixture_shift_bound(b_train: float, mix: MixtureBounds) -> float:
   lower mixture values; exact ones when known). Each unit of budget buys at most ``w_max``,
   so the value is at most ``m_out + w_max * b_train`` (DESIGN.md's formula, attained while
   ``b_train <= l(argmax w)``), and since ``u r <= l r + (u - l)_+`` it is at most
-  ``b_train + TV`` (exact mixtures): never looser than the TV term, and never above 1 (when
-  both mixtures are exact). The raw formula alone can exceed ``b_train + TV`` (e.g. p_train
-  = (1/2, 1/2), p_test = (0.99, 0.01), b_train = 0.9: 1.78 vs 1.39), which is why the exact
-  worst case is used. Valid on the event of ``b_train`` and of ``mix`` (no extra delta).
+  ``b_train + TV`` (exact mixtures): never looser than the TV term, and never above
+  ``m_out + sum_A u``. The raw formula alone can exceed ``b_train + TV`` (p_train = (1/2,
+  1/2), p_test = (0.99, 0.01), b_train = 0.9: 1.78 vs 1.39), which is why the exact worst
+  case is used (and the minimum of the three is returned, all valid on the same event).
+  Valid on the event of ``b_train`` and of ``mix`` (no extra delta).
 
   Args:
-    b_train: upper value of E_Q[R_train] (e.g. the certificate's B_train), >= 0.
+    b_train: upper value(s) of E_Q[R_train] (e.g. the certificate's B_train), >= 0; a float
+      or an array (e.g. one per simulation trial).
     mix: the mixtures.
 
   Returns:
-    float upper value of E_Q[R_test] (>= 0).
+    float (or float64 array shaped like ``b_train``) upper value of E_Q[R_test].
 
   References:
     DESIGN.md section 1 ("mixture-shift term"); Dantzig, "Discrete-variable extremum
     problems", Operations Research 5(2), 1957 (greedy fractional knapsack).
   """
-  b = _number(b_train, "b_train")
-  if b < 0:
-    raise ValueError(f"b_train: expected a value >= 0, got {b!r}")
-  items = sorted(((u / lo, u, lo) for u, lo in zip(mix.test_upper, mix.train_lower,
-                                                   strict=True) if lo > 0), reverse=True)
-  left, gain = b, []
-  for _, u, lo in items:
-    if left <= 0.0:
-      break
-    frac = min(1.0, left / lo)
-    gain.append(frac * u)
-    left -= frac * lo
-  value = mix.m_out + math.fsum(gain)
-  value = min(value, mixture_shift_formula(b, mix))
+  b = np.asarray(b_train, dtype=np.float64)
+  if not np.all(np.isfinite(b) & (b >= 0)):
+    raise ValueError(f"b_train: expected finite values >= 0, got {b_train!r}")
+  u = np.asarray(mix.test_upper)
+  lo = np.asarray(mix.train_lower)
+  keep = lo > 0
+  u, lo = u[keep], lo[keep]
+  order = np.argsort(-(u / lo), kind="stable")
+  u, lo = u[order], lo[order]
+  before = np.cumsum(lo) - lo  # budget used by the items ahead of each one
+  frac = np.clip((b[..., None] - before) / lo, 0.0, 1.0)  # [..., |A|]
+  value = mix.m_out + np.sum(frac * u, axis=-1)
+  value = np.minimum(value, mixture_shift_formula(b, mix))
   if mix.tv is not None:
-    value = min(value, b + mix.tv)
-  return value
+    value = np.minimum(value, b + mix.tv)
+  return float(value) if np.ndim(value) == 0 else value

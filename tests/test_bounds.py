@@ -336,7 +336,10 @@ def test_maurer_and_mc_bound_definitions():
   m = np.array([1.0, 10.0, 1e4])
   mean = np.array([0.0, 0.2, 1.0])
   np.testing.assert_array_equal(
-    bounds.mc_sample_bound(mean, m, 0.01), bounds.kl_inv_upper(mean, math.log(2 / 0.01) / m)
+    bounds.mc_sample_bound(mean, m, 0.01), bounds.kl_inv_upper(mean, math.log(1 / 0.01) / m)
+  )
+  np.testing.assert_array_equal(
+    bounds.mc_epsilon(mean, m, 0.01), np.asarray(bounds.mc_sample_bound(mean, m, 0.01)) - mean
   )
 
 
@@ -477,13 +480,56 @@ def test_pac_bayes_bounds_cover_true_risk():
 
 
 def test_mc_sample_bound_covers_true_mean():
+  """One-sided ln(1/delta)/M: holds in >= 1 - delta of trials; a quarter of the budget fails."""
   m, delta = 100, 0.1
   mean = _empirical_risks(seed=7, n=m)
   p = TRUE_RISKS[:, None]
   fails = np.asarray(bounds.mc_sample_bound(mean, m, delta)) < p
   assert not any(_flagged(fails, delta)), fails.mean(axis=1)
-  bad = np.asarray(bounds.kl_inv_upper(mean, math.log(2 / delta) / m / 4)) < p
+  bad = np.asarray(bounds.kl_inv_upper(mean, math.log(1 / delta) / m / 4)) < p
   assert any(_flagged(bad, delta))
+
+
+def test_mc_sample_bound_covers_non_identical_draws():
+  """Chunk-scheme draws: independent [0, 1] means with different expectations (one-sided)."""
+  rng = np.random.default_rng(11)
+  m, chunk, delta = 60, 4, 0.1
+  mus = rng.uniform(0.0, 0.5, size=m)  # each draw's own mean; their average is the target
+  x = rng.binomial(chunk, mus, size=(TRIALS, m)) / chunk  # [T, M] chunk means in [0, 1]
+  mean = x.mean(axis=1)
+  target = mus.mean()
+  fails = np.asarray(bounds.mc_sample_bound(mean, m, delta)) < target
+  assert cp_lower(int(fails.sum()), TRIALS, CP_ALPHA) <= delta, fails.mean()
+  # Same test, anti-conservative: a normal-approximation interval with a tenth of the width.
+  sd = x.std(axis=1, ddof=1) / math.sqrt(m)
+  bad = mean + 0.1 * stats.norm.ppf(1 - delta) * sd < target
+  assert cp_lower(int(bad.sum()), TRIALS, CP_ALPHA) > delta, bad.mean()
+
+
+@pytest.mark.parametrize(("mean", "m", "delta"), [(0.0, 10, 0.05), (0.13, 200, 0.01),
+                                                  (0.5, 3, 0.2), (0.97, 1000, 1e-6)])
+def test_mc_sample_bound_matches_mpmath(mean, m, delta):
+  want = mp_inv_upper(mean, mpmath.log(1 / mpmath.mpf(delta)) / m)
+  got = float(bounds.mc_sample_bound(mean, m, delta))
+  assert got >= float(want) - 1e-15 and got == pytest.approx(float(want), abs=1e-13)
+  assert float(bounds.mc_epsilon(mean, m, delta)) == pytest.approx(float(want) - mean, abs=1e-13)
+
+
+def test_hoeffding_upper_closed_form_and_coverage():
+  assert float(bounds.hoeffding_upper(0.3, 0.02, 0.05)) == pytest.approx(
+    0.3 + math.sqrt(0.5 * 0.02 * math.log(20)), rel=1e-14)
+  # Sum of independent terms with unequal ranges a_m, each a_m * Bernoulli(0.4).
+  rng = np.random.default_rng(5)
+  a = rng.uniform(0.0, 1.0, size=30)
+  a /= a.sum()
+  y = (rng.random((TRIALS, a.size)) < 0.4) @ a
+  delta = 0.1
+  fails = np.asarray(bounds.hoeffding_upper(y, np.sum(a**2), delta)) < 0.4
+  assert cp_lower(int(fails.sum()), TRIALS, CP_ALPHA) <= delta
+  bad = np.asarray(bounds.hoeffding_upper(y, np.sum(a**2) / 25, delta)) < 0.4
+  assert cp_lower(int(bad.sum()), TRIALS, CP_ALPHA) > delta
+  with pytest.raises(ValueError, match="^sum_sq_ranges must"):
+    bounds.hoeffding_upper(0.1, -1.0, 0.1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_epsilon_and_g_gen_match_mpmath(case):
   c = certify(emp, m, kl, n, g_ext=g_ext, g_ext_kind=kind, grid_size=k, delta=0.1)
   third = 0.5 if kind == "none" else 1 / 3
   assert math.isclose(c.delta_mc, 0.1 * third) and math.isclose(c.delta_pb, 0.1 * third)
-  eps = mp_kl_inv_upper(emp, math.log(2 / c.delta_mc) / m) - emp
+  eps = mp_kl_inv_upper(emp, math.log(1 / c.delta_mc) / m) - emp
   a = emp + eps
   budget = (kl + math.log(2 * math.sqrt(n) / c.delta_pb) + math.log(k)) / n
   g_gen = mp_kl_inv_upper(a, budget) - a

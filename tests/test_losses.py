@@ -19,6 +19,7 @@ from pacbayes.losses import (
   get_loss,
   model_answer_error,
   normalize_answer,
+  sequence_error,
   smoothed_nll,
   smoothed_nll_range,
   token_error,
@@ -42,6 +43,31 @@ def test_token_error_by_hand():
   np.testing.assert_allclose(out, [1 / 3, 1 / 2])
   # bf16 logits give the same argmax.
   np.testing.assert_allclose(token_error(logits.astype(jnp.bfloat16), input_ids, loss_mask), out)
+
+
+def test_sequence_error_by_hand():
+  input_ids = jnp.asarray([[0, 1, 2, 3], [3, 2, 1, 0], [1, 1, 1, 1], [2, 2, 2, 2]])
+  loss_mask = jnp.asarray([[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])
+  # Row 0: one target wrong -> 1. Row 1: the wrong position 1 is not a target, targets right
+  # -> 0. Row 2: every target right -> 0. Row 3: no targets -> 0.
+  predictions = [[1, 2, 0, 0], [0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+  logits = _one_hot_logits(predictions, 4)
+  out = jax.jit(sequence_error)(logits, input_ids, loss_mask)
+  assert out.dtype == jnp.float32 and out.shape == (4,)
+  np.testing.assert_array_equal(out, [1.0, 0.0, 0.0, 0.0])
+  # Never below the token error; equal to 1[token error > 0] (an independent formulation).
+  rng = np.random.default_rng(3)
+  logits = jnp.asarray(rng.normal(size=(16, 6, 3)), jnp.float32)
+  ids = jnp.asarray(rng.integers(0, 3, size=(16, 6)))
+  mask = jnp.asarray(rng.integers(0, 2, size=(16, 6)))
+  seq, tok = sequence_error(logits, ids, mask), token_error(logits, ids, mask)
+  np.testing.assert_array_equal(seq, (np.asarray(tok) > 0).astype(np.float32))
+  assert set(np.unique(seq)) <= {0.0, 1.0} and len(np.unique(seq)) == 2
+  np.testing.assert_array_equal(get_loss("sequence_error")(logits, ids, mask), seq)
+  # Ties go to the lowest id, as in token_error: a flat prediction predicts id 0.
+  flat = jnp.zeros((2, 2, 3))
+  np.testing.assert_array_equal(sequence_error(flat, jnp.asarray([[0, 0], [0, 2]]),
+                                               jnp.asarray([[0, 1], [0, 1]])), [0.0, 1.0])
 
 
 def test_losses_use_only_the_loss_mask_and_are_zero_without_targets():
@@ -122,7 +148,7 @@ def test_smoothed_nll_range_recovers_nats():
 
 
 def test_registry_and_argument_errors():
-  assert set(LOSSES) == {"token_error", "smoothed_nll"}
+  assert set(LOSSES) == {"token_error", "smoothed_nll", "sequence_error"}
   with pytest.raises(ValueError, match="unknown name 'nope'.*smoothed_nll"):
     get_loss("nope")
   with pytest.raises(ValueError, match="unknown option 'beta'"):
