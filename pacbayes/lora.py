@@ -287,14 +287,16 @@ def init_lora(layout: LoraLayout, *, key: jax.Array) -> dict[str, dict[str, jax.
   This is torch's `kaiming_uniform_(a=sqrt(5))` on A (bound sqrt(6 / ((1 + 5) * in))), as PEFT
   does for `init_lora_weights=True`; with B = 0 the merged model starts at the base.
   """
-  keys = jax.random.split(key, len(layout.modules))
-  out = {}
-  for k, m in zip(keys, layout.modules, strict=True):
-    bound = 1.0 / math.sqrt(m.in_features)
-    out[m.name] = {
-      "A": jax.random.uniform(k, (layout.rank, m.in_features), jnp.float32, -bound, bound),
-      "B": jnp.zeros((m.out_features, layout.rank), jnp.float32)}
-  return out
+  def draw(key):
+    out = {}
+    for k, m in zip(jax.random.split(key, len(layout.modules)), layout.modules, strict=True):
+      bound = 1.0 / math.sqrt(m.in_features)
+      out[m.name] = {
+        "A": jax.random.uniform(k, (layout.rank, m.in_features), jnp.float32, -bound, bound),
+        "B": jnp.zeros((m.out_features, layout.rank), jnp.float32)}
+    return out
+
+  return jax.jit(draw)(key)  # one compiled program instead of one per module shape
 
 
 # ----------------------------------------------------------------------------------------------
