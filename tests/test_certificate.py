@@ -5,9 +5,11 @@ import math
 import os
 
 import mpmath
+import numpy as np
 import pytest
 
 from pacbayes import certificate as certm
+from pacbayes import extrapolation as ext
 from pacbayes.certificate import G_EXT_KINDS, METHODS, Certificate, certify
 
 REPORT_KEYS = (
@@ -246,10 +248,22 @@ def test_from_json_refusals(tmp_path):
   data = full_certificate().to_dict()
   for change, match in [
     ({"bound": data["bound"] + 1e-12}, "bound .* != emp_risk \\+ epsilon"),
-    ({"schema": "other/2"}, "schema 'other/2' is not"),
+    ({"schema": "other/2"}, "key 'schema': 'other/2' is not"),
     ({"surprise": 1}, r"unknown keys \['surprise'\]"),
     ({"g_ext_kind": "maybe"}, "g_ext_kind must be one of"),
-    ({"vacuous": True}, "'vacuous' disagrees"),
+    ({"vacuous": True}, "key 'vacuous': 'vacuous' disagrees"),
+    ({"b_train_non_vacuous": False}, "key 'b_train_non_vacuous'"),
+    ({"bound": None}, "key 'bound': expected a finite number, got null"),
+    ({"kl": "12.5"}, "key 'kl': expected a finite number, got \"12.5\""),
+    ({"n": 2.5}, "key 'n': expected an integer, got 2.5"),
+    ({"sigma_q": "x"}, "key 'sigma_q': expected a finite number or null"),
+    ({"notes": "one"}, "key 'notes': expected a list"),
+    ({"notes": [3]}, r"key 'notes\[0\]': expected a string"),
+    ({"saturated": None}, "key 'saturated': expected true or false, got null"),
+    ({"delta_parts": [["mc", None]]}, r"key 'delta_parts\[0\]': expected \[name, number\]"),
+    ({"extrapolation": [{"name": "tv"}]}, r"key 'extrapolation\[0\].kind': missing"),
+    ({"baselines": {"maurer": None}}, r"key 'baselines.maurer': expected a finite number"),
+    ({"b_train": 0.5}, "b_train 0.5 != emp_risk"),
   ]:
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(dict(data, **change)))
@@ -260,7 +274,7 @@ def test_from_json_refusals(tmp_path):
     Certificate.from_json(path)
 
 
-@pytest.mark.parametrize("kind", G_EXT_KINDS)
+@pytest.mark.parametrize("kind", [k for k in G_EXT_KINDS if k != ext.KIND_MIXTURE])
 def test_table_names_terms_and_kind(kind):
   g_ext = 0.0 if kind == "none" else 0.15
   c = certify(0.2, 40, 300.0, 10000, g_ext=g_ext, g_ext_kind=kind, sigma_q=0.01, sigma_p=0.02)
@@ -278,3 +292,148 @@ def test_vacuous_bound_is_flagged_not_capped():
   assert c.bound > 1.0 and c.vacuous
   assert c.bound == c.emp_risk + c.epsilon + c.g_gen + c.g_ext
   assert "VACUOUS" in c.to_table()
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema 2: B_train, extrapolation kinds, slices, delta parts, saturation, notes.
+
+V1_REPORT = {  # a cell of the committed quick study (experiments/results/quick), schema 1
+  "schema": "pacbayes.certificate/1", "n": 200, "num_params": 4096, "sigma_q": 0.178,
+  "sigma_p": 0.178, "kl": 281.98487992375215, "emp_risk": 0.05050239291042089, "num_mc": 200,
+  "epsilon": 0.06243505231130569, "g_gen": 0.7548284593617056, "g_ext": 0.8571428571428572,
+  "g_ext_kind": "certified under difficulty shift", "bound": 1.7249087617262893,
+  "delta": 0.05, "delta_mc": 0.016666666666666666, "delta_pb": 0.016666666666666666,
+  "delta_ext": 0.016666666666666666, "grid_size": 9, "loss": "token_error",
+  "method": "maurer", "baselines": {"maurer": 1.7249087617262893}, "extra": {},
+  "vacuous": True,
+}
+
+
+def mixture_example():
+  return ext.mixture_bounds(test_mixture=ext.uniform_mixture([1, 2, 3, 4]),
+                            train_mixture={1: 0.5, 2: 0.5})
+
+
+def test_b_train_flags_and_kinds_side_by_side():
+  mix = mixture_example()
+  c = certify(0.05, 400, 20.0, 400, g_ext=mix.tv, g_ext_kind=ext.KIND_TV, delta_mc=0.02,
+              delta_pb=0.03, delta_ext=0.0, mixture=mix, grid_size=3,
+              notes=["bf16 forward"], loss_options={"alpha": 0.1})
+  assert c.b_train == c.emp_risk + c.epsilon + c.g_gen
+  assert c.bound == c.emp_risk + c.epsilon + c.g_gen + c.g_ext
+  by_name = {k["name"]: k for k in c.extrapolation}
+  assert set(by_name) == {"tv", "mixture_shift"}
+  assert by_name["tv"]["value"] == c.b_train + mix.tv
+  assert by_name["mixture_shift"]["value"] == ext.mixture_shift_bound(c.b_train, mix)
+  assert by_name["mixture_shift"]["value"] <= by_name["tv"]["value"]
+  assert c.g_ext_name == "mixture_shift" and c.g_ext_kind == ext.KIND_MIXTURE
+  assert c.bound == pytest.approx(by_name["mixture_shift"]["value"], abs=1e-15)
+  # No delta on the exact TV or the exact mixtures; the parts add up to delta.
+  assert dict(c.delta_parts) == {"mc": 0.02, "pb": 0.03, "tv": 0.0, "mixture": 0.0}
+  assert c.delta == 0.05 and c.delta_ext == 0.0
+  d = json.loads(c.to_json())
+  assert d["schema"] == "pacbayes.certificate/2"
+  assert d["non_vacuous"] is (c.bound < 1) and d["b_train_non_vacuous"] is (c.b_train < 1)
+  assert d["notes"] == ["bf16 forward"] and d["loss_options"] == {"alpha": 0.1}
+  assert Certificate.from_dict(d) == c
+  table = c.to_table()
+  for text in ("B_train", "certified under mixture shift", "mixture_shift", "<- used",
+               "note: bf16 forward", "alpha=0.1", "0.02 mc", "0 tv"):
+    assert text in table, text
+
+
+def test_certify_with_shift_spends_exactly_delta_and_lists_every_kind():
+  from pacbayes.certify_shift import certify_with_shift
+
+  rng = np.random.default_rng(0)
+  n = 400
+  diff = rng.choice([1.0, 2.0], size=n)
+  losses = (rng.random((n, 1)) < np.where(diff == 1, 0.05, 0.2)[:, None]).astype(float)
+  rows = np.arange(n)[:, None]
+  mix = mixture_example()
+  c = certify_with_shift(float(losses.mean()), n, 15.0, n, mixture=mix, slot_losses=losses,
+                         slot_rows=rows, difficulty=diff, delta=0.05, grid_size=2)
+  assert c.delta == pytest.approx(0.05, abs=1e-17)
+  assert [k["name"] for k in c.extrapolation] == ["tv", "mixture_shift", "weighted",
+                                                  "per_slice"]
+  names = [k for k, _ in c.delta_parts]
+  assert names == ["mc", "pb", "tv", "mixture", "weighted_mc", "weighted_pb", "slice_mc",
+                   "slice_pb"]
+  values = {k["name"]: k["value"] for k in c.extrapolation}
+  assert c.g_ext_name == min(values, key=values.get)
+  assert [s["difficulty"] for s in c.slices] == [1.0, 2.0]
+  assert all(0 < s["bound"] < 1 for s in c.slices)
+  # Without slot arrays: skipped, said so, and delta still spent exactly.
+  c2 = certify_with_shift(0.1, n, 15.0, n, mixture=mix, delta=0.05)
+  assert [k["name"] for k in c2.extrapolation] == ["tv", "mixture_shift"]
+  assert any("skipped" in x for x in c2.notes) and c2.delta == pytest.approx(0.05, abs=1e-17)
+  # Estimated test mixture: the mixture part spends delta; no TV without an upper value.
+  mix_s = ext.mixture_bounds(test_difficulty=rng.choice([1, 2, 3, 4], 500),
+                             train_mixture={1: 0.5, 2: 0.5}, support=[1, 2, 3, 4], delta=0.01)
+  c3 = certify_with_shift(0.1, n, 15.0, n, mixture=mix_s, slot_losses=losses, slot_rows=rows,
+                          difficulty=diff, delta=0.05)
+  assert dict(c3.delta_parts)["mixture"] == 0.01 and "tv" not in dict(c3.delta_parts)
+  assert c3.delta == pytest.approx(0.05, abs=1e-17)
+  assert any("TV kind skipped" in x for x in c3.notes)
+
+
+def test_an_estimate_is_not_chosen_over_a_certified_kind():
+  mix = mixture_example()
+  c = certify(0.05, 400, 20.0, 400, g_ext=0.01, g_ext_kind="estimate", delta_mc=0.01,
+              delta_pb=0.01, delta_ext=0.01, mixture=mix)
+  assert c.g_ext_name == "mixture_shift"
+  c = certify(0.05, 400, 20.0, 400, g_ext=0.01, g_ext_kind="estimate")
+  assert c.g_ext_name == "estimate" and "ESTIMATE" in c.to_table()
+
+
+def test_saturation_is_said_not_hidden():
+  c = certify(0.3, 100, 1.7e7, 800)  # the bound hits 1: a small g_gen would mislead
+  assert c.saturated and c.b_train >= 1.0 and "has hit 1" in c.saturation
+  table = c.to_table()
+  g_gen_line = next(line for line in table.splitlines() if line.startswith("g_gen"))
+  assert "saturated" in g_gen_line and f"{c.g_gen:.6f}" not in g_gen_line
+  assert "SATURATED" in table
+  c = certify(0.01, 200, 300.0, 200)  # (KL + ln terms)/n > 1 but B_train < 1
+  assert c.saturated and c.b_train < 1.0 and "> 1 nat per example" in c.saturation
+  c = certify(0.01, 200, 30.0, 2000)
+  assert not c.saturated and c.saturation == ""
+  assert Certificate.from_dict(json.loads(c.to_json())) == c
+
+
+def test_v1_reports_load_converted(tmp_path):
+  path = tmp_path / "old.json"
+  path.write_text(json.dumps(V1_REPORT))
+  c = Certificate.from_json(path)
+  assert c.g_ext_kind == ext.KIND_TV and c.g_ext_name == "tv"
+  assert c.bound == V1_REPORT["bound"] and c.epsilon == V1_REPORT["epsilon"]
+  assert c.b_train == c.emp_risk + c.epsilon + c.g_gen
+  assert dict(c.delta_parts) == {"mc": c.delta_mc, "pb": c.delta_pb, "tv": c.delta_ext}
+  assert any("converted from pacbayes.certificate/1" in x for x in c.notes)
+  assert json.loads(c.to_json())["schema"] == certm.SCHEMA
+  for change, match in [({"bound": None}, "key 'bound': expected a finite number, got null"),
+                        ({"g_gen": "0.7"}, "key 'g_gen': expected a finite number"),
+                        ({"b_train": 0.1}, r"unknown keys \['b_train'\]")]:
+    path.write_text(json.dumps(dict(V1_REPORT, **change)))
+    with pytest.raises(ValueError, match=f"old.json: {match}"):
+      Certificate.from_json(path)
+  data = dict(V1_REPORT)
+  del data["kl"]
+  path.write_text(json.dumps(data))
+  with pytest.raises(ValueError, match=r"old.json: missing keys \['kl'\]"):
+    Certificate.from_json(path)
+
+
+def test_kind_arguments_are_checked():
+  mix = mixture_example()
+  with pytest.raises(ValueError, match="mixture kind comes from `mixture`"):
+    certify(0.1, 10, 1.0, 100, g_ext=0.1, g_ext_kind=ext.KIND_MIXTURE)
+  kind = ext.ExtrapolationBound(name="weighted", kind=ext.KIND_MIXTURE, value=0.5, delta=0.01,
+                                delta_parts=(("weighted_mc", 0.005), ("weighted_pb", 0.005)))
+  with pytest.raises(ValueError, match="need the `mixture`"):
+    certify(0.1, 10, 1.0, 100, extrapolation=[kind])
+  with pytest.raises(ValueError, match="leaves nothing"):
+    certify(0.1, 10, 1.0, 100, delta=0.01, extrapolation=[kind], mixture=mix)
+  c = certify(0.1, 10, 1.0, 100, delta=0.05, extrapolation=[kind], mixture=mix)
+  assert c.delta == pytest.approx(0.05) and dict(c.delta_parts)["weighted_mc"] == 0.005
+  with pytest.raises(ValueError, match="notes must be"):
+    certify(0.1, 10, 1.0, 100, notes=["two\nlines"])
