@@ -12,8 +12,20 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from pacbayes.commands import bound, finetune, lab, plot, shift
-from pacbayes.commands.common import CommandError
+
+def _exit_on_interrupt(signum, frame):  # Until `main` runs: nothing to clean up yet.
+  sys.stderr.write("pacbayes: interrupted\n")
+  sys.stderr.flush()
+  os._exit(130)
+
+
+# Run as a program (`python -m pacbayes.cli`, or the `pacbayes` console script): a Ctrl-C
+# while the sub-commands are imported ends with one line and status 130, not a traceback.
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "pacbayes":
+  signal.signal(signal.SIGINT, _exit_on_interrupt)
+
+from pacbayes.commands import bound, finetune, lab, plot, shift  # noqa: E402
+from pacbayes.commands.common import CommandError  # noqa: E402
 
 COMMANDS = (bound, shift, finetune, lab, plot)
 EXIT_BAD_INPUT = 2
