@@ -140,8 +140,14 @@ class FinetuneConfig:
     if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
       raise ValueError(f"--seed: expected a non-negative integer, got {self.seed!r}")
     positive_int("checkpoint_every", self.checkpoint_every, "--checkpoint-every")
-    if not 0 <= self.warmup_ratio < 1 or not 0 <= self.end_lr_ratio <= 1:
-      raise ValueError("warmup_ratio must lie in [0, 1) and end_lr_ratio in [0, 1]")
+    if not 0 <= self.warmup_ratio < 1:
+      raise ValueError(f"--warmup-ratio: expected a value in [0, 1), got {self.warmup_ratio}")
+    if not 0 <= self.end_lr_ratio <= 1:
+      raise ValueError(f"end_lr_ratio: expected a value in [0, 1], got {self.end_lr_ratio}")
+    if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+      raise ValueError(f"--weight-decay: expected a number >= 0, got {self.weight_decay}")
+    if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+      raise ValueError(f"--grad-clip: expected a number >= 0 (0: off), got {self.grad_clip}")
     if self.mesh is not None:
       parse_mesh(self.mesh)
 

@@ -232,8 +232,10 @@ def test_kill_resume_and_eight_devices_match_one(setup, tmp_path):
   assert report["devices"] == 8 and report["mesh"] == {"data": 4, "fsdp": 2}
   one = json.loads((tmp_path / "one" / "finetune.json").read_text())
   np.testing.assert_allclose(report["losses"], one["losses"], rtol=1e-5)
+  # Reductions run in another order on 8 devices (float32 rounding, ~1e-7 relative), and
+  # Adam's g / sqrt(v) magnifies that on tiny gradient components over 40 steps at lr 1e-2.
   for name, value in ref.items():
-    np.testing.assert_allclose(_weights(tmp_path / "eight")[name], value, atol=1e-5,
+    np.testing.assert_allclose(_weights(tmp_path / "eight")[name], value, atol=5e-5,
                                err_msg=name)
 
 

@@ -4,29 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pacbayes.commands.common import positive_float
-
-
-def _positive_int(flag: str):
-  def parse(text):
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"{flag} expects an integer, got {text!r}") from None
-    if value < 1:
-      raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {text}")
-    return value
-  return parse
-
-
-def _seed(text):
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--seed expects an integer, got {text!r}") from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"--seed must be >= 0, got {text}")
-  return value
+from pacbayes.commands.common import finite_float, positive_float, positive_int, seed
 
 
 def _targets(text):
@@ -47,29 +25,30 @@ def add_parser(sub) -> None:
   f.add_argument("--train", required=True, help="training JSONL")
   f.add_argument("--out", required=True, help="output folder (new, or an interrupted run's)")
   f.add_argument("--method", choices=("sft", "dft"), default="sft")
-  f.add_argument("--lora-rank", type=_positive_int("--lora-rank"), default=None,
+  f.add_argument("--lora-rank", type=positive_int("--lora-rank"), default=None,
                  help="LoRA rank r (omit for a full fine-tune)")
   f.add_argument("--lora-alpha", type=positive_float("--lora-alpha"), default=None,
                  help="LoRA alpha (default 2 r)")
   f.add_argument("--lora-targets", type=_targets, default=None,
                  help="comma-separated module names (default q_proj,v_proj; GPT-2 c_attn)")
   group = f.add_mutually_exclusive_group()
-  group.add_argument("--steps", type=_positive_int("--steps"), default=None)
+  group.add_argument("--steps", type=positive_int("--steps"), default=None)
   group.add_argument("--epochs", type=positive_float("--epochs"), default=None,
                      help="passes over the data (default 1)")
   f.add_argument("--lr", type=positive_float("--lr"), default=1e-4, help="peak learning rate")
-  f.add_argument("--warmup-ratio", type=float, default=0.03)
-  f.add_argument("--weight-decay", type=float, default=0.0)
-  f.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip (0: off)")
-  f.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8)
-  f.add_argument("--grad-accum", type=_positive_int("--grad-accum"), default=1)
-  f.add_argument("--max-length", type=_positive_int("--max-length"), default=None)
+  f.add_argument("--warmup-ratio", type=finite_float("--warmup-ratio"), default=0.03)
+  f.add_argument("--weight-decay", type=finite_float("--weight-decay"), default=0.0)
+  f.add_argument("--grad-clip", type=finite_float("--grad-clip"), default=1.0,
+                 help="global-norm clip (0: off)")
+  f.add_argument("--batch-size", type=positive_int("--batch-size"), default=8)
+  f.add_argument("--grad-accum", type=positive_int("--grad-accum"), default=1)
+  f.add_argument("--max-length", type=positive_int("--max-length"), default=None)
   f.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
   f.add_argument("--mesh", default=None, help="device mesh, e.g. data=4,fsdp=2")
-  f.add_argument("--seed", type=_seed, default=0)
+  f.add_argument("--seed", type=seed("--seed"), default=0)
   f.add_argument("--remat", action="store_true", help="rematerialise activations (memory)")
   f.add_argument("--merge", action="store_true", help="LoRA: also write OUT/merged")
-  f.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=100)
+  f.add_argument("--checkpoint-every", type=positive_int("--checkpoint-every"), default=100)
   f.add_argument("--no-progress", action="store_true")
   f.set_defaults(func=run)
 

