@@ -39,6 +39,8 @@ from pacbayes.studyview import StudyView, study_view
 
 ALPHA = 0.05
 PASS, INCONCLUSIVE, FAIL = 1, 0, -1
+# An interval must clear 0 by more than float round-off (a contrast of identical cells).
+_TOL = 1e-12
 _WORDS = {PASS: "PASS", INCONCLUSIVE: "INCONCLUSIVE", FAIL: "FAIL"}
 
 
@@ -83,9 +85,17 @@ def _not_judged(view: StudyView, claim: str, why: str) -> Verdict:
 
 def _outcome(ct: Contrast, sign: int) -> np.ndarray:
   """PASS where the interval is wholly on the claimed side, FAIL where wholly opposite."""
+  lo, hi = ct.lo, ct.hi
   if sign > 0:
-    return np.where(ct.lo > 0, PASS, np.where(ct.hi < 0, FAIL, INCONCLUSIVE))
-  return np.where(ct.hi < 0, PASS, np.where(ct.lo > 0, FAIL, INCONCLUSIVE))
+    return np.where(lo > _TOL, PASS, np.where(hi < -_TOL, FAIL, INCONCLUSIVE))
+  return np.where(hi < -_TOL, PASS, np.where(lo > _TOL, FAIL, INCONCLUSIVE))
+
+
+def _all_of(*cts: Contrast) -> np.ndarray:
+  """Intersection-union: PASS if every contrast is > 0, FAIL if any is significantly < 0."""
+  outs = np.stack([_outcome(ct, +1) for ct in cts])
+  return np.where(np.all(outs == PASS, axis=0), PASS,
+                  np.where(np.any(outs == FAIL, axis=0), FAIL, INCONCLUSIVE))
 
 
 def _single(claim: str, ct: Contrast, sign: int, note: str = "") -> Verdict:
@@ -134,8 +144,7 @@ def claim_inverted_u(view: StudyView, n: int) -> Verdict:
                       "correct")
   down = _item_contrast(view, [(("base", "sft", mid, n), 1.0, p),
                                (("base", "sft", h, n), -1.0, p)], "correct")
-  out = np.where((up.lo > 0) & (down.lo > 0), PASS,
-                 np.where((up.hi < 0) | (down.hi < 0), FAIL, INCONCLUSIVE))
+  out = _all_of(up, down)
   binding = up.lo <= down.lo
   pick = lambda x, y: np.where(binding, x, y)  # noqa: E731
   note = (f"{mid}-{e} {up.estimate[0]:+.4f} [{up.lo[0]:+.4f}, {up.hi[0]:+.4f}], "
@@ -192,8 +201,7 @@ def claim_saturation(view: StudyView, bucket: str) -> Verdict:
   l1, l2 = np.log(n2 / n1), np.log(n3 / n2)
   conc = _item_contrast(view, [(k(n2), 1 / l1 + 1 / l2, p), (k(n1), -1 / l1, p),
                                (k(n3), -1 / l2, p)], "correct")
-  out = np.where((rise.lo > 0) & (conc.lo > 0), PASS,
-                 np.where((rise.hi < 0) | (conc.hi < 0), FAIL, INCONCLUSIVE))
+  out = _all_of(rise, conc)
   binding = rise.lo <= conc.lo
   pick = lambda x, y: np.where(binding, x, y)  # noqa: E731
   note = (f"rise n={n1}->{n3} {rise.estimate[0]:+.4f} [{rise.lo[0]:+.4f}, {rise.hi[0]:+.4f}], "

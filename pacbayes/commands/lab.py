@@ -7,7 +7,7 @@ from pacbayes.commands.common import seed
 
 def add_parser(sub) -> None:
   lab = sub.add_parser("lab", help="the synthetic difficulty x size study")
-  lab.add_argument("--preset", default="quick", choices=("quick", "full"))
+  lab.add_argument("--preset", default="quick", choices=("quick", "smoke", "full"))
   lab.add_argument("--out", default="experiments/results/quick")
   lab.add_argument("--figures", default="figures", help="folder for figures ('' for none)")
   lab.add_argument("--seed", type=seed("--seed"), default=None)

@@ -6,7 +6,7 @@ free (`pacbayes.perturb.choose_sigma`, on a random subset of S with its own key,
 Monte-Carlo estimate on all of S is independent of the choice). The loss is the sequence error
 (DESIGN.md §1, "Tighter, still honest"): a bound on it bounds the greedy answer error.
 
-`pacbayes.certificate.certify_with_shift` then assembles B_train (in-bucket), the TV term and
+`pacbayes.certify_shift.certify_with_shift` then assembles B_train (in-bucket), the TV term and
 the mixture-shift, weighted-loss and per-slice kinds from the mixtures known by design (no
 delta spent on them) and reports the tightest certified one; every part's delta is listed.
 """
@@ -50,7 +50,7 @@ def certify_cell(loss_fn: Callable, prior: Any, posterior: Any, data: Mapping[st
     The certificate dict with "sigma_choice" ({sigma_q, sigma_p, how, subset bound}) and
     "sq_distance".
   """
-  from pacbayes.certificate import certify_with_shift
+  from pacbayes.certify_shift import certify_with_shift
   from pacbayes.extrapolation import mixture_bounds, split_delta
 
   n = int(np.shape(data["input_ids"])[0])

@@ -146,6 +146,7 @@ class Study:
     init = self.bases["base"] if "init" in fields else self.init_params
     params = cache.load_params(ckpt, self.init_params)
     info = cache.read_json(info_path)
+    pre_time = None  # None: trained by an earlier run whose summary was lost
     if params is None:
       ds = studydata.pretrain_corpus(c, which, self.data.test_keys)
       tcfg = tr.TrainConfig(steps=fields["steps"], batch_size=c.pretrain_batch_size,
@@ -157,6 +158,7 @@ class Study:
       params = res.params
       cache.save_params(ckpt, params)
       info = None
+      pre_time = res.time_s
       self.log(f"pretrained {which}: {fields['steps']} steps in {res.time_s:.1f}s")
     if not isinstance(info, dict) or "accuracy_by_slice" not in info:
       ev_ = self.evaluate(params)
@@ -165,7 +167,7 @@ class Study:
               "init": "base" if "init" in fields else "scratch",
               "accuracy": ev_["accuracy"], "accuracy_by_slice": ev_["accuracy_by_slice"],
               "test_seq_error": ev_["test_seq_error"],
-              "seq_error_by_slice": ev_["seq_error_by_slice"]}
+              "seq_error_by_slice": ev_["seq_error_by_slice"], "train_time_s": pre_time}
       cache.write_json(info_path, info)
     self.log(f"{which}: accuracy {info['accuracy']:.3f} {fmt_slices(info['accuracy_by_slice'])}")
     self.bases[which], self.base_info[which] = params, info
@@ -174,39 +176,61 @@ class Study:
 
   def cell_fields(self, cell: Cell) -> dict[str, Any]:
     c = self.config
+    return self.train_fields(cell) | {
+      "cert": [c.delta, list(c.sigma_grid), c.mc_chunk_size, c.sigma_subset, c.test_draws],
+      "test_weight_power": c.test_weight_power,
+    }
+
+  def cell_data(self, cell: Cell) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """S of a cell (the first n rows of its pool) as arrays, and its rows' op counts."""
+    pool = self.data.pools[(cell.arm, cell.bucket, cell.seed)]
+    difficulty = self.data.difficulty[(cell.arm, cell.bucket, cell.seed)][:cell.n]
+    return studydata.arrays(pool.subset(np.arange(cell.n))), difficulty
+
+  def train_cell(self, cell: Cell) -> tuple[Any, dict[str, Any]]:
+    """The fine-tuned weights of a cell (cached) and {"time_s", "final_loss"} of its training."""
+    c = self.config
+    tag = f"{cell.tag}-{cache.config_hash(self.train_fields(cell))}"
+    ckpt, info_path = self.path("cells", tag + ".npz"), self.path("cells", tag + ".train.json")
+    prior = self.bases[cell.base]
+    params = cache.load_params(ckpt, prior)
+    info = cache.read_json(info_path)
+    if params is not None and isinstance(info, dict) and "time_s" in info:
+      return params, info
+    data, _ = self.cell_data(cell)
+    tcfg = tr.TrainConfig(steps=cell.steps, batch_size=c.ft_batch_size, learning_rate=c.ft_lr,
+                          warmup_steps=min(c.ft_warmup, cell.steps - 1),
+                          weight_decay=c.ft_weight_decay, method=METHODS[cell.method])
+    res = tr.train(self.apply, prior, data, tcfg, key=self.fkey(20, *cell.ids(c)),
+                   progress=self.progress, desc=cell.tag)
+    info = {"time_s": res.time_s, "final_loss": float(np.mean(res.losses[-10:]))}
+    cache.save_params(ckpt, res.params)
+    cache.write_json(info_path, info)
+    return res.params, info
+
+  def train_fields(self, cell: Cell) -> dict[str, Any]:
+    """What a cell's fine-tuned weights depend on (the cache key of its checkpoint)."""
+    c = self.config
     return {
       "v": CACHE_VERSION, "base": self.base_fields(cell.base), "method": cell.method,
       "arm": cell.arm, "mixture": c.mixture(cell.arm, cell.bucket), "n": cell.n,
-      "seed": cell.seed, "steps": cell.steps,
+      "seed": cell.seed, "steps": cell.steps, "ids": list(cell.ids(c)),
       "ft": [c.ft_batch_size, c.ft_lr, c.ft_warmup, c.ft_weight_decay],
-      "cert": [c.delta, list(c.sigma_grid), c.mc_chunk_size, c.sigma_subset, c.test_draws],
-      "test": [c.test_weight_power, c.test_per_slice, list(c.test_ops)],
+      "test": [c.test_per_slice, list(c.test_ops)],
     }
 
   def run_cell(self, cell: Cell) -> dict[str, Any]:
     c = self.config
     fields = self.cell_fields(cell)
     tag = f"{cell.tag}-{cache.config_hash(fields)}"
-    result_path, ckpt = self.path("cells", tag + ".json"), self.path("cells", tag + ".npz")
+    result_path = self.path("cells", tag + ".json")
     cached = cache.read_json(result_path)
     if isinstance(cached, dict) and cached.get("v") == CACHE_VERSION:
       return cached
-    pool = self.data.pools[(cell.arm, cell.bucket, cell.seed)]
-    train_ds = pool.subset(np.arange(cell.n))
-    difficulty = self.data.difficulty[(cell.arm, cell.bucket, cell.seed)][:cell.n]
-    data = studydata.arrays(train_ds)
+    params, train_info = self.train_cell(cell)
+    data, difficulty = self.cell_data(cell)
     ids = cell.ids(c)
     prior = self.bases[cell.base]
-    params = cache.load_params(ckpt, prior)
-    train_time = 0.0
-    if params is None:
-      tcfg = tr.TrainConfig(steps=cell.steps, batch_size=c.ft_batch_size, learning_rate=c.ft_lr,
-                            warmup_steps=min(c.ft_warmup, cell.steps - 1),
-                            weight_decay=c.ft_weight_decay, method=METHODS[cell.method])
-      res = tr.train(self.apply, prior, data, tcfg, key=self.fkey(20, *ids),
-                     progress=self.progress, desc=cell.tag)
-      params, train_time = res.params, res.time_s
-      cache.save_params(ckpt, params)
     t = time.perf_counter()
     cert = certify_cell(self.seq_fn, prior, params, data, difficulty,
                         train_mixture=c.mixture(cell.arm, cell.bucket),
@@ -227,7 +251,8 @@ class Study:
       "train_seq_error": float(train_seq.mean()),
       "sq_distance": cert["sq_distance"],
       "certificate": cert,
-      "train_time_s": train_time,
+      "train_time_s": train_info["time_s"],
+      "final_train_loss": train_info["final_loss"],
       "eval_time_s": time.perf_counter() - t,
     }
     cache.write_json(result_path, result)
@@ -271,6 +296,10 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
     "config": config.to_dict(),
     "tuned": config.tuned,
     "runtime_s": time.perf_counter() - start,
+    # Seconds of each stage when it was computed (a resumed run keeps the cached stages' times).
+    "timings_s": {"pretrain_s": sum(b["train_time_s"] or 0.0 for b in study.base_info.values()),
+                  "fine_tune_s": sum(c["train_time_s"] for c in cells),
+                  "evaluate_certify_s": sum(c["eval_time_s"] for c in cells)},
     "test_mixture": {str(k): p for k, p in test.mixture.items()},
     "test_items": {"ops": test.ops, "counts": [len(test.slices[k]) for k in test.ops]},
     "arms": {arm: {"order": [b for b, _ in buckets],
