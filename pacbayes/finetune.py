@@ -224,8 +224,10 @@ def _check_paths(cfg: FinetuneConfig) -> None:
       raise ValueError(f"--out {cfg.out}: exists and is not a folder")
     if os.path.exists(os.path.join(out, REPORT)):
       raise ValueError(f"--out {cfg.out}: already holds a finished fine-tune; choose another")
+    # With checkpoints the folder is an interrupted run of this command (the fingerprint
+    # check decides whether it is the same run); its partial outputs are replaced.
     extra = [n for n in os.listdir(out) if n != CHECKPOINTS]
-    if extra:
+    if extra and not os.path.isdir(os.path.join(out, CHECKPOINTS)):
       raise ValueError(f"--out {cfg.out}: folder is not empty ({extra[0]!r}) and holds no "
                        "checkpoint of this command; choose another")
   if not os.access(parent, os.W_OK):
@@ -332,9 +334,13 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
       os.path.join(cfg.model, "config.json")), "train": os.path.realpath(cfg.train),
     "train_sha256": _sha256(cfg.train), "rows": len(data), "length": data.max_length,
     "settings": {k: v for k, v in dataclasses.asdict(cfg).items()
-                 if k not in ("out", "progress", "merge", "model", "train", "mesh")},
+                 if k not in ("out", "progress", "merge", "model", "train", "mesh",
+                              "checkpoint_every")},
     "steps": steps, "dtype": config.dtype}
   os.makedirs(cfg.out, exist_ok=True)
+  for name in os.listdir(cfg.out):
+    if name.startswith(".partial-"):
+      shutil.rmtree(os.path.join(cfg.out, name), ignore_errors=True)
   ckpt = tr.Checkpointer(os.path.join(cfg.out, CHECKPOINTS), cfg.checkpoint_every, fingerprint)
   arrays = {"input_ids": data.input_ids, "attention_mask": data.attention_mask,
             "loss_mask": data.loss_mask}
@@ -398,7 +404,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
       # Move everything into place; the report last, so its presence means "finished".
       names = sorted(os.listdir(staging), key=lambda n: n == REPORT)
       for name in names:
-        os.replace(os.path.join(staging, name), os.path.join(cfg.out, name))
+        target = os.path.join(cfg.out, name)
+        if os.path.isdir(target):  # left by an interrupted earlier attempt at this step
+          shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
     finally:
       shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(os.path.join(cfg.out, CHECKPOINTS), ignore_errors=True)

@@ -103,8 +103,9 @@ def main(argv=None):
   p.add_argument("--work", default="/tmp/smollm2_e2e")
   p.add_argument("--results", default=os.path.join(REPO, "experiments", "results", "smollm2"))
   p.add_argument("--rows", type=int, default=64)
-  p.add_argument("--steps", type=int, default=30)
-  p.add_argument("--max-length", type=int, default=96)
+  p.add_argument("--steps", type=int, default=24)
+  p.add_argument("--max-length", type=int, default=80)
+  p.add_argument("--batch-size", type=int, default=4)
   p.add_argument("--bound-args", default="--sigma 1e-4 --sigma-prior 1e-3 --no-progress",
                  help="extra flags for pacbayes bound")
   args = p.parse_args(argv)
@@ -126,7 +127,7 @@ def main(argv=None):
 
   code = run([*py, "finetune", "--model", base, "--train", train, "--out", lora_dir,
               "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj",
-              "--steps", str(args.steps), "--batch-size", "8", "--lr", "1e-3",
+              "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "1e-3",
               "--max-length", str(args.max_length), "--seed", "0", "--merge",
               "--checkpoint-every", "10", "--no-progress"], summary["steps"], "finetune")
   if code == 0:

@@ -303,3 +303,15 @@ class _nothing:
 
   def __exit__(self, *exc):
     return False
+
+
+def test_checkpoints_of_another_run_are_refused(tmp_path):
+  from pacbayes.lab.train import Checkpointer
+
+  first = Checkpointer(str(tmp_path / "ck"), 2, {"seed": 1})
+  first.close()
+  again = Checkpointer(str(tmp_path / "ck"), 5, {"seed": 1})  # same run: accepted
+  assert again.latest_step() is None
+  again.close()
+  with pytest.raises(ValueError, match="another run"):
+    Checkpointer(str(tmp_path / "ck"), 2, {"seed": 2})
