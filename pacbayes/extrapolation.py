@@ -285,6 +285,7 @@ def weighted_loss_bound(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: 
   """
   loss, rows, diff, scheme = _slots(slot_losses, slot_rows, difficulty)
   col = _support_index(diff, mix)
+  _check_in_training_support(col, diff, mix)
   v, c, rule = loss_weights(mix)
   per_slot = v[col[rows]] * loss  # [M, K]
   x = per_slot.mean(axis=1)  # [M]
@@ -333,6 +334,16 @@ def weighted_value(emp_weighted: Any, num_mc: int, n: int, mix: MixtureBounds, *
   mc_up = np.asarray(bounds.mc_sample_bound(emp, num_mc, delta_mc), dtype=np.float64)
   b_w = np.asarray(maurer_upper(mc_up, kl, n, delta_pb, grid_size))
   return mix.m_out + c * b_w, mc_up, b_w
+
+
+def _check_in_training_support(col: np.ndarray, diff: np.ndarray, mix: MixtureBounds) -> None:
+  """A row of S on a value whose exact p_train is 0 contradicts the stated mixture: refuse."""
+  if mix.train_exact:
+    outside = np.flatnonzero(~np.isin(col, training_slices(mix)))
+    if outside.size:
+      i = int(outside[0])
+      raise ValueError(f"difficulty[{i}]: value {float(diff[i])!r} has p_train = 0 in the "
+                       "training mixture")
 
 
 def _check_share(value: float, name: str) -> None:
@@ -449,12 +460,7 @@ def per_slice_bounds(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: Mix
   _check_share(delta_pb, "delta_pb")
   col = _support_index(diff, mix)
   slices = training_slices(mix)
-  if mix.train_exact:
-    outside = np.flatnonzero(~np.isin(col, slices))
-    if outside.size:
-      i = int(outside[0])
-      raise ValueError(f"difficulty[{i}]: value {float(diff[i])!r} has p_train = 0 in the "
-                       "training mixture")
+  _check_in_training_support(col, diff, mix)
   k = len(slices)
   d_mc, d_pb = delta_mc / k, delta_pb / k
   stats = []

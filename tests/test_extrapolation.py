@@ -310,6 +310,8 @@ def test_slot_layout_and_input_errors():
     ex.weighted_loss_bound(np.full((3, 1), 1.5), np.arange(3)[:, None], diff, mix, **ok)
   with pytest.raises(ValueError, match=r"difficulty\[1\]: value 3.0 has p_train = 0"):
     ex.per_slice_bounds(np.zeros((3, 1)), np.arange(3)[:, None], [1, 3, 1], mix, **ok)
+  with pytest.raises(ValueError, match=r"difficulty\[1\]: value 3.0 has p_train = 0"):
+    ex.weighted_loss_bound(np.zeros((3, 1)), np.arange(3)[:, None], [1, 3, 1], mix, **ok)
   with pytest.raises(ValueError, match=r"difficulty\[2\]: value 9.0 is not in the mixture"):
     ex.weighted_loss_bound(np.zeros((3, 1)), np.arange(3)[:, None], [1, 2, 9], mix, **ok)
   with pytest.raises(ValueError, match=r"difficulty\[0\]: expected a finite"):
