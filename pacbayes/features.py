@@ -273,7 +273,8 @@ def mean_hidden_states(
 
   Args:
     model: a decoder with `hidden_states(input_ids, attention_mask) -> [B, L, D]`.
-    input_ids: [N, L] int token ids, right-padded.
+    input_ids: [N, L] int token ids, padded on either side (positions follow the mask, so
+      each row gives the vector it gives alone).
     attention_mask: [N, L], 1 on real tokens; every row needs at least one.
     batch_size: rows per compiled call (>= 1).
 

@@ -9,7 +9,13 @@ import pytest
 from flax import nnx
 
 import pacbayes  # noqa: F401  (x64 on, as in real use)
-from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
+from pacbayes.models import (
+  ModelConfig,
+  build_model,
+  load_config,
+  load_pretrained,
+  save_pretrained,
+)
 from pacbayes.models.checkpoint import read_tensors, write_safetensors
 from tests.model_fixtures import jit_forward, tiny_config
 
@@ -105,6 +111,68 @@ def test_gpt2_config_rejects_unimplemented(change, attribute):
 def test_config_post_init_checks(kw, name):
   with pytest.raises(ValueError, match=name):
     tiny_config(**kw)
+
+
+@pytest.mark.parametrize("model_type, key, value, expected", [
+  ("llama", "num_key_value_heads", "2", "an integer or null"),
+  ("llama", "head_dim", 8.0, "an integer or null"),
+  ("qwen2", "layer_types", 3, "a list of strings or null"),
+  ("llama", "rope_theta", "ten thousand", "a finite number"),
+  ("llama", "hidden_size", True, "an integer"),
+  ("llama", "rms_norm_eps", None, "a finite number"),
+  ("llama", "tie_word_embeddings", "yes", "true or false"),
+  ("llama", "eos_token_id", "2", "an integer, a list of integers or null"),
+  ("gpt2", "n_head", 4.0, "an integer"),
+  ("gpt2", "layer_norm_epsilon", "1e-5", "a finite number"),
+])
+def test_config_wrong_types_name_file_key_and_type(tmp_path, model_type, key, value, expected):
+  hf = tiny_config(model_type).to_hf_config()
+  hf[key] = value
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  with pytest.raises(ValueError) as info:
+    load_config(tmp_path)
+  message = str(info.value)
+  assert str(tmp_path / "config.json") in message
+  assert f"config attribute {key!r}" in message and f"expected {expected}" in message
+
+
+
+def test_config_wrong_type_inside_rope_parameters():
+  hf = tiny_config().to_hf_config()
+  hf["rope_parameters"] = {"rope_type": "default", "rope_theta": "ten thousand"}
+  with pytest.raises(ValueError, match="'rope_parameters.rope_theta'='ten thousand': expected a"):
+    ModelConfig.from_hf_config(hf)
+
+
+def test_config_post_init_type_errors_are_value_errors():
+  for kw in (dict(num_key_value_heads="2"), dict(head_dim=8.0), dict(rope_theta="x"),
+             dict(tie_word_embeddings=1)):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+      tiny_config(**kw)
+
+
+def test_transformers_written_config_with_metadata_loads(tmp_path):
+  # A SmolLM2-like config as transformers writes it after a GGUF conversion: metadata keys
+  # (paths, names, token ids, versions, dtypes) must not be taken for architecture.
+  hf = tiny_config(num_key_value_heads=2, tie_word_embeddings=True).to_hf_config()
+  hf.update({
+    "_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "_name_or_path": "/tmp/smollm2", "unk_token_id": 0, "sep_token_id": None,
+    "transformers_version": "4.47.0", "torch_dtype": "float32", "dtype": "float32",
+    "architectures": ["LlamaForCausalLM"], "pretraining_tp": 1, "use_cache": True,
+    "is_llama_config": True, "rope_interleaved": False, "attention_dropout": 0.0,
+    "_attn_implementation_autoset": True, "mask_token_id": None, "model_name": "smollm2",
+  })
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  config = load_config(tmp_path)
+  assert config == tiny_config(num_key_value_heads=2, tie_word_embeddings=True)
+  tf = pytest.importorskip("transformers")
+  written = tf.LlamaConfig(**{k: v for k, v in hf.items() if not k.startswith("_")}).to_dict()
+  written["_model_name_or_path"] = "x"
+  assert ModelConfig.from_hf_config(written).num_key_value_heads == 2
+  # A key that would change the function is still refused.
+  with pytest.raises(ValueError, match="'logit_scale'"):
+    ModelConfig.from_hf_config({**hf, "logit_scale": 0.5})
 
 
 # -------------------------------------------------------------------------------- forward

@@ -20,6 +20,7 @@ from pacbayes.tensorio import (
   checkpoint_folder,
   is_float_dtype,
   iter_tensors,
+  load_unique_json,
   read_tensors,
   weight_files,
   write_safetensors,
@@ -45,8 +46,8 @@ def load_config(path: str | os.PathLike, *, dtype: str | None = None) -> ModelCo
   """Reads and checks `config.json` of a checkpoint folder."""
   file = checkpoint_folder(path, require_config=True) / CONFIG_FILE
   try:
-    hf = json.loads(file.read_text())
-  except (OSError, json.JSONDecodeError) as e:
+    hf = load_unique_json(file.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError) as e:
     raise ValueError(f"{file}: not valid JSON ({e})") from e
   try:
     return ModelConfig.from_hf_config(hf, dtype=dtype)

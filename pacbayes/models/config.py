@@ -35,6 +35,9 @@ _IGNORED_KEYS = frozenset({
   "suppress_tokens", "begin_suppress_tokens", "n_ctx", "pretraining_tp", "use_mrope",
   "max_window_layers", "gradient_checkpointing", "bos_token_id", "eos_token_id",
   "pad_token_id", "layer_norm_eps", "is_llama_config", "_num_labels",
+  # Names, paths and provenance written by converters and hubs.
+  "model_name", "name_or_path", "base_model", "base_model_name_or_path", "license",
+  "language", "tags", "library_name", "commit_hash", "output_router_logits",
 })
 
 
