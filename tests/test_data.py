@@ -125,8 +125,8 @@ def test_truncation_counts_and_keeps_the_prompt(tmp_path):
   assert ds.num_truncated == 1 and ds.max_length == 4
   np.testing.assert_array_equal(ds.input_ids, [[1, 2, 3, 4], [1, 2, 3, 0]])
   np.testing.assert_array_equal(ds.loss_mask, [[0, 0, 1, 1], [0, 1, 1, 0]])
-  with pytest.raises(DataError, match=r"d\.jsonl:1: the row has 6 tokens, more than "
-                     r"max_length=4; refused \(pass on_overflow='truncate'"):
+  with pytest.raises(DataError, match=r"d\.jsonl:1: 6 tokens exceed max_length=4; the row is "
+                     r"refused \(pass on_overflow='truncate'"):
     load_dataset(tmp_path / "d.jsonl", max_length=4, on_overflow="error")
 
 
@@ -282,8 +282,8 @@ def test_subset_and_dataclass_checks():
 
 def test_long_row_message_names_the_flag(tmp_path):
   path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, {"input_ids": list(range(9))}])
-  with pytest.raises(DataError, match=r"d\.jsonl:2: the row has 9 tokens, more than "
-                     r"max_length=4; refused \(use --max-length N --truncate\)"):
+  with pytest.raises(DataError, match=r"d\.jsonl:2: 9 tokens exceed max_length=4; the row is "
+                     r"refused \(use --max-length N --truncate\)"):
     load_dataset(path, max_length=4, on_overflow="error",
                  overflow_hint="use --max-length N --truncate")
 

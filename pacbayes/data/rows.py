@@ -242,8 +242,8 @@ def encode_rows(
     truncated = max_length is not None and seq.size > max_length
     if truncated:
       if on_overflow == "error":
-        raise DataError(f"{where}: the row has {seq.size} tokens, more than "
-                        f"max_length={max_length}; refused ({overflow_hint})")
+        raise DataError(f"{where}: {seq.size} tokens exceed max_length={max_length}; the row "
+                        f"is refused ({overflow_hint})")
       seq = seq[:max_length]
       num_truncated += 1
     prompt_len = seq.size if whole[i] else min(p.size, seq.size)
