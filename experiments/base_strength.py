@@ -18,7 +18,7 @@ def _all_sizes(argv):
   preset = "quick"
   if "--preset" in argv:
     preset = argv[argv.index("--preset") + 1]
-  return list(StudyConfig.preset(preset).sizes) if preset in ("quick", "full") else []
+  return list(StudyConfig.preset(preset).sizes) if preset in ("quick", "smoke", "full") else []
 
 
 if __name__ == "__main__":

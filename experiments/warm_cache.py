@@ -1,10 +1,11 @@
-"""Pretrains the bases and fine-tunes every cell of a preset into OUT/cache, without certifying.
+"""Pretrains the bases and fine-tunes every cell of a preset into OUT/cache (a cache worker).
 
 Usage: python experiments/warm_cache.py --preset quick --out experiments/results/quick
 
-A later `pacbayes lab --preset P --out OUT` reuses these checkpoints (same cache keys) and only
-evaluates and certifies; the training times stay recorded beside each checkpoint and are
-summed into results.json ("timings_s").
+Without --certify it only trains. Several workers may share OUT (atomic writes; at worst a
+cell is computed twice). A later `pacbayes lab --preset P --out OUT` reuses these checkpoints
+and cell results (same cache keys); the training times stay recorded beside each checkpoint
+and are summed into results.json ("timings_s").
 """
 
 import argparse
@@ -19,6 +20,10 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
   parser.add_argument("--out", required=True)
+  parser.add_argument("--reverse", action="store_true",
+                      help="go through the cells in reverse order (a second worker)")
+  parser.add_argument("--certify", action="store_true",
+                      help="also evaluate and certify each cell (cached as `pacbayes lab` does)")
   args = parser.parse_args(argv)
   config = StudyConfig.preset(args.preset)
   study = Study(config, args.out, progress=False)
@@ -26,10 +31,16 @@ def main(argv=None) -> int:
     study.pretrain(which)
     print(f"{which}: {study.base_info[which]['accuracy_by_slice']}", flush=True)
   todo = grid_cells(config) + certified_cells(config)
+  if args.reverse:
+    todo = todo[::-1]
   for i, cell in enumerate(todo):
     _, info = study.train_cell(cell)
-    print(f"[{i + 1}/{len(todo)}] {cell.tag}: {info['time_s']:.0f}s, loss {info['final_loss']:.4f}",
-          flush=True)
+    line = f"[{i + 1}/{len(todo)}] {cell.tag}: {info['time_s']:.0f}s, loss {info['final_loss']:.4f}"
+    if args.certify:
+      res = study.run_cell(cell)
+      line += (f"; acc {res['accuracy']:.3f} B_train {res['certificate']['b_train']:.3f} "
+               f"bound {res['certificate']['bound']:.3f}")
+    print(line, flush=True)
   return 0
 
 

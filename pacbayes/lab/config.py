@@ -248,7 +248,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ft_steps": 150,
     "ft_batch_size": 16,
     "certified_steps": (50,),
-    "mc_chunk_size": 4,
+    "mc_chunk_size": 16,
+    "sigma_subset": 64,
   },
   "full": {
     "arms": (TILTED, DISJOINT),
