@@ -203,9 +203,11 @@ def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length:
         max_length=limit, on_overflow="error" if max_length is None else "truncate",
         source=path, line_numbers=lines)
   except DataError as e:
-    if max_length is None and "exceed max_length" in str(e):
-      raise DataError(f"{e} (the model's context, max_position_embeddings); give "
-                      "max_length to truncate") from None
+    text = str(e)
+    if max_length is None and f"max_length={limit}" in text:
+      head = text.split(";")[0].replace(f"max_length={limit}", f"the model's context "
+                                        f"(max_position_embeddings = {context})")
+      raise DataError(f"{head}; give max_length N to truncate longer rows") from None
     raise
 
 
