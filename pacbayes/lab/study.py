@@ -34,6 +34,13 @@ BASES = ("base", "strong")
 METHODS = {"sft": "ce", "dft": "dft"}
 # Bumped whenever a change alters cached numbers, so stale cache entries are never reused.
 CACHE_VERSION = 2
+# What valid cache entries look like (`cache.read_json` treats anything else as stale).
+BASE_ENTRY = {"pretrain_ops": list, "steps": int, "accuracy": float, "accuracy_by_slice": dict,
+              "test_seq_error": float, "seq_error_by_slice": dict}
+TRAIN_ENTRY = {"time_s": float, "final_loss": float}
+CELL_ENTRY = {"v": int, "accuracy": float, "accuracy_by_slice": dict, "q_test_risk": float,
+              "train_seq_error": float, "sq_distance": float, "certificate": dict,
+              "items": {"correct": str, "seq_error": str, "q_seq_error": str, "q_draws": int}}
 
 
 def model_config(config: StudyConfig) -> ModelConfig:
@@ -145,7 +152,7 @@ class Study:
     ckpt, info_path = self.path("bases", tag + ".npz"), self.path("bases", tag + ".json")
     init = self.bases["base"] if "init" in fields else self.init_params
     params = cache.load_params(ckpt, self.init_params)
-    info = cache.read_json(info_path)
+    info = cache.read_json(info_path, BASE_ENTRY)
     pre_time = None  # None: trained by an earlier run whose summary was lost
     if params is None:
       ds = studydata.pretrain_corpus(c, which, self.data.test_keys)
@@ -160,7 +167,7 @@ class Study:
       info = None
       pre_time = res.time_s
       self.log(f"pretrained {which}: {fields['steps']} steps in {res.time_s:.1f}s")
-    if not isinstance(info, dict) or "accuracy_by_slice" not in info:
+    if info is None:
       ev_ = self.evaluate(params)
       total = fields["steps"] + (fields["init"]["steps"] if "init" in fields else 0)
       info = {"pretrain_ops": fields["ops"], "steps": total,
@@ -194,8 +201,8 @@ class Study:
     ckpt, info_path = self.path("cells", tag + ".npz"), self.path("cells", tag + ".train.json")
     prior = self.bases[cell.base]
     params = cache.load_params(ckpt, prior)
-    info = cache.read_json(info_path)
-    if params is not None and isinstance(info, dict) and "time_s" in info:
+    info = cache.read_json(info_path, TRAIN_ENTRY)
+    if params is not None and info is not None:
       return params, info
     data, _ = self.cell_data(cell)
     tcfg = tr.TrainConfig(steps=cell.steps, batch_size=c.ft_batch_size, learning_rate=c.ft_lr,
@@ -224,8 +231,8 @@ class Study:
     fields = self.cell_fields(cell)
     tag = f"{cell.tag}-{cache.config_hash(fields)}"
     result_path = self.path("cells", tag + ".json")
-    cached = cache.read_json(result_path)
-    if isinstance(cached, dict) and cached.get("v") == CACHE_VERSION:
+    cached = cache.read_json(result_path, CELL_ENTRY)
+    if cached is not None and cached["v"] == CACHE_VERSION:
       return cached
     params, train_info = self.train_cell(cell)
     data, difficulty = self.cell_data(cell)
