@@ -165,11 +165,3 @@ def study_view(results: Mapping[str, Any], *, arm: str = "tilted") -> StudyView:
   return StudyView(keys=keys, seeds=seeds, ops=ops, slice_of=slice_of, p_test=p_test,
                    p_bucket=p_bucket, buckets=buckets, base_acc=base_acc, items=items,
                    scalars=scalars, headroom_min=headroom)
-
-
-def cell_means(view: StudyView, field: str, weights_K) -> np.ndarray:
-  """[R, C, S] slice-weighted means sum_k w_k mean_{i in k} items[field][..., i]."""
-  x = view.items[field]
-  counts = np.bincount(view.slice_of, minlength=len(view.ops))
-  w_i = np.asarray(weights_K, dtype=np.float64)[view.slice_of] / counts[view.slice_of]
-  return np.einsum("rcsn,n->rcs", x, w_i)
