@@ -80,14 +80,26 @@ def test_parity_and_round_trip(tmp_path, name, shard):
     ref = hf_model(torch.from_numpy(ids)).logits.numpy()
     ref_masked = hf_model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
     ref_masked = ref_masked.numpy()
+    # Left padding: transformers given the position ids that the mask implies.
+    left_ids = np.zeros_like(ids)
+    left_mask = np.zeros_like(mask)
+    for b, n in enumerate(lengths):
+      left_ids[b, 11 - n:] = ids[b, :n]
+      left_mask[b, 11 - n:] = 1
+    positions = np.where(left_mask == 1, np.cumsum(left_mask, axis=1) - 1, 1)
+    ref_left = hf_model(torch.from_numpy(left_ids), attention_mask=torch.from_numpy(left_mask),
+                        position_ids=torch.from_numpy(positions)).logits.numpy()
 
   model, config = load_pretrained(tmp_path / "hf")
   assert config.dtype == "float32"
   forward = _jit_forward(model)
   np.testing.assert_allclose(forward(ids, np.ones_like(ids)), ref, atol=2e-5, rtol=1e-5)
   ours_masked = forward(ids, mask)
+  ours_left = forward(left_ids, left_mask)
   for b, n in enumerate(lengths):
     np.testing.assert_allclose(ours_masked[b, :n], ref_masked[b, :n], atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(ours_left[b, 11 - n:], ref_left[b, 11 - n:], atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(ours_left[b, 11 - n:], ref_masked[b, :n], atol=2e-5, rtol=1e-5)
 
   # Round trip: our save -> transformers load -> the same logits.
   save_pretrained(model, config, tmp_path / "ours")
