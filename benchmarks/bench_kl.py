@@ -26,25 +26,31 @@ import time
 
 import numpy as np
 
-HIDDEN = 4096
+HIDDEN = 2048
 SHARDS = 4
 
 
-def layout(gb: float) -> dict[str, tuple[int, int]]:
-  """Tensor shapes of a Llama-like model of about ``gb`` GB in float32."""
-  shapes = {"model.embed_tokens.weight": (2 * HIDDEN, HIDDEN)}  # the largest tensor
-  target = gb * 1e9 / 4
-  i = 0
-  while sum(math.prod(s) for s in shapes.values()) + HIDDEN * HIDDEN <= target:
-    shapes[f"model.layers.{i // 4}.w{i % 4}.weight"] = (HIDDEN, HIDDEN)
-    i += 1
-    if i % 4 == 0:
-      shapes[f"model.layers.{i // 4 - 1}.input_layernorm.weight"] = (HIDDEN,)
-  shapes["model.norm.weight"] = (HIDDEN,)
-  return shapes
+def llama_config(gb: float):
+  """A real Llama architecture of about ``gb`` GB in float32 (checkpoint_kl reads the config
+  and refuses tensors outside the architecture's parameter set)."""
+  from pacbayes.models import ModelConfig
+
+  base = dict(model_type="llama", vocab_size=32000, hidden_size=HIDDEN, intermediate_size=5632,
+              num_attention_heads=16, num_key_value_heads=16)
+  per_layer = 4 * HIDDEN * HIDDEN + 3 * HIDDEN * 5632 + 2 * HIDDEN
+  rest = 2 * 32000 * HIDDEN + HIDDEN
+  layers = max(1, round((gb * 1e9 / 4 - rest) / per_layer))
+  return ModelConfig(num_hidden_layers=layers, **base)
 
 
-def write_pair(root: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str]:
+def layout(gb: float) -> dict[str, tuple[int, ...]]:
+  """Tensor shapes of the Llama model of ``llama_config(gb)``."""
+  from pacbayes.models.params import hf_shapes
+
+  return hf_shapes(llama_config(gb))
+
+
+def write_pair(root: str, shapes: dict[str, tuple[int, ...]], gb: float) -> tuple[str, str]:
   from safetensors.numpy import save_file
 
   rng = np.random.default_rng(0)
@@ -54,7 +60,7 @@ def write_pair(root: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, str]
   for folder in folders:
     os.makedirs(folder)
     with open(os.path.join(folder, "config.json"), "w") as f:
-      json.dump({"model_type": "llama", "hidden_size": HIDDEN}, f)
+      json.dump(llama_config(gb).to_hf_config(), f)
   for s in range(SHARDS):
     shard = f"model-{s + 1:05d}-of-{SHARDS:05d}.safetensors"
     prior, post = {}, {}
@@ -146,7 +152,7 @@ def main() -> None:
   root = tempfile.mkdtemp(prefix="bench_kl_", dir=args.dir)
   try:
     t0 = time.perf_counter()
-    prior, post = write_pair(root, shapes)
+    prior, post = write_pair(root, shapes, args.gb)
     write_s = time.perf_counter() - t0
     rows = []
     for step in ("import", "read bytes", "get_tensor", "checkpoint_kl", "kl, direct"):
