@@ -205,6 +205,23 @@ def sigma_leaves(sigma: Any, params: Any, mask: tuple[bool, ...]) -> list[jax.Ar
   return out
 
 
+def perturb_leaf(key: jax.Array, x: jax.Array, sigma: jax.Array) -> jax.Array:
+  """x + sigma * eps for one leaf, eps ~ N(0, I) drawn from `key` in max(x.dtype, float32),
+  the sum rounded to x.dtype (see `sample_posterior`)."""
+  x = jnp.asarray(x)
+  dt = jnp.promote_types(x.dtype, jnp.float32)
+  eps = jax.random.normal(key, x.shape, dt)
+  s = jnp.asarray(sigma).astype(dt)
+  if s.ndim and s.shape != x.shape:
+    s = jnp.broadcast_to(s, x.shape)
+  return (x.astype(dt) + s * eps).astype(x.dtype)
+
+
+def leaf_keys(key: jax.Array, leaves: Sequence[Any]) -> list[jax.Array]:
+  """One key per leaf (`optax.tree.split_key_like`), in leaf order."""
+  return jax.tree.leaves(optax.tree.split_key_like(key, list(leaves)))
+
+
 def perturb_leaves(
     key: jax.Array, leaves: Sequence[jax.Array], sigmas: Sequence[jax.Array],
     mask: Sequence[bool]) -> list[jax.Array]:
@@ -214,20 +231,9 @@ def perturb_leaves(
   `sample_posterior`). Traceable: call it inside `jax.jit` so that the noise never leaves
   the device.
   """
-  keys = jax.tree.leaves(optax.tree.split_key_like(key, list(leaves)))
-  out = []
-  for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True):
-    if not m:
-      out.append(x)
-      continue
-    x = jnp.asarray(x)
-    dt = jnp.promote_types(x.dtype, jnp.float32)
-    eps = jax.random.normal(k, x.shape, dt)
-    s = jnp.asarray(s).astype(dt)
-    if s.ndim and s.shape != x.shape:
-      s = jnp.broadcast_to(s, x.shape)
-    out.append((x.astype(dt) + s * eps).astype(x.dtype))
-  return out
+  keys = leaf_keys(key, leaves)
+  return [perturb_leaf(k, x, s) if m else x
+          for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True)]
 
 
 def sample_posterior(key: jax.Array, params: Any, sigma: Any, *, mask: Any = None) -> Any:

@@ -28,7 +28,9 @@ from pacbayes.draws import (
     check_data,
     check_range,
     gather,
+    leaf_keys,
     mask_leaves,
+    perturb_leaf,
     perturb_leaves,
     positive_int,
     progress_bar,
@@ -85,6 +87,21 @@ def _plain_step(loss_fn: LossFn):
 def plain_step(loss_fn: LossFn):
   """Compiled `(params, batch) -> losses [B]` without perturbation (cached when hashable)."""
   return _plain_step(loss_fn) if _hashable(loss_fn) else _plain_step.__wrapped__(loss_fn)
+
+
+_perturb_leaf_jit = jax.jit(perturb_leaf)
+
+
+def perturbed_copy(key: jax.Array, index: int, leaves: list, sigmas: list,
+                   mask: tuple[bool, ...]) -> list:
+  """Leaves of draw `index` (key fold_in(key, index)), made one leaf at a time.
+
+  The same numbers as the draw made inside `draw_step`; only one leaf's noise exists at a
+  time beside the finished copy, and each leaf shape compiles once.
+  """
+  keys = leaf_keys(jax.random.fold_in(key, index), leaves)
+  return [_perturb_leaf_jit(k, x, s) if m else x
+          for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True)]
 
 
 # ------------------------------------------------------------------------------ MC risk
@@ -162,21 +179,33 @@ def _slots(scheme: str, n: int, num_draws: int | None, chunk_size: int | None,
 
 
 def draws_per_step_for_memory(
-    step: Any, args: tuple, max_memory: int, num_draws: int) -> int:
-  """Largest G <= num_draws whose estimated step memory fits `max_memory` bytes.
+    loss_fn: LossFn, params: Any, batch: Mapping[str, Any], max_memory: int, num_draws: int,
+    mask: Any = None) -> int:
+  """Largest G <= num_draws whose estimated memory fits `max_memory` bytes.
 
-  The estimate comes from XLA's own accounting of the step compiled for ONE draw
-  (`Compiled.memory_analysis()`): `base` = argument bytes (parameters, sigmas, batch) and
-  `per_draw` = temporaries + outputs (one perturbed copy, its activations); G draws are
-  taken to need base + G * per_draw. It is an estimate of device memory, not a guarantee
-  (the host process adds its own overhead).
+  The estimate comes from XLA's own accounting of the unperturbed step on one batch
+  (`Compiled.memory_analysis()`): `base` = argument bytes (parameters and batch), and each
+  draw in flight adds one perturbed copy of the masked leaves plus the step's temporaries
+  and outputs (its activations); G draws are taken to need base + G * per_draw. It is an
+  estimate of device memory, not a guarantee (the host process adds its own overhead).
+
+  Args:
+    loss_fn: the loss.
+    params: the posterior mean.
+    batch: one batch of rows as the step sees it (with 'weight').
+    max_memory: budget in bytes.
+    num_draws: M (G never exceeds it).
+    mask: perturbation mask (default all floating leaves).
 
   Raises:
     ValueError: `max_memory` is below base + per_draw (even one draw does not fit).
   """
-  stats = step.lower(*args).compile().memory_analysis()
+  stats = plain_step(loss_fn).lower(params, batch).compile().memory_analysis()
   base = int(stats.argument_size_in_bytes)
-  per_draw = max(1, int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes))
+  copy = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize
+             for x, m in zip(jax.tree.leaves(params), mask_leaves(mask, params), strict=True)
+             if m)
+  per_draw = max(1, copy + int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes))
   if max_memory < base + per_draw:
     raise ValueError(
         f"max_memory: {max_memory} bytes is below the estimated need of one draw "
@@ -226,13 +255,19 @@ def mc_risk(
     Equal chunk sizes matter: unequal chunks would average means with the wrong weights.
     This scheme costs one pass over S (plus r < C rows) for M = ceil(n / C) draws.
 
-  Exactly the M draws asked for are computed: draws go in groups of G = `draws_per_step`
-  (the last group is smaller when G does not divide M; it compiles once more). Each
-  compiled step makes its G draws' noise inside the step, so at most G perturbed copies of
-  the parameters exist at a time, plus one batch of activations per draw. In the "passes"
-  scheme, and in "chunk" when C > `batch_size`, a draw spans several steps and its noise is
-  made again in each (same key, same numbers): memory stays near one copy, at the price of
-  regenerating the noise; choose `batch_size` >= C to make it once per draw.
+  Exactly the M draws asked for are computed. Memory and time:
+  * `draws_per_step` = 1 (default): draws one after another. Each draw's perturbed copy is
+    made once, one leaf at a time (`perturbed_copy`), and every batch of that draw runs the
+    same compiled program as the unperturbed pass (`plain_step`): memory is the mean, one
+    perturbed copy and one batch of activations, whatever M; the extra time is the noise,
+    once per draw.
+  * G > 1: draws go in groups of G through one `jax.jit(jax.vmap(...))` step that makes its
+    G draws' noise inside the step (the last group is smaller when G does not divide M; it
+    compiles once more): up to G perturbed copies and G batches of activations; in
+    "passes", and in "chunk" when C > `batch_size`, a draw's noise is made again in each of
+    its steps.
+  Draw m always uses fold_in(key_draws, m), whatever the grouping or the mesh, so the
+  result is the same on one device or many and for any G.
 
   Args:
     loss_fn: `loss_fn(params, batch) -> [B]` losses in [0, 1] (checked on the host).
@@ -292,7 +327,6 @@ def mc_risk(
   sigmas = [shd.put(s, mesh, shd.param_spec(s.shape, mesh)) if mesh is not None else s
             for s in sigmas]
   key_dev = shd.put(key_draws, mesh) if mesh is not None else key_draws
-  step = draw_step(loss_fn, treedef, mask_t, shared)
 
   def run(first: int, group: int, s: int):
     """Step s (batch of columns) for draws first..first+group-1: (device losses, weight)."""
@@ -308,27 +342,47 @@ def mc_risk(
     return (key_dev, idx_dev, batch), rows
 
   if max_memory is not None:
-    args, _ = run(0, 1, 0)
-    draws_per_step = draws_per_step_for_memory(step, (leaves, sigmas) + args, max_memory,
-                                               m_total)
+    draws_per_step = draws_per_step_for_memory(
+        loss_fn, jax.tree.unflatten(treedef, leaves), gather(arrays, cols[0, :b]), max_memory,
+        m_total, mask)
   group = positive_int(1 if draws_per_step is None else draws_per_step, "draws_per_step")
   group = min(group, m_total)
 
   slot_losses = np.zeros((m_total, steps * b), np.float64)
   label = desc or f"MC risk ({scheme}, M={m_total})"
   bar = progress_bar(m_total * k_slots, label, progress)
-  for first in range(0, m_total, group):
-    g = min(group, m_total - first)
-    pending = []
-    for s in range(steps):
-      args, rows = run(first, g, s)
-      pending.append((s, step(leaves, sigmas, *args), rows))
+
+  def collect(first: int, pending: list) -> None:
     for s, out, rows in pending:
-      losses = shd.to_host(out).astype(np.float64)
-      weight = (rows >= 0).astype(np.float64)
+      losses = shd.to_host(out).astype(np.float64).reshape(-1, b)
+      weight = (rows >= 0).astype(np.float64).reshape(-1, b)
       check_range(losses, weight)
-      slot_losses[first:first + g, s * b:(s + 1) * b] = losses * weight
+      slot_losses[first:first + losses.shape[0], s * b:(s + 1) * b] = losses * weight
       bar.update(int(weight.sum()))
+
+  if group == 1:
+    # One perturbed copy at a time, made once per draw and reused by all its batches.
+    pstep = plain_step(loss_fn)
+    for m in range(m_total):
+      theta = jax.tree.unflatten(treedef, perturbed_copy(key_dev, m, leaves, sigmas, mask_t))
+      pending = []
+      for s in range(steps):
+        rows = cols[m, s * b:(s + 1) * b]
+        batch = gather(arrays, rows)
+        if mesh is not None:
+          batch = shd.shard_batch(batch, mesh)
+        pending.append((s, pstep(theta, batch), rows))
+      collect(m, pending)
+      del theta
+  else:
+    step = draw_step(loss_fn, treedef, mask_t, shared)
+    for first in range(0, m_total, group):
+      g = min(group, m_total - first)
+      pending = []
+      for s in range(steps):
+        args, rows = run(first, g, s)
+        pending.append((s, step(leaves, sigmas, *args), rows))
+      collect(first, pending)
   bar.close()
 
   slot_losses = slot_losses[:, :k_slots]

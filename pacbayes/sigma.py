@@ -18,7 +18,6 @@ from pacbayes.kl import isotropic_kl
 from pacbayes.montecarlo import mc_risk
 
 METHODS = ("maurer", "mcallester", "fquad")
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 # Two subset bounds closer than this count as tied; the smaller KL then wins.
 _TIE = 1e-12
 
@@ -100,8 +99,8 @@ def choose_sigma(
     method: str = "maurer",
     subset_size: int | None = 256,
     num_draws: int = 2,
-    max_steps: int = 8,
-    rel_tol: float = 0.02,
+    max_evals: int = 12,
+    tol: float = 5e-3,
     min_ratio: float = 1e-4,
     batch_size: int = 32,
     draws_per_step: int | None = None,
@@ -119,20 +118,20 @@ def choose_sigma(
   `subset_size` rows of S with `num_draws` posterior draws (common random numbers: the same
   noise at every sigma, so the risk is a smooth function of sigma).
 
-  Search (each risk evaluation is cached; the KL and bound are closed forms):
-  1. Grid points in increasing order of their lower bound B(0, KL(sigma_p, sigma_p)) (a valid
-     lower bound over sigma_q <= sigma_p, since risk >= 0 and the KL at fixed sigma_p is
-     smallest at sigma_q = sigma_p); the risk is measured at sigma_q = sigma_p unless that
-     lower bound already exceeds the best bound found.
-  2. For each sigma_p whose lower bound is below the best, golden-section search on
-     t = ln(sigma_p / sigma_q) in [0, t_max], where t_max is where B(0, KL) reaches the best
-     bound (or ln(1/`min_ratio`)); a branch is dropped early when
-     B(risk(sigma_p e^{-t_max}), KL(sigma_p, sigma_p)) is not below the best (this assumes the
-     risk grows with sigma, as it does in expectation for a trained model). At most
-     `max_steps` steps, stopping when the bracket is below `rel_tol` * t_max.
-  Every evaluated sigma_q is scored against every grid point; the smallest bound wins, ties
-  (within 1e-12) toward the smaller KL. With `sigma_q` given, only step "score" runs: one risk
-  evaluation, then the grid point of the smallest bound.
+  Search: branch and bound on ln sigma_q over [min_ratio * min(grid), max(grid)] (each risk
+  evaluation is cached; the KL and the bound are closed forms). Between two measured
+  sigmas a < b, the risk is at least the smallest risk measured at or above a (0 below the
+  first measured point: risk >= 0), and for each sigma_p the KL is at least its value at
+  sigma_q = sigma_p clipped to [a, b]; that gives a lower bound of the objective on every
+  interval. The first risks are measured at the grid point of the smallest lower bound and
+  at the low end; then the interval with the smallest lower bound is split (at the geometric
+  middle of the part where that lower bound stays below the best bound) until
+  no interval can beat the best bound by `tol`, or after `max_evals` risk evaluations. The
+  lower bounds assume the risk grows with sigma, which holds in expectation for a trained
+  model; the search finds the minimum up to `tol` under that assumption. Every measured
+  sigma_q is scored against every grid point; the smallest bound wins, ties (within 1e-12)
+  toward the smaller KL. With `sigma_q` given: one risk evaluation, then the grid point of
+  the smallest bound.
 
   Validity: sigma_q may depend on S (PAC-Bayes holds for all Q at once); sigma_p is one of k
   grid points fixed in advance, which costs ln k: the caller's certificate must use
@@ -156,8 +155,10 @@ def choose_sigma(
     method: "maurer" (default), "mcallester" or "fquad".
     subset_size: rows of S used (None: all).
     num_draws: posterior draws per risk evaluation.
-    max_steps: golden-section steps per grid point.
-    rel_tol: stop when the bracket is below rel_tol * t_max.
+    max_evals: most risk evaluations (each: `num_draws` draws on the subset).
+    tol: an interval is split only when its lower bound is at least `tol` below the best
+      bound found (bound units; about the Monte-Carlo error of the subset risk, which the
+      search cannot resolve anyway).
     min_ratio: smallest sigma_q / sigma_p searched (> 0, < 1).
     batch_size, draws_per_step, mask, mesh: as in `mc_risk`.
     progress: a bar counting risk evaluations (kept in the log).
@@ -171,8 +172,8 @@ def choose_sigma(
   References:
     Maurer, "A note on the PAC Bayesian theorem", 2004 (the bound); Dziugaite & Roy, UAI 2017,
     and Perez-Ortiz et al., JMLR 2021 (union bound over a prior-scale grid, a posterior
-    scale fitted to the bound); Kiefer, "Sequential minimax search for a maximum", 1953
-    (golden section).
+    scale fitted to the bound); Land & Doig, "An automatic method of solving discrete
+    programming problems", Econometrica 1960 (branch and bound).
   """
   grid = np.asarray(sigma_grid, np.float64).reshape(-1)
   if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
@@ -187,9 +188,9 @@ def choose_sigma(
       raise ValueError(f"{name}: expected a value in (0, 1), got {v!r}")
   if not (0 < min_ratio < 1):
     raise ValueError(f"min_ratio: expected a value in (0, 1), got {min_ratio!r}")
-  if not (0 < rel_tol < 1):
-    raise ValueError(f"rel_tol: expected a value in (0, 1), got {rel_tol!r}")
-  max_steps = positive_int(max_steps, "max_steps")
+  if not (isinstance(tol, (int, float)) and 0 <= tol < 1):
+    raise ValueError(f"tol: expected a value in [0, 1), got {tol!r}")
+  max_evals = positive_int(max_evals, "max_evals")
   num_draws = positive_int(num_draws, "num_draws")
   if sigma_q is not None and not (
       isinstance(sigma_q, (int, float)) and math.isfinite(sigma_q) and sigma_q > 0):
@@ -238,17 +239,15 @@ def choose_sigma(
     how = (f"sigma_q = {_f32(sigma_q):.6g} fixed by the user; sigma_p = the point of a "
            f"{k}-point grid with the smallest bound (ln {k} paid)")
   else:
-    # Lower bound per grid point over sigma_q <= sigma_p: risk 0 and the KL at sigma_q = sigma_p.
-    lb = subset_bound(0.0, num_mc, kl_of(grid, grid), n, **bound_kw)
-    for p in np.argsort(lb, kind="stable"):
-      if lb[p] < best["bound"] - _TIE or not cache:
-        evaluate(grid[p])
-    for p in np.argsort(lb, kind="stable"):
-      if lb[p] >= best["bound"] - _TIE:
-        continue
-      _golden(evaluate, float(grid[p]), best, kl_of, num_mc, n, bound_kw, min_ratio,
-              max_steps, rel_tol)
-    how = (f"sigma_q searched to minimise the {method} bound (golden section on "
+    def score(e: Any, kl: Any) -> np.ndarray:
+      return subset_bound(e, num_mc, kl, n, **bound_kw)
+
+    s_min = min_ratio * float(grid.min())
+    evaluate(grid[int(np.argmin(score(0.0, kl_of(grid, grid))))])
+    evaluate(s_min)  # near the unperturbed risk: a risk floor for every interval
+    _branch_and_bound(evaluate, cache, best, grid, kl_of, score, s_min, float(grid.max()), tol,
+                      max_evals)
+    how = (f"sigma_q searched to minimise the {method} bound (branch and bound on "
            f"ln sigma_q, {len(cache)} risk evaluations of {num_draws} draws on {n_sub} rows "
            f"of S); sigma_p = the point of a {k}-point grid fixed in advance with the "
            f"smallest bound (ln {k} paid)")
@@ -287,46 +286,61 @@ def _argbest(bs: np.ndarray, kls: np.ndarray) -> int:
   return j
 
 
-def _golden(evaluate, s_p: float, best: dict, kl_of, num_mc: int, n: int, bound_kw: dict,
-            min_ratio: float, max_steps: int, rel_tol: float) -> None:
-  """Golden-section search of B(risk(s_p e^-t), KL(s_p e^-t, s_p)) over t in [0, t_max]."""
-  t_cap = math.log(1.0 / min_ratio)
+def _lower_bounds(lo: np.ndarray, hi: np.ndarray, e_lo: np.ndarray, grid: np.ndarray, kl_of,
+                  score) -> np.ndarray:
+  """[I, k] lower bounds of the bound over sigma_q in [lo_i, hi_i] for each grid point.
 
-  def lower(t: float) -> float:  # valid lower bound on the objective at t (risk >= 0)
-    return float(subset_bound(0.0, num_mc, kl_of(s_p * math.exp(-t), s_p), n, **bound_kw))
+  Valid when the risk on the interval is >= e_lo_i: the KL at fixed sigma_p is smallest at
+  sigma_q = sigma_p (clipped to the interval) and the bound grows with risk and KL.
+  """
+  s = np.clip(grid[None, :], lo[:, None], hi[:, None])
+  return score(e_lo[:, None], kl_of(s, grid[None, :]))
 
-  if lower(t_cap) < best["bound"] - _TIE:
-    t_max = t_cap
-  else:
-    lo, hi = 0.0, t_cap
-    for _ in range(60):
-      mid = 0.5 * (lo + hi)
-      lo, hi = (mid, hi) if lower(mid) < best["bound"] - _TIE else (lo, mid)
-    t_max = lo
-  if t_max <= 0.0:
-    return
-  # Early drop: even the smallest risk of the bracket with the smallest KL does not win.
-  r_low = evaluate(s_p * math.exp(-t_max))
-  kl0 = float(kl_of(s_p, s_p))
-  if float(subset_bound(r_low, num_mc, kl0, n, **bound_kw)) >= best["bound"] - _TIE:
-    return
 
-  def h(t: float) -> tuple[float, float]:
-    s = s_p * math.exp(-t)
-    kl = float(kl_of(_f32(s), s_p))
-    return float(subset_bound(evaluate(s), num_mc, kl, n, **bound_kw)), kl
+def _feasible(a: float, b: float, s_p: float, e_lo: float, target: float, kl_of,
+              score) -> tuple[float, float]:
+  """Sub-interval of [a, b] where bound(e_lo, KL(s, s_p)) < target (the KL is unimodal in
+  ln s with its minimum at s_p), found by bisection on ln s."""
+  c = min(max(s_p, a), b)
 
-  a, b = 0.0, t_max
-  c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
-  hc, hd = h(c), h(d)
-  for _ in range(max_steps):
-    if b - a <= rel_tol * t_max:
-      break
-    if _better(hc[0], hc[1], hd[0], hd[1]) or hc == hd:
-      b, d, hd = d, c, hc
-      c = b - _GOLDEN * (b - a)
-      hc = h(c)
-    else:
-      a, c, hc = c, d, hd
-      d = a + _GOLDEN * (b - a)
-      hd = h(d)
+  def ok(x: float) -> bool:
+    return float(score(e_lo, kl_of(x, s_p))) < target
+
+  ends = []
+  for far in (a, b):
+    if ok(far):
+      ends.append(far)
+      continue
+    inside, outside = math.log(c), math.log(far)
+    for _ in range(40):
+      mid = 0.5 * (inside + outside)
+      inside, outside = (mid, outside) if ok(math.exp(mid)) else (inside, mid)
+    ends.append(math.exp(inside))
+  return ends[0], ends[1]
+
+
+def _branch_and_bound(evaluate, cache: dict, best: dict, grid: np.ndarray, kl_of, score,
+                      s_min: float, s_max: float, tol: float, max_evals: int) -> None:
+  """Splits the interval of ln sigma_q whose lower bound is smallest until no interval can
+  beat the best bound by `tol` (or `max_evals` risk evaluations): see `choose_sigma`."""
+  done: set[tuple[float, float]] = set()
+  while len(cache) < max_evals:
+    xs = sorted(cache)
+    pts = sorted({s_min, s_max, *xs})
+    lo, hi = np.asarray(pts[:-1]), np.asarray(pts[1:])
+    # Risk lower bound on [lo, hi]: the smallest risk measured at or above lo (0 below the
+    # first measured point); the minimum over points to the right tolerates Monte-Carlo noise.
+    env = {x: min(cache[y] for y in xs if y >= x) for x in xs}
+    e_lo = np.asarray([env.get(a, 0.0) for a in pts[:-1]])
+    lbs = _lower_bounds(lo, hi, e_lo, grid, kl_of, score)
+    lbs[[(float(a), float(b)) in done for a, b in zip(lo, hi, strict=True)]] = np.inf
+    i, p = np.unravel_index(np.argmin(lbs), lbs.shape)
+    if not lbs[i, p] < best["bound"] - tol:
+      return
+    a, b = float(lo[i]), float(hi[i])
+    fa, fb = _feasible(a, b, float(grid[p]), float(e_lo[i]), best["bound"] - tol, kl_of, score)
+    split = math.sqrt(fa * fb)
+    if not (a < _f32(split) < b) or _f32(split) in cache:
+      done.add((a, b))
+      continue
+    evaluate(split)

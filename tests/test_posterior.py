@@ -1,10 +1,12 @@
 """Tests for pacbayes.posterior: sigma search, prior sigma grid, fitted diagonal posterior."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pacbayes import perturb, posterior
+from pacbayes import PacBayesWarning, perturb, posterior
+from pacbayes.kl import isotropic_kl
 from tests.test_perturb import FAST, D, make_problem, soft_loss, zero_one
 
 
@@ -75,3 +77,125 @@ def test_optimise_posterior_lowers_bound(objective, per_weight):
                                    **FAST, progress=False)
     assert cert.sigma_q is None and cert.extra["sigma_q"] == "diagonal"
     assert cert.kl > 0 and cert.bound == cert.emp_risk + cert.epsilon + cert.g_gen
+
+
+# ------------------------------------------------------------------ sigma minimising the bound
+
+
+def _sigma_problem():
+  """Linear classifier 'fine-tuned' a little away from its 'pretrained' prior mean."""
+  params, data = make_problem(600, seed=12)
+  params = {"w": params["w"] * 3.0, "b": params["b"]}
+  rng = np.random.default_rng(0)
+  prior = {"w": params["w"] + jnp.asarray(rng.normal(size=D) * 0.3, jnp.float32),
+           "b": params["b"] - 0.1}
+  return params, prior, data
+
+
+def _setting(params, prior):
+  d2 = perturb.sq_distance(params, prior)
+  assert d2 == pytest.approx(float(sum(
+      np.sum((np.asarray(params[k], np.float64) - np.asarray(prior[k], np.float64)) ** 2)
+      for k in params)))
+  return dict(sq_distance=d2, num_params=perturb.count_perturbed(params), num_mc=600,
+              delta_mc=0.025, delta_pb=0.025)
+
+
+def _counting(monkeypatch):
+  """Counts rows x draws scored through mc_risk / empirical_risk (the search's cost)."""
+  from pacbayes import montecarlo, sigma
+
+  count = [0]
+  real_mc, real_emp = montecarlo.mc_risk, montecarlo.empirical_risk
+
+  def mc(loss_fn, params, data, **kw):
+    out = real_mc(loss_fn, params, data, **kw)
+    count[0] += out.slot_losses.size
+    return out
+
+  def emp(loss_fn, params, data, **kw):
+    count[0] += len(next(iter(data.values())))
+    return real_emp(loss_fn, params, data, **kw)
+
+  for mod in (sigma, posterior):
+    monkeypatch.setattr(mod, "mc_risk", mc)
+  monkeypatch.setattr(posterior, "empirical_risk", emp)
+  return count
+
+
+def test_choose_sigma_finds_the_grid_point_of_the_smallest_bound(monkeypatch):
+  params, prior, data = _sigma_problem()
+  grid = [0.003, 0.03, 0.3, 3.0]
+  setting = _setting(params, prior)
+  count = _counting(monkeypatch)
+  choice = posterior_choose(params, data, grid, setting)
+  new_cost = count[0]
+  assert new_cost == choice.forward_rows
+  # Exhaustive: the same subset risk (same key, all rows) on a fine sigma_q grid x every
+  # sigma_p, scored by the same bound.
+  key_noise = jax.random.split(jax.random.key(5))[1]
+  s_q = np.geomspace(1e-4 * min(grid), max(grid), 160)
+  risks = np.array([perturb.mc_risk(zero_one, params, data, key=key_noise, sigma=float(s),
+                                    scheme="passes", num_draws=2, **FAST).mean for s in s_q])
+  kls = np.asarray(isotropic_kl(setting["sq_distance"], setting["num_params"],
+                                s_q[:, None], np.asarray(grid)[None, :]))
+  table = np.asarray(perturb.subset_bound(risks[:, None], 600, kls, 600, delta_mc=0.025,
+                                          delta_pb=0.025, grid_size=len(grid)))
+  i, j = np.unravel_index(np.argmin(table), table.shape)
+  assert choice.grid_index == j and choice.sigma_p == grid[j]
+  assert table[i, j] - 1e-12 <= choice.bound <= table[i, j] + 5e-3  # tol = 5e-3
+  assert choice.bound < 0.2 and not choice.at_grid_edge and choice.grid_position == "inside"
+  assert choice.sigma_q <= choice.sigma_p and "branch and bound" in choice.how
+  assert choice.trace and min(t["bound"] for t in choice.trace) == choice.bound
+  # Much cheaper than the old risk-tolerance search, each with its default sizes.
+  count[0] = 0
+  perturb.choose_sigma(zero_one, params, data, key=jax.random.key(5), sigma_grid=grid,
+                       **setting, **FAST)
+  new_cost = count[0]
+  count[0] = 0
+  posterior.search_sigma(zero_one, params, data, key=jax.random.key(5), **FAST)
+  assert 4 * new_cost < count[0], (new_cost, count[0])
+
+
+def posterior_choose(params, data, grid, setting, **kw):
+  return perturb.choose_sigma(zero_one, params, data, key=jax.random.key(5), sigma_grid=grid,
+                              subset_size=None, **setting, **FAST, **kw)
+
+
+def test_choose_sigma_fixed_sigma_q_edge_warning_and_ties():
+  params, prior, data = _sigma_problem()
+  setting = _setting(params, prior)
+  grid = [0.3, 0.03, 3.0]
+  fixed = posterior_choose(params, data, grid, setting, sigma_q=0.02)
+  assert fixed.sigma_q == pytest.approx(0.02) and len(fixed.trace) == 1
+  kls = [float(isotropic_kl(setting["sq_distance"], setting["num_params"], fixed.sigma_q, s))
+         for s in grid]
+  bs = perturb.subset_bound(fixed.emp_risk, 600, np.asarray(kls), 600, delta_mc=0.025,
+                            delta_pb=0.025, grid_size=3)
+  assert fixed.grid_index == int(np.argmin(bs)) and "fixed by the user" in fixed.how
+  # An optimum at the grid's edge warns in one line.
+  with pytest.warns(PacBayesWarning, match="highest point of the prior grid"):
+    edge = posterior_choose(params, data, [0.003, 0.03], setting)
+  assert edge.at_grid_edge and edge.grid_position == "highest" and edge.grid_index == 1
+  # Saturated (vacuous) everywhere: ties go to the smallest KL, here the largest sigma_p.
+  far = dict(setting, sq_distance=1e9)
+  with pytest.warns(PacBayesWarning):
+    vac = posterior_choose(params, data, [1e-3, 1e-2, 1e-1], far, sigma_q=1e-3)
+  assert vac.bound == 1.0 and vac.grid_index == 2
+  for bad, match in (({"sigma_grid": []}, "sigma_grid"), ({"sigma_q": -1.0}, "sigma_q"),
+                     ({"delta_mc": 0.0}, "delta_mc"), ({"method": "x"}, "method")):
+    args = dict(setting, sigma_grid=grid, **FAST)
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+      perturb.choose_sigma(zero_one, params, data, key=jax.random.key(0), **args)
+
+
+def test_subset_bound_is_the_certificates_b_train():
+  from pacbayes.certificate import certify
+
+  for emp, kl in ((0.05, 3.0), (0.3, 120.0), (0.0, 0.5)):
+    cert = certify(emp, 50, kl, 400, delta_mc=0.02, delta_pb=0.03, grid_size=5)
+    want = cert.emp_risk + cert.epsilon + cert.g_gen
+    got = float(perturb.subset_bound(emp, 50, kl, 400, delta_mc=0.02, delta_pb=0.03,
+                                     grid_size=5))
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
