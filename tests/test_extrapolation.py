@@ -412,11 +412,25 @@ def test_coverage_with_estimated_mixtures():
   b_train = ex.maurer_upper(bounds.mc_sample_bound(emp, N, d_mc), 0.0, N, d_pb)
   fails = np.zeros(TRIALS, bool)
   anti = np.zeros(TRIALS, bool)
+  # Per slice: with p_train estimated every support value is a slice (K = 4), chunk size 1.
+  onehot = idx[..., None] == np.arange(4)
+  n_d = onehot.sum(axis=1)
+  mean_d = np.where(n_d > 0, (onehot * losses[..., None]).sum(axis=1) / np.maximum(n_d, 1), 0.0)
+  up = np.asarray(bounds.mc_sample_bound(mean_d, np.maximum(n_d, 1), d_mc / 4))
+  b_d = ex.slice_values(up, n_d, kl=0.0, delta_pb=d_pb / 4)
+  slice_fails = np.zeros(TRIALS, bool)
+  weighted_fails = np.zeros(TRIALS, bool)
   for t in range(TRIALS):
     mix = ex.mixture_bounds(test_difficulty=np.array(SUPPORT)[test_idx[t]],
                             train_difficulty=np.array(SUPPORT)[idx[t]], support=SUPPORT,
                             delta=d_mix)
     fails[t] = ex.mixture_shift_bound(b_train[t], mix) < e_test
+    slice_fails[t] = ex.worst_case_mean(b_d[t], mix) < e_test
+    if t < 400:  # the weighted bound through the library's slot path (weights per trial)
+      got = ex.weighted_loss_bound(losses[t][:, None], np.arange(N)[:, None],
+                                   np.array(SUPPORT)[idx[t]], mix, kl=0.0, delta_mc=d_mc,
+                                   delta_pb=d_pb)
+      weighted_fails[t] = got.value < e_test
     # Anti-conservative: plug-in mixtures (empirical frequencies as if exact).
     plug = ex.mixture_bounds(
       test_mixture=dict(zip(SUPPORT, np.bincount(test_idx[t], minlength=4) / 400, strict=True)),
@@ -424,6 +438,10 @@ def test_coverage_with_estimated_mixtures():
     anti[t] = ex.mixture_shift_bound(emp[t], plug) < e_test
   assert not _rate_above(fails, d_mc + d_pb + d_mix), fails.mean()
   assert _rate_above(anti, d_mc + d_pb + d_mix), anti.mean()
+  assert not _rate_above(slice_fails, d_mc + d_pb + d_mix), slice_fails.mean()
+  # 400 trials only (one library call each); checked against delta with the same CP rule.
+  k = int(weighted_fails.sum())
+  assert k == 0 or stats.beta.ppf(CP_ALPHA, k, 400 - k + 1) <= d_mc + d_pb + d_mix
 
 
 def test_per_slice_monte_carlo_term_under_unequal_chunks():
