@@ -259,3 +259,37 @@ def test_bf16_posterior_is_noted(pair, tmp_path):
   assert "bfloat16" in notes and "cast to bfloat16" in notes
   assert rep["extra"]["storage"]["sixteen_bit"] == "bfloat16"
   assert 0 < rep["extra"]["storage"]["rounding_share"] <= 1
+
+
+def test_lora_adapter_posterior(pair, tmp_path):
+  """A PEFT LoRA adapter folder as --posterior (its base as --prior): weight space, the
+  adapted matrices perturbed, the KL that of the merged weights."""
+  from pacbayes import lora
+
+  model, cfg = load_pretrained(pair["prior"])
+  layout = lora.make_layout(cfg, ["q_proj", "v_proj"], 2, 4.0)
+  key_a, key_b = jax.random.split(jax.random.key(5))
+  lo = lora.init_lora(layout, key=key_a)
+  lo = {m: {"A": v["A"], "B": 1e-3 * jax.random.normal(jax.random.fold_in(key_b, i),
+                                                       v["B"].shape)}
+        for i, (m, v) in enumerate(lo.items())}
+  adapter = tmp_path / "adapter"
+  lora.write_adapter(adapter, layout, ["q_proj", "v_proj"], lo, model_type="llama",
+                     base_name=pair["prior"])
+  out = tmp_path / "r.json"
+  args = bound_args(dict(pair, adapter=str(adapter)), out, "--posterior", str(adapter),
+                    "--sigma", "1e-3", "--sigma-prior", "1e-3", "--chunk-size", "20",
+                    "--max-memory", "1G")
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  hd = cfg.hidden_size // cfg.num_attention_heads
+  q, v = cfg.hidden_size * cfg.hidden_size, cfg.hidden_size * hd * cfg.num_key_value_heads
+  assert rep["num_params"] == cfg.num_hidden_layers * (q + v)
+  assert any("LoRA adapter" in note for note in rep["notes"])
+  assert rep["extra"]["storage"]["lora"]["rank"] == 2
+  # The KL is that of the merged weights against the base, from the library's merge.
+  ck = lora.load_lora(pair["prior"], adapter)
+  d2 = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+           for a, b in zip(jax.tree.leaves(ck.merged_params), jax.tree.leaves(ck.base_params),
+                           strict=True))
+  assert d2 > 0 and rep["kl"] == pytest.approx(d2 / (2 * 1e-6), rel=1e-9)
