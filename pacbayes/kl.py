@@ -87,7 +87,7 @@ def check_sigma(value: Any, what: str = "sigma", *, dtype: str | None = "float32
       rounds to zero, to a subnormal or to infinity in ``dtype`` (the posterior noise would
       vanish, lose its precision or overflow: e.g. 1e-50 in float32).
   """
-  if isinstance(value, (bool, np.bool_)):
+  if isinstance(value, (bool, np.bool_, str, bytes)):
     raise ValueError(f"{what} must be a positive number; got {value!r}.")
   try:
     x = float(value)
@@ -104,7 +104,8 @@ def check_sigma(value: Any, what: str = "sigma", *, dtype: str | None = "float32
     if dtype not in _DTYPE_INFO:
       raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPE_INFO)} or None")
     info = _DTYPE_INFO[dtype]
-    rounded = float(np.asarray(x).astype(_DTYPE_CAST[dtype]))
+    with np.errstate(over="ignore", under="ignore"):
+      rounded = float(np.asarray(x).astype(_DTYPE_CAST[dtype]))
     if not math.isfinite(rounded):
       raise ValueError(f"{what}={x!r} overflows in {dtype} (largest {float(info.max):.3g}): the "
                        "posterior noise would be infinite.")

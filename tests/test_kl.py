@@ -442,3 +442,72 @@ def test_refuses_bad_sigma(pair, bad):
   result = checkpoint_kl(prior, post, 0.01, 0.02)
   with pytest.raises(ValueError, match="sigma_p must be"):
     result.kl_at(0.01, bad)
+
+
+# ------------------------------------------------------------------------------------------
+# Sigma checks and non-finite values: the real cause, before any expensive work.
+
+
+@pytest.mark.parametrize("value, dtype, match", [
+  (1e-200, "float32", "square underflows in float64"),
+  (4e-320, None, "square underflows in float64"),
+  (1e160, None, "square overflows in float64"),
+  (1e-50, "float32", "underflows in float32 .*rounds to 0.0"),
+  (1e-39, "float32", "underflows in float32"),  # a float32 subnormal
+  (1e39, "float32", "overflows in float32"),
+  (1e-39, "bfloat16", "underflows in bfloat16"),
+  (1e-6, "float16", "underflows in float16"),
+  (0.0, "float32", "must be positive and finite"),
+  (float("nan"), "float32", "must be positive and finite"),
+  (True, "float32", "must be a positive number"),
+  ("0.1", "float32", "must be a positive number"),
+])
+def test_check_sigma_names_the_cause(value, dtype, match):
+  with pytest.raises(ValueError, match=f"--sigma-prior.*{match}"):
+    klm.check_sigma(value, "--sigma-prior", dtype=dtype)
+
+
+def test_check_sigma_accepts_usable_values():
+  for value, dtype in [(1e-3, "float32"), (2e-38, "float32"), (1e-30, "bfloat16"),
+                       (1e-4, "float16"), (1e-150, None), (3, "float32")]:
+    assert klm.check_sigma(value, "s", dtype=dtype) == float(value)
+  got = klm.check_sigmas({"--sigma": 1e-3, "--sigma-grid": [1e-4, 3e-4], "--sigma-prior": None},
+                         dtype="bfloat16")
+  assert got == {"--sigma": 1e-3, "--sigma-grid": (1e-4, 3e-4), "--sigma-prior": None}
+  with pytest.raises(ValueError, match=r"--sigma-grid\[1\]=4e-320 is outside"):
+    klm.check_sigmas({"--sigma-grid": [1e-3, 4e-320]})
+  with pytest.raises(ValueError, match="--sigma-grid must hold at least one value"):
+    klm.check_sigmas({"--sigma-grid": []})
+  with pytest.raises(ValueError, match="dtype='float8'"):
+    klm.check_sigma(0.1, "s", dtype="float8")
+
+
+def test_tiny_sigma_is_refused_before_reading(pair, monkeypatch):
+  tmp, prior, post = pair
+  write_checkpoint(tmp / "pre", prior)
+  write_checkpoint(tmp / "ft", post)
+
+  def no_reading(*args, **kwargs):
+    raise AssertionError("the checkpoints were read before the sigma check")
+
+  monkeypatch.setattr(klm, "open_parameters", no_reading)
+  for sigma in (1e-200, 4e-320):
+    with pytest.raises(ValueError, match=f"sigma_p={sigma!r} is outside the usable range"):
+      checkpoint_kl(tmp / "pre", tmp / "ft", 0.01, sigma)
+    with pytest.raises(ValueError, match=f"sigma_p={sigma!r} is outside the usable range"):
+      gaussian_kl(prior, post, 0.01, sigma)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_gaussian_kl_names_a_non_finite_leaf(value):
+  rng = np.random.default_rng(30)
+  mu = tree(rng)
+  bad = jax.tree.map(np.copy, mu)
+  bad["layers"][1]["w"][2, 3] = value
+  with pytest.raises(ValueError, match=r"mu_q: leaf \['layers'\]\[1\]\['w'\] holds a non-finite"):
+    gaussian_kl(bad, mu, 0.1, 0.2)
+  with pytest.raises(ValueError, match=r"mu_p: leaf \['layers'\]\[1\]\['w'\]"):
+    gaussian_kl(mu, bad, 0.1, 0.2)
+  with pytest.raises(ValueError, match=r"params: leaf \['layers'\]\[1\]\['w'\]"):
+    klm.check_finite(bad)
+  klm.check_finite(mu)
