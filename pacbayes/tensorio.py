@@ -102,21 +102,14 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
   out: dict[str, Any] = {}
   for key, value in pairs:
     if key in out:
-      raise _DuplicateKey(key)
+      raise ValueError(f"key {key!r} is repeated")
     out[key] = value
   return out
 
 
-class _DuplicateKey(Exception):
-  pass
-
-
 def load_unique_json(text: str | bytes) -> Any:
   """``json.loads`` that raises ValueError on a key repeated inside one object."""
-  try:
-    return json.loads(text, object_pairs_hook=_unique_object)
-  except _DuplicateKey as e:
-    raise ValueError(f"key {e.args[0]!r} is repeated") from None
+  return json.loads(text, object_pairs_hook=_unique_object)
 
 
 def _read_header(path: str) -> dict[str, _TensorInfo]:
