@@ -223,3 +223,101 @@ def test_mc_risk_errors():
     perturb.mc_risk(zero_one, params, data, key=k, sigma=0.1, scheme="passes")
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     perturb.mc_risk(out_of_range, params, data, key=k, sigma=0.1, chunk_size=2)
+
+
+# ------------------------------------------------------------- slots, draw counts, memory
+
+
+@pytest.mark.parametrize("draws_per_step", [1, 3])
+@pytest.mark.parametrize("scheme,kw", [("chunk", dict(chunk_size=8)), ("passes",
+                                                                       dict(num_draws=3))])
+def test_slot_arrays_match_independent_draws(scheme, kw, draws_per_step):
+  params, data = make_problem(23, seed=10)
+  key = jax.random.key(4)
+  r = perturb.mc_risk(zero_one, params, data, key=key, sigma=0.3, scheme=scheme,
+                      batch_size=5, draws_per_step=draws_per_step, **kw)
+  m, k = (3, 8) if scheme == "chunk" else (3, 23)
+  assert r.slot_losses.shape == (m, k) and r.slot_rows.shape == (m, k)
+  assert r.slot_losses.dtype == np.float64 and r.slot_rows.dtype == np.int64
+  if scheme == "chunk":
+    np.testing.assert_array_equal(r.slot_rows.ravel()[:23], np.arange(23))
+    assert 0 <= r.slot_rows[-1, -1] < 23 and r.num_fillers == 1
+  else:
+    np.testing.assert_array_equal(r.slot_rows, np.tile(np.arange(23), (3, 1)))
+  np.testing.assert_allclose(r.slot_losses.mean(axis=1), r.draws, rtol=0, atol=1e-15)
+  assert r.mean == pytest.approx(r.draws.mean())
+  # Each slot is the loss of its row under draw m = sample_posterior(fold_in(key_draws, m)).
+  key_draws = jax.random.split(key)[0]
+  for i in range(m):
+    theta = perturb.sample_posterior(jax.random.fold_in(key_draws, i), params, 0.3)
+    rows = r.slot_rows[i]
+    want = np.asarray(zero_one(theta, {"x": data["x"][rows], "y": data["y"][rows]}))
+    np.testing.assert_array_equal(r.slot_losses[i], want)
+
+
+def test_only_the_draws_asked_for_are_computed(monkeypatch, capfd):
+  from pacbayes import montecarlo
+
+  params, data = make_problem(10, seed=11)
+  fused, copies = [], []
+  real_step, real_copy = montecarlo.draw_step, montecarlo.perturbed_copy
+
+  def counting_step(*args):
+    step = real_step(*args)
+    return lambda *a: (fused.append(len(a[3])), step(*a))[1]
+
+  def counting_copy(key, index, *rest):
+    copies.append(index)
+    return real_copy(key, index, *rest)
+
+  monkeypatch.setattr(montecarlo, "draw_step", counting_step)
+  monkeypatch.setattr(montecarlo, "perturbed_copy", counting_copy)
+  common = dict(key=jax.random.key(0), sigma=0.2, scheme="passes", num_draws=4, batch_size=4)
+  a = perturb.mc_risk(zero_one, params, data, draws_per_step=3, progress=True, **common)
+  nb = 3  # batches of 4 rows over n = 10
+  assert sum(fused) == 4 * nb and sorted(set(fused)) == [1, 3] and not copies
+  err = capfd.readouterr().err
+  assert "MC risk (passes, M=4)" in err and "40.0/40.0" in err  # kept in the log, right count
+  b = perturb.mc_risk(zero_one, params, data, **common)
+  assert copies == [0, 1, 2, 3] and b.draws_per_step == 1
+  np.testing.assert_allclose(a.draws, b.draws, rtol=0, atol=1e-12)
+
+
+def test_max_memory_and_option_errors():
+  params, data = make_problem(16, seed=12)
+  k = jax.random.key(0)
+  kw = dict(key=k, sigma=0.1, chunk_size=2, batch_size=2)
+  assert perturb.mc_risk(zero_one, params, data, max_memory=2**30, **kw).draws_per_step == 8
+  with pytest.raises(ValueError, match="max_memory: 1 bytes is below"):
+    perturb.mc_risk(zero_one, params, data, max_memory=1, **kw)
+  with pytest.raises(ValueError, match="draws_per_step, max_memory"):
+    perturb.mc_risk(zero_one, params, data, max_memory=2**30, draws_per_step=2, **kw)
+  with pytest.raises(ValueError, match="num_draws, chunk_size"):
+    perturb.mc_risk(zero_one, params, data, key=k, sigma=0.1, chunk_size=2, num_draws=8)
+  with pytest.raises(ValueError, match="chunk_size: applies to scheme='chunk'"):
+    perturb.mc_risk(zero_one, params, data, key=k, sigma=0.1, scheme="passes", num_draws=2,
+                    chunk_size=2)
+  with pytest.raises(ValueError, match="draws_per_step"):
+    perturb.mc_risk(zero_one, params, data, draws_per_step=0, **kw)
+
+
+def test_engine_modules_have_no_cycle_and_no_private_imports():
+  import ast
+  import pathlib
+
+  root = pathlib.Path(perturb.__file__).parent
+  engine = ("draws", "montecarlo", "sigma", "posterior", "perturb")
+  deps = {}
+  for name in engine:
+    tree = ast.parse((root / f"{name}.py").read_text())
+    deps[name] = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pacbayes"):
+        mod = node.module.split(".")[-1]
+        deps[name].add(mod)
+        assert not any(a.name.startswith("_") for a in node.names), (name, node.module)
+  order = ["draws", "montecarlo", "sigma", "posterior", "perturb"]
+  for name in engine:  # every engine import points to an earlier module in `order`
+    for dep in deps[name] & set(engine):
+      assert order.index(dep) < order.index(name), (name, dep)
+    assert not hasattr(__import__(f"pacbayes.{name}", fromlist=["x"]), "__getattr__")
