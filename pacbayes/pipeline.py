@@ -306,11 +306,15 @@ def certify_params(
   position = "single" if len(plan.grid) == 1 else (
       "lowest" if best.sigma_p == min(plan.grid) else
       "highest" if best.sigma_p == max(plan.grid) else "inside")
+  how = details.get("sigma_search", {}).get("how") or "sigma_q given (diagonal posterior)"
+  lines = [f"sigma: {how}; final choice sigma_p = {best.sigma_p:.6g}, the {position} point "
+           f"of the {len(plan.grid)}-point grid (smallest full bound, ties to the smaller KL)"]
   if position in ("lowest", "highest"):
-    line = (f"sigma_p = {best.sigma_p:.6g} is the {position} point of the prior grid; a grid "
-            "reaching further (fixed before seeing the data) may give a smaller bound")
-    _say(progress, f"warning: {line}")
-    best = dataclasses.replace(best, notes=(*best.notes, line))
+    lines.append(f"warning: sigma_p = {best.sigma_p:.6g} is the {position} point of the prior "
+                 "grid; a grid reaching further (fixed before seeing the data) may give a "
+                 "smaller bound")
+    _say(progress, lines[-1])
+  best = dataclasses.replace(best, notes=(*best.notes, *lines))
   return dataclasses.replace(best, extra={
       **best.extra, "per_grid": per_grid, "grid_index": j, "grid_position": position,
       "seconds": round(time.perf_counter() - start, 3)})
