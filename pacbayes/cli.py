@@ -115,9 +115,9 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
   """
   hard = argv is None if hard_exit is None else hard_exit
   prog = "pacbayes"
-  if hard:
-    _install_interrupt_handler(prog)
   try:
+    if hard:
+      _install_interrupt_handler(prog)
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"pacbayes {args.command}"

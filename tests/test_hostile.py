@@ -448,9 +448,10 @@ def test_subprocess_refusals(box, case):
   assert snapshot(box) == before
 
 
-# Imports the CLI, says so, then runs it as the console script does (argv from sys.argv).
-_READY = ("import sys; import pacbayes.cli as c; print('ready', flush=True); "
-          "sys.exit(c.main())")
+# Runs the CLI as the `pacbayes` console script does (argv[0] names it, argv from sys.argv),
+# saying "ready" once the library is imported.
+_READY = ("import sys; sys.argv[0] = 'pacbayes'; import pacbayes.cli as c; "
+          "print('ready', flush=True); sys.exit(c.main())")
 
 
 def _interrupt(argv, *, wait_for_ready, delay):
