@@ -162,6 +162,7 @@ def test_transformers_written_config_with_metadata_loads(tmp_path):
     "architectures": ["LlamaForCausalLM"], "pretraining_tp": 1, "use_cache": True,
     "is_llama_config": True, "rope_interleaved": False, "attention_dropout": 0.0,
     "_attn_implementation_autoset": True, "mask_token_id": None, "model_name": "smollm2",
+    "transformers.js_config": {"kv_cache_dtype": {"q4f16": "float16", "fp16": "float16"}},
   })
   (tmp_path / "config.json").write_text(json.dumps(hf))
   config = load_config(tmp_path)

@@ -38,6 +38,7 @@ _IGNORED_KEYS = frozenset({
   # Names, paths and provenance written by converters and hubs.
   "model_name", "name_or_path", "base_model", "base_model_name_or_path", "license",
   "language", "tags", "library_name", "commit_hash", "output_router_logits",
+  "transformers.js_config",
 })
 
 
