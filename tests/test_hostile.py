@@ -207,6 +207,10 @@ SHIFT_CASES = {
   "embedding_config_not_json": (
       lambda b: shift_args(b, "--feature", "embedding", "--model", _break_config(b, "{oops")),
       lambda b: "config.json"),
+  "embedding_text_rows_without_tokenizer": (
+      lambda b: shift_args(b, "--feature", "embedding", "--model", b / "prior",
+                           test=_jsonl(b / "text.jsonl", [{"text": "two plus two"}] * 5)),
+      lambda b: "tokenizer is missing"),
   "embedding_out_inside_model": (
       lambda b: shift_args(b, "--feature", "embedding", "--model", b / "prior",
                            out="prior/config.json"),
@@ -396,10 +400,20 @@ BOUND_CASES = {
                              "bad.jsonl:5"),
   "test_difficulty_null": (lambda b: bound_args(b, test=_bad_difficulty(b, None)),
                            "bad.jsonl:5"),
+  "posterior_config_wrong_type": (
+      lambda b: swap(bound_args(b), "--posterior", _retype_config(b, "posterior",
+                                                                  num_key_value_heads="1")),
+      "num_key_value_heads"),
   "out_is_train": (lambda b: bound_args(b, out="train.jsonl"), "--out"),
   "out_is_posterior_config": (lambda b: bound_args(b, out="posterior/config.json"), "--out"),
   "out_is_folder": (lambda b: bound_args(b, out="outdir"), "--out"),
 }
+
+
+def _retype_config(box, folder, **change):
+  config = json.loads((box / folder / "config.json").read_text())
+  config.update(change)
+  return _break_config_of(box, folder, json.dumps(config))
 
 
 def _break_config_of(box, folder, text):
