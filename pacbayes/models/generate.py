@@ -65,8 +65,10 @@ def greedy_generate(model: Decoder, prompt_ids: jax.typing.ArrayLike,
 
   Each row continues from its own prompt length: the first new token is predicted from
   position `prompt_lengths[b] - 1` and new tokens take positions `prompt_lengths[b]`, ...,
-  exactly as if the unpadded prompt had been fed alone. Compiled once per (batch, bucketed
-  prompt length, max_new_tokens, eos, pad).
+  exactly as if the unpadded prompt had been fed alone (positions follow the implied
+  attention mask, `pacbayes.models.positions_from_mask`). The layout is right padding by
+  construction: left-padded prompts must be right-aligned first (`Decoder.__call__` accepts
+  either side). Compiled once per (batch, bucketed prompt length, max_new_tokens, eos, pad).
 
   Args:
     model: the decoder.

@@ -249,7 +249,8 @@ class Decoder(nnx.Module):
       /{kernel, bias (if configured)};
     layers/i/mlp/{gate_proj [D, F] (llama/qwen2), up_proj [D, F], down_proj [F, D]}
       /{kernel, bias (if configured)}.
-  `pacbayes.models.checkpoint.param_table(config)` maps each to its Hugging Face name.
+  `pacbayes.models.params.param_table(config)` maps each to its Hugging Face name
+  (`hf_name_of_path`, `select_parameters`).
   """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
