@@ -22,6 +22,8 @@ def main(argv=None) -> int:
   parser.add_argument("--out", required=True)
   parser.add_argument("--reverse", action="store_true",
                       help="go through the cells in reverse order (a second worker)")
+  parser.add_argument("--shard", default="0/1", metavar="I/K",
+                      help="only the cells whose index is I modulo K (before --reverse)")
   parser.add_argument("--certify", action="store_true",
                       help="also evaluate and certify each cell (cached as `pacbayes lab` does)")
   args = parser.parse_args(argv)
@@ -30,7 +32,14 @@ def main(argv=None) -> int:
   for which in BASES:
     study.pretrain(which)
     print(f"{which}: {study.base_info[which]['accuracy_by_slice']}", flush=True)
-  todo = grid_cells(config) + certified_cells(config)
+  try:
+    i_shard, k_shard = (int(x) for x in args.shard.split("/"))
+    if not 0 <= i_shard < k_shard:
+      raise ValueError
+  except ValueError:
+    parser.error(f"--shard: expected I/K with 0 <= I < K, got {args.shard!r}")
+  todo = [c for j, c in enumerate(grid_cells(config) + certified_cells(config))
+          if j % k_shard == i_shard]
   if args.reverse:
     todo = todo[::-1]
   for i, cell in enumerate(todo):
