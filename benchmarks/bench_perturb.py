@@ -86,8 +86,10 @@ def bench_schemes(rows: int, draws_per_step: int, passes_probe: int):
                                high=1.0, num_steps=8, num_draws=4, subset_size=256,
                                batch_size=32, draws_per_step=4)
   sigma = found.sigma
-  print(f"sigma search: sigma={sigma:.4g} (risk {found.risk:.3f} vs {found.unperturbed:.3f}) "
-        f"in {time.perf_counter() - t0:.1f}s")
+  old_s = time.perf_counter() - t0
+  print(f"old sigma search (risk tolerance): sigma={sigma:.4g} (risk {found.risk:.3f} vs "
+        f"{found.unperturbed:.3f}) in {old_s:.1f}s, {len(found.history)} evaluations")
+  bench_choose_sigma(loss_fn, params, data, old_s)
 
   results = []
   # Chunk scheme, chunk_size 1: M = n draws in one pass. Warm-up compiles on a subset.
@@ -124,6 +126,25 @@ def bench_schemes(rows: int, draws_per_step: int, passes_probe: int):
   for name, m, mean, e, secs, to_eps, comp, note in results:
     print(f"{name:<20}{m:>7}{mean:>8.4f}{e:>8.4f}{secs:>9.1f}{to_eps:>11.1f}{comp:>11.1f}  {note}")
   return results
+
+
+def bench_choose_sigma(loss_fn, params, data, old_seconds: float) -> None:
+  """choose_sigma (bound-minimising) against a stand-in prior 1% of the weights away."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(9), len(leaves))
+  prior = jax.tree.unflatten(treedef, [
+      x + 0.01 * jnp.std(x) * jax.random.normal(k, x.shape, x.dtype) if x.size > 1 else x
+      for x, k in zip(leaves, keys, strict=True)])
+  n = len(data["input_ids"])
+  t0 = time.perf_counter()
+  choice = perturb.choose_sigma(
+      loss_fn, params, data, key=jax.random.key(3), sigma_grid=list(np.geomspace(1e-4, 1e-1, 7)),
+      sq_distance=perturb.sq_distance(params, prior), num_params=perturb.count_perturbed(params),
+      num_mc=n, delta_mc=0.025, delta_pb=0.025, batch_size=32)
+  secs = time.perf_counter() - t0
+  print(f"choose_sigma (bound): sigma_q={choice.sigma_q:.4g} sigma_p={choice.sigma_p:.4g} "
+        f"subset bound {choice.bound:.4f} in {secs:.1f}s, {len(choice.trace)} evaluations "
+        f"({choice.forward_rows} row-draws); {old_seconds / secs:.1f}x faster than the old")
 
 
 def matmul_rate(size: int = 1024, reps: int = 10) -> float:
@@ -166,7 +187,7 @@ def bench_flops(configs, draws: int, rows: int, length: int):
              "weight": np.ones((draws, rows), np.float32)}
     batch = jax.tree.map(jnp.asarray, batch)
     idx = jnp.arange(draws, dtype=jnp.int32)
-    step = perturb._draw_step(loss_fn, treedef, mask, False)
+    step = perturb.draw_step(loss_fn, treedef, mask, False)
     flat = {k: v.reshape((draws * rows,) + v.shape[2:]) for k, v in batch.items()}
     plain = jax.jit(loss_fn)
     n_params = sum(int(np.size(x)) for x in leaves)
