@@ -21,8 +21,10 @@ from pacbayes.draws import (
     check_range,
     count_perturbed,
     gather,
+    leaf_keys,
     leaf_paths,
     mask_leaves,
+    perturb_leaf,
     perturb_leaves,
     perturbation_mask,
     positive_int,
@@ -38,6 +40,7 @@ from pacbayes.montecarlo import (
     draws_per_step_for_memory,
     empirical_risk,
     mc_risk,
+    perturbed_copy,
     plain_step,
 )
 from pacbayes.posterior import (
@@ -48,10 +51,6 @@ from pacbayes.posterior import (
     sigma_prior_grid,
 )
 from pacbayes.sigma import SigmaChoice, choose_sigma, subset_bound
-
-# Transitional alias for pacbayes/pipeline.py, which still calls `perturb._check_data`;
-# remove once it calls `perturb.check_data`.
-_check_data = check_data
 
 __all__ = [
     "RANGE_TOL",
@@ -69,11 +68,14 @@ __all__ = [
     "draws_per_step_for_memory",
     "empirical_risk",
     "gather",
+    "leaf_keys",
     "leaf_paths",
     "mask_leaves",
     "mc_risk",
     "optimise_posterior",
+    "perturb_leaf",
     "perturb_leaves",
+    "perturbed_copy",
     "perturbation_mask",
     "plain_step",
     "positive_int",
