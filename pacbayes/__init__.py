@@ -1,11 +1,21 @@
-"""pacbayes: two-gap PAC-Bayes bounds for LLM fine-tuning, in JAX."""
+"""pacbayes: two-gap PAC-Bayes bounds for LLM fine-tuning, in JAX.
 
-import jax as _jax
+Importing the package is cheap: the public names below are loaded from their modules on first
+use, so that the command line can install its Ctrl-C handler before JAX is imported.
+"""
 
-# Bound arithmetic (kl inverses, KL sums over billions of parameters) needs float64;
-# model code always passes explicit float32/bfloat16 dtypes, so enabling x64 here
-# changes only the defaults of untyped constructors.
-_jax.config.update("jax_enable_x64", True)
+import importlib
+import os
+import sys
+
+# Bound arithmetic (kl inverses, KL sums over billions of parameters) needs float64; model
+# code always passes explicit float32/bfloat16 dtypes, so x64 changes only the defaults of
+# untyped constructors. JAX reads JAX_ENABLE_X64 when it is first imported; if it was imported
+# before pacbayes, the flag is set on its config instead.
+if "jax" in sys.modules:
+  sys.modules["jax"].config.update("jax_enable_x64", True)
+else:
+  os.environ["JAX_ENABLE_X64"] = "1"
 
 __version__ = "0.1.0"
 
@@ -14,37 +24,34 @@ class PacBayesWarning(UserWarning):
   """Warnings raised by pacbayes itself (errors in the test suite)."""
 
 
-from pacbayes.bounds import (  # noqa: E402
-    catoni,
-    flamb,
-    flamb_optimal_lam,
-    fquad,
-    kl_bernoulli,
-    kl_inv_lower,
-    kl_inv_upper,
-    maurer,
-    mc_sample_bound,
-    mcallester,
-)
-from pacbayes.certificate import Certificate, certify  # noqa: E402
-from pacbayes.kl import CheckpointKL, checkpoint_kl, gaussian_kl, isotropic_kl  # noqa: E402
-from pacbayes.perturb import (  # noqa: E402
-    MCRisk,
-    mc_risk,
-    optimise_posterior,
-    perturbation_mask,
-    sample_posterior,
-    search_sigma,
-    sigma_prior_grid,
-)
-from pacbayes.pipeline import certify_params, run_bound  # noqa: E402
-from pacbayes.sharding import make_mesh, maybe_initialize_distributed  # noqa: E402
-from pacbayes.shift import (  # noqa: E402
-    importance_weighted_gap,
-    shift_report,
-    tv_classifier,
-    tv_discrete,
-)
+_EXPORTS = {
+    "pacbayes.bounds": ("catoni", "flamb", "flamb_optimal_lam", "fquad", "kl_bernoulli",
+                        "kl_inv_lower", "kl_inv_upper", "maurer", "mc_sample_bound",
+                        "mcallester"),
+    "pacbayes.certificate": ("Certificate", "certify"),
+    "pacbayes.kl": ("CheckpointKL", "checkpoint_kl", "gaussian_kl", "isotropic_kl"),
+    "pacbayes.perturb": ("MCRisk", "mc_risk", "optimise_posterior", "perturbation_mask",
+                         "sample_posterior", "search_sigma", "sigma_prior_grid"),
+    "pacbayes.pipeline": ("certify_params", "run_bound"),
+    "pacbayes.sharding": ("make_mesh", "maybe_initialize_distributed"),
+    "pacbayes.shift": ("importance_weighted_gap", "shift_report", "tv_classifier",
+                       "tv_discrete"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+  module = _MODULE_OF.get(name)
+  if module is None:
+    raise AttributeError(f"module 'pacbayes' has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_MODULE_OF))
+
 
 __all__ = [
     "Certificate",

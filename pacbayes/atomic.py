@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -35,6 +36,29 @@ def new_file_mode(path: str | os.PathLike) -> int:
     return 0o666 & ~current_umask()
 
 
+# After `stop_writes` (an interrupt), no write commits: a KeyboardInterrupt that Python swallowed
+# (raised inside a garbage-collector callback, say) must not let the work finish and write.
+_STOPPED = threading.Event()
+_PENDING: set[str] = set()
+_PENDING_LOCK = threading.Lock()
+
+
+def stop_writes() -> None:
+  """From now on `write_atomic` commits nothing; removes the temporary files in flight.
+
+  Called by the command line on Ctrl-C, before it ends the process, so that an interrupted
+  command leaves no file written and no temporary file behind.
+  """
+  _STOPPED.set()
+  with _PENDING_LOCK:
+    pending = list(_PENDING)
+  for tmp in pending:
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *,
                  binary: bool = False, suffix: str = "") -> None:
   """Calls ``write(f)`` on a temporary file beside ``path``, then moves it into place.
@@ -61,12 +85,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *,
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
   except OSError as e:
     raise OSError(e.errno, e.strerror, path) from e
+  with _PENDING_LOCK:
+    _PENDING.add(tmp)
   try:
     with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
       write(f)
       f.flush()
       os.fchmod(f.fileno(), mode)
       os.fsync(f.fileno())
+    if _STOPPED.is_set():
+      raise KeyboardInterrupt
     os.replace(tmp, path)
   except BaseException as e:
     try:
@@ -76,6 +104,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *,
     if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
       raise OSError(e.errno, e.strerror, path) from e
     raise
+  finally:
+    with _PENDING_LOCK:
+      _PENDING.discard(tmp)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -10,6 +10,8 @@ import argparse
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 
@@ -30,6 +32,7 @@ from pacbayes.commands.common import CommandError  # noqa: E402
 COMMANDS = (bound, shift, finetune, lab, plot)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+_GRACE_S = 2.0  # after a Ctrl-C, seconds allowed for cleanups before the process ends
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "CommandError", "build_parser", "main"]
 
 
@@ -88,14 +91,28 @@ def _leave(status: int, line: str) -> None:
   os._exit(status)
 
 
-def _install_interrupt_handler(prog: str) -> None:
-  """First Ctrl-C: KeyboardInterrupt (cleanups run, temporary files go); a second one: exit."""
+def _install_interrupt_handler(prog: list[str]) -> None:
+  """Ctrl-C: no file is committed from then on, cleanups run, and the process ends with 130.
+
+  The first Ctrl-C raises KeyboardInterrupt so that `finally` blocks run. Python ignores an
+  exception raised inside a garbage-collector callback or a ``__del__`` (JAX runs such
+  callbacks), so a watchdog also ends the process after a grace period; `atomic.stop_writes`
+  makes sure nothing is written in between. A second Ctrl-C ends the process at once.
+  """
+  from pacbayes import atomic
+
   count = [0]
+
+  def watchdog():
+    time.sleep(_GRACE_S)
+    _leave(EXIT_INTERRUPTED, f"{prog[0]}: interrupted")
 
   def handler(signum, frame):
     count[0] += 1
+    atomic.stop_writes()
     if count[0] > 1:
-      _leave(EXIT_INTERRUPTED, f"{prog}: interrupted")
+      _leave(EXIT_INTERRUPTED, f"{prog[0]}: interrupted")
+    threading.Thread(target=watchdog, daemon=True).start()
     raise KeyboardInterrupt
 
   signal.signal(signal.SIGINT, handler)
@@ -115,12 +132,13 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
   """
   hard = argv is None if hard_exit is None else hard_exit
   prog = "pacbayes"
+  shown = [prog]  # the name the interrupt handler prints, once the sub-command is known
   try:
     if hard:
-      _install_interrupt_handler(prog)
+      _install_interrupt_handler(shown)
     parser = build_parser()
     args = parser.parse_args(argv)
-    prog = f"pacbayes {args.command}"
+    prog = shown[0] = f"pacbayes {args.command}"
     return args.func(args)
   except KeyboardInterrupt:
     if hard:

@@ -494,9 +494,6 @@ def test_ctrl_c_during_bound_exits_130_with_one_line(box, delay):
   assert snapshot(box) == before
 
 
-@pytest.mark.xfail(strict=True, reason="owner: integrator, pacbayes/__init__.py imports the "
-                   "whole library (jax, models, pipeline) before pacbayes.cli can install its "
-                   "SIGINT handler; make the package re-exports lazy (PEP 562 __getattr__)")
 def test_ctrl_c_during_import_exits_130_with_one_line(box):
   code, err = _interrupt(shift_args(box), wait_for_ready=False, delay=0.3)
   assert code == 130, (code, err)
