@@ -499,7 +499,8 @@ def run_bound(
                              "refuse rows longer than the model's context"),
            "num_truncated": int(train.num_truncated), "chat_template": bool(chat_template),
            "parameters": {"include": include, "exclude": exclude,
-                          "num_selected_tensors": len(selected)},
+                          "num_selected_tensors": (len(pair.storage["lora"]["adapted"])
+                                                   if mask is pair.mask else len(selected))},
            "shift": {**terms.info, "delta_parts": parts}}
   if terms.check is not None:
     extra["shift_check"] = terms.check
