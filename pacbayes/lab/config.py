@@ -233,8 +233,12 @@ def is_close_mixture(a: dict[int, float], b: dict[int, float]) -> bool:
 # - The design (base pretrained on ops 1-2, full-parameter AdamW at lr 3e-3 for 400 steps,
 #   test uniform over ops 1-4, tilted buckets 8,4,2,1 / 1,1,1,1 / 1,2,4,8) is issue 10's probe,
 #   taken as given, not re-tuned on this study's seeds.
-# - pretrain_steps: chosen on seed 0 by the base's accuracy by slice only (exact on ops 1-2,
-#   partial on 3-4 leaves headroom), before any fine-tuning; see /work/notes/study_results.md.
+# - pretrain_steps: checked once on seed 0 by the base's accuracy alone, before any
+#   fine-tuning: 1500 steps on ops 1-2 gives [1.00, 1.00, 0.27, 0.22] by slice (mixture 0.62;
+#   the issue's probe base 0.598), exact where it was trained, headroom on ops 3-4.
+# - Runtime: NOT yet measured on idle cores. Under a load of ~15 on 2 cores the base's 1500
+#   steps took ~300 s of CPU; by that rate the quick grid (~13,800 steps) may exceed 15
+#   minutes on 2 idle cores by up to 2x; measure before relying on the target.
 PRESETS: dict[str, dict[str, Any]] = {
   "quick": {},
   # The same design scaled down ~10x for a machine shared by many jobs (short pretraining and
