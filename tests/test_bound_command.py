@@ -293,3 +293,34 @@ def test_lora_adapter_posterior(pair, tmp_path):
            for a, b in zip(jax.tree.leaves(ck.merged_params), jax.tree.leaves(ck.base_params),
                            strict=True))
   assert d2 > 0 and rep["kl"] == pytest.approx(d2 / (2 * 1e-6), rel=1e-9)
+
+
+def test_transformers_written_gpt2_pair_with_mixture_and_sequence_error(tmp_path):
+  """Folders written by transformers itself (GPT-2: fused c_attn, mask buffers, tied head):
+  --test-mixture uniform and --loss sequence_error end to end."""
+  torch = pytest.importorskip("torch")
+  tf = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  hf_cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2, n_positions=16,
+                         bos_token_id=1, eos_token_id=1)
+  model = tf.GPT2LMHeadModel(hf_cfg).eval()
+  model.save_pretrained(tmp_path / "base")
+  with torch.no_grad():
+    for prm in model.parameters():
+      prm.add_(1e-4 * torch.randn_like(prm))
+  model.save_pretrained(tmp_path / "sft")
+  train = write_jsonl(tmp_path / "train.jsonl", successor_rows(40, 0, difficulty=[1, 2]))
+  out = tmp_path / "r.json"
+  args = ["bound", "--prior", str(tmp_path / "base"), "--posterior", str(tmp_path / "sft"),
+          "--train", train, "--test-mixture", "uniform", "--difficulty-support", "1", "2", "3",
+          "--loss", "sequence_error", "--sigma", "1e-3", "--sigma-prior", "1e-3",
+          "--chunk-size", "8", "--quiet", "--out", str(out)]
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  assert rep["loss"] == "sequence_error" and rep["n"] == 40
+  assert list(rep["mixture"]["test_upper"].values()) == pytest.approx([1 / 3] * 3)
+  assert {"tv", "mixture_shift", "per_slice"} <= {k["name"] for k in rep["extrapolation"]}
+  # d = 3 is outside the training data: its third of the test mass cannot be certified.
+  assert rep["bound"] >= 1 / 3
+  n_params = sum(p.numel() for p in model.parameters())  # tied head counted once
+  assert rep["num_params"] == n_params
