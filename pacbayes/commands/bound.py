@@ -35,7 +35,9 @@ row that does not is refused with its file and line); the certified kinds (diffi
 TV, mixture shift, per-slice) assume train and test come from one pool. That assumption is
 cross-checked by a domain classifier on n-gram features: when its lower bound on TV exceeds
 the certified TV over difficulty, the term is reported REFUTED, g_ext becomes the classifier
-estimate, and the exit status is 3 (0 with --force).
+estimate, and the exit status is 3 (0 with --force). The mixture-shift and per-slice kinds
+need the support fixed in advance (--difficulty-support, or the keys of an exact
+--test-mixture covering every training value); the smallest certified kind is the bound.
 """
 
 _LENGTH_HELP = """\
@@ -119,7 +121,8 @@ def add_parser(sub) -> None:
                  help="evaluation dtype of both checkpoints (default: the posterior's "
                  "config); any cast is stated in the report")
   b.add_argument("--chat-template", action="store_true",
-                 help="render each `prompt` with the posterior tokenizer's chat template")
+                 help="render each `prompt` with the posterior tokenizer's chat template (the "
+                 "prior's for a LoRA adapter)")
   b.add_argument("--delta", type=probability("--delta"), default=0.05)
   b.add_argument("--seed", type=seed("--seed"), default=0)
   b.add_argument("--out", help="JSON report path")
