@@ -41,7 +41,7 @@ def test_error_bars_are_the_verdicts_intervals(results_file):
   assert est == pytest.approx(sum(c["accuracy"] for c in cells) / len(cells))
   assert lo < est < hi and hi - lo < 0.2
   fig = plots.accuracy_vs_n(view)
-  line = fig.axes[0].lines[2]  # hard bucket's line (easy, medium, hard in order)
+  line = fig.axes[0].containers[2].lines[0]  # hard bucket (easy, medium, hard in order)
   assert float(line.get_ydata()[-1]) == pytest.approx(est)
 
 
