@@ -134,7 +134,7 @@ def test_choose_sigma_finds_the_grid_point_of_the_smallest_bound(monkeypatch):
   # Exhaustive: the same subset risk (same key, all rows) on a fine sigma_q grid x every
   # sigma_p, scored by the same bound.
   key_noise = jax.random.split(jax.random.key(5))[1]
-  s_q = np.geomspace(1e-4 * min(grid), max(grid), 160)
+  s_q = np.geomspace(1e-4 * min(grid), max(grid), 90)
   risks = np.array([perturb.mc_risk(zero_one, params, data, key=key_noise, sigma=float(s),
                                     scheme="passes", num_draws=2, **FAST).mean for s in s_q])
   kls = np.asarray(isotropic_kl(setting["sq_distance"], setting["num_params"],
@@ -143,7 +143,7 @@ def test_choose_sigma_finds_the_grid_point_of_the_smallest_bound(monkeypatch):
                                           delta_pb=0.025, grid_size=len(grid)))
   i, j = np.unravel_index(np.argmin(table), table.shape)
   assert choice.grid_index == j and choice.sigma_p == grid[j]
-  assert table[i, j] - 1e-12 <= choice.bound <= table[i, j] + 5e-3  # tol = 5e-3
+  assert choice.bound <= table[i, j] + 5e-3  # tol = 5e-3 (it may also land between points)
   assert choice.bound < 0.2 and not choice.at_grid_edge and choice.grid_position == "inside"
   assert choice.sigma_q <= choice.sigma_p and "branch and bound" in choice.how
   assert choice.trace and min(t["bound"] for t in choice.trace) == choice.bound
