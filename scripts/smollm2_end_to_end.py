@@ -59,7 +59,14 @@ def convert(gguf_path: str, out: str) -> dict:
   folder, name = os.path.split(gguf_path)
   tokenizer = tf.AutoTokenizer.from_pretrained(folder, gguf_file=name)
   model = tf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-  model.save_pretrained(out)
+  # transformers marks a GGUF-loaded model as quantised and will not save it; the weights are
+  # already dequantised float32, so copy them into a plain model of the same config.
+  config = model.config
+  if hasattr(config, "quantization_config"):
+    del config.quantization_config
+  plain = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+  plain.load_state_dict(model.state_dict())
+  plain.save_pretrained(out)
   tokenizer.save_pretrained(out)
   file = os.path.join(out, "config.json")
   config = json.loads(open(file).read())
@@ -106,30 +113,38 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=24)
   p.add_argument("--max-length", type=int, default=80)
   p.add_argument("--batch-size", type=int, default=4)
-  p.add_argument("--bound-args", default="--sigma 1e-4 --sigma-prior 1e-3 --no-progress",
+  p.add_argument("--reuse", action="store_true",
+                 help="keep WORK/base and a finished WORK/lora from an earlier run")
+  p.add_argument("--bound-args", default="--sigma 1e-4 --sigma-prior 1e-3 --chunk-size 8 "
+                 "--batch-size 8 --draws-per-step 2 --quiet",
                  help="extra flags for pacbayes bound")
   args = p.parse_args(argv)
-  shutil.rmtree(args.work, ignore_errors=True)
-  os.makedirs(args.work)
-  os.makedirs(args.results, exist_ok=True)
   base, train = os.path.join(args.work, "base"), os.path.join(args.work, "train.jsonl")
   lora_dir = os.path.join(args.work, "lora")
   py = [sys.executable, "-m", "pacbayes.cli"]
   summary: dict = {"steps": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "cpu_count": os.cpu_count()}
-
-  start = time.perf_counter()
-  summary["conversion"] = convert(find_gguf(), base)
-  summary["conversion"]["seconds"] = round(time.perf_counter() - start, 1)
-  print(f"[convert] {summary['conversion']}")
-  write_bucket(train, args.rows, seed=0)
-  summary["data"] = {"rows": args.rows, "ops": [1, 2], "file": train}
-
-  code = run([*py, "finetune", "--model", base, "--train", train, "--out", lora_dir,
-              "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj",
-              "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "1e-3",
-              "--max-length", str(args.max_length), "--seed", "0", "--merge",
-              "--checkpoint-every", "10", "--no-progress"], summary["steps"], "finetune")
+  os.makedirs(args.results, exist_ok=True)
+  old = os.path.join(args.results, "summary.json")
+  if args.reuse and os.path.isfile(os.path.join(lora_dir, "finetune.json")):
+    previous = json.loads(open(old).read())
+    summary.update({k: previous[k] for k in ("conversion", "data") if k in previous})
+    summary["steps"] = [s for s in previous["steps"] if s["step"] == "finetune"]
+    code = 0
+  else:
+    shutil.rmtree(args.work, ignore_errors=True)
+    os.makedirs(args.work)
+    start = time.perf_counter()
+    summary["conversion"] = convert(find_gguf(), base)
+    summary["conversion"]["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"[convert] {summary['conversion']}")
+    write_bucket(train, args.rows, seed=0)
+    summary["data"] = {"rows": args.rows, "ops": [1, 2], "file": train}
+    code = run([*py, "finetune", "--model", base, "--train", train, "--out", lora_dir,
+                "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj",
+                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "1e-3",
+                "--max-length", str(args.max_length), "--seed", "0", "--merge",
+                "--checkpoint-every", "10", "--no-progress"], summary["steps"], "finetune")
   if code == 0:
     report = json.loads(open(os.path.join(lora_dir, "finetune.json")).read())
     report.pop("losses", None)
