@@ -315,3 +315,43 @@ def test_checkpoints_of_another_run_are_refused(tmp_path):
   again.close()
   with pytest.raises(ValueError, match="another run"):
     Checkpointer(str(tmp_path / "ck"), 2, {"seed": 2})
+
+
+@pytest.mark.parametrize("method", ["sft", "dft"])
+def test_one_lora_step_equals_peft_torch_step(setup, tmp_path, method):
+  """Same init (our recorded A0, B0 = 0 copied into peft), same batch, same AdamW."""
+  peft = pytest.importorskip("peft")
+  from safetensors.numpy import load_file
+
+  out = tmp_path / "lora"
+  n = len(load_dataset(setup["train"]))
+  finetune(FinetuneConfig(model=str(setup["llama"]), train=str(setup["train"]), out=str(out),
+                          method=method, steps=1, batch_size=n, learning_rate=1e-3,
+                          weight_decay=0.1, grad_clip=0.5, lora_rank=4, lora_alpha=8.0,
+                          lora_targets=("q_proj", "v_proj", "down_proj"), mesh="data=1",
+                          progress=False))
+  init = load_file(str(out / "pacbayes_lora_init.safetensors"))
+  model = peft.PeftModel.from_pretrained(tf.AutoModelForCausalLM.from_pretrained(
+    setup["llama"]), out, is_trainable=True)
+  with torch.no_grad():  # reset the loaded (trained) adapter to the recorded initialisation
+    for name, p in model.named_parameters():
+      if "lora_" in name:
+        p.copy_(torch.as_tensor(init[name.replace(".default", "")]))
+  model.train()
+  data = load_dataset(setup["train"])
+  ids = torch.as_tensor(data.input_ids, dtype=torch.long)
+  mask = torch.as_tensor(data.loss_mask[:, 1:], dtype=torch.float32)
+  logits = model(input_ids=ids, attention_mask=torch.as_tensor(data.attention_mask)).logits
+  logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+  nll = -logp if method == "sft" else -logp * logp.exp().detach()
+  ((nll * mask).sum() / mask.sum()).backward()
+  params = [p for p in model.parameters() if p.requires_grad]
+  torch.nn.utils.clip_grad_norm_(params, 0.5)
+  torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1).step()
+  got = load_file(str(out / "adapter_model.safetensors"))
+  want = {n.replace(".default", ""): p.detach().numpy() for n, p in model.named_parameters()
+          if "lora_" in n}
+  assert sorted(got) == sorted(want)
+  for name, value in want.items():
+    np.testing.assert_allclose(got[name], value, atol=1e-5, rtol=0, err_msg=name)
+  assert max(np.abs(got[k] - init[k]).max() for k in got if "lora_B" in k) > 5e-4
