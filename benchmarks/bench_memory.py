@@ -12,6 +12,15 @@ Each worker builds the model, runs its pass once (compile) and times a second ru
 parent prints both and the ratios perturbed / plain (goal: <= 1.5 for peak RSS and time).
 
 Run: `python benchmarks/bench_memory.py [--rows 16] [--length 128] [--chunk 8]`.
+
+Measured 2026-11-30 (jax 0.10.2 CPU, 2 cores shared by ~15 busy processes, defaults):
+  plain 1.09 GiB peak, perturbed 1.85 GiB (1.70x; goal 1.5x); time 0.77x (noise of the
+  shared machine; the noise costs ~10 s per draw of 135M parameters unloaded). The extra
+  0.76 GiB is the one perturbed copy (0.50 GiB) plus the noise transients of the largest
+  leaf (the 49152 x 576 embedding) and allocator slack. With the older fused step
+  (draws_per_step > 1 path, noise inside the vmapped step) it was 3.43 GiB (3.14x) and a
+  700 s compile. Under 1.5x at this size needs the noise made layer by layer inside the
+  model's forward pass (no full perturbed copy), which needs a hook in pacbayes.models.
 """
 
 from __future__ import annotations
