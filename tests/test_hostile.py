@@ -367,18 +367,10 @@ def test_lab_preset_unknown(box, capsys, no_study):
   check_refused(box, capsys, ["lab", "--preset", "huge"], "--preset")
 
 
-_H7_FOLDER_CHECK = pytest.mark.xfail(
-  strict=True, reason="owner: H7, pacbayes/commands/lab.py must call "
-  "commands.common.check_output_folder(args.out, '--out') and (args.figures, '--figures') "
-  "before run_study")
-
-
-@_H7_FOLDER_CHECK
 def test_lab_out_names_a_file(box, capsys, no_study):
   check_refused(box, capsys, ["lab", "--out", box / "report.json", "--figures", ""], "--out")
 
 
-@_H7_FOLDER_CHECK
 def test_lab_figures_names_a_file(box, capsys, no_study):
   check_refused(box, capsys, ["lab", "--out", box / "outdir" / "lab", "--figures",
                               box / "report.json"], "--figures")

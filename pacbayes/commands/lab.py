@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacbayes.commands.common import seed
+from pacbayes.commands.common import check_output_folder, seed
 
 
 def add_parser(sub) -> None:
@@ -23,6 +23,8 @@ def run(args) -> int:
   from pacbayes.lab import study
   from pacbayes.lab.config import StudyConfig
 
+  check_output_folder(args.out, "--out")
+  check_output_folder(args.figures, "--figures")
   config = StudyConfig.preset(args.preset)
   if args.seed is not None:
     config = config.replace(seed=args.seed)
