@@ -22,8 +22,8 @@ import jax
 
 from pacbayes.data.jsonl import DataError
 
-__all__ = ["LoadedPair", "check_same_architecture", "load_lora_pair", "load_pair",
-           "load_training_set", "loss_options", "model_loss", "stored_dtypes"]
+__all__ = ["LoadedPair", "check_same_architecture", "load_lora_pair", "load_lora_space",
+           "load_pair", "load_training_set", "loss_options", "model_loss", "stored_dtypes"]
 
 # Config fields that do not change the function a checkpoint computes.
 _IGNORED_CONFIG_FIELDS = ("dtype", "initializer_range", "bos_token_id", "eos_token_id",
@@ -162,6 +162,42 @@ def load_lora_pair(base_dir: str, adapter_dir: str, *, dtype: str | None,
                                   "alpha": layout.alpha, "adapted": list(ck.adapted_hf_names)}}
   return LoadedPair(ck.graphdef, ck.rest, ck.merged_params, ck.base_params, ck.config, notes,
                     details, ck.adapted_mask)
+
+
+def load_lora_space(base_dir: str, adapter_dir: str, *, dtype: str | None, loss: str,
+                    options: dict[str, Any], say=lambda text: None) -> tuple[LoadedPair, Any]:
+  """The posterior in LoRA parameter space (SubLoRA-style) and its loss function.
+
+  The prior mean is the adapter's recorded data-independent initialisation (A0, B0 = 0;
+  written by `pacbayes finetune`), the posterior mean its trained (A, B); only the LoRA
+  parameters are perturbed and the base is the same in both (`pacbayes.lora.lora_space`).
+  Both this and the weight-space view (`load_lora_pair`) are valid certificates; the report
+  names the space.
+
+  Returns:
+    (pair, loss_fn): `pair.graphdef` and `pair.rest` are None (the loss closes over the
+    model), `pair.mask` marks the LoRA leaves; loss_fn(params, batch) -> [B] in [0, 1].
+
+  Raises:
+    ValueError: the adapter does not record its initialisation, and the errors of
+      `pacbayes.lora.load_lora`.
+  """
+  from pacbayes import lora
+
+  say(f"loading base {base_dir} and the LoRA adapter {adapter_dir} (LoRA space) ...")
+  ck = lora.load_lora(base_dir, adapter_dir, dtype=dtype)
+  space = lora.lora_space(ck)
+  layout = space.layout
+  notes = [f"posterior in LoRA parameter space: prior mean = the adapter's recorded "
+           f"initialisation, posterior mean = its trained A and B (rank {layout.rank}, alpha "
+           f"{layout.alpha:g}); {space.num_params} LoRA parameters perturbed, the base "
+           f"{base_dir} fixed"]
+  details = {"space": "lora", "evaluation_dtype": ck.config.dtype,
+             "lora": {"adapter": adapter_dir, "rank": layout.rank, "alpha": layout.alpha,
+                      "adapted": list(ck.adapted_hf_names), "num_params": space.num_params}}
+  pair = LoadedPair(None, None, space.posterior, space.prior, ck.config, notes, details,
+                    space.perturbed_mask)
+  return pair, space.loss_fn(loss, **options)
 
 
 def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length: int | None,

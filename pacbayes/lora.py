@@ -567,11 +567,14 @@ class LoraSpace:
   num_params: int
   layout: LoraLayout
 
-  def loss_fn(self, loss: str = "token_error"):
-    """loss_fn(params, batch) -> [B] bounded loss for `pacbayes.perturb` / `certify_params`."""
+  def loss_fn(self, loss: str = "token_error", **options: Any):
+    """loss_fn(params, batch) -> [B] bounded loss for `pacbayes.perturb` / `certify_params`.
+
+    `options` go to `pacbayes.losses.get_loss` (e.g. ``alpha`` of the smoothed NLL).
+    """
     from pacbayes.losses import get_loss
 
-    fn = get_loss(loss)
+    fn = get_loss(loss, **options)
     apply = self.apply
 
     def loss_fn(params, batch):

@@ -351,6 +351,7 @@ def run_bound(
     shift_feature: str | None = None,
     difficulty_support: Sequence[float] | None = None,
     chat_template: bool = False,
+    space: str = "weights",
     mesh: Mesh | str | None = "auto",
     progress: bool = True,
 ) -> Any:
@@ -402,6 +403,8 @@ def run_bound(
       `pacbayes.bound_inputs.choose_shift_feature`).
     difficulty_support: every value `difficulty` can take, fixed in advance.
     chat_template: render `prompt` with the posterior tokenizer's chat template.
+    space: "weights", or "lora" for a LoRA adapter whose initialisation is recorded: the
+      posterior in LoRA parameter space (`pacbayes.bound_load.load_lora_space`).
     mesh: a Mesh, None, or "auto" (all local devices along 'data' when there are several).
     progress: progress bars and lines on stderr.
 
@@ -416,6 +419,7 @@ def run_bound(
   from pacbayes.bound_load import (
       check_same_architecture,
       load_lora_pair,
+      load_lora_space,
       load_pair,
       load_training_set,
       loss_options,
@@ -448,6 +452,11 @@ def run_bound(
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
   if dtype is not None and dtype not in DTYPES:
     raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+  if space not in ("weights", "lora"):
+    raise ValueError(f"space: expected 'weights' or 'lora', got {space!r}")
+  if space == "lora" and (include is not None or exclude is not None):
+    raise ValueError(f"{'include' if include is not None else 'exclude'}: not with space "
+                     "'lora' (every LoRA parameter is perturbed, the base never)")
   options = loss_options(loss, alpha)
   plan = bi.plan_sigma(sigma, sigma_grid, sigma_prior, DEFAULT_SIGMA_GRID)
   prior_dir, posterior_dir = os.fspath(prior_dir), os.fspath(posterior_dir)
@@ -456,6 +465,9 @@ def run_bound(
 
   # 2. Configs: architecture, parameter names, sigmas in the evaluation dtype.
   is_lora = lora.is_adapter_folder(posterior_dir)
+  if space == "lora" and not is_lora:
+    raise ValueError(f"space: 'lora' needs a PEFT LoRA adapter folder as posterior; "
+                     f"{posterior_dir} is not one")
   if is_lora:
     cfg_q = load_config(prior_dir, dtype=dtype)
     lora.read_adapter(posterior_dir, cfg_q, prior_dir)  # small files: checked before the base
@@ -480,10 +492,15 @@ def run_bound(
   parts, notes = terms.delta_parts, list(terms.notes)
 
   # 4. Weights.
-  if is_lora:
-    pair = load_lora_pair(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
+  name_of = None
+  if space == "lora":
+    pair, loss_fn = load_lora_space(prior_dir, posterior_dir, dtype=cfg_q.dtype, loss=loss,
+                                    options=options, say=say)
   else:
-    pair = load_pair(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
+    load = load_lora_pair if is_lora else load_pair
+    pair = load(prior_dir, posterior_dir, dtype=cfg_q.dtype, say=say)
+    loss_fn = model_loss(pair.graphdef, pair.rest, loss, options)
+    name_of = functools.partial(hf_name_of_path, pair.config)
   notes = pair.notes + notes
   if pair.mask is not None and include is None and exclude is None:
     mask = pair.mask
@@ -491,9 +508,8 @@ def run_bound(
     mask = parameter_mask(pair.config, pair.params_q, include, exclude)
   if mesh == "auto":
     mesh = shd.make_mesh() if jax.device_count() > 1 else None
-  loss_fn = model_loss(pair.graphdef, pair.rest, loss, options)
   extra = {"prior": prior_dir, "posterior": posterior_dir, "train": train_path, "seed": seed,
-           "model_type": pair.config.model_type, "dtype": pair.config.dtype,
+           "model_type": pair.config.model_type, "dtype": pair.config.dtype, "space": space,
            "storage": pair.storage, "max_length": max_length,
            "length_policy": ("truncate to max_length" if max_length is not None else
                              "refuse rows longer than the model's context"),
@@ -511,5 +527,5 @@ def run_bound(
       draws_per_step=draws_per_step, max_memory=max_memory, delta=delta, delta_parts=parts,
       g_ext=terms.g_ext, g_ext_kind=terms.g_ext_kind, mixture=terms.mixture,
       difficulty=terms.difficulty, mask=mask,
-      name_of=lambda path: hf_name_of_path(pair.config, path), mesh=mesh, progress=progress,
+      name_of=name_of, mesh=mesh, progress=progress,
       loss_name=loss, loss_options=options, method=method, notes=notes, extra=extra)

@@ -295,6 +295,52 @@ def test_lora_adapter_posterior(pair, tmp_path):
   assert d2 > 0 and rep["kl"] == pytest.approx(d2 / (2 * 1e-6), rel=1e-9)
 
 
+def test_lora_space_posterior(pair, tmp_path, capsys):
+  """--space lora: the LoRA parameters are the posterior, the recorded initialisation the
+  prior mean; the KL is that of the LoRA parameters against their initialisation."""
+  from pacbayes import lora
+
+  _, cfg = load_pretrained(pair["prior"])
+  layout = lora.make_layout(cfg, ["q_proj", "v_proj"], 2, 4.0)
+  key_a, key_b = jax.random.split(jax.random.key(7))
+  init = lora.init_lora(layout, key=key_a)
+  lo = {m: {"A": v["A"] + 1e-3 * jax.random.normal(jax.random.fold_in(key_b, 2 * i),
+                                                   v["A"].shape),
+            "B": 1e-3 * jax.random.normal(jax.random.fold_in(key_b, 2 * i + 1), v["B"].shape)}
+        for i, (m, v) in enumerate(init.items())}
+  adapter = tmp_path / "adapter"
+  lora.write_adapter(adapter, layout, ["q_proj", "v_proj"], lo, model_type="llama",
+                     base_name=pair["prior"], init=init, init_info={"seed": 7})
+  out = tmp_path / "r.json"
+  args = bound_args(dict(pair, adapter=str(adapter)), out, "--posterior", str(adapter),
+                    "--space", "lora", "--sigma", "1e-3", "--sigma-prior", "1e-3",
+                    "--chunk-size", "20")
+  assert main(args) == 0
+  rep = json.loads(out.read_text())
+  assert rep["extra"]["space"] == "lora"
+  assert rep["num_params"] == layout.num_params
+  assert any("LoRA parameter space" in note for note in rep["notes"])
+  d2 = sum(float(np.sum((np.asarray(lo[m][k], np.float64) - np.asarray(init[m][k],
+                                                                      np.float64)) ** 2))
+           for m in lo for k in ("A", "B"))
+  assert d2 > 0 and rep["kl"] == pytest.approx(d2 / (2 * 1e-6), rel=1e-6)
+  # Refused in one line, nothing written: a full checkpoint with --space lora, include with
+  # it, and an adapter that does not record its initialisation.
+  bare = tmp_path / "bare"
+  lora.write_adapter(bare, layout, ["q_proj", "v_proj"], lo, model_type="llama",
+                     base_name=pair["prior"])
+  for extra, flag in ((["--posterior", pair["posterior"]], "space"),
+                      (["--posterior", str(adapter), "--include", "*q_proj*"], "--include"),
+                      (["--posterior", str(bare)], "initialisation")):
+    bad = tmp_path / "bad.json"
+    capsys.readouterr()
+    assert main(bound_args(pair, bad, *extra, "--space", "lora", "--sigma", "1e-3",
+                           "--sigma-prior", "1e-3", "--chunk-size", "20")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0], err
+    assert not bad.exists()
+
+
 def test_transformers_written_gpt2_pair_with_mixture_and_sequence_error(tmp_path):
   """Folders written by transformers itself (GPT-2: fused c_attn, mask buffers, tied head):
   --test-mixture uniform and --loss sequence_error end to end."""

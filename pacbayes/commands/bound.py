@@ -123,6 +123,10 @@ def add_parser(sub) -> None:
   b.add_argument("--chat-template", action="store_true",
                  help="render each `prompt` with the posterior tokenizer's chat template (the "
                  "prior's for a LoRA adapter)")
+  b.add_argument("--space", choices=("weights", "lora"), default="weights",
+                 help="for a LoRA adapter posterior: weights (the merged weights, prior the "
+                 "base; default) or lora (the LoRA parameters, prior their recorded "
+                 "initialisation, for adapters written by pacbayes finetune); both are valid")
   b.add_argument("--delta", type=probability("--delta"), default=0.05)
   b.add_argument("--seed", type=seed("--seed"), default=0)
   b.add_argument("--out", help="JSON report path")
@@ -225,4 +229,4 @@ def _certify(args, pipeline):
       max_length=args.max_length, dtype=args.dtype, method=args.method,
       test_mixture=args.test_mixture, shift_feature=args.shift_feature,
       difficulty_support=args.difficulty_support, chat_template=args.chat_template,
-      progress=not args.quiet)
+      space=args.space, progress=not args.quiet)
