@@ -247,3 +247,41 @@ def choose_shift_feature(requested: str | None, *, train_has_difficulty: bool,
     raise ValueError(f"{what}: the training rows carry no 'difficulty'")
   return feature
 
+
+
+def check_run_options(*, num_draws, chunk_size, draws_per_step, max_memory, max_length,
+                      mc_scheme: str, method: str, dtype: str | None, space: str, include,
+                      exclude) -> None:
+  """The option checks of `pacbayes.pipeline.run_bound` that need no file (names the option).
+
+  Raises:
+    ValueError: a size that is not a positive int, an unknown scheme, method, dtype or
+      space, or a combination that does not apply (chunk_size with the passes scheme,
+      num_draws with chunk_size, draws_per_step with max_memory, include/exclude with the
+      LoRA space).
+  """
+  from pacbayes import perturb
+  from pacbayes.certificate import METHODS
+  from pacbayes.models.config import DTYPES
+
+  for name, value in (("num_draws", num_draws), ("chunk_size", chunk_size),
+                      ("draws_per_step", draws_per_step), ("max_length", max_length)):
+    check_positive_int(value, name)
+  if mc_scheme not in perturb.SCHEMES:
+    raise ValueError(f"mc_scheme: expected one of {perturb.SCHEMES}, got {mc_scheme!r}")
+  if mc_scheme == "passes" and chunk_size is not None:
+    raise ValueError("chunk_size: applies to mc_scheme 'chunk' only")
+  if num_draws is not None and chunk_size is not None:
+    raise ValueError("num_draws and chunk_size: give one (both set the draws of the chunk "
+                     "scheme)")
+  if draws_per_step is not None and max_memory is not None:
+    raise ValueError("draws_per_step and max_memory: give one")
+  if method not in METHODS:
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+  if dtype is not None and dtype not in DTYPES:
+    raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+  if space not in ("weights", "lora"):
+    raise ValueError(f"space: expected 'weights' or 'lora', got {space!r}")
+  if space == "lora" and (include is not None or exclude is not None):
+    raise ValueError(f"{'include' if include is not None else 'exclude'}: not with space "
+                     "'lora' (every LoRA parameter is perturbed, the base never)")

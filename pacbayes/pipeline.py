@@ -425,38 +425,19 @@ def run_bound(
       loss_options,
       model_loss,
   )
-  from pacbayes.certificate import METHODS
   from pacbayes.kl import check_sigmas
   from pacbayes.models import hf_name_of_path, parameter_mask, select_parameters
   from pacbayes.models.checkpoint import load_config
-  from pacbayes.models.config import DTYPES
 
   say = functools.partial(_say, progress)
   # 1. Arguments alone.
   delta = bi.check_delta(delta)
   seed = bi.check_seed(seed)
   batch_size = bi.check_batch_size(batch_size)
-  for name, value in (("num_draws", num_draws), ("chunk_size", chunk_size),
-                      ("draws_per_step", draws_per_step), ("max_length", max_length)):
-    bi.check_positive_int(value, name)
-  if mc_scheme not in perturb.SCHEMES:
-    raise ValueError(f"mc_scheme: expected one of {perturb.SCHEMES}, got {mc_scheme!r}")
-  if mc_scheme == "passes" and chunk_size is not None:
-    raise ValueError("chunk_size: applies to mc_scheme 'chunk' only")
-  if num_draws is not None and chunk_size is not None:
-    raise ValueError("num_draws and chunk_size: give one (both set the draws of the chunk "
-                     "scheme)")
-  if draws_per_step is not None and max_memory is not None:
-    raise ValueError("draws_per_step and max_memory: give one")
-  if method not in METHODS:
-    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-  if dtype is not None and dtype not in DTYPES:
-    raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
-  if space not in ("weights", "lora"):
-    raise ValueError(f"space: expected 'weights' or 'lora', got {space!r}")
-  if space == "lora" and (include is not None or exclude is not None):
-    raise ValueError(f"{'include' if include is not None else 'exclude'}: not with space "
-                     "'lora' (every LoRA parameter is perturbed, the base never)")
+  bi.check_run_options(num_draws=num_draws, chunk_size=chunk_size,
+                       draws_per_step=draws_per_step, max_memory=max_memory,
+                       max_length=max_length, mc_scheme=mc_scheme, method=method, dtype=dtype,
+                       space=space, include=include, exclude=exclude)
   options = loss_options(loss, alpha)
   plan = bi.plan_sigma(sigma, sigma_grid, sigma_prior, DEFAULT_SIGMA_GRID)
   prior_dir, posterior_dir = os.fspath(prior_dir), os.fspath(posterior_dir)
