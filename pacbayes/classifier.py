@@ -17,7 +17,7 @@ from scipy import stats
 # them; they live here, in the lower module, so that neither module imports the other in a
 # circle.
 
-KIND_CERTIFIED = "certified under difficulty shift"
+KIND_CERTIFIED = "certified under difficulty shift (TV)"
 KIND_ESTIMATE = "estimate"
 KIND_LOWER = "lower bound"
 KIND_DIAGNOSTIC = "diagnostic"

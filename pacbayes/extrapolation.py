@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pacbayes import bounds
+from pacbayes.classifier import KIND_CERTIFIED, KIND_ESTIMATE
 from pacbayes.mixture import (
   MixtureBounds,
   check_mixture,
@@ -70,8 +71,7 @@ __all__ = [
 ]
 
 KIND_MIXTURE = "certified under mixture shift"
-KIND_TV = "certified under difficulty shift (TV)"
-KIND_ESTIMATE = "estimate"
+KIND_TV = KIND_CERTIFIED  # one definition of the words, in pacbayes.classifier (lowest module)
 KIND_NONE = "none"
 # Names of the kinds of extrapolation value, in the order reports list them.
 NAMES = ("tv", "mixture_shift", "weighted", "per_slice", "estimate", "none")

@@ -115,7 +115,7 @@ class TVResult:
     estimate: plug-in TV between the two (empirical or given) distributions.
     upper: upper confidence value; `kind` says what it certifies.
     lower: lower confidence value (a lower bound on the TV, no assumption needed).
-    kind: "certified under difficulty shift" (the kind of `upper`).
+    kind: "certified under difficulty shift (TV)" (the kind of `upper`).
     delta: total failure probability of the interval [lower, upper].
     support: the feature values, sorted.
     train_probs, test_probs: per-value probabilities aligned with `support`.
@@ -173,7 +173,7 @@ def tv_discrete(
 ) -> TVResult:
   """TV between the train and test mixtures over a discrete feature, with confidence values.
 
-  Assumption behind `upper` (kind "certified under difficulty shift"): train and test examples
+  Assumption behind `upper` (kind "certified under difficulty shift (TV)"): train and test examples
   come from one pool and differ only in the mixture over the feature `d` (difficulty bucket,
   operation count): `D(z) = sum_d p(d) D(z | d)` with the same `D(z | d)` on both sides. Then
   `TV(D_test, D_train) = TV(p_test, p_train)` exactly, and the upper value bounds the TV of the
@@ -384,7 +384,7 @@ def shift_report(
   upper value, certified under difficulty shift. `feature="ngram"` (hashed n-gram vectors)
   and `feature="embedding"` (each row's mean final hidden state under the checkpoint in
   `model_dir`) use `tv_classifier`; `g_ext` is the classifier estimate, and the report says
-  so. Every number carries its kind: "certified under difficulty shift", "estimate",
+  so. Every number carries its kind: "certified under difficulty shift (TV)", "estimate",
   "lower bound" or "diagnostic".
 
   Args:

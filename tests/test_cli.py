@@ -29,7 +29,7 @@ def test_shift_command_writes_report(shift_files, tmp_path, capsys):
   out = tmp_path / "shift.json"
   assert main(["shift", "--train", str(train), "--test", str(test), "--out", str(out)]) == 0
   report = json.loads(out.read_text())
-  assert report["g_ext_kind"] == "certified under difficulty shift"
+  assert report["g_ext_kind"] == "certified under difficulty shift (TV)"
   assert 0.0 <= report["g_ext"] <= 1.0
   assert "certified" in capsys.readouterr().out
 

@@ -41,7 +41,7 @@ def test_histogram_tv_by_hand():
   assert res.train_probs == (0.5, 0.25, 0.25)
   assert res.test_probs == (0.0, 0.5, 0.5)
   assert res.train_counts == (2, 1, 1) and res.test_counts == (0, 2, 2)
-  assert res.kind == "certified under difficulty shift"
+  assert res.kind == "certified under difficulty shift (TV)"
   # Three seen values + one "unseen" cell; delta split over the two sampled sides.
   assert res.num_cells == 4
   e = math.sqrt(2.0 * (math.log(2.0**4 - 2.0) - math.log(0.025)) / 4.0)
@@ -158,13 +158,13 @@ def test_shift_report_difficulty(tmp_path):
   report = shift.shift_report(train, test, feature="difficulty", delta=0.05)
   json.dumps(report)  # JSON-serialisable.
   assert report["tv"]["estimate"] == {"value": pytest.approx(0.5), "kind": "estimate"}
-  assert report["tv"]["upper"]["kind"] == "certified under difficulty shift"
+  assert report["tv"]["upper"]["kind"] == "certified under difficulty shift (TV)"
   assert report["tv"]["lower"]["kind"] == "lower bound"
   assert report["g_ext"] == report["tv"]["upper"]["value"]
-  assert report["g_ext_kind"] == "certified under difficulty shift"
+  assert report["g_ext_kind"] == "certified under difficulty shift (TV)"
   assert report["train"]["n"] == 40
   table = shift.format_shift_table(report)
-  assert "certified under difficulty shift" in table and "lower bound" in table
+  assert "certified under difficulty shift (TV)" in table and "lower bound" in table
 
 
 def test_shift_report_ngram(tmp_path):
