@@ -7,7 +7,6 @@ Uses only the numbers stored in experiments/results/quick_lab1/results.json and 
 """
 
 import json
-import math
 
 import numpy as np
 
