@@ -10,8 +10,6 @@ import argparse
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
 
 
@@ -32,7 +30,6 @@ from pacbayes.commands.common import CommandError  # noqa: E402
 COMMANDS = (bound, shift, finetune, lab, plot)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-_GRACE_S = 2.0  # after a Ctrl-C, seconds allowed for cleanups before the process ends
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "CommandError", "build_parser", "main"]
 
 
@@ -92,28 +89,19 @@ def _leave(status: int, line: str) -> None:
 
 
 def _install_interrupt_handler(prog: list[str]) -> None:
-  """Ctrl-C: no file is committed from then on, cleanups run, and the process ends with 130.
+  """Ctrl-C ends the process at once with one line and status 130, leaving no file behind.
 
-  The first Ctrl-C raises KeyboardInterrupt so that `finally` blocks run. Python ignores an
-  exception raised inside a garbage-collector callback or a ``__del__`` (JAX runs such
-  callbacks), so a watchdog also ends the process after a grace period; `atomic.stop_writes`
-  makes sure nothing is written in between. A second Ctrl-C ends the process at once.
+  The handler does not raise KeyboardInterrupt: raised asynchronously inside the import of
+  an extension module (numpy, jaxlib) it can crash the interpreter (seen: SIGSEGV, no
+  output), and Python ignores it inside a garbage-collector callback, letting the work go
+  on. Instead `atomic.stop_writes` removes the temporary files in flight and forbids any
+  further commit, and the process leaves through `_leave` (no interpreter teardown).
   """
   from pacbayes import atomic
 
-  count = [0]
-
-  def watchdog():
-    time.sleep(_GRACE_S)
-    _leave(EXIT_INTERRUPTED, f"{prog[0]}: interrupted")
-
   def handler(signum, frame):
-    count[0] += 1
     atomic.stop_writes()
-    if count[0] > 1:
-      _leave(EXIT_INTERRUPTED, f"{prog[0]}: interrupted")
-    threading.Thread(target=watchdog, daemon=True).start()
-    raise KeyboardInterrupt
+    _leave(EXIT_INTERRUPTED, f"{prog[0]}: interrupted")
 
   signal.signal(signal.SIGINT, handler)
 
