@@ -10,47 +10,21 @@ from scipy import optimize, stats
 
 from pacbayes import bounds
 from pacbayes import extrapolation as ex
+from tests.mp_reference import mp_inv_upper
 
 # ---------------------------------------------------------------------------------------------
 # Independent references.
 
 
-def mp_kl(q, p):
-  q, p = mpmath.mpf(q), mpmath.mpf(p)
-  out = mpmath.mpf(0)
-  if q > 0:
-    out += q * mpmath.log(q / p)
-  if q < 1:
-    out += (1 - q) * mpmath.log((1 - q) / (1 - p))
-  return out
-
-
-def mp_inv_upper(q, c):
-  """sup{p in [q, 1]: kl(q || p) <= c} by 200 bisection steps at 50 digits."""
-  with mpmath.workdps(50):
-    lo, hi = mpmath.mpf(q), mpmath.mpf(1)
-    if c == 0:
-      return float(lo)
-    if mp_kl(q, hi - mpmath.mpf(10) ** -45) <= c:
-      return 1.0
-    for _ in range(200):
-      mid = (lo + hi) / 2
-      if mp_kl(q, mid) <= c:
-        lo = mid
-      else:
-        hi = mid
-    return float(hi)
-
-
 def mp_maurer(q, kl, n, delta, k=1):
   with mpmath.workdps(50):
     c = (kl + mpmath.log(2 * mpmath.sqrt(n) / delta) + mpmath.log(k)) / n
-  return mp_inv_upper(q, c)
+  return float(mp_inv_upper(q, c))
 
 
 def mp_mc_upper(mean, m, delta):
   with mpmath.workdps(50):
-    return mp_inv_upper(mean, mpmath.log(1 / mpmath.mpf(delta)) / m)
+    return float(mp_inv_upper(mean, mpmath.log(1 / mpmath.mpf(delta)) / m))
 
 
 def lp_worst_case(p_test, p_train, b):
