@@ -319,10 +319,11 @@ def claim_bound_holds(view: StudyView, alpha: float = ALPHA) -> Verdict:
 def claim_stronger_base(view: StudyView) -> Verdict:
   """Interaction: (strong hard - strong easy) - (base hard - base easy) > 0, averaged over n."""
   claim = "stronger base favours harder data (interaction of base x difficulty)"
-  sizes = [n for n in view.complete_sizes("strong") if n in view.complete_sizes("base")]
-  if not sizes:
-    return _not_judged(view, claim, "needs complete strong and base rows at a common n")
   h, e = _hardest_easiest(view)
+  sizes = [n for n in view.sizes("strong") if all((base, "sft", b, n) in view.keys
+                                                  for base in ("strong", "base") for b in (h, e))]
+  if not sizes:
+    return _not_judged(view, claim, f"needs {e} and {h} cells from both bases at a common n")
   terms = []
   for n in sizes:
     for base, sign in (("strong", 1.0), ("base", -1.0)):
@@ -372,3 +373,15 @@ def judge_view(view: StudyView, *, with_bootstrap: bool = True) -> list[Verdict]
 def judge(results: Mapping[str, Any], *, arm: str = "tilted") -> list[Verdict]:
   """Judges every claim on a lab results dict (schema ``pacbayes.lab/2``)."""
   return judge_view(study_view(results, arm=arm))
+
+
+def judge_all(results: Mapping[str, Any]) -> list[Verdict]:
+  """Every arm's verdicts: the main arm's as `judge`, then each other arm's (e.g. the full
+  preset's disjoint thirds) with its claims prefixed "<arm> arm: " and the claims that arm
+  has no cells for (stronger base, DFT) left out."""
+  arms = list(results["arms"])
+  out = judge(results, arm=arms[0])
+  for arm in arms[1:]:
+    out += [dataclasses.replace(v, claim=f"{arm} arm: {v.claim}")
+            for v in judge(results, arm=arm) if np.isfinite(v.estimate).all()]
+  return out

@@ -222,9 +222,14 @@ def test_study_config_checks_and_presets():
   with pytest.raises(ValueError, match="dft_sizes"):
     StudyConfig(dft_sizes=(7,))
   with pytest.raises(ValueError, match="certified_steps"):
-    StudyConfig(certified_steps=(400,))
+    StudyConfig(certified_steps=(quick.ft_steps,))
+  with pytest.raises(ValueError, match="strong_buckets"):
+    StudyConfig(strong_buckets=("bogus",))
+  with pytest.raises(ValueError, match="mc_chunk_size"):
+    StudyConfig(sizes=(8, 16), dft_sizes=(), strong_sizes=(), certified_sizes=())
   cells = grid_cells(quick)
-  assert len(cells) == len(quick.seeds) * (9 + 2 + 3)
+  # per seed: 3 buckets x 3 sizes SFT, DFT on hard at 2 sizes, the stronger base on easy, hard
+  assert len(cells) == len(quick.seeds) * (9 + 2 + 2)
   assert len({c.tag for c in cells}) == len(cells)
   assert {c.steps for c in cells} == {quick.ft_steps}
   cert = certified_cells(quick)

@@ -1,8 +1,9 @@
 """Same machine, same lock, same config -> the same results.json, timings aside; resume works.
 
-Runs a micro study twice in two folders (no shared cache) and compares every field except
-wall times (keys ending in "_s"); then reruns the first folder with training disabled to check
-that a finished study resumes entirely from its cache.
+Runs a micro study twice in two folders (no shared cache), once in one worker process and once
+in two, and compares every field except wall times (keys ending in "_s"): the number of
+workers must not change a number. Then reruns the first folder in this process with training
+disabled to check that a finished study resumes entirely from its cache.
 """
 
 import json
@@ -19,7 +20,8 @@ MICRO = dict(
   test_per_slice=4, sizes=(8, 16, 32), seeds=(0, 1), hidden_size=16, intermediate_size=32,
   num_layers=1, num_heads=2, pretrain_steps=3, strong_pretrain_steps=2, pretrain_examples=32,
   pretrain_batch_size=4, ft_batch_size=4, ft_steps=3, ft_warmup=1, dft_sizes=(8, 32),
-  strong_sizes=(16,), sigma_grid=(0.01, 0.1), sigma_subset=4, eval_batch_size=8,
+  strong_sizes=(16,), strong_buckets=("easy", "medium", "hard"), mc_chunk_size=4,
+  sigma_grid=(0.01, 0.1), sigma_subset=4, eval_batch_size=8,
   generate_batch_size=8, certified_sizes=(32,), certified_steps=(1,),
 )
 
@@ -38,8 +40,8 @@ def _without_times(x):
 @pytest.mark.filterwarnings("ignore:sigma_p = .* point of the prior grid")
 def test_micro_study_is_reproducible_and_resumes(tmp_path, monkeypatch):
   cfg = StudyConfig.preset("quick", **MICRO)
-  first = study.run_study(cfg, tmp_path / "a", progress=False)
-  second = study.run_study(cfg, tmp_path / "b", progress=False)
+  first = study.run_study(cfg, tmp_path / "a", progress=False, workers=1)
+  second = study.run_study(cfg, tmp_path / "b", progress=False, workers=2)
   a = json.loads((tmp_path / "a" / "results.json").read_text())
   b = json.loads((tmp_path / "b" / "results.json").read_text())
   assert _without_times(a) == _without_times(b)

@@ -53,7 +53,7 @@ def grid_cells(config: StudyConfig) -> list[Cell]:
       for b in config.dft_buckets:
         cells.append(Cell(main, "base", "dft", b, n, seed, t))
     for n in config.strong_sizes:
-      for b in config.bucket_names:
+      for b in config.strong_buckets:
         cells.append(Cell(main, "strong", "sft", b, n, seed, t))
   return cells
 

@@ -24,6 +24,7 @@ from pacbayes.lab import train as tr
 from pacbayes.lab.cellcert import certify_cell
 from pacbayes.lab.config import PRESETS, StudyConfig
 from pacbayes.lab.grid import Cell, certified_cells, grid_cells
+from pacbayes.lab.workers import run_tasks
 from pacbayes.models import ModelConfig, build_model
 from pacbayes.stats import encode_u8
 from pacbayes.studyview import SCHEMA
@@ -33,7 +34,7 @@ __all__ = ["PRESETS", "SCHEMA", "StudyConfig", "run_study", "summary_table"]
 BASES = ("base", "strong")
 METHODS = {"sft": "ce", "dft": "dft"}
 # Bumped whenever a change alters cached numbers, so stale cache entries are never reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # What valid cache entries look like (`cache.read_json` treats anything else as stale).
 BASE_ENTRY = {"pretrain_ops": list, "steps": int, "accuracy": float, "accuracy_by_slice": dict,
               "test_seq_error": float, "seq_error_by_slice": dict}
@@ -176,7 +177,6 @@ class Study:
               "test_seq_error": ev_["test_seq_error"],
               "seq_error_by_slice": ev_["seq_error_by_slice"], "train_time_s": pre_time}
       cache.write_json(info_path, info)
-    self.log(f"{which}: accuracy {info['accuracy']:.3f} {fmt_slices(info['accuracy_by_slice'])}")
     self.bases[which], self.base_info[which] = params, info
 
   # ------------------------------------------------------------------------------ cells
@@ -266,8 +266,8 @@ class Study:
     return result
 
 
-def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
-              progress: bool = True) -> dict[str, Any]:
+def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool = True,
+              workers: int = 0) -> dict[str, Any]:
   """Runs (or resumes) the whole study and writes ``out_dir/results.json`` (schema lab/2).
 
   Steps: build the test slices and the bucket pools; pretrain the base and the stronger base;
@@ -277,6 +277,12 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
   E_Q[R_test] under the certified posterior; then the certified arm (`certified_cells`):
   shorter step budgets of the same cells, the budget chosen by the subset bound.
 
+  Args:
+    config: the study's settings; out_dir: where results.json and the cache go.
+    progress: show a progress bar (cells done, rate) and one line per finished cell.
+    workers: 0 computes in this process; N >= 1 in N spawned single-threaded processes
+      (`pacbayes.lab.workers`), whose results do not depend on N.
+
   Returns:
     The results dict as written (``runtime_s`` is the only field that varies between two runs
     of the same config on the same machine and lock).
@@ -285,17 +291,35 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   study = Study(config, out_dir, progress)
-  for which in BASES:
-    study.pretrain(which)
-  cells = []
   todo = grid_cells(config) + certified_cells(config)
-  for i, cell in enumerate(todo):
-    result = study.run_cell(cell)
-    cells.append(result)
+  done: dict[int, dict[str, Any]] = {}
+  bar = _progress_bar(len(todo), progress)
+
+  def on_base(which: str, info: dict[str, Any]) -> None:
+    study.base_info[which] = info
+    study.log(f"{which}: accuracy {info['accuracy']:.3f} {fmt_slices(info['accuracy_by_slice'])}")
+
+  def on_cell(i: int, result: dict[str, Any]) -> None:
+    done[i] = result
     cert = result["certificate"]
-    study.log(f"[{i + 1}/{len(todo)}] {cell.tag}: acc {result['accuracy']:.3f} "
+    study.log(f"[{len(done)}/{len(todo)}] {todo[i].tag}: acc {result['accuracy']:.3f} "
               f"{fmt_slices(result['accuracy_by_slice'])} E_Q seq {result['q_test_risk']:.3f} "
               f"B_train {cert['b_train']:.3f} bound {cert['bound']:.3f} ({cert['g_ext_name']})")
+    bar.update(1)
+
+  try:
+    if workers == 0:
+      for which in BASES:
+        study.pretrain(which)
+        on_base(which, study.base_info[which])
+      for i, cell in enumerate(todo):
+        on_cell(i, study.run_cell(cell))
+    else:
+      run_tasks(config, out_dir, todo, workers=workers, on_base=on_base, on_cell=on_cell)
+  finally:
+    bar.close()
+  cells = [done[i] for i in range(len(todo))]
+  study.base_info = {which: study.base_info[which] for which in BASES}
   test = study.data.test
   results = {
     "schema": SCHEMA,
@@ -323,6 +347,12 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *,
   }
   cache.write_json(os.path.join(out_dir, "results.json"), results)
   return results
+
+
+def _progress_bar(total: int, enabled: bool):
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, desc="cells", unit="cell", disable=not enabled, dynamic_ncols=True)
 
 
 def certified_arm(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

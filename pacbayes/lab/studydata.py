@@ -72,5 +72,5 @@ def pretrain_corpus(config: StudyConfig, which: str, exclude: frozenset[str]) ->
   rows = synthetic.generate_dataset(config.pretrain_examples, list(range(lo, hi + 1)),
                                     seed=seed_seq(config, 3, 0 if which == "base" else 1),
                                     modulus=config.modulus, exclude=exclude)
-  return Dataset.from_rows(rows, pad_length=seq_length(max(hi, config.test_ops[1])),
+  return Dataset.from_rows(rows, pad_length=seq_length(hi),
                            source=f"<pretraining {which}>")
