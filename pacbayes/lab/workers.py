@@ -1,16 +1,16 @@
 """A study's numeric work (base pretraining, cells) spread over worker processes.
 
-Why processes: XLA's CPU backend gains nothing from a second thread on the study's tiny decoder
-(2-core build machine: 32.5 ms per batch-32 step single-threaded, 32.3 ms with the default
-thread pool), so the only way to use more cores is more processes. On that machine two
-processes each run at half speed (63-66 ms per step: its two cores share floating-point
-units), so the CLI's default is one worker; on machines with independent cores, more help.
+Why processes: on the 2-core build machine a batch-32 step of the study's decoder took
+32.5 ms with Eigen single-threaded and 32.3 ms with XLA's defaults, and two processes side by
+side each took 63-66 ms: no gain there (the CLI's default is one worker), but on machines whose
+cores do not contend, more workers help.
 
-Why every worker is single-threaded, always: a matmul split over threads may sum in another
-order, so its low bits could depend on the thread count. Each worker is a freshly spawned
-process that sets ``XLA_FLAGS`` to one thread before its first computation; with
-``workers >= 1`` the parent computes nothing, so results.json is the same for any number of
-workers (a test runs 1 and 2 workers and compares the files byte for byte).
+Why the parent computes nothing: a matmul split over threads may sum in another order, so its
+low bits could depend on the process's XLA settings. Each worker is a freshly spawned process
+that adds `SINGLE_THREAD_XLA_FLAGS` (Eigen's matmuls on one thread) to ``XLA_FLAGS`` before
+its first computation; with ``workers >= 1`` every number comes from processes set up alike,
+so results.json is the same for any number of workers (a test runs 1 and 2 workers and
+compares the files).
 ``workers = 0`` computes in the calling process with its own XLA settings (the unit tests'
 mode: no process start-up).
 
@@ -49,13 +49,11 @@ def _tie_to_parent() -> None:
     pass
 
 
-def _init_worker(config: StudyConfig, out_dir: str) -> None:
+def _init_worker(make_study: Callable[..., Any], config: StudyConfig, out_dir: str) -> None:
   _tie_to_parent()
   flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (flags + " " + SINGLE_THREAD_XLA_FLAGS).strip()
-  from pacbayes.lab.study import Study
-
-  _WORKER["study"] = Study(config, out_dir, progress=False)
+  _WORKER["study"] = make_study(config, out_dir, progress=False)
 
 
 def _needed_bases(cell_base: str) -> tuple[str, ...]:
@@ -73,12 +71,15 @@ def _run_task(kind: str, what: Any) -> Any:
   return study.run_cell(what)
 
 
-def run_tasks(config: StudyConfig, out_dir: str, cells: Sequence[Cell], *, workers: int,
+def run_tasks(make_study: Callable[..., Any], config: StudyConfig, out_dir: str,
+              cells: Sequence[Cell], *, workers: int,
               on_base: Callable[[str, dict[str, Any]], None],
               on_cell: Callable[[int, dict[str, Any]], None]) -> None:
   """Pretrains both bases and runs every cell in `workers` spawned processes.
 
   Args:
+    make_study: ``make_study(config, out_dir, progress=False)`` builds a worker's study state
+      (`pacbayes.lab.study.Study`; passed in, so this module does not import the study's).
     config, out_dir: the study (its cache lives in ``out_dir/cache``).
     cells: the cells in grid order; `on_cell(i, result)` is called as cell i finishes (in
       completion order), `on_base(which, info)` as each base is ready.
@@ -91,7 +92,7 @@ def run_tasks(config: StudyConfig, out_dir: str, cells: Sequence[Cell], *, worke
     raise ValueError(f"workers: expected >= 1, got {workers}")
   ctx = multiprocessing.get_context("spawn")
   with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                              initargs=(config, out_dir)) as pool:
+                              initargs=(make_study, config, out_dir)) as pool:
     try:
       on_base("base", pool.submit(_run_task, "base", "base").result())
       pending: dict[cf.Future, tuple[str, Any]] = {}
