@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from pacbayes.plots import ResultsError, load_results
-from pacbayes.theory import judge
+from pacbayes.theory import judge_all
 
 
 def main(argv=None) -> int:
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
   parser.add_argument("results", help="results.json written by `pacbayes lab`")
   args = parser.parse_args(argv)
   try:
-    verdicts = judge(load_results(args.results))
+    verdicts = judge_all(load_results(args.results))
   except (ResultsError, KeyError) as e:
     print(f"validate_theory: error: {e}", file=sys.stderr)
     return 2

@@ -49,6 +49,8 @@ class StudyView:
       certificate).
     headroom_min: a bucket's saturation is judged only if the base's accuracy on the bucket's
       mixture is at most 1 - headroom_min (fixed before training, in the config).
+    base_seq_error: base name -> [K] teacher-forced sequence error of the base by slice
+      (before fine-tuning; empty when the results file does not carry it).
   """
 
   keys: tuple[CellKey, ...]
@@ -62,6 +64,7 @@ class StudyView:
   items: Mapping[str, np.ndarray]
   scalars: Mapping[str, np.ndarray]
   headroom_min: float = 0.1
+  base_seq_error: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def index(self, key: CellKey) -> int | None:
     try:
@@ -121,10 +124,12 @@ def study_view(results: Mapping[str, Any], *, arm: str = "tilted") -> StudyView:
   buckets = tuple(arm_info["order"])
   p_bucket = {b: _probs(arm_info["mixtures"][b], ops, f"{where}: arms.{arm}.mixtures.{b}")
               for b in buckets}
-  base_acc = {}
+  base_acc, base_seq = {}, {}
   for name, b in results["bases"].items():
     by = b["accuracy_by_slice"]
     base_acc[name] = np.array([float(by[str(k)]) for k in ops])
+    if "seq_error_by_slice" in b:
+      base_seq[name] = np.array([float(b["seq_error_by_slice"][str(k)]) for k in ops])
   groups: dict[CellKey, dict[int, Mapping[str, Any]]] = {}
   for i, cell in enumerate(results["cells"]):
     if cell.get("arm", "tilted") != arm:
@@ -164,4 +169,4 @@ def study_view(results: Mapping[str, Any], *, arm: str = "tilted") -> StudyView:
   headroom = float(results.get("config", {}).get("headroom_min", 0.1))
   return StudyView(keys=keys, seeds=seeds, ops=ops, slice_of=slice_of, p_test=p_test,
                    p_bucket=p_bucket, buckets=buckets, base_acc=base_acc, items=items,
-                   scalars=scalars, headroom_min=headroom)
+                   scalars=scalars, headroom_min=headroom, base_seq_error=base_seq)

@@ -5,10 +5,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pacbayes import theory
 from pacbayes.studyview import ResultsError, study_view
+from tests import lab_fixtures
 from tests.lab_fixtures import GOOD, make_results
 
 NUM = r"[+-]\d\.\d{4}"
@@ -103,3 +105,29 @@ def test_script_rejects_a_bad_file(tmp_path):
                        capture_output=True, text=True)
   assert out.returncode == 2
   assert "Traceback" not in out.stderr and "x.json" in out.stderr
+
+
+def test_vacuous_certificates_are_not_judged():
+  # every bound >= 1 holds for a loss in [0, 1] by construction: not evidence, not a PASS
+  v = _by_prefix(theory.judge(make_results(GOOD["acc"], bound=1.0)), "bound")[0]
+  assert v.word == "INCONCLUSIVE"
+  assert "not judged" in v.line() and "0/18 test mixture" in v.line()
+  # one non-vacuous cell below its risk is still caught
+  res = make_results(GOOD["acc"], bound=1.0)
+  res["cells"][0]["certificate"]["bound"] = 0.01
+  assert _by_prefix(theory.judge(res), "bound")[0].word == "FAIL"
+
+
+def test_g_ext_removes_the_part_the_mixtures_fix():
+  res = make_results(GOOD["acc"])
+  raw = _by_prefix(theory.judge(res), "G_ext")[0]
+  assert "minus the base" not in raw.claim
+  err = {"1": 0.0, "2": 0.2, "3": 0.8, "4": 1.0}
+  res["bases"]["base"]["seq_error_by_slice"] = err
+  did = _by_prefix(theory.judge(res), "G_ext")[0]
+  p = {b: np.array(w, float) / sum(w) for b, w in lab_fixtures.MIXTURES.items()}
+  shift = float(np.dot(p["easy"] - p["hard"], [err[str(k)] for k in lab_fixtures.OPS]))
+  assert shift == pytest.approx((2 * 0.2 - 2 * 0.8 - 7 * 1.0) / 15)
+  assert "minus the base's own contrast" in did.claim
+  np.testing.assert_allclose(did.estimate, raw.estimate - shift)
+  np.testing.assert_allclose(did.hi - did.lo, raw.hi - raw.lo)
