@@ -92,6 +92,18 @@ def _errorbar(ax, xs, cis, **kw):
   ax.errorbar(xs, est, yerr=err, capsize=3, **kw)
 
 
+def _log_sizes_axis(ax, sizes) -> None:
+  """A log x axis labelled at the study's sizes only (no overlapping minor labels)."""
+  from matplotlib.ticker import NullFormatter, NullLocator
+
+  ax.set_xscale("log")
+  ticks = sorted(set(sizes))
+  if ticks:
+    ax.set_xticks(ticks, [str(n) for n in ticks])
+  ax.xaxis.set_minor_locator(NullLocator())
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def accuracy_vs_n(results, *, base: str = "base", method: str = "sft") -> Figure:
   """Answer accuracy on the test mixture against n, one line per bucket, 95% error bars."""
   view = _view(results)
@@ -103,7 +115,7 @@ def accuracy_vs_n(results, *, base: str = "base", method: str = "sft") -> Figure
                 color=_COLORS[j % len(_COLORS)], label=b)
   base_acc = float(view.base_acc[base] @ view.p_test)
   ax.axhline(base_acc, color="gray", ls=":", label=f"{base} before fine-tuning")
-  ax.set_xscale("log")
+  _log_sizes_axis(ax, view.sizes(base, method))
   ax.set_xlabel("n (fine-tuning examples)")
   ax.set_ylabel("answer accuracy (test mixture)")
   ax.set_title(f"{base}/{method}: accuracy vs n (95% CI, items + seeds)")
@@ -148,6 +160,10 @@ def gaps_vs_difficulty(results, *, base: str = "base", method: str = "sft") -> F
       ext.append(cell_interval(view, (base, method, b, n), "seq_error", view.p_test - pb))
     _errorbar(axes[0], xs + 0.04 * j, gen, fmt="o-", label=f"n={n}")
     _errorbar(axes[1], xs + 0.04 * j, ext, fmt="o-", label=f"n={n}")
+  base_err = view.base_seq_error.get(base)
+  if base_err is not None:  # the part of the gap the mixtures alone give (any model has it)
+    axes[1].plot(xs, [float((view.p_test - view.p_bucket[b]) @ base_err) for b in view.buckets],
+                 "k:", marker="x", label=f"{base} before fine-tuning")
   axes[0].set_title("generalization gap R_bucket - R_S (sequence error)")
   axes[1].set_title("extrapolation gap R_test - R_bucket (sequence error)")
   for ax in axes:
@@ -229,7 +245,7 @@ def method_comparison(results, *, base: str = "base") -> Figure:
       ns = view.sizes(base, method, b)
       _errorbar(ax, ns, [cell_interval(view, (base, method, b, n)) for n in ns], fmt=style,
                 label=method.upper())
-    ax.set_xscale("log")
+    _log_sizes_axis(ax, view.sizes(base, "sft", b) + view.sizes(base, "dft", b))
     ax.set_title(f"{b} training data")
     ax.set_xlabel("n")
     ax.grid(alpha=0.3)
