@@ -490,3 +490,9 @@ def test_ctrl_c_during_import_exits_130_with_one_line(box):
   code, err = _interrupt(shift_args(box), wait_for_ready=False, delay=0.3)
   assert code == 130, (code, err)
   assert len(err) == 1 and "interrupted" in err[0], err
+
+
+@pytest.mark.parametrize("workers", ["-1", "65", "2.0", "many"])
+def test_lab_workers_out_of_range(box, capsys, no_study, workers):
+  check_refused(box, capsys, ["lab", "--out", box / "outdir" / "lab", "--workers", workers],
+                "--workers")
