@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 import zlib
@@ -17,6 +16,7 @@ from flax import nnx
 
 from pacbayes.data.dataset import load_dataset
 from pacbayes.data.jsonl import DataError, read_jsonl_with_lines
+from pacbayes.data.rows import collect_difficulty
 from pacbayes.models import load_pretrained
 
 
@@ -57,22 +57,17 @@ def difficulty(
     float64 array [N].
 
   Raises:
-    DataError: no rows, or a row (the first one, named by file and line) lacks a finite
-      numeric `difficulty`.
+    DataError: no rows, or a row (named by file and line) lacks a finite numeric
+      `difficulty` (`pacbayes.data.rows.collect_difficulty`, the one parser of the field).
   """
   if len(rows) == 0:
     raise DataError(f"{source or 'rows'}: no rows")
-  out = np.empty(len(rows), dtype=np.float64)
-  for i, row in enumerate(rows):
-    if "difficulty" not in row:
-      raise DataError(f"{_where(source, lines, i)}: row has no 'difficulty' field (the first "
-                      "row lacking it); every row needs one for the difficulty feature")
-    d = row["difficulty"]
-    if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d):
-      raise DataError(f"{_where(source, lines, i)}: 'difficulty' must be a finite number, "
-                      f"got {d!r}")
-    out[i] = d
-  return out
+  wheres = [_where(source, lines, i) for i in range(len(rows))]
+  values = collect_difficulty(rows, wheres)  # the one parser of `difficulty`
+  if values is None:
+    raise DataError(f"{wheres[0]}: the row has no 'difficulty' (nor does any other); every "
+                    "row needs one for the difficulty feature")
+  return values
 
 
 def _text_of(row: dict[str, Any], fields: Sequence[str]) -> str | None:

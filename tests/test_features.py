@@ -27,10 +27,12 @@ def test_difficulty_missing_names_file_and_line(tmp_path):
   path.write_text('{"difficulty": 1}\n\n{"difficulty": 2}\n{"text": "a"}\n{"text": "b"}\n')
   rows, lines = features.read_rows(path)
   assert lines == [1, 3, 4, 5]
-  with pytest.raises(DataError, match=r"train\.jsonl:4: row has no 'difficulty'"):
+  with pytest.raises(DataError, match=r"train\.jsonl:4: the row has no 'difficulty'"):
     features.difficulty(rows, source=str(path), lines=lines)
-  with pytest.raises(DataError, match=r"rows: row 3: row has no 'difficulty'"):
+  with pytest.raises(DataError, match=r"rows: row 3: the row has no 'difficulty'"):
     features.difficulty(rows)
+  with pytest.raises(DataError, match=r"rows: row 1: the row has no 'difficulty' \(nor"):
+    features.difficulty([{"text": "a"}, {"text": "b"}])
 
 
 @pytest.mark.parametrize("bad", ["3", None, True, float("nan"), [1]])
