@@ -131,3 +131,24 @@ def test_g_ext_removes_the_part_the_mixtures_fix():
   assert "minus the base's own contrast" in did.claim
   np.testing.assert_allclose(did.estimate, raw.estimate - shift)
   np.testing.assert_allclose(did.hi - did.lo, raw.hi - raw.lo)
+
+
+def test_judge_all_judges_every_arm_and_keeps_not_judged_claims():
+  import copy
+
+  res = make_results(**GOOD)
+  res["arms"]["disjoint"] = copy.deepcopy(res["arms"]["tilted"])
+  res["cells"] += [dict(copy.deepcopy(c), arm="disjoint") for c in res["cells"]
+                   if c["base"] == "base" and c["method"] == "sft"]
+  for c in res["cells"]:
+    if c["arm"] == "disjoint":
+      c["certificate"]["bound"] = 1.0  # every certificate vacuous: the bound claim not judged
+  verdicts = theory.judge_all(res)
+  main = theory.judge(res)
+  assert [v.line() for v in verdicts[:len(main)]] == [v.line() for v in main]
+  other = verdicts[len(main):]
+  assert other and all(v.claim.startswith("disjoint arm: ") for v in other)
+  assert not [v for v in other if v.claim.startswith(("disjoint arm: stronger",
+                                                      "disjoint arm: DFT"))]
+  bound = [v for v in other if v.claim.startswith("disjoint arm: bound")]
+  assert len(bound) == 1 and "not judged" in bound[0].line()
