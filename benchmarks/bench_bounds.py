@@ -1,6 +1,6 @@
 """Benchmark: jitted kl_inv_upper on 10^6 pairs against a SciPy brentq loop (time and accuracy).
 
-Also the extrapolation terms (pacbayes.extrapolation): the vectorised mixture-shift bound
+Also the extrapolation terms (pacbayes.bounds.extrapolation): the vectorised mixture-shift bound
 against a scipy linprog loop (the LP it solves), and the per-slice / weighted-loss bounds on
 one Monte-Carlo run of n rows against the certificate's own B_train step, as ratios.
 """
@@ -16,8 +16,8 @@ import mpmath
 import numpy as np
 from scipy import optimize
 
-from pacbayes import bounds
-from pacbayes import extrapolation as ex
+from pacbayes.bounds import extrapolation as ex
+from pacbayes.bounds import pac as bounds
 
 
 def _kl(q: float, p: float) -> float:

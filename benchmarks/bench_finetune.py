@@ -57,9 +57,9 @@ def bench_ours(folder, batch, args, lora_rank):
   import jax.numpy as jnp
   from flax import nnx
 
-  from pacbayes import lora
-  from pacbayes.lab import train as tr
+  from pacbayes.lora import adapter as lora
   from pacbayes.models import load_pretrained
+  from pacbayes.training import trainer as tr
 
   model, config = load_pretrained(folder, dtype=args.dtype)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

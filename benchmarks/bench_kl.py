@@ -80,7 +80,7 @@ def write_pair(root: str, shapes: dict[str, tuple[int, ...]], gb: float) -> tupl
 def measure(step: str, prior: str, post: str) -> dict:
   """Runs one step in this (fresh) process; returns seconds and peak RSS in MiB."""
   import pacbayes  # noqa: F401  (the floor includes jax)
-  from pacbayes.kl import checkpoint_kl, iter_safetensors
+  from pacbayes.posterior.kl import checkpoint_kl, iter_safetensors
 
   reset = _reset_peak_rss()
   start_mib = _rss_mib("VmRSS")

@@ -5,8 +5,8 @@ key-value heads, MLP 1536, vocab 49152, tied embeddings, float32; about 135M par
 0.54 GB). Data: `--rows` random token rows of `--length` tokens, token error on every token.
 
 Two workers, each in its own subprocess so that each peak RSS is its own:
-  plain:     `pacbayes.montecarlo.empirical_risk` over the rows (batches of `--chunk` rows);
-  perturbed: `pacbayes.montecarlo.mc_risk`, chunk scheme, one posterior draw per chunk of
+  plain:     `pacbayes.posterior.montecarlo.empirical_risk` over the rows (batches of `--chunk` rows);
+  perturbed: `pacbayes.posterior.montecarlo.mc_risk`, chunk scheme, one posterior draw per chunk of
              `--chunk` rows (batch = chunk, draws_per_step = 1), sigma = 1e-3.
 Each worker builds the model, runs its pass once (compile) and times a second run. The
 parent prints both and the ratios perturbed / plain (goal: <= 1.5 for peak RSS and time).
@@ -46,8 +46,9 @@ def _worker(kind: str, rows: int, length: int, chunk: int) -> dict:
   from flax import nnx
 
   import pacbayes  # noqa: F401
-  from pacbayes import losses, montecarlo
+  from pacbayes import losses
   from pacbayes.models import ModelConfig, build_model
+  from pacbayes.posterior import montecarlo
 
   config = ModelConfig(**SMOLLM2_135M)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0))))

@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pacbayes import bounds, losses, perturb
+from pacbayes import losses
+from pacbayes.bounds import pac as bounds
 from pacbayes.models import ModelConfig, build_model
 from pacbayes.models.generate import greedy_generate
+from pacbayes.posterior import perturb
 
 DELTA_MC = 0.025  # delta = 0.05 split in halves (no g_ext)
 TARGET_EPS = 0.02

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats
 
 import pacbayes  # noqa: F401  (float64 defaults, as in the library)
-from pacbayes.shift import tv_classifier
+from pacbayes.shift.report import tv_classifier
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_study import main  # noqa: E402
 
-from pacbayes.lab.study import StudyConfig  # noqa: E402
+from pacbayes.study.runner import StudyConfig
 
 
 def _all_sizes(argv):

@@ -6,7 +6,7 @@ Usage: python experiments/make_figures.py experiments/results/quick/results.json
 import argparse
 import sys
 
-from pacbayes import plots
+from pacbayes.study import plots
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from pacbayes.lab.study import PRESETS, StudyConfig, run_study, summary_table
+from pacbayes.study.runner import PRESETS, StudyConfig, run_study, summary_table
 
 
 def parse_args(argv=None, *, description=__doc__):

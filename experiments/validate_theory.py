@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 
-from pacbayes.plots import ResultsError, load_results
-from pacbayes.theory import judge_all
+from pacbayes.study.plots import ResultsError, load_results
+from pacbayes.study.theory import judge_all
 
 
 def main(argv=None) -> int:

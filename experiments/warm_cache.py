@@ -11,9 +11,9 @@ and are summed into results.json ("timings_s").
 import argparse
 import sys
 
-from pacbayes.lab.config import PRESETS, StudyConfig
-from pacbayes.lab.grid import certified_cells, grid_cells
-from pacbayes.lab.study import BASES, Study
+from pacbayes.study.config import PRESETS, StudyConfig
+from pacbayes.study.grid import certified_cells, grid_cells
+from pacbayes.study.runner import BASES, Study
 
 
 def main(argv=None) -> int:

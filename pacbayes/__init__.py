@@ -2,43 +2,30 @@
 
 Importing the package is cheap: the public names below are loaded from their modules on first
 use, so that the command line can install its Ctrl-C handler before JAX is imported.
+Importing it changes nothing in the process (JAX's x64 flag included: see
+`pacbayes.core.precision`).
 """
 
 import importlib
-import os
-import sys
-
-# Bound arithmetic (kl inverses, KL sums over billions of parameters) needs float64; model
-# code always passes explicit float32/bfloat16 dtypes, so x64 changes only the defaults of
-# untyped constructors. JAX reads JAX_ENABLE_X64 when it is first imported; if it was imported
-# before pacbayes, the flag is set on its config instead.
-if "jax" in sys.modules:
-  sys.modules["jax"].config.update("jax_enable_x64", True)
-else:
-  os.environ["JAX_ENABLE_X64"] = "1"
 
 __version__ = "0.1.0"
 
 
-class PacBayesWarning(UserWarning):
-  """Warnings raised by pacbayes itself (errors in the test suite)."""
-
-
 _EXPORTS = {
-    "pacbayes.bounds": ("catoni", "flamb", "flamb_optimal_lam", "fquad", "kl_bernoulli",
+    "pacbayes.bounds.pac": ("catoni", "flamb", "flamb_optimal_lam", "fquad", "kl_bernoulli",
                         "kl_inv_lower", "kl_inv_upper", "maurer", "mc_sample_bound",
                         "mcallester"),
-    "pacbayes.certificate": ("Certificate", "certify"),
-    "pacbayes.kl": ("CheckpointKL", "checkpoint_kl", "gaussian_kl", "isotropic_kl"),
-    "pacbayes.perturb": ("MCRisk", "SigmaChoice", "choose_sigma", "mc_risk",
-                         "optimise_posterior", "perturbation_mask", "sample_posterior",
-                         "search_sigma",
-    "sequence_error", "sigma_prior_grid"),
-    "pacbayes.certify_shift": ("certify_with_shift",),
+    "pacbayes.certificate.core": ("Certificate", "certify"),
+    "pacbayes.posterior.kl": ("CheckpointKL", "checkpoint_kl", "gaussian_kl", "isotropic_kl"),
+    "pacbayes.core.errors": ("PacBayesWarning",),
+    "pacbayes.posterior": ("MCRisk", "SigmaChoice", "choose_sigma", "mc_risk",
+                           "optimise_posterior", "perturbation_mask", "sample_posterior",
+                           "search_sigma", "sigma_prior_grid"),
+    "pacbayes.certificate.shift": ("certify_with_shift",),
     "pacbayes.losses": ("sequence_error",),
-    "pacbayes.pipeline": ("certify_params", "run_bound"),
-    "pacbayes.sharding": ("make_mesh", "maybe_initialize_distributed"),
-    "pacbayes.shift": ("importance_weighted_gap", "shift_report", "tv_classifier",
+    "pacbayes.pipeline.run": ("certify_params", "run_bound"),
+    "pacbayes.core.sharding": ("make_mesh", "maybe_initialize_distributed"),
+    "pacbayes.shift.report": ("importance_weighted_gap", "shift_report", "tv_classifier",
                        "tv_discrete"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -232,7 +232,7 @@ def get_loss(name: str, **options: Any) -> Callable[..., jax.Array]:
 def model_loss_fn(
   graphdef: Any, *state: Any, loss: str | Callable[..., jax.Array] = "token_error", **options
 ) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
-  """Binds a split NNX model to a loss: ``loss_fn(params, batch) -> [B]`` for `pacbayes.perturb`.
+  """Binds a split NNX model to a loss: ``loss_fn(params, batch) -> [B]`` for `pacbayes.posterior.perturb`.
 
   Args:
     graphdef: from ``graphdef, params, *state = nnx.split(model, nnx.Param, ...)``.

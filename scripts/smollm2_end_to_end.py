@@ -111,8 +111,9 @@ def certify_lora_space(base: str, adapter: str, train: str, max_length: int, sig
   the library: `pacbayes bound` has no flag for this space yet."""
   import jax
 
-  from pacbayes import lora, pipeline
   from pacbayes.data.dataset import load_dataset
+  from pacbayes.lora import adapter as lora
+  from pacbayes.pipeline import run as pipeline
 
   ck = lora.load_lora(base, adapter)
   space = lora.lora_space(ck)
@@ -149,7 +150,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   base, train = os.path.join(args.work, "base"), os.path.join(args.work, "train.jsonl")
   lora_dir = os.path.join(args.work, "lora")
-  py = [sys.executable, "-m", "pacbayes.cli"]
+  py = [sys.executable, "-m", "pacbayes.cli.main"]
   summary: dict = {"steps": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "cpu_count": os.cpu_count()}
   os.makedirs(args.results, exist_ok=True)

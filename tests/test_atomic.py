@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from pacbayes.atomic import current_umask, write_atomic, write_text
+from pacbayes.core.atomic import current_umask, write_atomic, write_text
 
 
 def test_write_text_creates_folder_and_content(tmp_path):

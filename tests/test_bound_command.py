@@ -21,11 +21,11 @@ import optax
 import pytest
 from flax import nnx
 
-from pacbayes import bounds
-from pacbayes.certificate import Certificate
-from pacbayes.cli import main
+from pacbayes.bounds import pac as bounds
+from pacbayes.certificate.core import Certificate
+from pacbayes.cli.main import main
+from pacbayes.core.tensorio import read_tensors
 from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
-from pacbayes.tensorio import read_tensors
 
 VOCAB = 32
 LENGTH = 8
@@ -264,7 +264,7 @@ def test_bf16_posterior_is_noted(pair, tmp_path):
 def test_lora_adapter_posterior(pair, tmp_path):
   """A PEFT LoRA adapter folder as --posterior (its base as --prior): weight space, the
   adapted matrices perturbed, the KL that of the merged weights."""
-  from pacbayes import lora
+  from pacbayes.lora import adapter as lora
 
   model, cfg = load_pretrained(pair["prior"])
   layout = lora.make_layout(cfg, ["q_proj", "v_proj"], 2, 4.0)
@@ -298,7 +298,7 @@ def test_lora_adapter_posterior(pair, tmp_path):
 def test_lora_space_posterior(pair, tmp_path, capsys):
   """--space lora: the LoRA parameters are the posterior, the recorded initialisation the
   prior mean; the KL is that of the LoRA parameters against their initialisation."""
-  from pacbayes import lora
+  from pacbayes.lora import adapter as lora
 
   _, cfg = load_pretrained(pair["prior"])
   layout = lora.make_layout(cfg, ["q_proj", "v_proj"], 2, 4.0)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from pacbayes.cli import main
+from pacbayes.cli.main import main
 from tests.test_bound_command import build, successor_rows, write_jsonl
 
 

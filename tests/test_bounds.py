@@ -1,4 +1,4 @@
-"""Tests for pacbayes.bounds against mpmath references, properties and coverage simulations."""
+"""Tests for pacbayes.bounds.pac against mpmath references, properties and coverage simulations."""
 
 import math
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pacbayes import bounds
+from pacbayes.bounds import pac as bounds
 from tests.mp_reference import MP_DPS, mp_inv_lower, mp_inv_upper, mp_kl
 
 kl_inv_upper_jit = jax.jit(bounds.kl_inv_upper)

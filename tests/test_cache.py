@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pacbayes.lab import cache
+from pacbayes.study import cache
 
 PARAMS = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "z": {"v": jnp.ones(2)}}
 CELL_SCHEMA = {"accuracy": float, "n": int, "certificate": {"bound": float}}

@@ -1,4 +1,4 @@
-"""Tests for pacbayes.certificate: Proposition 4.1 terms, delta split, JSON and table."""
+"""Tests for pacbayes.certificate.core: Proposition 4.1 terms, delta split, JSON and table."""
 
 import json
 import math
@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from pacbayes import certificate as certm
-from pacbayes import extrapolation as ext
-from pacbayes.certificate import G_EXT_KINDS, METHODS, Certificate, certify
+from pacbayes.bounds import extrapolation as ext
+from pacbayes.certificate import core as certm
+from pacbayes.certificate.core import G_EXT_KINDS, METHODS, Certificate, certify
 from tests.mp_reference import mp_inv_upper
 
 REPORT_KEYS = (
@@ -273,7 +273,7 @@ def test_vacuous_bound_is_flagged_not_capped():
 # Schema 2: B_train, extrapolation kinds, slices, delta parts, saturation, notes.
 
 V1_REPORT = {  # a cell of the committed quick study (experiments/results/quick), schema 1
-  "schema": "pacbayes.certificate/1", "n": 200, "num_params": 4096, "sigma_q": 0.178,
+  "schema": "pacbayes.certificate.core/1", "n": 200, "num_params": 4096, "sigma_q": 0.178,
   "sigma_p": 0.178, "kl": 281.98487992375215, "emp_risk": 0.05050239291042089, "num_mc": 200,
   "epsilon": 0.06243505231130569, "g_gen": 0.7548284593617056, "g_ext": 0.8571428571428572,
   "g_ext_kind": "certified under difficulty shift", "bound": 1.7249087617262893,
@@ -307,7 +307,7 @@ def test_b_train_flags_and_kinds_side_by_side():
   assert dict(c.delta_parts) == {"mc": 0.02, "pb": 0.03, "tv": 0.0, "mixture": 0.0}
   assert c.delta == 0.05 and c.delta_ext == 0.0
   d = json.loads(c.to_json())
-  assert d["schema"] == "pacbayes.certificate/2"
+  assert d["schema"] == "pacbayes.certificate.core/2"
   assert d["non_vacuous"] is (c.bound < 1) and d["b_train_non_vacuous"] is (c.b_train < 1)
   assert d["notes"] == ["bf16 forward"] and d["loss_options"] == {"alpha": 0.1}
   assert Certificate.from_dict(d) == c
@@ -318,7 +318,7 @@ def test_b_train_flags_and_kinds_side_by_side():
 
 
 def test_certify_with_shift_spends_exactly_delta_and_lists_every_kind():
-  from pacbayes.certify_shift import certify_with_shift
+  from pacbayes.certificate.shift import certify_with_shift
 
   rng = np.random.default_rng(0)
   n = 400
@@ -383,7 +383,7 @@ def test_v1_reports_load_converted(tmp_path):
   assert c.bound == V1_REPORT["bound"] and c.epsilon == V1_REPORT["epsilon"]
   assert c.b_train == c.emp_risk + c.epsilon + c.g_gen
   assert dict(c.delta_parts) == {"mc": c.delta_mc, "pb": c.delta_pb, "tv": c.delta_ext}
-  assert any("converted from pacbayes.certificate/1" in x for x in c.notes)
+  assert any("converted from pacbayes.certificate.core/1" in x for x in c.notes)
   assert json.loads(c.to_json())["schema"] == certm.SCHEMA
   for change, match in [({"bound": None}, "key 'bound': expected a finite number, got null"),
                         ({"g_gen": "0.7"}, "key 'g_gen': expected a finite number"),

@@ -1,4 +1,4 @@
-"""Tests for pacbayes.classifier: domain-classifier TV, HPLB lower bound, density ratios."""
+"""Tests for pacbayes.shift.classifier: domain-classifier TV, HPLB lower bound, density ratios."""
 
 import math
 
@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pacbayes import classifier, shift
-from pacbayes.classifier import (
-    ShiftError,
-    clopper_pearson_lower,
-    tv_classifier,
-    tv_lower_from_heldout,
+from pacbayes.shift import classifier
+from pacbayes.shift import report as shift
+from pacbayes.shift.classifier import (
+  ShiftError,
+  clopper_pearson_lower,
+  tv_classifier,
+  tv_lower_from_heldout,
 )
-from pacbayes.shift import importance_weighted_gap
+from pacbayes.shift.report import importance_weighted_gap
 
 
 def gaussian_tv(delta_mahalanobis):

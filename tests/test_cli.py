@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pacbayes.cli import main
+from pacbayes.cli.main import main
 
 
 def _write(path, rows):
@@ -156,7 +156,7 @@ def test_shift_command_with_fixed_support(shift_files, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# Flag types and output checks (pacbayes.commands.common)
+# Flag types and output checks (pacbayes.cli.common)
 # ------------------------------------------------------------------------------------------
 
 
@@ -166,7 +166,7 @@ def test_shift_command_with_fixed_support(shift_files, tmp_path):
 def test_seed_type(text, ok):
   import argparse
 
-  from pacbayes.commands.common import SEED_MAX, seed
+  from pacbayes.cli.common import SEED_MAX, seed
 
   parse = seed("--seed")
   if ok:
@@ -179,7 +179,7 @@ def test_seed_type(text, ok):
 def test_every_seed_accepted_works_in_jax_and_numpy():
   import jax
 
-  from pacbayes.commands.common import SEED_MAX
+  from pacbayes.cli.common import SEED_MAX
 
   for s in (0, SEED_MAX):
     jax.random.key(s)
@@ -194,7 +194,7 @@ def test_every_seed_accepted_works_in_jax_and_numpy():
 def test_positive_int_type(text, ok):
   import argparse
 
-  from pacbayes.commands.common import positive_int
+  from pacbayes.cli.common import positive_int
 
   parse = positive_int("--batch-size", maximum=4096)
   if ok:
@@ -208,14 +208,14 @@ def test_positive_int_type(text, ok):
 def test_positive_float_refuses_non_finite(text):
   import argparse
 
-  from pacbayes.commands.common import positive_float
+  from pacbayes.cli.common import positive_float
 
   with pytest.raises(argparse.ArgumentTypeError, match="--sigma"):
     positive_float("--sigma")(text)
 
 
 def test_check_output_path(tmp_path):
-  from pacbayes.commands.common import CommandError, check_output_path
+  from pacbayes.cli.common import CommandError, check_output_path
 
   data = tmp_path / "train.jsonl"
   data.write_text("{}\n")
@@ -242,7 +242,7 @@ def test_check_output_path(tmp_path):
 
 
 def test_check_output_folder(tmp_path):
-  from pacbayes.commands.common import CommandError, check_output_folder
+  from pacbayes.cli.common import CommandError, check_output_folder
 
   afile = tmp_path / "results.json"
   afile.write_text("{}")
@@ -258,7 +258,7 @@ def test_check_output_folder(tmp_path):
 
 
 def test_read_only_outputs_are_refused(tmp_path, monkeypatch):
-  from pacbayes.commands import common
+  from pacbayes.cli import common
 
   cache = tmp_path / "results" / "cells"
   cache.mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_read_only_outputs_are_refused(tmp_path, monkeypatch):
 
 
 def test_oserror_becomes_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
-  from pacbayes.cli import error_line
+  from pacbayes.cli.main import error_line
 
   assert error_line(PermissionError(13, "Permission denied", "/x/y.json")) == (
       "/x/y.json: Permission denied")

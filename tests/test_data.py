@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from pacbayes.data import (
-  DataError,
-  Dataset,
-  completion_lengths,
-  iterate_batches,
-  load_dataset,
-  num_batches,
-  read_jsonl,
+    DataError,
+    Dataset,
+    completion_lengths,
+    iterate_batches,
+    load_dataset,
+    num_batches,
+    read_jsonl,
 )
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "the", "answer", "is", "42", "what", "?", "7"]

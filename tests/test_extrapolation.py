@@ -1,4 +1,4 @@
-"""Tests for pacbayes.extrapolation / pacbayes.mixture: independent references and coverage."""
+"""Tests for pacbayes.bounds.extrapolation / pacbayes.bounds.mixture: independent references and coverage."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from pacbayes import bounds
-from pacbayes import extrapolation as ex
+from pacbayes.bounds import extrapolation as ex
+from pacbayes.bounds import pac as bounds
 from tests.mp_reference import mp_inv_upper
 
 # ---------------------------------------------------------------------------------------------

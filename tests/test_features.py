@@ -1,4 +1,4 @@
-"""Tests for pacbayes.features: difficulty, CoT length, hashed n-grams, embeddings."""
+"""Tests for pacbayes.shift.features: difficulty, CoT length, hashed n-grams, embeddings."""
 
 import functools
 import json
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pacbayes import features
 from pacbayes.data.jsonl import DataError
-from pacbayes.features import FeatureError
 from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
+from pacbayes.shift import features
+from pacbayes.shift.features import FeatureError
 
 
 def test_difficulty_values():

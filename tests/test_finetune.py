@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import pacbayes  # noqa: F401  (x64 on, as in real use)
-from pacbayes.cli import main
+from pacbayes.cli.main import main
 from pacbayes.data.dataset import load_dataset
-from pacbayes.finetune import FinetuneConfig, finetune
 from pacbayes.models import load_pretrained
+from pacbayes.training.finetune import FinetuneConfig, finetune
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
@@ -122,7 +122,7 @@ def _logits_ours(model, ids):
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_outputs_load_in_transformers_and_peft_with_same_logits(setup, tmp_path, model_type):
   peft = pytest.importorskip("peft")
-  from pacbayes import lora
+  from pacbayes.lora import adapter as lora
 
   base = str(setup[model_type])
   ids = np.random.default_rng(1).integers(0, VOCAB, size=(2, 10)).astype(np.int32)
@@ -161,8 +161,8 @@ def test_grad_accum_and_remat_give_the_same_step():
   import jax
   from flax import nnx
 
-  from pacbayes.lab import train as tr
   from pacbayes.models import ModelConfig, build_model
+  from pacbayes.training import trainer as tr
 
   cfg = ModelConfig(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
@@ -306,7 +306,7 @@ class _nothing:
 
 
 def test_checkpoints_of_another_run_are_refused(tmp_path):
-  from pacbayes.lab.train import Checkpointer
+  from pacbayes.training.trainer import Checkpointer
 
   first = Checkpointer(str(tmp_path / "ck"), 2, {"seed": 1})
   first.close()

@@ -3,8 +3,8 @@
 Each case builds its inputs in a fresh folder, snapshots every file's hash and mode, runs the
 command, and checks: the exit status; exactly one non-empty line on stderr, without a
 traceback, naming the file, key or flag; and the folder unchanged (no report, no temporary,
-no input modified). Most cases run in-process through `pacbayes.cli.main`; a few run as
-``python -m pacbayes.cli`` subprocesses, and the interrupt tests send SIGINT to one.
+no input modified). Most cases run in-process through `pacbayes.cli.main.main`; a few run as
+``python -m pacbayes.cli.main`` subprocesses, and the interrupt tests send SIGINT to one.
 """
 
 import hashlib
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacbayes.cli import main
+from pacbayes.cli.main import main
 
 SEED_TOO_BIG = str(2**64)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -102,7 +102,7 @@ def parse_only(argv):
   Used for flags whose value, if accepted, would make the work itself dangerous to run in a
   test (e.g. a batch of 1e8 rows).
   """
-  from pacbayes.cli import build_parser
+  from pacbayes.cli.main import build_parser
 
   build_parser().parse_args(argv)
   return 0
@@ -266,7 +266,7 @@ def test_shift_out_in_read_only_folder(box, capsys, monkeypatch):
   os.chmod(folder, 0o555)
   try:
     if IS_ROOT:  # root writes anywhere: make the check see what a user would.
-      import pacbayes.commands.common as common
+      import pacbayes.cli.common as common
 
       real_access = os.access
       monkeypatch.setattr(common.os, "access", lambda p, m: False if os.fspath(p) == str(
@@ -350,7 +350,7 @@ def test_plot_lab_results_with_terms(box, capsys):
 
 @pytest.fixture
 def no_study(monkeypatch):
-  from pacbayes.lab import study
+  from pacbayes.study import runner as study
 
   def tripwire(*args, **kwargs):
     raise AssertionError("the study started although the command line was bad")
@@ -456,7 +456,7 @@ def test_subprocess_refusals(box, case):
 
 # Runs the CLI as the `pacbayes` console script does (argv[0] names it, argv from sys.argv),
 # saying "ready" once the library is imported.
-_READY = ("import sys; sys.argv[0] = 'pacbayes'; import pacbayes.cli as c; "
+_READY = ("import sys; sys.argv[0] = 'pacbayes'; import pacbayes.cli.main as c; "
           "print('ready', flush=True); sys.exit(c.main())")
 
 

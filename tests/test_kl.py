@@ -1,4 +1,4 @@
-"""Tests for pacbayes.kl: Gaussian KL over pytrees and streamed over safetensors folders."""
+"""Tests for pacbayes.posterior.kl: Gaussian KL over pytrees and streamed over safetensors folders."""
 
 import json
 import math
@@ -13,16 +13,16 @@ import pytest
 from safetensors.numpy import save_file
 from scipy import integrate, stats
 
-from pacbayes import kl as klm
-from pacbayes.kl import (
+from pacbayes.models import ModelConfig
+from pacbayes.models.params import hf_shapes
+from pacbayes.posterior import kl as klm
+from pacbayes.posterior.kl import (
   CheckpointError,
   SafetensorsFolder,
   checkpoint_kl,
   gaussian_kl,
   isotropic_kl,
 )
-from pacbayes.models import ModelConfig
-from pacbayes.models.params import hf_shapes
 
 # ------------------------------------------------------------------------------------------
 # References.

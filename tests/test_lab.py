@@ -10,12 +10,12 @@ from flax import nnx
 import pacbayes  # noqa: F401  (x64 on)
 from pacbayes.data import synthetic
 from pacbayes.data.dataset import Dataset
-from pacbayes.lab import cache, studydata, subspace
-from pacbayes.lab import evaluate as ev
-from pacbayes.lab import train as tr
-from pacbayes.lab.config import StudyConfig, seq_length
-from pacbayes.lab.grid import certified_cells, grid_cells
 from pacbayes.models import ModelConfig, build_model
+from pacbayes.study import cache, studydata, subspace
+from pacbayes.study import evaluate as ev
+from pacbayes.study.config import StudyConfig, seq_length
+from pacbayes.study.grid import certified_cells, grid_cells
+from pacbayes.training import trainer as tr
 
 
 def _tiny_model(seed=0):

@@ -1,4 +1,4 @@
-"""LoRA adapters: PEFT-made adapters merged by pacbayes.lora give PEFT's logits; refusals."""
+"""LoRA adapters: PEFT-made adapters merged by pacbayes.lora.adapter give PEFT's logits; refusals."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import pacbayes  # noqa: F401  (x64 on, as in real use)
-from pacbayes import lora
+from pacbayes.lora import adapter as lora
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")

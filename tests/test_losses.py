@@ -12,17 +12,17 @@ import pytest
 from pacbayes import losses
 from pacbayes.data import Dataset, iterate_batches
 from pacbayes.losses import (
-  LOSSES,
-  AnswerExtractor,
-  answer_error,
-  extract_answer,
-  get_loss,
-  model_answer_error,
-  normalize_answer,
-  sequence_error,
-  smoothed_nll,
-  smoothed_nll_range,
-  token_error,
+    LOSSES,
+    AnswerExtractor,
+    answer_error,
+    extract_answer,
+    get_loss,
+    model_answer_error,
+    normalize_answer,
+    sequence_error,
+    smoothed_nll,
+    smoothed_nll_range,
+    token_error,
 )
 
 

@@ -9,13 +9,7 @@ import pytest
 from flax import nnx
 
 import pacbayes  # noqa: F401  (x64 on, as in real use)
-from pacbayes.models import (
-  ModelConfig,
-  build_model,
-  load_config,
-  load_pretrained,
-  save_pretrained,
-)
+from pacbayes.models import ModelConfig, build_model, load_config, load_pretrained, save_pretrained
 from pacbayes.models.checkpoint import read_tensors, write_safetensors
 from tests.model_fixtures import jit_forward, tiny_config
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pacbayes.kl import checkpoint_kl, gaussian_kl
+from pacbayes.core.tensorio import CheckpointError, write_tensors
 from pacbayes.models import (
   build_model,
   hf_name_of_path,
@@ -29,7 +29,7 @@ from pacbayes.models import (
 )
 from pacbayes.models.checkpoint import read_tensors
 from pacbayes.models.weights import storage_dtypes, storage_report
-from pacbayes.tensorio import CheckpointError, write_tensors
+from pacbayes.posterior.kl import checkpoint_kl, gaussian_kl
 from tests.model_fixtures import tiny_config
 
 ARCHS = [("llama", False), ("llama", True), ("qwen2", True), ("gpt2", True), ("gpt2", False)]

@@ -1,4 +1,4 @@
-"""Tests for pacbayes.perturb against a linear classifier whose perturbed risk is exact."""
+"""Tests for pacbayes.posterior.perturb against a linear classifier whose perturbed risk is exact."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pacbayes import bounds, perturb
-from pacbayes.sharding import make_mesh
+from pacbayes.bounds import pac as bounds
+from pacbayes.core.sharding import make_mesh
+from pacbayes.posterior import perturb
 
 D = 8
 # Most calls share one step shape (8 draws x 8 rows) so the compiled step is reused.
@@ -256,7 +257,7 @@ def test_slot_arrays_match_independent_draws(scheme, kw, draws_per_step):
 
 
 def test_only_the_draws_asked_for_are_computed(monkeypatch, capfd):
-  from pacbayes import montecarlo
+  from pacbayes.posterior import montecarlo
 
   params, data = make_problem(10, seed=11)
   fused, copies = [], []

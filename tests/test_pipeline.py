@@ -1,4 +1,4 @@
-"""Tests for pacbayes.pipeline and the input/shift/loading stages of `pacbayes bound`.
+"""Tests for pacbayes.pipeline.run and the input/shift/loading stages of `pacbayes bound`.
 
 Cheap unit tests on toys and small files; the end-to-end runs on trained checkpoints are in
 test_bound_command.py (whose pair this module reuses for the API-level checks).
@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pacbayes import bound_inputs as bi
-from pacbayes import bound_shift, pipeline
-from pacbayes.bound_load import load_training_set
-from pacbayes.certificate import certify
-from pacbayes.commands.bound import flag_message
+from pacbayes.certificate.core import certify
+from pacbayes.cli.bound import flag_message
 from pacbayes.data import tokenize
 from pacbayes.data.jsonl import DataError
+from pacbayes.pipeline import inputs as bi
+from pacbayes.pipeline import run as pipeline
+from pacbayes.pipeline import shift_terms as bound_shift
+from pacbayes.pipeline.load import load_training_set
 from tests.test_bound_command import build, config, successor_rows, write_jsonl
 
 # ------------------------------------------------------------- certify_params on a toy

@@ -5,8 +5,8 @@ import json
 import matplotlib.figure
 import pytest
 
-from pacbayes import plots
-from pacbayes.cli import main
+from pacbayes.cli.main import main
+from pacbayes.study import plots
 from tests.lab_fixtures import GOOD, make_results
 
 
@@ -30,8 +30,8 @@ def test_lab_figures_build_and_save(results_file, tmp_path):
 
 
 def test_error_bars_are_the_verdicts_intervals(results_file):
-  """The plotted point and bar of a cell are the one-cell contrast of pacbayes.stats."""
-  from pacbayes.studyview import study_view
+  """The plotted point and bar of a cell are the one-cell contrast of pacbayes.study.stats."""
+  from pacbayes.study.view import study_view
 
   results = plots.load_results(results_file)
   view = study_view(results)
@@ -47,7 +47,7 @@ def test_error_bars_are_the_verdicts_intervals(results_file):
 
 def test_old_lab_schema_is_refused_with_the_key(tmp_path):
   old = tmp_path / "old.json"
-  old.write_text(json.dumps({"schema": "pacbayes.lab/1", "cells": []}))
+  old.write_text(json.dumps({"schema": "pacbayes.study/1", "cells": []}))
   with pytest.raises(plots.ResultsError, match="old.json.*schema"):
     plots.load_results(old)
 

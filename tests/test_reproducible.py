@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from pacbayes import theory
-from pacbayes.lab import study
-from pacbayes.lab import train as tr
-from pacbayes.lab.config import StudyConfig
-from pacbayes.studyview import study_view
+from pacbayes.study import runner as study
+from pacbayes.study import theory
+from pacbayes.study.config import StudyConfig
+from pacbayes.study.view import study_view
+from pacbayes.training import trainer as tr
 
 MICRO = dict(
   test_per_slice=4, sizes=(8, 16, 32), seeds=(0, 1), hidden_size=16, intermediate_size=32,
@@ -45,7 +45,7 @@ def test_micro_study_is_reproducible_and_resumes(tmp_path, monkeypatch):
   a = json.loads((tmp_path / "a" / "results.json").read_text())
   b = json.loads((tmp_path / "b" / "results.json").read_text())
   assert _without_times(a) == _without_times(b)
-  assert first["schema"] == "pacbayes.lab/2"
+  assert first["schema"] == "pacbayes.study/2"
   # every main cell x seed, per-item strings of the test length, the certificate's parts
   assert len(a["cells"]) == 2 * (9 + 2 + 3)
   n_items = sum(a["test_items"]["counts"])

@@ -5,10 +5,10 @@ import numpy as np
 from flax import nnx
 
 from pacbayes.data import Dataset, synthetic
-from pacbayes.lab import evaluate as ev
-from pacbayes.lab import train as tr
 from pacbayes.losses import sequence_error, token_error
 from pacbayes.models import ModelConfig, build_model, greedy_generate
+from pacbayes.study import evaluate as ev
+from pacbayes.training import trainer as tr
 
 
 def _model():

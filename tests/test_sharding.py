@@ -1,4 +1,4 @@
-"""Tests for pacbayes.sharding on 8 forced CPU devices."""
+"""Tests for pacbayes.core.sharding on 8 forced CPU devices."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from pacbayes import sharding as shd
+from pacbayes.core import sharding as shd
 
 
 def test_make_mesh_shapes_and_errors():

@@ -1,4 +1,4 @@
-"""Tests for pacbayes.shift: certified TV, importance-weighted gap, shift reports."""
+"""Tests for pacbayes.shift.report: certified TV, importance-weighted gap, shift reports."""
 
 import json
 import math
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pacbayes import shift
 from pacbayes.data.jsonl import DataError
 from pacbayes.models import ModelConfig, build_model, save_pretrained
-from pacbayes.shift import ShiftError, importance_weighted_gap, tv_discrete, weissman_epsilon
+from pacbayes.shift import report as shift
+from pacbayes.shift.report import ShiftError, importance_weighted_gap, tv_discrete, weissman_epsilon
 
 # ------------------------------------------------------------------------------------------
 # tv_discrete

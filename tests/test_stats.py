@@ -1,4 +1,4 @@
-"""Calibration and power of the verdicts (pacbayes.theory) on simulated studies, vectorised.
+"""Calibration and power of the verdicts (pacbayes.study.theory) on simulated studies, vectorised.
 
 Null: every cell truly equal (same accuracy, same distance, same gaps): each verdict must PASS
 (and FAIL) at most alpha plus Monte-Carlo error of the time. Power: effects of the size the
@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from pacbayes import stats, theory
-from pacbayes.studyview import StudyView
+from pacbayes.study import stats, theory
+from pacbayes.study.view import StudyView
 
 OPS = np.array([1, 2, 3, 4])
 PER_SLICE = 128

@@ -1,4 +1,4 @@
-"""Tests for pacbayes.tensorio: reading and writing safetensors checkpoint folders."""
+"""Tests for pacbayes.core.tensorio: reading and writing safetensors checkpoint folders."""
 
 import json
 import os
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from pacbayes import kl, tensorio
-from pacbayes.models import checkpoint
-from pacbayes.tensorio import (
+from pacbayes.core import tensorio
+from pacbayes.core.tensorio import (
   CheckpointError,
   SafetensorsFolder,
   iter_tensors,
@@ -20,6 +19,8 @@ from pacbayes.tensorio import (
   write_safetensors,
   write_tensors,
 )
+from pacbayes.models import checkpoint
+from pacbayes.posterior import kl
 
 
 def random_weights(rng):

@@ -1,4 +1,4 @@
-"""Verdicts on hand-made results with known answers (schema pacbayes.lab/2)."""
+"""Verdicts on hand-made results with known answers (schema pacbayes.study/2)."""
 
 import json
 import re
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from pacbayes import theory
-from pacbayes.studyview import ResultsError, study_view
+from pacbayes.study import theory
+from pacbayes.study.view import ResultsError, study_view
 from tests import lab_fixtures
 from tests.lab_fixtures import GOOD, make_results
 
@@ -75,7 +75,7 @@ def test_missing_cells_are_not_judged():
 
 def test_old_schema_is_refused_with_the_key():
   with pytest.raises(ResultsError, match="schema"):
-    study_view({"schema": "pacbayes.lab/1", "_path": "r.json"})
+    study_view({"schema": "pacbayes.study/1", "_path": "r.json"})
 
 
 def test_cells_with_different_seed_sets_are_refused():

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from pacbayes.atomic import write_atomic
+from pacbayes.core.atomic import write_atomic
 
 PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, SEP, UNK)

@@ -12,10 +12,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from pacbayes.models.config import ModelConfig
-from pacbayes.models.params import Entry, NnxPath, classify_tensors, embedding_name, param_table
-from pacbayes.models.transformer import Decoder, build_model
-from pacbayes.tensorio import (
+from pacbayes.core.tensorio import (
   CONFIG_FILE,
   checkpoint_folder,
   is_float_dtype,
@@ -26,8 +23,11 @@ from pacbayes.tensorio import (
   write_safetensors,
   write_tensors,
 )
+from pacbayes.models.config import ModelConfig
+from pacbayes.models.params import Entry, NnxPath, classify_tensors, embedding_name, param_table
+from pacbayes.models.transformer import Decoder, build_model
 
-# Reading and writing the safetensors files themselves lives in pacbayes.tensorio; these
+# Reading and writing the safetensors files themselves lives in pacbayes.core.tensorio; these
 # names stay importable from here.
 __all__ = [
   "Entry",

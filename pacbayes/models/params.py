@@ -2,7 +2,7 @@
 
 One definition serves every path that needs "the parameters of this checkpoint": the loader
 (`pacbayes.models.checkpoint.load_pretrained`), the streamed KL
-(`pacbayes.kl.checkpoint_kl`) and the `--include/--exclude` selection of the `bound` command.
+(`pacbayes.posterior.kl.checkpoint_kl`) and the `--include/--exclude` selection of the `bound` command.
 
 * `param_table(config)`: one `Entry` per Hugging Face tensor name of the architecture, with the
   NNX parameter path(s) it fills and the load/save hooks (transpose, split of GPT-2's `c_attn`).
@@ -26,9 +26,9 @@ import jax
 import numpy as np
 from flax import nnx
 
+from pacbayes.core.tensorio import CheckpointError
 from pacbayes.models.config import ModelConfig
 from pacbayes.models.transformer import build_model
-from pacbayes.tensorio import CheckpointError
 
 __all__ = [
   "TIED_HEAD",

@@ -3,7 +3,7 @@
 `open_parameters` gives the parameter set of one checkpoint (a Hugging Face folder, classified
 by `pacbayes.models.params.classify_tensors`, or an in-memory `{name: array}` mapping);
 `paired_blocks` walks the same parameter of two checkpoints block by block, so that callers
-(`pacbayes.kl.checkpoint_kl`, `storage_report`) hold about one block in memory whatever the
+(`pacbayes.posterior.kl.checkpoint_kl`, `storage_report`) hold about one block in memory whatever the
 model size.
 """
 
@@ -18,16 +18,16 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from pacbayes.models.checkpoint import load_config
-from pacbayes.models.config import ModelConfig
-from pacbayes.models.params import classify_tensors, embedding_name, hf_shapes
-from pacbayes.tensorio import (
+from pacbayes.core.tensorio import (
   CONFIG_FILE,
   CheckpointError,
   SafetensorsFolder,
   is_float_dtype,
   row_blocks,
 )
+from pacbayes.models.checkpoint import load_config
+from pacbayes.models.config import ModelConfig
+from pacbayes.models.params import classify_tensors, embedding_name, hf_shapes
 
 __all__ = [
   "BLOCK_ELEMS",

@@ -1,0 +1,53 @@
+"""The certificate: one route from (risk, KL, delta plan, shift terms) to a `Certificate`, its JSON schema."""
+
+from pacbayes.certificate.core import (
+    G_EXT_KINDS as G_EXT_KINDS,
+)
+from pacbayes.certificate.core import (
+    METHODS as METHODS,
+)
+from pacbayes.certificate.core import (
+    SCHEMA as SCHEMA,
+)
+from pacbayes.certificate.core import (
+    SCHEMA_V1 as SCHEMA_V1,
+)
+from pacbayes.certificate.core import (
+    Certificate as Certificate,
+)
+from pacbayes.certificate.core import (
+    certify as certify,
+)
+from pacbayes.certificate.schema import (
+    FIELD_TYPES as FIELD_TYPES,
+)
+from pacbayes.certificate.schema import (
+    V1_KEYS as V1_KEYS,
+)
+from pacbayes.certificate.schema import (
+    check_report as check_report,
+)
+from pacbayes.certificate.schema import (
+    convert_v1 as convert_v1,
+)
+from pacbayes.certificate.schema import (
+    render_table as render_table,
+)
+from pacbayes.certificate.shift import (
+    certify_with_shift as certify_with_shift,
+)
+
+__all__ = [
+    "Certificate",
+    "FIELD_TYPES",
+    "G_EXT_KINDS",
+    "METHODS",
+    "SCHEMA",
+    "SCHEMA_V1",
+    "V1_KEYS",
+    "certify",
+    "certify_with_shift",
+    "check_report",
+    "convert_v1",
+    "render_table",
+]

@@ -1,0 +1,107 @@
+"""``pacbayes plot``: figures from a lab results file or from bound reports."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from pacbayes.cli.common import CommandError, check_input_file, check_output_path
+
+# The report keys `plots.report_terms` draws; each must be a finite number.
+REPORT_TERMS = ("emp_risk", "epsilon", "g_gen", "g_ext", "bound")
+
+
+def add_parser(sub) -> None:
+  p = sub.add_parser("plot", help="figures from results files")
+  p.add_argument("results", nargs="+", help="a lab results.json, or bound reports")
+  p.add_argument("--out", required=True, help="image path (.png, .pdf, .svg, ...)")
+  p.add_argument("--kind", help="lab results: a figure of pacbayes.study.plots.LAB_FIGURES (default "
+                 "the first); bound reports: terms (the default)")
+  p.add_argument("--base", default="base")
+  p.add_argument("--method", default="sft")
+  p.set_defaults(func=run)
+
+
+def check_image_path(path: str, flag: str = "--out") -> None:
+  """Refuses an image path whose extension matplotlib cannot write, naming the formats."""
+  from matplotlib.figure import Figure
+
+  formats = Figure().canvas.get_supported_filetypes()
+  ext = os.path.splitext(path)[1].lstrip(".").lower()
+  if ext not in formats:
+    raise CommandError(f"{flag} {path}: unknown image type {('.' + ext) if ext else '(none)'}; "
+                       f"use one of {', '.join('.' + e for e in sorted(formats))}")
+
+
+def check_text_file(path: str) -> None:
+  """Refuses a results file that is not UTF-8 text (a binary file), naming it."""
+  with open(path, "rb") as f:
+    head = f.read(1 << 16)
+  try:
+    head.decode("utf-8")
+  except UnicodeDecodeError as e:
+    if e.start < len(head) - 4:  # Not merely a character cut at the end of the sample.
+      raise CommandError(f"{path}: not UTF-8 text (byte {e.start}); expected a JSON results "
+                         "file or bound report") from None
+  if b"\x00" in head:
+    raise CommandError(f"{path}: holds NUL bytes (a binary file?); expected JSON")
+
+
+def check_bound_report(report: dict, path: str) -> None:
+  """Refuses a bound report with a plotted key missing or not a finite number.
+
+  A report that names its ``schema`` (as `pacbayes bound` writes it) is then read through
+  `pacbayes.certificate.core.Certificate.from_dict`, the one definition of a report, so every
+  other key is checked too; a hand-made report needs only the plotted keys.
+
+  Raises:
+    CommandError / ValueError: naming the file and the key.
+  """
+  from pacbayes.certificate.core import Certificate
+
+  for key in REPORT_TERMS:
+    if key not in report:
+      raise CommandError(f"{path}: the bound report lacks the key {key!r}")
+    value = report[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+      raise CommandError(f"{path}: key {key!r} must be a finite number, got {value!r}")
+  if "schema" in report:  # Written by `pacbayes bound`: every key must be as it writes it.
+    Certificate.from_dict({k: v for k, v in report.items() if k != "_path"}, source=path)
+
+
+def run(args) -> int:
+  from pacbayes.study import plots
+
+  check_output_path(args.out, "--out", inputs=args.results)
+  check_image_path(args.out)
+  for path in args.results:
+    check_input_file(path, "results")
+    check_text_file(path)
+  loaded = [plots.load_results(p) for p in args.results]
+  lab = [r for r in loaded if plots.is_lab_results(r)]
+  lab_kinds = list(plots.LAB_FIGURES)
+  if lab and len(loaded) > 1:
+    raise CommandError("plot takes one lab results file, or several bound reports")
+  if lab:
+    kind = args.kind or lab_kinds[0]
+    if kind not in lab_kinds:
+      raise CommandError(f"--kind {kind}: lab results take {', '.join(lab_kinds)}")
+  else:
+    if args.kind not in (None, "terms"):
+      raise CommandError(f"--kind {args.kind}: bound reports take terms; "
+                         f"{', '.join(lab_kinds)} need a lab results file")
+    kind = "terms"
+    for report, path in zip(loaded, args.results, strict=True):
+      check_bound_report(report, path)
+  try:
+    if lab:
+      fig = plots.LAB_FIGURES[kind](lab[0], base=args.base, method=args.method)
+    else:
+      fig = plots.report_terms(loaded)
+  except KeyError as e:  # A key the validation above or in plots.load_results did not cover.
+    raise CommandError(f"{args.results[0]}: --kind {kind}: missing key {e.args[0]!r}") from None
+  except (TypeError, IndexError, AttributeError) as e:
+    raise CommandError(f"{args.results[0]}: --kind {kind}: malformed results ({e})") from None
+  plots.save_figure(fig, args.out)
+  print(f"figure written to {args.out}")
+  return 0

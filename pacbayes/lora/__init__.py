@@ -1,0 +1,2 @@
+"""LoRA adapters: PEFT-compatible read/write, merge, and the LoRA parameter space."""
+

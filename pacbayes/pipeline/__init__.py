@@ -1,0 +1,2 @@
+"""`pacbayes bound`: loading checkpoints and data, then the one certificate route."""
+

@@ -1,0 +1,316 @@
+"""Gaussian posterior draws over parameter pytrees: masks, sigmas, noise, data batches.
+
+The pieces shared by the Monte-Carlo risk (`pacbayes.posterior.montecarlo`), the sigma choice
+(`pacbayes.posterior.sigma`) and the posterior fit (`pacbayes.posterior.fit`). Everything is generic over
+a parameter pytree and a bounded loss
+
+    loss_fn(params, batch: dict[str, Array]) -> per-example losses [B] in [0, 1],
+
+where `batch` holds the data arrays of B rows plus `batch['weight']` [B] (1 for a real row,
+0 for padding; padding rows are ignored whatever the loss says). Data sets are mappings from
+names to NumPy arrays sharing a leading axis of length n.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+LossFn = Callable[[Any, dict[str, jax.Array]], jax.Array]
+# Host-side tolerance when checking that a loss lies in [0, 1] (float32 round-off).
+RANGE_TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- paths, masks
+
+
+def _key_name(entry: Any) -> str | None:
+  if isinstance(entry, jax.tree_util.DictKey):
+    return str(entry.key)
+  if isinstance(entry, jax.tree_util.SequenceKey):
+    return str(entry.idx)
+  if isinstance(entry, jax.tree_util.GetAttrKey):
+    # nnx.Variable leaves end in `.value`; the variable's own name is the useful part.
+    return None if entry.name == "value" else entry.name
+  if isinstance(entry, jax.tree_util.FlattenedIndexKey):
+    return str(entry.key)
+  return str(entry)
+
+
+def leaf_paths(params: Any) -> list[str]:
+  """'/'-joined names of the leaves of `params`, in `jax.tree.leaves` order.
+
+  Example: an `nnx.State` leaf `layers -> 0 -> attn -> q_proj -> kernel -> .value` is named
+  'layers/0/attn/q_proj/kernel'.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  names = []
+  for path, _ in flat:
+    names.append("/".join(n for n in (_key_name(e) for e in path) if n is not None))
+  return names
+
+
+def _patterns(arg: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
+  if arg is None:
+    return None
+  if isinstance(arg, str):
+    return (arg,)
+  out = tuple(arg)
+  if not all(isinstance(p, str) and p for p in out):
+    raise ValueError(f"{name}: expected glob pattern strings, got {arg!r}")
+  return out
+
+
+def perturbation_mask(
+    params: Any,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+) -> Any:
+  """Pytree of Python bools: which leaves the posterior perturbs.
+
+  Patterns are `fnmatch` globs matched against the '/'-joined leaf path (see `leaf_paths`);
+  `*` also matches '/', so '*norm*' selects every norm scale at any depth. A leaf is
+  perturbed when it has a floating dtype, matches some `include` pattern (all leaves when
+  `include` is None) and matches no `exclude` pattern.
+
+  Args:
+    params: parameter pytree.
+    include: pattern or patterns to keep; each must match at least one leaf.
+    exclude: pattern or patterns to drop (patterns that match nothing are allowed).
+
+  Returns:
+    A pytree with the structure of `params` and bool leaves.
+
+  Raises:
+    ValueError: an include pattern matches no leaf, or nothing is left to perturb.
+  """
+  include = _patterns(include, "include")
+  exclude = _patterns(exclude, "exclude")
+  leaves, treedef = jax.tree.flatten(params)
+  names = leaf_paths(params)
+  if include is not None:
+    for pat in include:
+      if not any(fnmatch.fnmatchcase(nm, pat) for nm in names):
+        raise ValueError(
+            f"include: pattern {pat!r} matches no parameter; names look like {names[:3]}")
+  keep = []
+  for leaf, nm in zip(leaves, names, strict=True):
+    ok = jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ok = ok and (include is None or any(fnmatch.fnmatchcase(nm, p) for p in include))
+    ok = ok and not (exclude is not None and any(fnmatch.fnmatchcase(nm, p) for p in exclude))
+    keep.append(bool(ok))
+  if not any(keep):
+    raise ValueError(
+        f"include={include!r}, exclude={exclude!r}: no floating-point parameter is left to "
+        "perturb")
+  return jax.tree.unflatten(treedef, keep)
+
+
+def mask_leaves(mask: Any, params: Any) -> tuple[bool, ...]:
+  """The mask as a tuple of bools in `jax.tree.leaves(params)` order.
+
+  Args:
+    mask: pytree of bools like `params` (from `perturbation_mask`), or None for every
+      floating-point leaf.
+    params: parameter pytree.
+
+  Raises:
+    ValueError: the mask does not have one leaf per parameter leaf.
+  """
+  leaves = jax.tree.leaves(params)
+  if mask is None:
+    return tuple(bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact)) for x in leaves)
+  m_leaves, m_def = jax.tree.flatten(mask)
+  if len(m_leaves) != len(leaves):
+    raise ValueError(
+        f"mask: expected a pytree of bools with {len(leaves)} leaves like params, got "
+        f"{len(m_leaves)} leaves ({m_def})")
+  return tuple(bool(m) for m in m_leaves)
+
+
+def count_perturbed(params: Any, mask: Any = None) -> int:
+  """Number of perturbed parameters d (elements of the masked leaves)."""
+  mask_t = mask_leaves(mask, params)
+  return int(sum(int(np.size(x)) for x, m in zip(jax.tree.leaves(params), mask_t, strict=True)
+                 if m))
+
+
+def sq_distance(params: Any, prior_params: Any, mask: Any = None) -> float:
+  """||params - prior_params||^2 over the masked leaves, accumulated in float64.
+
+  Raises:
+    ValueError: the two pytrees differ in structure or leaf shapes.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  p_leaves, p_def = jax.tree.flatten(prior_params)
+  if p_def != treedef or any(
+      np.shape(a) != np.shape(b) for a, b in zip(leaves, p_leaves, strict=True)):
+    raise ValueError("prior_params: expected the same structure and shapes as params")
+  total = 0.0
+  for a, b, m in zip(leaves, p_leaves, mask_leaves(mask, params), strict=True):
+    if m:
+      diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+      total += float(np.dot(diff.ravel(), diff.ravel()))
+  return total
+
+
+# ------------------------------------------------------------------------------ sigma, noise
+
+
+def sigma_leaves(sigma: Any, params: Any, mask: tuple[bool, ...]) -> list[jax.Array]:
+  """One float array per leaf (scalar or the leaf's shape), checked to be positive.
+
+  Args:
+    sigma: positive scalar (isotropic) or a pytree like `params` (diagonal).
+    params: parameter pytree.
+    mask: tuple from `mask_leaves`; unmasked leaves are not checked.
+
+  Raises:
+    ValueError: sigma is not finite and > 0, or a leaf does not broadcast.
+  """
+  leaves = jax.tree.leaves(params)
+  if jax.tree_util.treedef_is_leaf(jax.tree.structure(sigma)) and np.ndim(sigma) == 0:
+    value = float(sigma)
+    if not (math.isfinite(value) and value > 0):
+      raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r}")
+    return [jnp.asarray(value, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+            for _ in leaves]
+  s_leaves, s_def = jax.tree.flatten(sigma)
+  if s_def.num_leaves != len(leaves):
+    raise ValueError(
+        f"sigma: expected a scalar or a pytree like params ({len(leaves)} leaves), got "
+        f"{s_def.num_leaves} leaves")
+  out = []
+  for i, (s, x, m) in enumerate(zip(s_leaves, leaves, mask, strict=True)):
+    s = jnp.asarray(s)
+    if not m:
+      out.append(s)
+      continue
+    try:
+      np.broadcast_shapes(s.shape, np.shape(x))
+    except ValueError as err:
+      raise ValueError(
+          f"sigma: leaf {i} has shape {s.shape}, not broadcastable to the parameter shape "
+          f"{np.shape(x)}") from err
+    if not bool(jnp.all(jnp.isfinite(s) & (s > 0))):
+      raise ValueError(f"sigma: leaf {i} has values that are not finite and > 0")
+    out.append(s)
+  return out
+
+
+def perturb_leaf(key: jax.Array, x: jax.Array, sigma: jax.Array) -> jax.Array:
+  """x + sigma * eps for one leaf, eps ~ N(0, I) drawn from `key` in max(x.dtype, float32),
+  the sum rounded to x.dtype (see `sample_posterior`)."""
+  x = jnp.asarray(x)
+  dt = jnp.promote_types(x.dtype, jnp.float32)
+  eps = jax.random.normal(key, x.shape, dt)
+  s = jnp.asarray(sigma).astype(dt)
+  if s.ndim and s.shape != x.shape:
+    s = jnp.broadcast_to(s, x.shape)
+  return (x.astype(dt) + s * eps).astype(x.dtype)
+
+
+def leaf_keys(key: jax.Array, leaves: Sequence[Any]) -> list[jax.Array]:
+  """One key per leaf (`optax.tree.split_key_like`), in leaf order."""
+  return jax.tree.leaves(optax.tree.split_key_like(key, list(leaves)))
+
+
+def perturb_leaves(
+    key: jax.Array, leaves: Sequence[jax.Array], sigmas: Sequence[jax.Array],
+    mask: Sequence[bool]) -> list[jax.Array]:
+  """theta_i = w_i + sigma_i * eps_i on masked leaves, eps_i ~ N(0, I) from one key per leaf.
+
+  Noise is drawn in max(leaf dtype, float32) and the sum rounded to the leaf's dtype (see
+  `sample_posterior`). Traceable: call it inside `jax.jit` so that the noise never leaves
+  the device.
+  """
+  keys = leaf_keys(key, leaves)
+  return [perturb_leaf(k, x, s) if m else x
+          for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True)]
+
+
+def sample_posterior(key: jax.Array, params: Any, sigma: Any, *, mask: Any = None) -> Any:
+  """One draw theta ~ N(params, diag(sigma^2)) on the masked leaves.
+
+  Noise is drawn in the leaf's dtype, or in float32 for bfloat16/float16 leaves, then the
+  sum is rounded to the leaf's dtype. The bound then concerns the loss of the rounded
+  draw, a deterministic function of theta, so it stays exact for low-precision models.
+
+  Args:
+    key: a JAX PRNG key; each leaf gets its own subkey (`optax.tree.split_key_like`).
+    params: posterior mean (a parameter pytree).
+    sigma: positive scalar (isotropic) or a pytree like `params` whose leaves broadcast
+      to the parameter shapes (diagonal).
+    mask: pytree of bools from `perturbation_mask`; default all floating leaves.
+
+  Returns:
+    A pytree like `params`; unmasked leaves are returned unchanged.
+  """
+  mask_t = mask_leaves(mask, params)
+  leaves, treedef = jax.tree.flatten(params)
+  sig = sigma_leaves(sigma, params, mask_t)
+  return jax.tree.unflatten(treedef, perturb_leaves(key, leaves, sig, mask_t))
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def check_data(data: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+  """NumPy views of a data mapping and its row count n.
+
+  Raises:
+    ValueError: not a non-empty mapping, the reserved key 'weight', arrays of different
+      lengths, or 0 rows.
+  """
+  if not isinstance(data, Mapping) or not data:
+    raise ValueError("data: expected a non-empty mapping from names to arrays")
+  if "weight" in data:
+    raise ValueError("data: the key 'weight' is reserved for padding weights")
+  arrays = {k: np.asarray(v) for k, v in data.items()}
+  sizes = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
+  n = next(iter(sizes.values()))
+  if any(s != n for s in sizes.values()) or n is None:
+    raise ValueError(f"data: arrays must share a leading axis, got lengths {sizes}")
+  if n == 0:
+    raise ValueError("data: the data set is empty (0 rows)")
+  return arrays, int(n)
+
+
+def positive_int(value: Any, name: str) -> int:
+  """`value` as an int, or ValueError naming `name` unless it is an integer >= 1."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+  return int(value)
+
+
+def gather(arrays: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+  """Rows `idx` (any shape; -1 = padding) of every array, plus the 0/1 float32 `weight`."""
+  safe = np.maximum(idx, 0)
+  batch = {k: v[safe] for k, v in arrays.items()}
+  batch["weight"] = (idx >= 0).astype(np.float32)
+  return batch
+
+
+def check_range(losses: np.ndarray, weight: np.ndarray) -> None:
+  """ValueError unless every real (weight > 0) loss is finite and in [0, 1] (+-RANGE_TOL)."""
+  real = losses[weight > 0]
+  if real.size and not (np.all(np.isfinite(real)) and real.min() >= -RANGE_TOL
+                        and real.max() <= 1 + RANGE_TOL):
+    raise ValueError(
+        f"loss_fn: per-example losses must lie in [0, 1], got values in "
+        f"[{np.nanmin(real):.6g}, {np.nanmax(real):.6g}] (nan present: {np.isnan(real).any()})")
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "ex"):
+  """A tqdm bar that stays in the log when done (leave=True); a no-op when not enabled."""
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled,
+              dynamic_ncols=True, leave=True, mininterval=1.0)

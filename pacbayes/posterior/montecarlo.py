@@ -1,0 +1,427 @@
+"""Monte-Carlo risk E_Q[R_S] under a Gaussian posterior, with bounded memory.
+
+Randomness: the draw with index m uses `jax.random.fold_in(key_draws, m)` and within a draw
+each leaf gets its own key (`pacbayes.posterior.draws.perturb_leaves`). The noise is made on the
+device inside the compiled step, so no weight-sized array crosses the host, at most
+`draws_per_step` perturbed copies exist at a time, and the numbers do not depend on how
+many devices share the work or how draws are grouped into steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from pacbayes.core import sharding as shd
+from pacbayes.posterior.draws import (
+    LossFn,
+    check_data,
+    check_range,
+    gather,
+    leaf_keys,
+    mask_leaves,
+    perturb_leaf,
+    perturb_leaves,
+    positive_int,
+    progress_bar,
+    sigma_leaves,
+)
+
+SCHEMES = ("chunk", "passes")
+
+
+# -------------------------------------------------------------------------- compiled steps
+
+
+def _hashable(x: Any) -> bool:
+  try:
+    hash(x)
+    return True
+  except TypeError:
+    return False
+
+
+def _draw_step_impl(loss_fn: LossFn, treedef: Any, mask: tuple[bool, ...], shared_batch: bool):
+  def one_draw(leaves, sigmas, key, index, batch):
+    draw_key = jax.random.fold_in(key, index)
+    theta = jax.tree.unflatten(treedef, perturb_leaves(draw_key, leaves, sigmas, mask))
+    losses = loss_fn(theta, batch)
+    return jnp.reshape(losses, (batch["weight"].shape[0],))
+
+  in_axes = (None, None, None, 0, None if shared_batch else 0)
+  return jax.jit(jax.vmap(one_draw, in_axes=in_axes))
+
+
+_draw_step_cached = functools.lru_cache(maxsize=64)(_draw_step_impl)
+
+
+def draw_step(loss_fn: LossFn, treedef: Any, mask: tuple[bool, ...], shared_batch: bool):
+  """Compiled `(leaves, sigmas, key, draw_indices [G], batch) -> losses [G, B]`.
+
+  `jax.jit(jax.vmap(...))` over G draws of: perturb the masked leaves with the key
+  `fold_in(key, index)`, then `loss_fn`. With `shared_batch` every draw sees the same batch
+  [B, ...]; otherwise batch arrays are [G, B, ...]. Cached on (loss_fn, treedef, mask,
+  shared_batch) when they are hashable, so repeated calls reuse the compiled program.
+  """
+  if _hashable(loss_fn) and _hashable(treedef):
+    return _draw_step_cached(loss_fn, treedef, mask, shared_batch)
+  return _draw_step_impl(loss_fn, treedef, mask, shared_batch)
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_step(loss_fn: LossFn):
+  return jax.jit(lambda params, batch: jnp.reshape(
+      loss_fn(params, batch), (batch["weight"].shape[0],)))
+
+
+def plain_step(loss_fn: LossFn):
+  """Compiled `(params, batch) -> losses [B]` without perturbation (cached when hashable)."""
+  return _plain_step(loss_fn) if _hashable(loss_fn) else _plain_step.__wrapped__(loss_fn)
+
+
+_perturb_leaf_jit = jax.jit(perturb_leaf)
+
+
+def perturbed_copy(key: jax.Array, index: int, leaves: list, sigmas: list,
+                   mask: tuple[bool, ...]) -> list:
+  """Leaves of draw `index` (key fold_in(key, index)), made one leaf at a time.
+
+  The same numbers as the draw made inside `draw_step`; only one leaf's noise exists at a
+  time beside the finished copy, and each leaf shape compiles once.
+  """
+  keys = leaf_keys(jax.random.fold_in(key, index), leaves)
+  return [_perturb_leaf_jit(k, x, s) if m else x
+          for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True)]
+
+
+# ------------------------------------------------------------------------------ MC risk
+
+
+@dataclasses.dataclass(frozen=True)
+class MCRisk:
+  """Monte-Carlo estimate of E_Q[R_S].
+
+  Attributes:
+    mean: the estimate (average of `draws`).
+    draws: [M] float64, the independent [0, 1] variables whose average is `mean` (one per
+      posterior draw: a full-pass risk, or a chunk mean); draws[m] = mean(slot_losses[m]).
+    num_samples: M, to pass to `pacbayes.bounds.pac.mc_sample_bound` / the certificate.
+    scheme: "chunk" or "passes".
+    num_examples: n = |S|.
+    slot_losses: [M, K] float64, the loss of each scored slot under draw m (chunk: K = C,
+      the chunk size, fillers included; passes: K = n).
+    slot_rows: [M, K] int64, the row of S scored in each slot (chunk: row m*C + k, or for
+      the last chunk's fillers the uniformly drawn row; passes: arange(n) in every row).
+    chunk_size: examples per draw in the chunk scheme (None for "passes").
+    num_fillers: rows drawn uniformly from S to complete the last chunk (chunk scheme).
+    draws_per_step: draws evaluated together per compiled step (memory: that many
+      perturbed copies at most).
+    unperturbed: R_S at the posterior mean, when asked for.
+    seconds: wall time of the estimate.
+  """
+
+  mean: float
+  draws: np.ndarray
+  num_samples: int
+  scheme: str
+  num_examples: int
+  slot_losses: np.ndarray
+  slot_rows: np.ndarray
+  chunk_size: int | None = None
+  num_fillers: int = 0
+  draws_per_step: int = 1
+  unperturbed: float | None = None
+  seconds: float = 0.0
+
+  def upper(self, delta: float) -> float:
+    """kl-inverse upper confidence bound on E_Q[R_S] at level 1 - delta."""
+    from pacbayes.bounds import pac as bounds
+
+    return float(bounds.mc_sample_bound(self.mean, self.num_samples, delta))
+
+
+def _slots(scheme: str, n: int, num_draws: int | None, chunk_size: int | None,
+           key_fill: jax.Array) -> tuple[np.ndarray, int, int | None]:
+  """(slot_rows [M, K], fillers, chunk size) for a scheme; see `mc_risk`."""
+  if scheme == "passes":
+    if num_draws is None:
+      raise ValueError("num_draws: required for scheme='passes'")
+    m_total = positive_int(num_draws, "num_draws")
+    if chunk_size is not None:
+      raise ValueError("chunk_size: applies to scheme='chunk' only, not 'passes'")
+    return np.tile(np.arange(n, dtype=np.int64), (m_total, 1)), 0, None
+  if chunk_size is None:
+    if num_draws is None:
+      raise ValueError("chunk_size: required for scheme='chunk' (or give num_draws)")
+    chunk_size = math.ceil(n / positive_int(num_draws, "num_draws"))
+  elif num_draws is not None:
+    raise ValueError("num_draws, chunk_size: give one of them for scheme='chunk' "
+                     "(num_draws only sets chunk_size = ceil(n / num_draws))")
+  csize = positive_int(chunk_size, "chunk_size")
+  if csize > n:
+    raise ValueError(f"chunk_size: {csize} exceeds the number of examples n={n}")
+  m_total = math.ceil(n / csize)
+  fillers = m_total * csize - n
+  fill_idx = (np.asarray(jax.random.randint(key_fill, (fillers,), 0, n), np.int64) if fillers
+              else np.zeros((0,), np.int64))
+  rows = np.concatenate([np.arange(n, dtype=np.int64), fill_idx]).reshape(m_total, csize)
+  return rows, fillers, csize
+
+
+def draws_per_step_for_memory(
+    loss_fn: LossFn, params: Any, batch: Mapping[str, Any], max_memory: int, num_draws: int,
+    mask: Any = None) -> int:
+  """Largest G <= num_draws whose estimated memory fits `max_memory` bytes.
+
+  The estimate comes from XLA's own accounting of the unperturbed step on one batch
+  (`Compiled.memory_analysis()`): `base` = argument bytes (parameters and batch), and each
+  draw in flight adds one perturbed copy of the masked leaves plus the step's temporaries
+  and outputs (its activations); G draws are taken to need base + G * per_draw. It is an
+  estimate of device memory, not a guarantee (the host process adds its own overhead).
+
+  Args:
+    loss_fn: the loss.
+    params: the posterior mean.
+    batch: one batch of rows as the step sees it (with 'weight').
+    max_memory: budget in bytes.
+    num_draws: M (G never exceeds it).
+    mask: perturbation mask (default all floating leaves).
+
+  Raises:
+    ValueError: `max_memory` is below base + per_draw (even one draw does not fit).
+  """
+  stats = plain_step(loss_fn).lower(params, batch).compile().memory_analysis()
+  base = int(stats.argument_size_in_bytes)
+  copy = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize
+             for x, m in zip(jax.tree.leaves(params), mask_leaves(mask, params), strict=True)
+             if m)
+  per_draw = max(1, copy + int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes))
+  if max_memory < base + per_draw:
+    raise ValueError(
+        f"max_memory: {max_memory} bytes is below the estimated need of one draw "
+        f"({base} bytes of parameters and batch + {per_draw} bytes per draw)")
+  return max(1, min(num_draws, (max_memory - base) // per_draw))
+
+
+def mc_risk(
+    loss_fn: LossFn,
+    params: Any,
+    data: Mapping[str, Any],
+    *,
+    key: jax.Array,
+    sigma: Any,
+    scheme: str = "chunk",
+    num_draws: int | None = None,
+    chunk_size: int | None = None,
+    batch_size: int = 32,
+    draws_per_step: int | None = None,
+    max_memory: int | None = None,
+    mask: Any = None,
+    mesh: Mesh | None = None,
+    unperturbed: bool = False,
+    progress: bool = False,
+    desc: str | None = None,
+) -> MCRisk:
+  r"""Monte-Carlo estimate of E_{theta~Q}[R_S(theta)] for Q = N(params, diag(sigma^2)).
+
+  Two schemes give M independent [0, 1] variables X_1..X_M whose average means are
+  exactly E_Q[R_S], so that `kl_inv_upper(mean X, ln(1/delta)/M)` bounds E_Q[R_S]
+  (Langford & Caruana 2001):
+
+  * "passes": X_m = R_S(theta_m), a full pass over S per draw; M = `num_draws`. The X_m
+    are i.i.d. with mean E_Q[R_S].
+  * "chunk": S is cut, in its given order, into M = ceil(n / C) chunks of exactly
+    C = `chunk_size` rows and chunk j is scored under its own draw theta_j;
+    X_j = mean loss of chunk j. When C does not divide n, the r = M*C - n missing rows of
+    the last chunk are indices drawn uniformly at random from S (independently of
+    everything else). Then E[X_j] = R_{chunk j}(Q) (for the last chunk the fillers add
+    r * R_S(Q) to its sum in expectation), so (1/M) sum_j E[X_j] = (n R_S(Q) + r R_S(Q)) /
+    (M C) = E_Q[R_S] exactly. The X_j are independent (fresh theta_j and fillers per chunk)
+    but not identically distributed. The kl-Chernoff bound still holds for them: for
+    X_j in [0, 1], convexity gives E exp(l X_j) <= 1 - mu_j + mu_j e^l, and concavity of
+    log(1 - mu + mu e^l) in mu gives prod_j (...) <= (1 - mu + mu e^l)^M with mu the
+    average mean (Hoeffding 1963, Thm 1 and its proof; Maurer 2004 uses the same step),
+    which is the moment generating function bound of M i.i.d. Bernoulli(mu) variables.
+    Equal chunk sizes matter: unequal chunks would average means with the wrong weights.
+    This scheme costs one pass over S (plus r < C rows) for M = ceil(n / C) draws.
+
+  Exactly the M draws asked for are computed. Memory and time:
+  * `draws_per_step` = 1 (default): draws one after another. Each draw's perturbed copy is
+    made once, one leaf at a time (`perturbed_copy`), and every batch of that draw runs the
+    same compiled program as the unperturbed pass (`plain_step`): memory is the mean, one
+    perturbed copy and one batch of activations, whatever M; the extra time is the noise,
+    once per draw.
+  * G > 1: draws go in groups of G through one `jax.jit(jax.vmap(...))` step that makes its
+    G draws' noise inside the step (the last group is smaller when G does not divide M; it
+    compiles once more): up to G perturbed copies and G batches of activations; in
+    "passes", and in "chunk" when C > `batch_size`, a draw's noise is made again in each of
+    its steps.
+  Draw m always uses fold_in(key_draws, m), whatever the grouping or the mesh, so the
+  result is the same on one device or many and for any G.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> [B]` losses in [0, 1] (checked on the host).
+    params: posterior mean pytree.
+    data: mapping of NumPy arrays with a shared leading axis (n rows).
+    key: PRNG key; split into (draw key, filler key).
+    sigma: positive scalar or pytree like params (diagonal posterior).
+    scheme: "chunk" or "passes".
+    num_draws: M for "passes"; for "chunk", an alternative to `chunk_size` that sets
+      chunk_size = ceil(n / num_draws) (giving both is an error).
+    chunk_size: rows per draw for "chunk" (an error for "passes").
+    batch_size: rows per forward pass per draw (in "chunk", min(batch_size, chunk_size)).
+    draws_per_step: draws evaluated in parallel (vmap) per compiled step; default 1, or
+      chosen from `max_memory`.
+    max_memory: memory budget in bytes for one step; sets `draws_per_step` by
+      `draws_per_step_for_memory` (give one of the two).
+    mask: pytree of bools (`perturbation_mask`); default all floating leaves.
+    mesh: optional ('data', 'fsdp') mesh: draws (or rows) along 'data', params on 'fsdp'.
+    unperturbed: also compute R_S at `params` (one extra pass).
+    progress: show a tqdm bar (examples scored, examples/s), left in the log when done.
+    desc: label of the bar (default "MC risk (scheme, M=...)").
+
+  Returns:
+    An `MCRisk`.
+
+  Raises:
+    ValueError: bad scheme, sizes, sigma, data, a loss outside [0, 1], options that do not
+      apply to the scheme, or a `max_memory` too small for one draw.
+
+  References:
+    Langford & Caruana, "(Not) Bounding the True Error", NeurIPS 2001.
+    Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963.
+    Maurer, "A note on the PAC Bayesian theorem", arXiv cs/0411099, 2004.
+  """
+  if scheme not in SCHEMES:
+    raise ValueError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
+  arrays, n = check_data(data)
+  batch_size = positive_int(batch_size, "batch_size")
+  if draws_per_step is not None and max_memory is not None:
+    raise ValueError("draws_per_step, max_memory: give one of them, not both")
+  if max_memory is not None:
+    max_memory = positive_int(max_memory, "max_memory")
+  mask_t = mask_leaves(mask, params)
+  leaves, treedef = jax.tree.flatten(params)
+  sigmas = sigma_leaves(sigma, params, mask_t)
+  key_draws, key_fill = jax.random.split(key)
+  start = time.perf_counter()
+  slot_rows, fillers, csize = _slots(scheme, n, num_draws, chunk_size, key_fill)
+  m_total, k_slots = slot_rows.shape
+  shared = scheme == "passes"
+  b = batch_size if shared else min(batch_size, k_slots)
+  steps = math.ceil(k_slots / b)
+  cols = np.full((m_total, steps * b), -1, np.int64)
+  cols[:, :k_slots] = slot_rows
+
+  leaves = shd.shard_params(leaves, mesh)
+  sigmas = [shd.put(s, mesh, shd.param_spec(s.shape, mesh)) if mesh is not None else s
+            for s in sigmas]
+  key_dev = shd.put(key_draws, mesh) if mesh is not None else key_draws
+
+  def run(first: int, group: int, s: int):
+    """Step s (batch of columns) for draws first..first+group-1: (device losses, weight)."""
+    draw_idx = np.arange(first, first + group, dtype=np.int32)
+    draw_spec = shd.leading_axis_spec((group,), mesh)
+    idx_dev = shd.put(draw_idx, mesh, draw_spec) if mesh is not None else draw_idx
+    rows = cols[first:first + group, s * b:(s + 1) * b]
+    batch = gather(arrays, rows[0] if shared else rows)
+    if mesh is not None:
+      axes = (() if draw_spec != P() else (0,)) if shared else (
+          (0,) if draw_spec != P() else (1,))
+      batch = shd.shard_batch(batch, mesh, axes)
+    return (key_dev, idx_dev, batch), rows
+
+  if max_memory is not None:
+    draws_per_step = draws_per_step_for_memory(
+        loss_fn, jax.tree.unflatten(treedef, leaves), gather(arrays, cols[0, :b]), max_memory,
+        m_total, mask)
+  group = positive_int(1 if draws_per_step is None else draws_per_step, "draws_per_step")
+  group = min(group, m_total)
+
+  slot_losses = np.zeros((m_total, steps * b), np.float64)
+  label = desc or f"MC risk ({scheme}, M={m_total})"
+  bar = progress_bar(m_total * k_slots, label, progress)
+
+  def collect(first: int, pending: list) -> None:
+    for s, out, rows in pending:
+      losses = shd.to_host(out).astype(np.float64).reshape(-1, b)
+      weight = (rows >= 0).astype(np.float64).reshape(-1, b)
+      check_range(losses, weight)
+      slot_losses[first:first + losses.shape[0], s * b:(s + 1) * b] = losses * weight
+      bar.update(int(weight.sum()))
+
+  if group == 1:
+    # One perturbed copy at a time, made once per draw and reused by all its batches.
+    pstep = plain_step(loss_fn)
+    for m in range(m_total):
+      theta = jax.tree.unflatten(treedef, perturbed_copy(key_dev, m, leaves, sigmas, mask_t))
+      pending = []
+      for s in range(steps):
+        rows = cols[m, s * b:(s + 1) * b]
+        batch = gather(arrays, rows)
+        if mesh is not None:
+          batch = shd.shard_batch(batch, mesh)
+        pending.append((s, pstep(theta, batch), rows))
+      collect(m, pending)
+      del theta
+  else:
+    step = draw_step(loss_fn, treedef, mask_t, shared)
+    for first in range(0, m_total, group):
+      g = min(group, m_total - first)
+      pending = []
+      for s in range(steps):
+        args, rows = run(first, g, s)
+        pending.append((s, step(leaves, sigmas, *args), rows))
+      collect(first, pending)
+  bar.close()
+
+  slot_losses = slot_losses[:, :k_slots]
+  draws = slot_losses.mean(axis=1)
+  base = None
+  if unperturbed:
+    base = empirical_risk(loss_fn, params, arrays, batch_size=batch_size, mesh=mesh)
+  return MCRisk(
+      mean=float(draws.mean()), draws=draws, num_samples=m_total, scheme=scheme,
+      num_examples=n, slot_losses=slot_losses, slot_rows=slot_rows, chunk_size=csize,
+      num_fillers=fillers, draws_per_step=group, unperturbed=base,
+      seconds=time.perf_counter() - start)
+
+
+def empirical_risk(
+    loss_fn: LossFn, params: Any, data: Mapping[str, Any], *, batch_size: int = 32,
+    mesh: Mesh | None = None, progress: bool = False) -> float:
+  """R_S(params): mean loss over the data set, no perturbation (float64 accumulation).
+
+  Raises:
+    ValueError: bad data or batch size, or a loss outside [0, 1].
+  """
+  arrays, n = check_data(data)
+  b = positive_int(batch_size, "batch_size")
+  step = plain_step(loss_fn)
+  params = shd.shard_params(params, mesh)
+  total = 0.0
+  pending = []
+  for j in range(math.ceil(n / b)):
+    idx = np.arange(j * b, (j + 1) * b)
+    idx[idx >= n] = -1
+    batch = gather(arrays, idx)
+    dev = shd.shard_batch(batch, mesh) if mesh is not None else batch
+    pending.append((step(params, dev), batch["weight"]))
+  bar = progress_bar(n, "risk at the posterior mean", progress)
+  for out, w in pending:
+    losses = shd.to_host(out).astype(np.float64)
+    check_range(losses, w)
+    total += float((losses * w).sum())
+    bar.update(int(w.sum()))
+  bar.close()
+  return total / n

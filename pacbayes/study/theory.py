@@ -1,0 +1,419 @@
+"""Verdicts on the paper's claims as statistical tests: PASS, FAIL or INCONCLUSIVE.
+
+Each claim is one or more linear contrasts of per-cell quantities (`pacbayes.study.stats.contrast`),
+paired over the same test items and combined with the variance between fine-tuning seeds. A
+claim of the form "theta > 0" PASSes when the whole 95% interval lies above 0 (a one-sided
+test at level 2.5%), FAILs when it lies wholly below, and is INCONCLUSIVE otherwise. A claim
+made of several contrasts that must all hold (the inverted U) PASSes only if each does (an
+intersection-union test, level <= alpha without correction) and FAILs if any one is
+significantly reversed. Every claim also works on simulated studies with R replicates (the
+calibration tests in tests/test_stats.py use this).
+
+Claims (arXiv 2605.12906, Section 5 and Proposition 4.1; quantities and their losses):
+  inverted U at fixed n         accuracy: medium - easy > 0 and medium - hard > 0
+  best moves harder with n      accuracy: slope of (hard - easy) on ln n > 0
+  saturation                    accuracy in buckets with headroom: rises from n_min to n_max
+                                and the gain per ln n shrinks (concave in ln n)
+  G_gen rises with difficulty   ln ||w - w_base||^2 (KL at one fixed sigma) and the measured
+                                in-bucket gap R_bucket - R_S (sequence error): hard - easy > 0
+  G_gen falls with n            the same two quantities: slope on ln n < 0
+  G_ext falls with difficulty   measured gap R_test - R_bucket (sequence error): hard - easy < 0;
+                                the mixture terms (TV, w_max, m_out) are printed, not judged
+  bound holds                   certificate >= measured E_Q[R_test] in every cell and seed
+                                (Bonferroni over cells), with non-vacuous counts
+  stronger base                 (strong: hard - easy) - (base: hard - easy) > 0
+  DFT vs SFT                    on the hardest bucket: DFT - SFT at the smallest n > 0, at the
+                                largest n < 0, and their difference (interaction) > 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pacbayes.study.stats import Contrast, bootstrap_argmax, contrast, slope_weights
+from pacbayes.study.view import StudyView, study_view
+
+ALPHA = 0.05
+PASS, INCONCLUSIVE, FAIL = 1, 0, -1
+# An interval must clear 0 by more than float round-off (a contrast of identical cells).
+_TOL = 1e-12
+_WORDS = {PASS: "PASS", INCONCLUSIVE: "INCONCLUSIVE", FAIL: "FAIL"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """One claim's verdict over R replicate studies.
+
+  Attributes:
+    claim: the claim, with its setting (e.g. "inverted U at n=800").
+    outcome: [R] int: 1 PASS, 0 INCONCLUSIVE, -1 FAIL.
+    estimate, lo, hi: [R] the reported contrast and its interval (NaN when not judged).
+    test: the test used, in words.
+    note: extra evidence (design facts, bootstrap distributions), one line.
+  """
+
+  claim: str
+  outcome: np.ndarray
+  estimate: np.ndarray
+  lo: np.ndarray
+  hi: np.ndarray
+  test: str
+  note: str = ""
+
+  @property
+  def word(self) -> str:
+    return _WORDS[int(self.outcome[0])]
+
+  def line(self, r: int = 0) -> str:
+    """``PASS|FAIL|INCONCLUSIVE  <claim>: <estimate> [<lo>, <hi>] (<test>)`` for replicate r."""
+    word = _WORDS[int(self.outcome[r])]
+    est = (f"{self.estimate[r]:+.4f} [{self.lo[r]:+.4f}, {self.hi[r]:+.4f}]"
+           if np.isfinite(self.estimate[r]) else "not judged")
+    text = f"{word:<12}  {self.claim}: {est} ({self.test})"
+    return text + (f"; {self.note}" if self.note else "")
+
+
+def _not_judged(view: StudyView, claim: str, why: str) -> Verdict:
+  r = view.replicates
+  nan = np.full(r, np.nan)
+  return Verdict(claim, np.zeros(r, dtype=int), nan, nan, nan, why)
+
+
+def _outcome(ct: Contrast, sign: int) -> np.ndarray:
+  """PASS where the interval is wholly on the claimed side, FAIL where wholly opposite."""
+  lo, hi = ct.lo, ct.hi
+  if sign > 0:
+    return np.where(lo > _TOL, PASS, np.where(hi < -_TOL, FAIL, INCONCLUSIVE))
+  return np.where(hi < -_TOL, PASS, np.where(lo > _TOL, FAIL, INCONCLUSIVE))
+
+
+def _all_of(*cts: Contrast) -> np.ndarray:
+  """Intersection-union: PASS if every contrast is > 0, FAIL if any is significantly < 0."""
+  outs = np.stack([_outcome(ct, +1) for ct in cts])
+  return np.where(np.all(outs == PASS, axis=0), PASS,
+                  np.where(np.any(outs == FAIL, axis=0), FAIL, INCONCLUSIVE))
+
+
+def _single(claim: str, ct: Contrast, sign: int, note: str = "") -> Verdict:
+  return Verdict(claim, _outcome(ct, sign), ct.estimate, ct.lo, ct.hi, ct.test_name(), note)
+
+
+def _item_contrast(view: StudyView, terms: Sequence[tuple[tuple, float, np.ndarray]],
+                   field: str, scalar: str | None = None, scalar_sign: float = 1.0,
+                   alpha: float = ALPHA) -> Contrast:
+  """sum over terms (key, a, weights_K) of a * [sum_k w_k mean_k items[field] + sign*scalar]."""
+  idx = [view.index(k) for k, _, _ in terms]
+  a = np.array([t[1] for t in terms])
+  W = np.stack([t[2] for t in terms])
+  X = view.items[field][:, idx]
+  B = None if scalar is None else scalar_sign * view.scalars[scalar][:, idx]
+  return contrast(a, X=X, W=W, slice_of=view.slice_of, B=B, alpha=alpha)
+
+
+def _scalar_contrast(view: StudyView, terms, field: str, transform=None,
+                     alpha: float = ALPHA) -> Contrast:
+  idx = [view.index(k) for k, _ in terms]
+  a = np.array([t[1] for t in terms])
+  B = view.scalars[field][:, idx]
+  if transform is not None:
+    B = transform(B)
+  return contrast(a, B=B, alpha=alpha)
+
+
+def _hardest_easiest(view: StudyView) -> tuple[str, str]:
+  return view.buckets[-1], view.buckets[0]
+
+
+# --------------------------------------------------------------------------------- accuracy
+
+
+def claim_inverted_u(view: StudyView, n: int) -> Verdict:
+  """Inverted U at fixed n: medium beats both easy and hard (intersection-union test)."""
+  claim = f"inverted U at n={n} (medium > easy and medium > hard)"
+  if len(view.buckets) < 3 or n not in view.complete_sizes():
+    return _not_judged(view, claim, "needs base/sft cells for >= 3 buckets at this n")
+  e, h = view.buckets[0], view.buckets[-1]
+  mids = view.buckets[1:-1]
+  mid = mids[len(mids) // 2]
+  p = view.p_test
+  up = _item_contrast(view, [(("base", "sft", mid, n), 1.0, p), (("base", "sft", e, n), -1.0, p)],
+                      "correct")
+  down = _item_contrast(view, [(("base", "sft", mid, n), 1.0, p),
+                               (("base", "sft", h, n), -1.0, p)], "correct")
+  out = _all_of(up, down)
+  binding = up.lo <= down.lo
+  pick = lambda x, y: np.where(binding, x, y)  # noqa: E731
+  note = (f"{mid}-{e} {up.estimate[0]:+.4f} [{up.lo[0]:+.4f}, {up.hi[0]:+.4f}], "
+          f"{mid}-{h} {down.estimate[0]:+.4f} [{down.lo[0]:+.4f}, {down.hi[0]:+.4f}]")
+  return Verdict(claim, out, pick(up.estimate, down.estimate), pick(up.lo, down.lo),
+                 pick(up.hi, down.hi), "IUT of 2 one-sided contrasts, binding one shown; "
+                 + up.test_name(), note)
+
+
+def argmax_note(view: StudyView, sizes: Sequence[int], num: int = 1000) -> str:
+  """Bootstrap distribution of the best bucket at each n (replicate 0), as text."""
+  keys = [("base", "sft", b, n) for n in sizes for b in view.buckets]
+  idx = [view.index(k) for k in keys]
+  X = view.items["correct"][0, idx]
+  W = np.tile(view.p_test, (len(idx), 1))
+  nb = len(view.buckets)
+  groups = [list(range(j * nb, (j + 1) * nb)) for j in range(len(sizes))]
+  freq = bootstrap_argmax(X, W, view.slice_of, groups, num=num, seed=0)
+  parts = [f"n={n}: " + "/".join(f"{b[0]}{freq[j, i]:.2f}" for i, b in enumerate(view.buckets))
+           for j, n in enumerate(sizes)]
+  return "P(best) " + ", ".join(parts)
+
+
+def claim_best_moves_harder(view: StudyView, *, with_bootstrap: bool = True) -> Verdict:
+  """The best difficulty moves harder with n: slope of (acc_hard - acc_easy) on ln n > 0."""
+  claim = "best difficulty moves harder with n (slope of acc_hard - acc_easy on ln n)"
+  sizes = view.complete_sizes()
+  if len(sizes) < 2:
+    return _not_judged(view, claim, "needs complete base/sft rows at >= 2 sizes")
+  h, e = _hardest_easiest(view)
+  c = slope_weights(np.log(sizes))
+  terms = []
+  for n, cj in zip(sizes, c, strict=True):
+    terms += [(("base", "sft", h, n), cj, view.p_test), (("base", "sft", e, n), -cj, view.p_test)]
+  ct = _item_contrast(view, terms, "correct")
+  note = argmax_note(view, sizes) if with_bootstrap and view.replicates == 1 else ""
+  return _single(claim, ct, +1, note)
+
+
+def claim_saturation(view: StudyView, bucket: str) -> Verdict:
+  """In a bucket with headroom, accuracy rises with n and the gain per ln n shrinks."""
+  claim = f"saturation in {bucket} (rises with n, gain per ln n shrinks)"
+  sizes = view.sizes(bucket=bucket)
+  if len(sizes) < 3:
+    return _not_judged(view, claim, "needs base/sft cells at >= 3 sizes")
+  base_on_bucket = float(view.base_acc["base"] @ view.p_bucket[bucket])
+  if base_on_bucket > 1 - view.headroom_min:
+    return _not_judged(view, claim, f"no headroom: base accuracy {base_on_bucket:.3f} on the "
+                       f"bucket > {1 - view.headroom_min:.2f} (decided before training)")
+  n1, n2, n3 = sizes[0], sizes[len(sizes) // 2], sizes[-1]
+  p = view.p_test
+  k = lambda n: ("base", "sft", bucket, n)  # noqa: E731
+  rise = _item_contrast(view, [(k(n3), 1.0, p), (k(n1), -1.0, p)], "correct")
+  l1, l2 = np.log(n2 / n1), np.log(n3 / n2)
+  conc = _item_contrast(view, [(k(n2), 1 / l1 + 1 / l2, p), (k(n1), -1 / l1, p),
+                               (k(n3), -1 / l2, p)], "correct")
+  out = _all_of(rise, conc)
+  binding = rise.lo <= conc.lo
+  pick = lambda x, y: np.where(binding, x, y)  # noqa: E731
+  note = (f"rise n={n1}->{n3} {rise.estimate[0]:+.4f} [{rise.lo[0]:+.4f}, {rise.hi[0]:+.4f}], "
+          f"concavity {conc.estimate[0]:+.4f} [{conc.lo[0]:+.4f}, {conc.hi[0]:+.4f}]; "
+          f"base on bucket {base_on_bucket:.3f}")
+  return Verdict(claim, out, pick(rise.estimate, conc.estimate), pick(rise.lo, conc.lo),
+                 pick(rise.hi, conc.hi), "IUT of 2 one-sided contrasts, binding one shown; "
+                 + rise.test_name(), note)
+
+
+# ------------------------------------------------------------------------------------ gaps
+
+
+def _gen_gap_terms(view: StudyView, pairs):
+  return [(key, a, view.p_bucket[key[2]]) for key, a in pairs]
+
+
+def claim_g_gen_difficulty(view: StudyView) -> list[Verdict]:
+  """G_gen rises with difficulty: hard - easy, averaged over the complete sizes, > 0."""
+  sizes = view.complete_sizes()
+  c1 = "G_gen rises with difficulty: ln ||w - w_base||^2 (KL at one fixed sigma), hard - easy"
+  c2 = "G_gen rises with difficulty: measured in-bucket gap R_bucket - R_S, hard - easy"
+  if not sizes:
+    return [_not_judged(view, c, "needs complete base/sft rows") for c in (c1, c2)]
+  h, e = _hardest_easiest(view)
+  pairs = []
+  for n in sizes:
+    pairs += [(("base", "sft", h, n), 1 / len(sizes)), (("base", "sft", e, n), -1 / len(sizes))]
+  dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
+  gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
+  return [_single(c1, dist, +1), _single(c2, gap, +1, "loss: sequence error of the weights")]
+
+
+def claim_g_gen_size(view: StudyView) -> list[Verdict]:
+  """G_gen falls with n: slope on ln n, averaged over buckets, < 0."""
+  c1 = "G_gen falls with n: slope of ln ||w - w_base||^2 on ln n"
+  c2 = "G_gen falls with n: slope of measured in-bucket gap R_bucket - R_S on ln n"
+  sizes = view.complete_sizes()
+  if len(sizes) < 2:
+    return [_not_judged(view, c, "needs complete base/sft rows at >= 2 sizes") for c in (c1, c2)]
+  c = slope_weights(np.log(sizes))
+  pairs = [(("base", "sft", b, n), cj / len(view.buckets))
+           for b in view.buckets for n, cj in zip(sizes, c, strict=True)]
+  dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
+  gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
+  return [_single(c1, dist, -1), _single(c2, gap, -1, "loss: sequence error of the weights")]
+
+
+def mixture_facts(view: StudyView) -> str:
+  """TV, m_out and w_max of every bucket against the test mixture (design facts)."""
+  parts = []
+  for b in view.buckets:
+    pb, pt = view.p_bucket[b], view.p_test
+    tv = 0.5 * float(np.abs(pb - pt).sum())
+    out = float(pt[pb == 0].sum())
+    w = float(np.max(pt[pb > 0] / pb[pb > 0]))
+    parts.append(f"{b}: TV {tv:.3f} m_out {out:.3f} w_max {w:.2f}")
+  return "design facts (not judged): " + "; ".join(parts)
+
+
+def claim_g_ext_difficulty(view: StudyView) -> Verdict:
+  """G_ext falls with difficulty: measured R_test - R_bucket, hard - easy (averaged) < 0.
+
+  The raw contrast has a part fixed by the design: with slices of unequal difficulty, any model,
+  the base included, shows R_test - R_bucket shifted by sum_k (p_easy - p_hard)(k) R(k). When
+  the results carry the base's sequence error by slice, that part is removed: the judged
+  quantity is the fine-tuned contrast minus the base's (difference in differences: how much
+  less a bucket's gains carry over to the test mixture than to the bucket itself). The base's
+  value is taken as fixed (one model on the same test items: its item variance is not added).
+  """
+  claim = "G_ext falls with difficulty: measured gap R_test - R_bucket, hard - easy"
+  sizes = view.complete_sizes()
+  if not sizes:
+    return _not_judged(view, claim, "needs complete base/sft rows")
+  h, e = _hardest_easiest(view)
+  terms = []
+  for n in sizes:
+    for b, a in ((h, 1 / len(sizes)), (e, -1 / len(sizes))):
+      terms.append((("base", "sft", b, n), a, view.p_test - view.p_bucket[b]))
+  ct = _item_contrast(view, terms, "seq_error")
+  note = "loss: sequence error; " + mixture_facts(view)
+  base_err = view.base_seq_error.get("base")
+  if base_err is None:
+    return _single(claim, ct, -1, note)
+  shift = float(np.dot(view.p_bucket[e] - view.p_bucket[h], base_err))
+  claim += ", minus the base's own contrast"
+  note = (f"raw contrast {ct.estimate[0]:+.4f} [{ct.lo[0]:+.4f}, {ct.hi[0]:+.4f}], the base's "
+          f"{shift:+.4f} (design: the slices' unequal risk); " + note)
+  did = dataclasses.replace(ct, estimate=ct.estimate - shift, lo=ct.lo - shift, hi=ct.hi - shift)
+  return Verdict(claim, _outcome(did, -1), did.estimate, did.lo, did.hi,
+                 ct.test_name() + "; base value fixed", note)
+
+
+# ---------------------------------------------------------------------------------- bounds
+
+
+def claim_bound_holds(view: StudyView, alpha: float = ALPHA) -> Verdict:
+  """Certificate >= measured E_Q[R_test] in every non-vacuous cell and seed (Bonferroni over
+  them). A certificate >= 1 holds for any loss in [0, 1] by construction, so it is counted as
+  vacuous and not judged; with no non-vacuous certificate the claim is not judged at all."""
+  from scipy import stats as sps
+
+  claim = "bound >= measured E_Q[R_test] (sequence error) in every non-vacuous cell"
+  r, c, s = view.scalars["bound"].shape
+  m_all = c * s
+  counts = np.bincount(view.slice_of, minlength=len(view.ops))
+  w_i = view.p_test[view.slice_of] / counts[view.slice_of]
+  x = view.items["q_seq_error"]
+  mean = np.einsum("rcsn,n->rcs", x, w_i)
+  sq = np.zeros_like(mean)
+  for k in range(len(view.ops)):
+    xk = x[..., view.slice_of == k]
+    sq += view.p_test[k] ** 2 * xk.var(axis=-1) / counts[k]
+  bound = view.scalars["bound"]
+  judged = bound < 1.0
+  m = judged.sum(axis=(1, 2))  # [R] cells judged per replicate
+  z = sps.norm.ppf(1 - alpha / (2 * np.maximum(m, 1)))[:, None, None]
+  lo, hi = mean - z * np.sqrt(sq), mean + z * np.sqrt(sq)
+  nonvac = int(np.sum(bound[0] < 1))
+  nonvac_in = int(np.sum(view.scalars["b_train"][0] < 1))
+  note = (f"non-vacuous: {nonvac_in}/{m_all} in-bucket (B_train < 1), {nonvac}/{m_all} test "
+          f"mixture (bound < 1); only those are judged (a bound >= 1 holds by construction); "
+          f"estimate = smallest slack bound - risk")
+  slack = np.where(judged, bound - mean, np.inf).reshape(r, -1)
+  worst = np.argmin(slack, axis=1)
+  take = lambda a: a.reshape(r, -1)[np.arange(r), worst]  # noqa: E731
+  holds = np.all((bound >= hi) | ~judged, axis=(1, 2))
+  fails = np.any((bound < lo) & judged, axis=(1, 2))
+  out = np.where(m == 0, INCONCLUSIVE, np.where(fails, FAIL, np.where(holds, PASS, INCONCLUSIVE)))
+  nan = np.full(r, np.nan)
+  bw = take(bound)
+  est = np.where(m > 0, take(bound - mean), nan)
+  test = (f"slack vs {100 * (1 - alpha):.0f}% Bonferroni interval of the measured risk over the "
+          f"non-vacuous cell-seeds")
+  return Verdict(claim, out, est, np.where(m > 0, bw - take(hi), nan),
+                 np.where(m > 0, bw - take(lo), nan), test, note)
+
+
+# ------------------------------------------------------------------------------ base, DFT
+
+
+def claim_stronger_base(view: StudyView) -> Verdict:
+  """Interaction: (strong hard - strong easy) - (base hard - base easy) > 0, averaged over n."""
+  claim = "stronger base favours harder data (interaction of base x difficulty)"
+  h, e = _hardest_easiest(view)
+  sizes = [n for n in view.sizes("strong") if all((base, "sft", b, n) in view.keys
+                                                  for base in ("strong", "base") for b in (h, e))]
+  if not sizes:
+    return _not_judged(view, claim, f"needs {e} and {h} cells from both bases at a common n")
+  terms = []
+  for n in sizes:
+    for base, sign in (("strong", 1.0), ("base", -1.0)):
+      terms += [((base, "sft", h, n), sign / len(sizes), view.p_test),
+                ((base, "sft", e, n), -sign / len(sizes), view.p_test)]
+  return _single(claim, _item_contrast(view, terms, "correct"), +1, f"n in {sizes}")
+
+
+def claim_dft(view: StudyView) -> list[Verdict]:
+  """DFT - SFT on the hardest DFT bucket: > 0 at the smallest n, < 0 at the largest, interaction."""
+  dft_buckets = [b for b in view.buckets if view.sizes("base", "dft", b)]
+  names = ("DFT - SFT at small n", "DFT - SFT at large n", "DFT - SFT interaction small - large n")
+  if not dft_buckets:
+    return [_not_judged(view, c, "needs DFT cells") for c in names]
+  b = dft_buckets[-1]
+  ns = [n for n in view.sizes("base", "dft", b) if ("base", "sft", b, n) in view.keys]
+  if len(ns) < 2:
+    return [_not_judged(view, c, f"needs DFT and SFT on {b} at >= 2 sizes") for c in names]
+  lo, hi = ns[0], ns[-1]
+  p = view.p_test
+  d = lambda n, a: [(("base", "dft", b, n), a, p), (("base", "sft", b, n), -a, p)]  # noqa: E731
+  small = _item_contrast(view, d(lo, 1.0), "correct")
+  large = _item_contrast(view, d(hi, 1.0), "correct")
+  inter = _item_contrast(view, d(lo, 1.0) + d(hi, -1.0), "correct")
+  return [_single(f"DFT - SFT on {b} at n={lo} (> 0)", small, +1),
+          _single(f"DFT - SFT on {b} at n={hi} (< 0)", large, -1),
+          _single(f"DFT - SFT on {b} interaction n={lo} minus n={hi} (> 0)", inter, +1)]
+
+
+# ---------------------------------------------------------------------------------- judge
+
+
+def judge_view(view: StudyView, *, with_bootstrap: bool = True) -> list[Verdict]:
+  """Every verdict of a study view, in a fixed order."""
+  out = [claim_inverted_u(view, n) for n in view.complete_sizes()]
+  out.append(claim_best_moves_harder(view, with_bootstrap=with_bootstrap))
+  out += [claim_saturation(view, b) for b in view.buckets]
+  out += claim_g_gen_difficulty(view)
+  out += claim_g_gen_size(view)
+  out.append(claim_g_ext_difficulty(view))
+  out.append(claim_bound_holds(view))
+  out.append(claim_stronger_base(view))
+  out += claim_dft(view)
+  return out
+
+
+def judge(results: Mapping[str, Any], *, arm: str = "tilted") -> list[Verdict]:
+  """Judges every claim on a lab results dict (schema ``pacbayes.study/2``)."""
+  return judge_view(study_view(results, arm=arm))
+
+
+# Claims whose cells (the stronger base, DFT) only the main arm has.
+MAIN_ARM_ONLY = ("stronger base", "DFT")
+
+
+def judge_all(results: Mapping[str, Any]) -> list[Verdict]:
+  """Every arm's verdicts: the main arm's as `judge`, then each other arm's (e.g. the full
+  preset's disjoint thirds) with its claims prefixed "<arm> arm: " and the claims that arm
+  has no cells for (stronger base, DFT) left out."""
+  arms = list(results["arms"])
+  out = judge(results, arm=arms[0])
+  for arm in arms[1:]:
+    out += [dataclasses.replace(v, claim=f"{arm} arm: {v.claim}")
+            for v in judge(results, arm=arm)
+            if not v.claim.startswith(MAIN_ARM_ONLY)]
+  return out
