@@ -1,4 +1,4 @@
-"""Tests for pacbayes.posterior.kl: Gaussian KL over pytrees and streamed over safetensors folders."""
+"""Tests for pacbayes.posterior.kl: Gaussian KL over pytrees and streamed over safetensors."""
 
 import json
 import math

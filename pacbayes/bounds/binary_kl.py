@@ -1,10 +1,19 @@
-"""The binary kl and its inverses, in float64, conservative and differentiable under jit."""
+"""The binary kl and its inverses, in float64, conservative and differentiable under jit.
+
+The public functions run in a float64 scope (`pacbayes.core.precision.with_float64`), so they
+are float64 whether or not the program has turned on JAX's x64 mode: JAX arrays with x64 on,
+NumPy float64 arrays without it, float64 tracers under ``jax.jit`` / ``jax.grad``. The
+``custom_jvp`` rules open the scope themselves, as JAX may trace them after the public call
+has returned (when an enclosing ``jax.jit`` is differentiated). docs/THEORY.md §1.4.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
+
+from pacbayes.core.precision import float64_scope, with_float64
 
 __all__ = [
   "as_float64",
@@ -81,6 +90,7 @@ def check_at_least(name: str, value: ArrayLike, lo: float) -> None:
     raise ValueError(f"{name} must be >= {lo:g}, got {_first_bad(arr, ok)}")
 
 
+@with_float64
 def as_float64(*xs: ArrayLike) -> list[jax.Array]:
   """The arguments as float64 arrays broadcast to one shape."""
   return jnp.broadcast_arrays(*[jnp.asarray(x, dtype=jnp.float64) for x in xs])
@@ -140,11 +150,13 @@ def _root_error(q: jax.Array, p: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
+@float64_scope()
 def _kl_core(q: jax.Array, p: jax.Array) -> jax.Array:
   return _kl_raw(q, p)
 
 
 @_kl_core.defjvp
+@float64_scope()
 def _kl_core_jvp(primals, tangents):
   q, p = primals
   dq, dp = tangents
@@ -164,7 +176,8 @@ def _kl_core_jvp(primals, tangents):
   return out, d_q * dq + d_p * dp
 
 
-def kl_bernoulli(q: ArrayLike, p: ArrayLike) -> jax.Array:
+@with_float64
+def kl_bernoulli(q: ArrayLike, p: ArrayLike) -> jax.Array | np.ndarray:
   r"""Binary (Bernoulli) relative entropy kl(q || p).
 
   .. math::
@@ -367,11 +380,13 @@ def _at_next_double(q: jax.Array, toward: float) -> jax.Array:
 
 
 @jax.custom_jvp
+@float64_scope()
 def _inv_upper(q: jax.Array, c: jax.Array) -> jax.Array:
   return _bisect_upper(q, c)
 
 
 @_inv_upper.defjvp
+@float64_scope()
 def _inv_upper_jvp(primals, tangents):
   q, c = primals
   dq, dc = tangents
@@ -391,11 +406,13 @@ def _inv_upper_jvp(primals, tangents):
 
 
 @jax.custom_jvp
+@float64_scope()
 def _inv_lower(q: jax.Array, c: jax.Array) -> jax.Array:
   return _bisect_lower(q, c)
 
 
 @_inv_lower.defjvp
+@float64_scope()
 def _inv_lower_jvp(primals, tangents):
   q, c = primals
   dq, dc = tangents
@@ -410,7 +427,8 @@ def _inv_lower_jvp(primals, tangents):
   return p, coef_q * dq + coef_c * dc
 
 
-def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> jax.Array:
+@with_float64
+def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> jax.Array | np.ndarray:
   r"""Upper kl inverse: the largest p >= q with kl(q || p) <= c.
 
   .. math::
@@ -454,7 +472,8 @@ def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> jax.Array:
   return _inv_upper(q, c)
 
 
-def kl_inv_lower(q: ArrayLike, c: ArrayLike) -> jax.Array:
+@with_float64
+def kl_inv_lower(q: ArrayLike, c: ArrayLike) -> jax.Array | np.ndarray:
   r"""Lower kl inverse: the smallest p <= q with kl(q || p) <= c.
 
   .. math::

@@ -1,6 +1,11 @@
 """PAC-Bayes risk bounds (Maurer, McAllester, Catoni, fquad, flamb) and Monte-Carlo bounds.
 
 The binary kl and its inverses live in `pacbayes.bounds.binary_kl` and are re-exported here.
+
+Every function computes in float64 whether or not the program has turned on JAX's x64 mode
+(`pacbayes.core.precision.with_float64`): with x64 on it returns JAX arrays; without it,
+NumPy float64 arrays; under ``jax.jit`` / ``jax.grad`` float64 tracers (code that goes on
+computing with them should run in `pacbayes.core.precision.float64_scope`).
 """
 
 from collections.abc import Sequence
@@ -11,13 +16,14 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from pacbayes.bounds.binary_kl import (
-    as_float64,
-    check_at_least,
-    check_interval,
-    kl_bernoulli,
-    kl_inv_lower,
-    kl_inv_upper,
+  as_float64,
+  check_at_least,
+  check_interval,
+  kl_bernoulli,
+  kl_inv_lower,
+  kl_inv_upper,
 )
+from pacbayes.core.precision import with_float64
 
 __all__ = [
   "DEFAULT_CATONI_GRID",
@@ -55,7 +61,10 @@ def _check_bound_args(emp_risk, kl, n, delta, emp_name="emp_risk") -> None:
   check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
 
 
-def maurer(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> jax.Array:
+@with_float64
+def maurer(
+  emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike
+) -> jax.Array | np.ndarray:
   r"""PAC-Bayes-kl bound (Langford-Seeger / Maurer): an upper bound on the true risk.
 
   With probability at least 1 - delta over an i.i.d. sample of size n, simultaneously for all
@@ -64,7 +73,7 @@ def maurer(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -
   .. math::
     \mathrm{kl}(\hat R_S(Q) \| R(Q)) \le \frac{\mathrm{KL}(Q\|P) + \ln(2\sqrt{n}/\delta)}{n},
 
-  so R(Q) <= klkl_inv_upper(emp_risk, (kl + ln(2 sqrt(n) / delta)) / n), which is returned.
+  so R(Q) <= kl_inv_upper(emp_risk, (kl + ln(2 sqrt(n) / delta)) / n), which is returned.
 
   Args:
     emp_risk: empirical risk(s) of Q on the sample, in [0, 1].
@@ -91,7 +100,10 @@ def maurer(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -
   return kl_inv_upper(emp_risk, (kl + _log_confidence(n, delta)) / n)
 
 
-def mcallester(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> jax.Array:
+@with_float64
+def mcallester(
+  emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike
+) -> jax.Array | np.ndarray:
   r"""McAllester-style bound: Maurer's bound relaxed with Pinsker's inequality.
 
   .. math::
@@ -121,6 +133,7 @@ def mcallester(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLik
   return emp_risk + jnp.sqrt((kl + _log_confidence(n, delta)) / (2.0 * n))
 
 
+@with_float64
 def catoni(
   emp_risk: ArrayLike,
   kl: ArrayLike,
@@ -128,7 +141,7 @@ def catoni(
   delta: ArrayLike,
   *,
   grid: Sequence[float] = DEFAULT_CATONI_GRID,
-) -> jax.Array:
+) -> jax.Array | np.ndarray:
   r"""Catoni's bound, minimised over a fixed grid of its parameter C with a union bound.
 
   For one fixed C > 0, with probability at least 1 - delta, for all Q (Catoni 2007, Theorem
@@ -173,7 +186,10 @@ def catoni(
   return jnp.min(jnp.expm1(-expo) / jnp.expm1(-cs), axis=0)
 
 
-def fquad(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) -> jax.Array:
+@with_float64
+def fquad(
+  emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike
+) -> jax.Array | np.ndarray:
   r"""PBB "f_quad" bound (Perez-Ortiz et al. 2021), with Maurer's confidence term.
 
   .. math::
@@ -205,9 +221,10 @@ def fquad(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike) ->
   return (jnp.sqrt(emp_risk + half_b) + jnp.sqrt(half_b)) ** 2
 
 
+@with_float64
 def flamb(
   emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike, lam: ArrayLike
-) -> jax.Array:
+) -> jax.Array | np.ndarray:
   r"""PAC-Bayes-lambda bound (Thiemann et al. 2017; PBB "f_lambda").
 
   For all lam in (0, 2) simultaneously (it is a relaxation of Maurer's bound that holds
@@ -242,9 +259,10 @@ def flamb(
   return (emp_risk + b / lam) / (1.0 - 0.5 * lam)
 
 
+@with_float64
 def flamb_optimal_lam(
   emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike
-) -> jax.Array:
+) -> jax.Array | np.ndarray:
   r"""The lambda minimising :func:`flamb` in closed form (Thiemann et al. 2017).
 
   With r = emp_risk and b = (KL + ln(2 sqrt(n) / delta)) / n, setting the derivative of
@@ -278,7 +296,10 @@ def flamb_optimal_lam(
   return 2.0 / (jnp.sqrt(1.0 + 2.0 * emp_risk / b) + 1.0)
 
 
-def mc_sample_bound(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -> jax.Array:
+@with_float64
+def mc_sample_bound(
+  mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike
+) -> jax.Array | np.ndarray:
   r"""One-sided sample-convergence bound on E_Q[R_S] from a Monte-Carlo mean.
 
   For the mean of m independent [0, 1]-valued draws whose means average to mu, with
@@ -319,16 +340,20 @@ def mc_sample_bound(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -
   return kl_inv_upper(mean, -jnp.log(delta) / num_samples)
 
 
-def mc_epsilon(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -> jax.Array:
+@with_float64
+def mc_epsilon(mean: ArrayLike, num_samples: ArrayLike, delta: ArrayLike) -> jax.Array | np.ndarray:
   """The Monte-Carlo term of the certificate: ``mc_sample_bound(mean, m, delta) - mean``.
 
-  ``epsilon = klkl_inv_upper(mean, ln(1/delta)/m) - mean >= 0`` (DESIGN.md section 1), in
+  ``epsilon = kl_inv_upper(mean, ln(1/delta)/m) - mean >= 0`` (docs/THEORY.md §1.6), in
   float64, same arguments and errors as :func:`mc_sample_bound`.
   """
   return mc_sample_bound(mean, num_samples, delta) - jnp.asarray(mean, jnp.float64)
 
 
-def hoeffding_upper(total: ArrayLike, sum_sq_ranges: ArrayLike, delta: ArrayLike) -> jax.Array:
+@with_float64
+def hoeffding_upper(
+  total: ArrayLike, sum_sq_ranges: ArrayLike, delta: ArrayLike
+) -> jax.Array | np.ndarray:
   r"""One-sided Hoeffding upper bound on E[Y] for Y a sum of independent bounded terms.
 
   If Y = sum_m Y_m with independent Y_m in [0, a_m], then P(E Y - Y >= t) <=

@@ -1,6 +1,6 @@
 """Token datasets from JSONL rows: padding, loss masks, fixed-shape batches.
 
-Row formats (DESIGN.md §3), exactly one per row:
+Row formats (docs/THEORY.md §1.2), exactly one per row:
 
 - ``input_ids``: a list of ints, scored whole (every token after the first is a target).
 - ``text``: a string, tokenised whole with the checkpoint's tokenizer (see
@@ -221,7 +221,7 @@ def load_dataset(
   add_eos: bool = True,
   overflow_hint: str = DEFAULT_OVERFLOW_HINT,
 ) -> Dataset:
-  """Reads a JSONL dataset (DESIGN.md §3) into a `Dataset`.
+  """Reads a JSONL dataset (docs/THEORY.md §1.2) into a `Dataset`.
 
   Args:
     path: the JSONL file.

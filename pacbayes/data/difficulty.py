@@ -81,13 +81,13 @@ class Buckets:
 
 def assign_buckets(values: Any, edges: Any) -> np.ndarray:
   """[N] int32 bucket ids of ``values`` under thresholds ``edges`` (right-closed buckets)."""
-  values = np.asarray(values, np.float64)
-  edges = np.asarray(edges, np.float64)
-  if values.ndim != 1 or edges.ndim != 1:
+  values_N = np.asarray(values, np.float64)
+  edges_K = np.asarray(edges, np.float64)  # K = buckets - 1 thresholds
+  if values_N.ndim != 1 or edges_K.ndim != 1:
     raise ValueError("assign_buckets: values and edges must be 1-D")
-  if (np.diff(edges) < 0).any():
+  if (np.diff(edges_K) < 0).any():
     raise ValueError("assign_buckets: edges must be non-decreasing")
-  return np.searchsorted(edges, values, side="left").astype(np.int32)
+  return np.searchsorted(edges_K, values_N, side="left").astype(np.int32)
 
 
 def bucket_by_quantiles(
@@ -110,17 +110,17 @@ def bucket_by_quantiles(
   Returns:
     The `Buckets`.
   """
-  values = np.asarray(values, np.float64)
-  if values.ndim != 1 or not np.isfinite(values).all():
+  values_N = np.asarray(values, np.float64)
+  if values_N.ndim != 1 or not np.isfinite(values_N).all():
     raise ValueError("values: expected a 1-D array of finite numbers")
   if not isinstance(k, int) or k < 1:
     raise ValueError(f"k: expected a positive int, got {k!r}")
-  if values.size < k:
-    raise ValueError(f"values: need at least k={k} values, got {values.size}")
+  if values_N.size < k:
+    raise ValueError(f"values: need at least k={k} values, got {values_N.size}")
   names = tuple(f"q{j}" for j in range(k)) if names is None else tuple(names)
   if len(names) != k:
     raise ValueError(f"names: expected {k} names, got {len(names)}")
-  ordered = np.sort(values)
-  n = values.size
-  edges = np.asarray([ordered[-(-j * n // k) - 1] for j in range(1, k)], np.float64)
-  return Buckets(ids=assign_buckets(values, edges), edges=edges, names=names)
+  ordered_N = np.sort(values_N)
+  n = values_N.size
+  edges_K = np.asarray([ordered_N[-(-j * n // k) - 1] for j in range(1, k)], np.float64)
+  return Buckets(ids=assign_buckets(values_N, edges_K), edges=edges_K, names=names)

@@ -1,10 +1,11 @@
-"""JSONL rows with line-numbered errors."""
+"""JSONL rows with line-numbered errors (each row read by the strict `pacbayes.core.jsonio`)."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from pacbayes.core.jsonio import JSONError, loads
 
 
 class DataError(ValueError):
@@ -22,8 +23,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
   Raises:
     DataError: the file is missing, a folder or unreadable, a line is not UTF-8, not JSON
-      (or nested too deeply, or holds an integer beyond Python's digit limit) or not an
-      object, or the file holds no rows.
+      (or nested too deeply, or holds an integer beyond Python's digit limit, a repeated key
+      or NaN/Infinity) or not an object, or the file holds no rows.
   """
   return read_jsonl_with_lines(path)[0]
 
@@ -66,14 +67,10 @@ def _parse(f, path: str) -> tuple[list[dict[str, Any]], list[int]]:
         raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
       if not line.strip():
         continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      except ValueError as e:  # e.g. an integer longer than Python's digit limit
-        raise DataError(f"{path}:{lineno}: not usable JSON ({e})") from None
-      except RecursionError:
-        raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+      try:  # repeated keys, NaN/Infinity, bad syntax: one line naming file:line
+        row = loads(line.rstrip("\r\n"), where=path, first_line=lineno)
+      except JSONError as e:
+        raise DataError(str(e)) from None
       if not isinstance(row, dict):
         raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
       rows.append(row)
@@ -81,3 +78,4 @@ def _parse(f, path: str) -> tuple[list[dict[str, Any]], list[int]]:
   except OSError as e:
     raise DataError(f"{path}: cannot read the file ({e.strerror})") from None
   return rows, lines
+

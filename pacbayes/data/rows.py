@@ -228,31 +228,32 @@ def encode_rows(
         raise DataError(f"{wheres[i]}: 'completion' encodes to no tokens (no target tokens)")
       parts[i] = (np.asarray(p, np.int64), np.asarray(c, np.int64))
 
-  seqs, prompt_lengths, num_truncated = [], np.zeros((n,), np.int32), 0
+  # [N] prompt lengths; every row's token sequence seq_T (T tokens, before padding).
+  seqs, prompt_lengths_N, num_truncated = [], np.zeros((n,), np.int32), 0
   for i, (p, c) in enumerate(parts):
     where = wheres[i]
-    seq = np.concatenate([p, c])
-    if seq.size == 0:
+    seq_T = np.concatenate([p, c])
+    if seq_T.size == 0:
       raise DataError(f"{where}: the token sequence is empty")
-    if vocab_size is not None and seq.max() >= vocab_size:
+    if vocab_size is not None and seq_T.max() >= vocab_size:
       origin = " (from the tokenizer)" if i in from_tokenizer else ""
       raise DataError(
-        f"{where}: token id {int(seq.max())}{origin} is outside the vocabulary [0, {vocab_size})"
+        f"{where}: token id {int(seq_T.max())}{origin} is outside the vocabulary [0, {vocab_size})"
       )
-    truncated = max_length is not None and seq.size > max_length
+    truncated = max_length is not None and seq_T.size > max_length
     if truncated:
       if on_overflow == "error":
-        raise DataError(f"{where}: {seq.size} tokens exceed max_length={max_length}; the row "
+        raise DataError(f"{where}: {seq_T.size} tokens exceed max_length={max_length}; the row "
                         f"is refused ({overflow_hint})")
-      seq = seq[:max_length]
+      seq_T = seq_T[:max_length]
       num_truncated += 1
-    prompt_len = seq.size if whole[i] else min(p.size, seq.size)
+    prompt_len = seq_T.size if whole[i] else min(p.size, seq_T.size)
     first_target = 1 if whole[i] else max(prompt_len, 1)
-    if seq.size <= first_target:
+    if seq_T.size <= first_target:
       why = f" after truncation to max_length={max_length}" if truncated else ""
       raise DataError(f"{where}: the row has no target tokens{why} (need a token after the first)")
-    seqs.append(seq)
-    prompt_lengths[i] = prompt_len
+    seqs.append(seq_T)
+    prompt_lengths_N[i] = prompt_len
 
   longest = max(s.size for s in seqs)
   if pad_length is None:
@@ -261,20 +262,21 @@ def encode_rows(
     raise ValueError(
       f"pad_length: expected an int >= the longest row ({longest}), got {pad_length!r}"
     )
-  input_ids = np.full((n, pad_length), pad_id, np.int32)
-  attention_mask = np.zeros((n, pad_length), np.int32)
-  loss_mask = np.zeros((n, pad_length), np.int32)
-  for i, seq in enumerate(seqs):
-    input_ids[i, : seq.size] = seq
-    attention_mask[i, : seq.size] = 1
-    first_target = 1 if whole[i] else max(int(prompt_lengths[i]), 1)
-    loss_mask[i, first_target : seq.size] = 1
+  # [N, L] with L = pad_length.
+  input_ids_NxL = np.full((n, pad_length), pad_id, np.int32)
+  attention_mask_NxL = np.zeros((n, pad_length), np.int32)
+  loss_mask_NxL = np.zeros((n, pad_length), np.int32)
+  for i, seq_T in enumerate(seqs):
+    input_ids_NxL[i, : seq_T.size] = seq_T
+    attention_mask_NxL[i, : seq_T.size] = 1
+    first_target = 1 if whole[i] else max(int(prompt_lengths_N[i]), 1)
+    loss_mask_NxL[i, first_target : seq_T.size] = 1
 
   return RowArrays(
-    input_ids=input_ids,
-    attention_mask=attention_mask,
-    loss_mask=loss_mask,
-    prompt_lengths=prompt_lengths,
+    input_ids=input_ids_NxL,
+    attention_mask=attention_mask_NxL,
+    loss_mask=loss_mask_NxL,
+    prompt_lengths=prompt_lengths_N,
     difficulty=collect_difficulty(rows, wheres),
     answers=_collect_answers(rows, wheres),
     line_numbers=np.asarray(lines, np.int64),

@@ -2,7 +2,8 @@
 
 One definition serves every path that needs "the parameters of this checkpoint": the loader
 (`pacbayes.models.checkpoint.load_pretrained`), the streamed KL
-(`pacbayes.posterior.kl.checkpoint_kl`) and the `--include/--exclude` selection of the `bound` command.
+(`pacbayes.posterior.kl.checkpoint_kl`) and the `--include/--exclude` selection of the `bound`
+command.
 
 * `param_table(config)`: one `Entry` per Hugging Face tensor name of the architecture, with the
   NNX parameter path(s) it fills and the load/save hooks (transpose, split of GPT-2's `c_attn`).

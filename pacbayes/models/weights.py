@@ -3,8 +3,8 @@
 `open_parameters` gives the parameter set of one checkpoint (a Hugging Face folder, classified
 by `pacbayes.models.params.classify_tensors`, or an in-memory `{name: array}` mapping);
 `paired_blocks` walks the same parameter of two checkpoints block by block, so that callers
-(`pacbayes.posterior.kl.checkpoint_kl`, `storage_report`) hold about one block in memory whatever the
-model size.
+(`pacbayes.posterior.kl.checkpoint_kl`, `storage_report`) hold about one block in memory
+whatever the model size.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Gaussian KL divergences over pytrees and streamed over two safetensors checkpoints."""
+"""Gaussian KL divergences over pytrees and streamed over two safetensors checkpoints.
+
+`gaussian_kl` and `isotropic_kl` compute in float64 whether or not the program has turned on
+JAX's x64 mode (`pacbayes.core.precision.with_float64`: JAX arrays with x64 on, NumPy float64
+arrays without it, float64 tracers under a trace); `checkpoint_kl` works in NumPy and Python
+floats (docs/THEORY.md §1.3).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from pacbayes.core.precision import with_float64
 from pacbayes.core.tensorio import CheckpointError, SafetensorsFolder
 from pacbayes.core.tensorio import iter_tensors as iter_safetensors
 from pacbayes.models.config import ModelConfig
@@ -218,7 +225,8 @@ def _leaf_kl(mu_q, mu_p, sigma_q, sigma_p) -> jax.Array:
   return 0.5 * (var_sum + quad_sum)
 
 
-def gaussian_kl(mu_q: Any, mu_p: Any, sigma_q: Any, sigma_p: Any) -> jax.Array:
+@with_float64
+def gaussian_kl(mu_q: Any, mu_p: Any, sigma_q: Any, sigma_p: Any) -> jax.Array | np.ndarray:
   """KL(Q || P) between diagonal Gaussians over a pytree of weights.
 
   ``Q = N(mu_q, diag(s^2))`` and ``P = N(mu_p, diag(sigma_p^2))``, where ``s`` is ``sigma_q``
@@ -248,7 +256,7 @@ def gaussian_kl(mu_q: Any, mu_p: Any, sigma_q: Any, sigma_p: Any) -> jax.Array:
       non-finite value (naming the leaf) or a KL that overflows float64.
 
   References:
-    DESIGN.md section 1; the Gaussian KL as used in Dziugaite & Roy, "Computing nonvacuous
+    docs/THEORY.md §1.3; the Gaussian KL as used in Dziugaite & Roy, "Computing nonvacuous
     generalization bounds for deep (stochastic) neural networks" (UAI 2017).
   """
   flat_q, treedef = jax.tree_util.tree_flatten_with_path(mu_q)
@@ -287,12 +295,13 @@ def gaussian_kl(mu_q: Any, mu_p: Any, sigma_q: Any, sigma_p: Any) -> jax.Array:
   return total
 
 
+@with_float64
 def isotropic_kl(
   sq_distance: jax.typing.ArrayLike,
   num_params: jax.typing.ArrayLike,
   sigma_q: jax.typing.ArrayLike,
   sigma_p: jax.typing.ArrayLike,
-) -> jax.Array:
+) -> jax.Array | np.ndarray:
   """KL(N(w_q, sigma_q^2 I) || N(w_p, sigma_p^2 I)) from ``||w_q - w_p||^2`` and the count.
 
   With isotropic Gaussians the KL depends on the weights only through the squared distance,
@@ -446,7 +455,7 @@ def checkpoint_kl(
       parameter that differs.
 
   References:
-    DESIGN.md section 1 (KL(Q||P) of Proposition 4.1, arXiv 2605.12906).
+    docs/THEORY.md §1.3 (KL(Q||P) of Proposition 4.1, arXiv 2605.12906).
   """
   sigma_q_of, sigma_q_value = _sigma_resolver(sigma_q, "sigma_q")
   sigma_p_of, sigma_p_value = _sigma_resolver(sigma_p, "sigma_p")

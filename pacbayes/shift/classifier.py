@@ -140,7 +140,7 @@ def _fit_logistic(x_NxD, y_N, wt_N, l2, tol, steps: int):
     return (i < steps) & (grad_norm > tol) & ((i < 2) | (value < prev_value))
 
   inf = jnp.asarray(jnp.inf, jnp.float32)
-  init = (params, opt.init(params), inf, inf, inf, jnp.asarray(0))
+  init = (params, opt.init(params), inf, inf, inf, jnp.asarray(0, jnp.int32))
   params, _, _, _, _, iters = jax.lax.while_loop(keep_going, step, init)
   return params, iters
 
@@ -161,8 +161,9 @@ def _fit_mlp(key, x0_NxD, x1_MxD, l2, learning_rate, steps: int, batch_size: int
   def step(carry, k):
     p, state = carry
     k0, k1 = jax.random.split(k)
-    i0 = jax.random.randint(k0, (half,), 0, x0_NxD.shape[0])
-    i1 = jax.random.randint(k1, (half,), 0, x1_MxD.shape[0])
+    # int32 indices whatever the x64 flag: randint draws other rows for int64.
+    i0 = jax.random.randint(k0, (half,), 0, x0_NxD.shape[0], jnp.int32)
+    i1 = jax.random.randint(k1, (half,), 0, x1_MxD.shape[0], jnp.int32)
     xb_BxD = jnp.concatenate([x0_NxD[i0], x1_MxD[i1]])
     value, grad = jax.value_and_grad(objective)(p, xb_BxD)
     updates, state = opt.update(grad, state, p)

@@ -1,4 +1,4 @@
-"""iGSM-style synthetic arithmetic: modular dependency graphs whose difficulty is the op count.
+"""Synthetic problems: modular dependency graphs whose difficulty is the op count.
 
 A problem is a set of assignments over single-letter variables, each with exactly one binary
 operation modulo a small number (default 7), for example ``b = a * 2`` or ``a = 3 + 4``. The
@@ -21,13 +21,9 @@ variable operands are all computed (Kahn's topological order, ties broken by pro
 Lengths are fixed by the op count ``k`` and the number of distractors ``d``: the prompt has
 ``4 + 6 (k + d)`` tokens, the completion ``8 k + 3`` (so 119 tokens in all at ``k = 8``).
 
-The simplification of Ye et al.'s iGSM (2024): one operation per statement, constants written
-inline instead of separate leaf parameters, no natural-language templates, a single-token
-vocabulary of 48 symbols.
-
 References:
   Ye, Xu, Li, Allen-Zhu (2024), "Physics of Language Models: Part 2.1, Grade-School Math and
-  the Hidden Reasoning Process", arXiv 2407.20311.
+  the Hidden Reasoning Process", arXiv 2407.20311 (iGSM, which this task simplifies).
 """
 
 from __future__ import annotations
@@ -35,32 +31,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
-import json
-import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
-from pacbayes.core.atomic import write_atomic
-
-PAD, BOS, EOS, SEP, UNK = "<pad>", "<bos>", "<eos>", "<sep>", "<unk>"
-SPECIAL_TOKENS = (PAD, BOS, EOS, SEP, UNK)
-DIGITS = tuple(str(d) for d in range(10))
-OPERATORS = ("+", "-", "*")
-ANSWER = "answer"
-SYMBOLS = ("=", ";", "?", *OPERATORS, ANSWER)
-VARIABLES = tuple("abcdefghijklmnopqrstuvwxyz")
-VOCAB = SPECIAL_TOKENS + DIGITS + SYMBOLS + VARIABLES
-PAD_ID, BOS_ID, EOS_ID, SEP_ID, UNK_ID = range(5)
-# Special tokens split off even without surrounding spaces; everything else splits on spaces.
-_TOKEN_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS) + r"|[^\s<]+|<")
-VOCAB_SIZE = len(VOCAB)
+from pacbayes.data.synthetic.tokenizer import (
+  ANSWER,
+  BOS,
+  EOS,
+  OPERATORS,
+  SEP,
+  VARIABLES,
+  prompt_symbols,
+)
 
 DEFAULT_MODULUS = 7
-# Longest sequence the task can make: 26 statements, all needed (prompt 160 + completion 211).
-MODEL_MAX_LENGTH = 512
 MAX_STATEMENTS = len(VARIABLES)
 
 # Probability that a free operand slot reuses an earlier variable instead of a constant: it
@@ -75,6 +60,8 @@ _APPLY = {
 }
 
 Operand = str | int
+# An op-count distribution: one count, counts drawn uniformly, or {count: weight}.
+OpsSpec = int | Sequence[int] | Mapping[int, float]
 
 
 def prompt_length(num_ops: int, num_distractors: int = 0) -> int:
@@ -329,7 +316,8 @@ def generate_problem(
   return Problem(shuffled, names[k - 1], modulus)
 
 
-def _normalize_ops(ops: int | Sequence[int] | Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
+def _normalize_ops(ops: OpsSpec) -> tuple[np.ndarray, np.ndarray]:
+  """([m] int64 op counts, [m] float64 probabilities summing to 1) of an op-count spec."""
   if isinstance(ops, int | np.integer):
     values, probs = [int(ops)], [1.0]
   elif isinstance(ops, Mapping):
@@ -350,57 +338,9 @@ def _normalize_ops(ops: int | Sequence[int] | Mapping[int, float]) -> tuple[np.n
   return np.asarray(values, dtype=np.int64), p / p.sum()
 
 
-ROW_FORMATS = ("ids", "text")
-
-
-def problem_to_row(
-  problem: Problem, *, row_format: str = "ids", tokenizer: SyntheticTokenizer | None = None
-) -> dict[str, Any]:
-  """One JSONL row (DESIGN.md §3, as `pacbayes.data.dataset` reads it) for a problem.
-
-  Both formats give the same token ids to `pacbayes.data.dataset.load_dataset` (with the
-  tokenizer of `save_tokenizer` and the default ``add_eos=True`` for text rows), and the loss
-  falls on the completion only.
-
-  Args:
-    problem: the problem.
-    row_format: ``"ids"``: ``prompt_ids`` (``<bos>`` .. ``<sep>``) and ``completion_ids``
-      (.. ``<eos>``), used verbatim, with the text beside them as ``prompt_text`` and
-      ``completion_text`` (ignored by the loader); no tokenizer is needed to load them.
-      ``"text"``: ``prompt`` and ``completion`` strings, the completion without its final
-      ``<eos>``, which the loader appends from the tokenizer.
-    tokenizer: reused across rows for speed (default: a new `SyntheticTokenizer`).
-
-  Returns:
-    The row; both formats also hold ``difficulty`` (the op count, int), ``answer`` (the
-    digit as a string), ``num_distractors``, ``modulus`` and ``key`` (`Problem.key`).
-  """
-  p_toks, c_toks = problem.prompt_tokens(), problem.completion_tokens()
-  if row_format == "ids":
-    tokenizer = tokenizer or SyntheticTokenizer()
-    row = {
-      "prompt_ids": tokenizer.convert_tokens_to_ids(p_toks),
-      "completion_ids": tokenizer.convert_tokens_to_ids(c_toks),
-      "prompt_text": " ".join(p_toks),
-      "completion_text": " ".join(c_toks),
-    }
-  elif row_format == "text":
-    row = {"prompt": " ".join(p_toks), "completion": " ".join(c_toks[:-1])}
-  else:
-    raise ValueError(f"row_format: expected one of {ROW_FORMATS}, got {row_format!r}")
-  row.update(
-    difficulty=problem.num_ops,
-    answer=str(problem.answer),
-    num_distractors=problem.num_distractors,
-    modulus=problem.modulus,
-    key=problem.key(),
-  )
-  return row
-
-
 def generate_problems(
   num_examples: int,
-  ops: int | Sequence[int] | Mapping[int, float],
+  ops: OpsSpec,
   *,
   seed: int | np.random.SeedSequence,
   modulus: int = DEFAULT_MODULUS,
@@ -409,7 +349,11 @@ def generate_problems(
   unique: bool = False,
   max_tries_factor: int = 100,
 ) -> list[Problem]:
-  """Draws problems with i.i.d. op counts from a mixture; see `generate_dataset`."""
+  """Draws problems with i.i.d. op counts from a mixture.
+
+  Arguments as in `pacbayes.data.synthetic.datasets.generate_dataset`; `max_tries_factor`
+  bounds the draws (times ``num_examples``) spent avoiding ``exclude`` and repeats.
+  """
   if not isinstance(num_examples, int | np.integer) or num_examples < 0:
     raise ValueError(f"num_examples: expected an int >= 0, got {num_examples!r}")
   values, probs = _normalize_ops(ops)
@@ -443,242 +387,9 @@ def generate_problems(
   return problems
 
 
-def generate_dataset(
-  num_examples: int,
-  ops: int | Sequence[int] | Mapping[int, float],
-  *,
-  seed: int | np.random.SeedSequence,
-  modulus: int = DEFAULT_MODULUS,
-  num_distractors: int = 0,
-  exclude: Iterable[str] = (),
-  unique: bool = False,
-  row_format: str = "ids",
-) -> list[dict[str, Any]]:
-  """Generates JSONL rows of synthetic problems, deterministically from ``seed``.
-
-  Args:
-    num_examples: number of rows.
-    ops: the op-count distribution: an int, a sequence of ints (uniform; ``range(2, 9)``
-      works) or a dict ``{op_count: weight}`` (normalised). Each row draws its op count
-      independently, so the rows are i.i.d. from the mixture.
-    seed: seed (or `numpy.random.SeedSequence`) of ``numpy.random.default_rng``.
-    modulus: arithmetic modulus in [2, 10].
-    num_distractors: unneeded statements added to every prompt (default none, so the prompt
-      holds exactly the difficulty's statements).
-    exclude: problem keys (`Problem.key`, the rows' ``key``) never to emit, e.g. a test
-      set's keys when generating its training set; rejected draws are redrawn.
-    unique: also never emit a key twice within this dataset.
-    row_format: ``"ids"`` or ``"text"``, see `problem_to_row`.
-
-  Returns:
-    Rows as made by `problem_to_row`.
-  """
-  if row_format not in ROW_FORMATS:
-    raise ValueError(f"row_format: expected one of {ROW_FORMATS}, got {row_format!r}")
-  problems = generate_problems(
-    num_examples,
-    ops,
-    seed=seed,
-    modulus=modulus,
-    num_distractors=num_distractors,
-    exclude=exclude,
-    unique=unique,
-  )
-  tokenizer = SyntheticTokenizer()
-  return [problem_to_row(p, row_format=row_format, tokenizer=tokenizer) for p in problems]
-
-
-def generate_splits(
-  train_size: int,
-  test_size: int,
-  train_ops: int | Sequence[int] | Mapping[int, float],
-  test_ops: int | Sequence[int] | Mapping[int, float] | None = None,
-  *,
-  seed: int,
-  modulus: int = DEFAULT_MODULUS,
-  num_distractors: int = 0,
-  dedup: bool = True,
-  row_format: str = "ids",
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-  """Train and test rows from independent child seeds; train avoids test problems if ``dedup``.
-
-  Returns:
-    ``(train_rows, test_rows)``; test uses ``test_ops`` (default ``train_ops``).
-  """
-  train_seed, test_seed = np.random.SeedSequence(seed).spawn(2)
-  test = generate_dataset(
-    test_size,
-    train_ops if test_ops is None else test_ops,
-    seed=test_seed,
-    modulus=modulus,
-    num_distractors=num_distractors,
-    row_format=row_format,
-  )
-  exclude = {r["key"] for r in test} if dedup else ()
-  train = generate_dataset(
-    train_size,
-    train_ops,
-    seed=train_seed,
-    modulus=modulus,
-    num_distractors=num_distractors,
-    exclude=exclude,
-    row_format=row_format,
-  )
-  return train, test
-
-
-def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> None:
-  """Writes rows as JSONL atomically (a temporary file in the same folder, then a rename)."""
-
-  def write(f):
-    for row in rows:
-      f.write(json.dumps(row, separators=(",", ":")))
-      f.write("\n")
-
-  write_atomic(path, write, suffix=".jsonl")
-
-
-class SyntheticTokenizer:
-  """Word-level tokenizer of the synthetic task: one token per whitespace-separated symbol.
-
-  Special tokens are also split off where no space surrounds them (``"<sep>a"``), as the
-  Hugging Face tokenizer written by `save_pretrained` does; any other unknown symbol raises.
-  """
-
-  vocab = VOCAB
-  pad_id, bos_id, eos_id, sep_id, unk_id = PAD_ID, BOS_ID, EOS_ID, SEP_ID, UNK_ID
-
-  def __init__(self):
-    self.token_to_id = {t: i for i, t in enumerate(VOCAB)}
-
-  @property
-  def vocab_size(self) -> int:
-    """48: 5 special tokens, digits 0-9, ``= ; ? + - * answer`` and a-z."""
-    return len(VOCAB)
-
-  def tokenize(self, text: str) -> list[str]:
-    """The symbols of ``text``."""
-    return _TOKEN_RE.findall(text)
-
-  def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
-    """Ids of symbols; raises `ValueError` on a symbol outside the vocabulary."""
-    try:
-      return [self.token_to_id[t] for t in tokens]
-    except KeyError as e:
-      raise ValueError(f"text: symbol {e.args[0]!r} is not in the synthetic vocabulary") from None
-
-  def encode(self, text: str) -> list[int]:
-    """Token ids of ``text``; no special token is added."""
-    return self.convert_tokens_to_ids(self.tokenize(text))
-
-  def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
-    """Space-joined tokens of ``ids`` (the inverse of `encode` on space-separated text)."""
-    out = []
-    for i in ids:
-      i = int(i)
-      if not 0 <= i < len(VOCAB):
-        raise ValueError(f"ids: {i} is outside the vocabulary [0, {len(VOCAB)})")
-      if skip_special_tokens and i < len(SPECIAL_TOKENS):
-        continue
-      out.append(VOCAB[i])
-    return " ".join(out)
-
-  def to_hf(self):
-    """The same tokenizer as a `transformers.PreTrainedTokenizerFast`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(vocab=dict(self.token_to_id), unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    return PreTrainedTokenizerFast(
-      tokenizer_object=tok,
-      pad_token=PAD,
-      bos_token=BOS,
-      eos_token=EOS,
-      sep_token=SEP,
-      unk_token=UNK,
-      clean_up_tokenization_spaces=False,
-      padding_side="right",
-    )
-
-  def save_pretrained(self, directory: str | os.PathLike) -> None:
-    """Writes ``tokenizer.json`` and its config for ``AutoTokenizer.from_pretrained``."""
-    directory = os.fspath(directory)
-    self.to_hf().save_pretrained(directory)
-    # transformers 5 records its own backend class name; the generic fast class loads in
-    # both 4.x and 5.x.
-    config_path = os.path.join(directory, "tokenizer_config.json")
-    with open(config_path, encoding="utf-8") as f:
-      config = json.load(f)
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["model_max_length"] = MODEL_MAX_LENGTH
-    with open(config_path, "w", encoding="utf-8") as f:
-      json.dump(config, f, indent=2)
-      f.write("\n")
-
-
-def save_tokenizer(directory: str | os.PathLike) -> None:
-  """Writes the synthetic task's Hugging Face tokenizer files into ``directory``."""
-  SyntheticTokenizer().save_pretrained(directory)
-
-
-def _prompt_symbols(text: str) -> list[str]:
-  toks = text.split()
-  if SEP in toks:
-    toks = toks[: toks.index(SEP)]
-  return [t for t in toks if t != BOS]
-
-
-def evaluate_answer(prompt_text: str, *, modulus: int = DEFAULT_MODULUS) -> int:
-  """Solves a prompt from its text alone, by memoised recursion from the query.
-
-  Independent of the generator and of `Problem` (it shares only the token spelling), so tests
-  can check generated answers against it.
-
-  Args:
-    prompt_text: ``<bos> stmt ; ... ; ? var <sep>`` (anything after ``<sep>`` is ignored).
-    modulus: arithmetic modulus.
-
-  Returns:
-    The value of the query variable.
-  """
-  toks = _prompt_symbols(prompt_text)
-  if len(toks) < 2 or toks[-2] != "?":
-    raise ValueError(f"prompt_text: expected it to end with '? <var>', got {prompt_text!r}")
-  query = toks[-1]
-  defs = {}
-  for chunk in " ".join(toks[:-2]).split(";"):
-    words = chunk.split()
-    if not words:
-      continue
-    if len(words) != 5 or words[1] != "=":
-      raise ValueError(f"prompt_text: cannot read statement {chunk.strip()!r}")
-    defs[words[0]] = (words[2], words[3], words[4])
-  memo: dict[str, int] = {}
-  busy: set[str] = set()
-
-  def value(x: str) -> int:
-    if x.isdigit():
-      return int(x)
-    if x in memo:
-      return memo[x]
-    if x not in defs or x in busy:
-      raise ValueError(f"prompt_text: variable {x!r} is undefined or on a cycle")
-    busy.add(x)
-    a, op, b = defs[x]
-    va, vb = value(a), value(b)
-    r = {"+": va + vb, "-": va - vb, "*": va * vb}[op] % modulus
-    busy.discard(x)
-    memo[x] = r
-    return r
-
-  return value(query)
-
-
 def parse_problem(prompt_text: str, *, modulus: int = DEFAULT_MODULUS) -> Problem:
   """Reads a `Problem` back from its prompt text."""
-  toks = _prompt_symbols(prompt_text)
+  toks = prompt_symbols(prompt_text)
   if len(toks) < 2 or toks[-2] != "?":
     raise ValueError(f"prompt_text: expected it to end with '? <var>', got {prompt_text!r}")
   statements = []
@@ -695,81 +406,16 @@ def parse_problem(prompt_text: str, *, modulus: int = DEFAULT_MODULUS) -> Proble
   return Problem(tuple(statements), toks[-1], modulus)
 
 
-def extract_answer(completion_text: str) -> str | None:
-  """The answer a completion states: the token after its first ``answer``, if a digit.
-
-  Text after the first ``<eos>`` is ignored; returns None when no digit follows ``answer``.
-  """
-  toks = _TOKEN_RE.findall(completion_text)
-  if EOS in toks:
-    toks = toks[: toks.index(EOS)]
-  if ANSWER not in toks:
-    return None
-  i = toks.index(ANSWER)
-  if i + 1 < len(toks) and toks[i + 1] in DIGITS:
-    return toks[i + 1]
-  return None
-
-
-def verify_cot(completion_text: str, prompt_text: str, *, modulus: int = DEFAULT_MODULUS) -> bool:
-  """Whether a completion is a valid solution of the prompt (not necessarily the canonical one).
-
-  Valid means: every step copies a prompt statement as ``v = x op y = r ;`` with each
-  variable operand computed by an earlier step, ``r`` is correct, no variable is computed
-  twice, the query is computed, and ``answer r <eos>`` states its value.
-  """
-  try:
-    problem = parse_problem(prompt_text, modulus=modulus)
-  except ValueError:
-    return False
-  stated = {s.target: s for s in problem.statements}
-  toks = completion_text.split()
-  if len(toks) < 3 or toks[-3] != ANSWER or toks[-1] != EOS:
-    return False
-  body, answer = toks[:-3], toks[-2]
-  if len(body) % 8:
-    return False
-  known: dict[str, int] = {}
-  for i in range(0, len(body), 8):
-    t, eq1, a, op, b, eq2, r, semi = body[i : i + 8]
-    s = stated.get(t)
-    if s is None or t in known or (eq1, eq2, semi) != ("=", "=", ";"):
-      return False
-    if [a, op, b] != [str(s.left), s.op, str(s.right)]:
-      return False
-    if any(x not in known for x in (a, b) if not x.isdigit()):
-      return False
-    if r != str(problem.values[t]):
-      return False
-    known[t] = int(r)
-  return problem.query in known and answer == str(known[problem.query])
-
-
 __all__ = [
-  "BOS_ID",
   "DEFAULT_MODULUS",
-  "EOS_ID",
   "MAX_STATEMENTS",
-  "MODEL_MAX_LENGTH",
-  "PAD_ID",
+  "Operand",
+  "OpsSpec",
   "Problem",
-  "ROW_FORMATS",
-  "SEP_ID",
   "Statement",
-  "SyntheticTokenizer",
-  "VOCAB",
-  "VOCAB_SIZE",
   "completion_length",
-  "evaluate_answer",
-  "extract_answer",
-  "generate_dataset",
   "generate_problem",
   "generate_problems",
-  "generate_splits",
   "parse_problem",
-  "problem_to_row",
   "prompt_length",
-  "save_tokenizer",
-  "verify_cot",
-  "write_jsonl",
 ]
