@@ -1,12 +1,13 @@
 """Results-to-figure path: every figure builds from a results file and saves as a PNG."""
 
 import json
+import math
 
 import matplotlib.figure
 import pytest
 
 from pacbayes.cli.main import main
-from pacbayes.study import plots
+from pacbayes.study import plots, report_figure
 from tests.lab_fixtures import GOOD, make_results
 
 
@@ -45,11 +46,176 @@ def test_error_bars_are_the_verdicts_intervals(results_file):
   assert float(line.get_ydata()[-1]) == pytest.approx(est)
 
 
+def test_certified_vs_measured_marks_vacuous_slices(tmp_path):
+  """Per-slice B_d >= 1 is an 'x' on y = 1, not a point of the certified curve."""
+  results = make_results(**GOOD)
+  for c in results["cells"]:
+    c["certificate"]["slices"][3]["bound"] = 1.4
+  path = tmp_path / "r.json"
+  path.write_text(json.dumps(results))
+  fig = plots.certified_vs_measured(plots.load_results(path))
+  ax = fig.axes[0]
+  cert = next(ln for ln in ax.get_lines() if ln.get_label() == "certified B_d")
+  ys = list(cert.get_ydata())
+  assert ys[:3] == [0.9, 0.9, 0.9] and math.isnan(ys[3])
+  vac = next(ln for ln in ax.get_lines() if ln.get_label() == "B_d vacuous (>= 1)")
+  assert list(vac.get_xdata()) == [4.0] and list(vac.get_ydata()) == [1.0]
+
+
+def test_bound_vs_risk_data(results_file):
+  results = plots.load_results(results_file)
+  fig = plots.bound_vs_risk(results)
+  lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+  cells = results["cells"]
+  assert list(lines["bound (test mixture)"].get_ydata()) == pytest.approx(
+      [min(c["certificate"]["bound"], 1.5) for c in cells])
+  assert list(lines["measured E_Q"].get_ydata()) == pytest.approx(
+      [c["q_test_risk"] for c in cells])
+
+
 def test_old_lab_schema_is_refused_with_the_key(tmp_path):
   old = tmp_path / "old.json"
-  old.write_text(json.dumps({"schema": "pacbayes.study/1", "cells": []}))
+  old.write_text(json.dumps({"schema": "pacbayes.lab/1", "cells": []}))
   with pytest.raises(plots.ResultsError, match="old.json.*schema"):
     plots.load_results(old)
+
+
+# ----------------------------------------------------------------- bound-report figure data
+
+
+def _report(emp, eps, g_gen, g_ext, *, train=None, space="lora", sigma_p=0.01, **more):
+  """A bound report as `pacbayes bound` writes its plotted keys (hand-made: no schema)."""
+  out = {"emp_risk": emp, "epsilon": eps, "g_gen": g_gen, "g_ext": g_ext,
+         "bound": emp + eps + g_gen + g_ext, "sigma_q": 0.005, "sigma_p": sigma_p,
+         "saturated": False, "extra": {"space": space, "unperturbed_risk": emp / 2}}
+  if train is not None:
+    out["mixture"] = {"train_exact": True, "train_lower": {str(k): v for k, v in train.items()}}
+  out.update(more)
+  return out
+
+
+def _bars(ax):
+  """{term: [heights]} and {term: [hatches]} read back from the Axes' bar containers."""
+  heights = {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers}
+  hatches = {c.get_label(): [p.get_hatch() or "" for p in c.patches] for c in ax.containers}
+  return heights, hatches
+
+
+def _line(ax, label):
+  return next(ln for ln in ax.get_lines() if ln.get_label() == label)
+
+
+def test_saturated_and_vacuous_terms_are_markers_not_bars():
+  """The issue's case: hard is saturated (g_gen fills the gap to 1), easy is informative;
+  the reports come hard-first and are drawn by training difficulty."""
+  hard = _report(0.3, 0.02, 0.6793, 0.0004, train={3: 0.5, 4: 0.5}, saturated=True)
+  easy = _report(0.05, 0.01, 0.03, 0.2, train={1: 0.5, 2: 0.5})
+  vac = _report(0.1, 0.01, 0.2, 0.0, train={2: 1.0})
+  vac["g_ext"], vac["g_ext_status"], vac["bound"] = None, "vacuous", 1.02
+  vac["raw_terms"] = {"g_gen": 0.2, "g_ext": 0.71}
+  fig = plots.report_terms([hard, easy, vac])
+  ax, axm = fig.axes
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["1.50", "2.00", "3.50"]
+  assert ax.get_xlabel() == "mean training difficulty"
+  heights, hatches = _bars(ax)
+  assert heights["emp_risk"] == pytest.approx([0.05, 0.1, 0.3])
+  assert heights["g_gen"] == pytest.approx([0.03, 0.2, 0.0])  # hard: no g_gen bar
+  assert heights["g_ext"] == pytest.approx([0.2, 0.0, 0.0])  # vacuous and saturated: none
+  assert all(h == "" for h in hatches["g_ext"])
+  tops = [sum(heights[t][i] for t in heights) for i in range(3)]
+  assert tops == pytest.approx([0.29, 0.31, 0.32]) and max(tops) < 0.5  # nothing fills to 1
+  assert list(_line(ax, report_figure.SATURATED_LABEL).get_xdata()) == [2]
+  assert list(_line(ax, report_figure.VACUOUS_LABEL).get_xdata()) == [1]
+  texts = [t.get_text() for t in ax.texts]
+  assert texts == ["0.290", "vacuous", "0.9997 (saturated)"]  # never "1.000" below 1
+  assert "certified" in ax.get_title() and "uncertified" in axm.get_title()
+  risk = _line(axm, "fine-tune risk on S")
+  assert list(risk.get_ydata()) == pytest.approx([0.025, 0.05, 0.15])
+  assert risk.get_markerfacecolor() == "none"  # measures: open markers, not bars
+  assert not axm.containers
+
+
+def test_estimate_g_ext_is_hatched_and_measures_are_plotted():
+  r = _report(0.1, 0.01, 0.05, 0.1, g_ext_status="estimate")
+  r["extra"]["measures"] = {"g_gen_sharpness": {"value": 0.42, "kind": "measure (uncertified)"}}
+  fig = plots.report_terms([r], labels=["only"])
+  ax, axm = fig.axes
+  _, hatches = _bars(ax)
+  assert hatches["g_ext"] == [report_figure.ESTIMATE_HATCH]
+  assert list(_line(axm, "g_gen_sharpness").get_ydata()) == [0.42]
+
+
+def test_difficulty_from_slices_and_file_names_without_it(tmp_path):
+  with_slices = _report(0.1, 0.01, 0.05, 0.1,
+                        slices=[{"difficulty": 1.0, "n": 30, "bound": 0.4},
+                                {"difficulty": 4.0, "n": 10, "bound": 0.9}])
+  assert report_figure.mean_difficulty(with_slices) == pytest.approx(1.75)
+  bare = dict(_report(0.1, 0.01, 0.05, 0.1), _path=str(tmp_path / "bare.json"))
+  fig = plots.report_terms([with_slices, bare])
+  ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+  assert ticks == ["report 0", "bare.json"] and "no training difficulty" in \
+      fig.axes[0].get_xlabel()
+
+
+@pytest.mark.parametrize("change,word", [({"space": "weights"}, "posterior spaces"),
+                                         ({"sigma_p": 0.003}, "sigma_p")])
+def test_mixed_spaces_or_sigmas_are_refused_unless_allowed(tmp_path, capsys, change, word):
+  a = _report(0.1, 0.01, 0.05, 0.1, train={1: 1.0})
+  b = _report(0.1, 0.01, 0.05, 0.1, train={2: 1.0}, **change)
+  paths = []
+  for name, r in (("a.json", a), ("b.json", b)):
+    (tmp_path / name).write_text(json.dumps(r))
+    paths.append(str(tmp_path / name))
+  out = tmp_path / "terms.png"
+  assert main(["plot", *paths, "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and word in err[0] and "a.json" in err[0] and "b.json" in err[0]
+  assert "--allow-mixed" in err[0] and not out.exists()
+  assert main(["plot", *paths, "--out", str(out), "--allow-mixed"]) == 0
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  fig = plots.report_terms([plots.load_results(p) for p in paths], allow_mixed=True)
+  assert any(t.get_text().startswith("NOTE: mixed") and word in t.get_text() for t in fig.texts)
+
+
+def test_heldout_certificate_is_a_certified_bar(tmp_path):
+  from pacbayes.bounds.mixture import mixture_bounds
+  from pacbayes.certificate.heldout import heldout_certificate
+
+  mix = mixture_bounds(train_mixture={1: 0.5, 2: 0.5}, test_mixture={1: 0.5, 2: 0.5})
+  cert = heldout_certificate([0.0] * 90 + [1.0] * 10, difficulty=[1] * 50 + [2] * 50,
+                             mixture=mix, zero_one=True)
+  path = tmp_path / "heldout.json"
+  cert.to_json(path)
+  rep = tmp_path / "pb.json"
+  rep.write_text(json.dumps(_report(0.1, 0.01, 0.05, 0.1, train={1: 1.0})))
+  out = tmp_path / "h.png"
+  assert main(["plot", str(rep), str(path), "--out", str(out)]) == 0
+  fig = plots.report_terms([plots.load_results(rep), plots.load_results(path)])
+  ax, axm = fig.axes
+  heights, hatches = _bars(ax)
+  assert heights["held-out test-set bound"] == pytest.approx([0.0, cert.bound_test])
+  assert hatches["held-out test-set bound"][1] == report_figure.HELDOUT_HATCH
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["1.00", "1.50"]
+  assert list(_line(axm, "fine-tune risk (held-out rows)").get_ydata()) == [0.1]
+
+
+def test_a_real_saturated_report_reads_back_as_saturated(tmp_path):
+  """`certify` on the issue's numbers (KL 1,154 nats, n = 300): its JSON through the figure."""
+  from pacbayes.bounds.mixture import mixture_bounds
+  from pacbayes.certificate.core import ShiftInputs, certify
+
+  mix = mixture_bounds(train_mixture={3: 0.5, 4: 0.5}, test_mixture={1: 0.25, 2: 0.25,
+                                                                      3: 0.25, 4: 0.25})
+  cert = certify(0.3, 300, 1154.0, 300, shift=ShiftInputs(mixture=mix))
+  path = tmp_path / "hard.json"
+  cert.to_json(path)
+  out = tmp_path / "hard.png"
+  assert main(["plot", str(path), "--out", str(out)]) == 0
+  fig = plots.report_terms([plots.load_results(path)])
+  heights, _ = _bars(fig.axes[0])
+  assert heights["g_gen"] == [0.0] and heights["g_ext"] == [0.0]
+  assert heights["emp_risk"][0] + heights["epsilon"][0] < 0.5
+  assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["3.50"]
 
 
 def test_plot_command_on_bound_reports(tmp_path):
@@ -61,7 +227,12 @@ def test_plot_command_on_bound_reports(tmp_path):
     paths.append(str(p))
   out = tmp_path / "terms.png"
   assert main(["plot", *paths, "--out", str(out)]) == 0
-  assert out.exists()
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  fig = plots.report_terms([plots.load_results(p) for p in paths])
+  heights, _ = _bars(fig.axes[0])
+  assert heights["g_gen"] == pytest.approx([0.0, 0.1, 0.2])
+  assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["r0.json", "r1.json",
+                                                                   "r2.json"]
 
 
 def test_plot_command_bad_file_is_one_line(tmp_path, capsys):

@@ -13,10 +13,14 @@ REPORT_TERMS = ("emp_risk", "epsilon", "g_gen", "g_ext", "bound")
 
 def add_parser(sub) -> None:
   p = sub.add_parser("plot", help="figures from results files")
-  p.add_argument("results", nargs="+", help="a lab results.json, or bound reports")
+  p.add_argument("results", nargs="+", help="a lab results.json, or bound reports and "
+                 "held-out certificates")
   p.add_argument("--out", required=True, help="image path (.png, .pdf, .svg, ...)")
-  p.add_argument("--kind", help="lab results: a figure of pacbayes.study.plots.LAB_FIGURES (default "
-                 "the first); bound reports: terms (the default)")
+  p.add_argument("--kind", help="lab results: a figure of pacbayes.study.plots.LAB_FIGURES "
+                 "(default the first); bound reports: terms (the default)")
+  p.add_argument("--allow-mixed", action="store_true",
+                 help="bound reports: stack reports of different posterior spaces (weights vs "
+                 "LoRA) or sigmas; the figure then says so (refused by default)")
   p.add_argument("--base", default="base")
   p.add_argument("--method", default="sft")
   p.set_defaults(func=run)
@@ -50,6 +54,9 @@ def check_text_file(path: str) -> None:
 def check_bound_report(report: dict, path: str) -> None:
   """Refuses a bound report with a plotted key missing or not a finite number.
 
+  ``g_gen`` / ``g_ext`` may be null when the report's ``g_gen_status`` / ``g_ext_status``
+  says "saturated" / "vacuous" (the figure then draws a marker, not a bar).
+
   A report that names its ``schema`` (as `pacbayes bound` writes it) is then read through
   `pacbayes.certificate.core.Certificate.from_dict`, the one definition of a report, so every
   other key is checked too; a hand-made report needs only the plotted keys.
@@ -63,10 +70,27 @@ def check_bound_report(report: dict, path: str) -> None:
     if key not in report:
       raise CommandError(f"{path}: the bound report lacks the key {key!r}")
     value = report[key]
+    if value is None and report.get(f"{key}_status") in ("saturated", "vacuous"):
+      continue  # A saturated / vacuous term is written as null (its value in "raw_terms").
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
       raise CommandError(f"{path}: key {key!r} must be a finite number, got {value!r}")
   if "schema" in report:  # Written by `pacbayes bound`: every key must be as it writes it.
     Certificate.from_dict({k: v for k, v in report.items() if k != "_path"}, source=path)
+
+
+def check_heldout_report(report: dict, path: str) -> None:
+  """Refuses a held-out certificate whose plotted values are missing or not numbers in range.
+
+  Raises:
+    CommandError: naming the file and the key.
+  """
+  for key, optional in (("bound_train", False), ("bound_test", True), ("emp_risk", False)):
+    value = report.get(key)
+    if optional and value is None:
+      continue
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and value >= 0):
+      raise CommandError(f"{path}: key {key!r} must be a finite number >= 0, got {value!r}")
 
 
 def run(args) -> int:
@@ -92,12 +116,15 @@ def run(args) -> int:
                          f"{', '.join(lab_kinds)} need a lab results file")
     kind = "terms"
     for report, path in zip(loaded, args.results, strict=True):
-      check_bound_report(report, path)
+      if plots.is_heldout_report(report):
+        check_heldout_report(report, path)
+      else:
+        check_bound_report(report, path)
   try:
     if lab:
       fig = plots.LAB_FIGURES[kind](lab[0], base=args.base, method=args.method)
     else:
-      fig = plots.report_terms(loaded)
+      fig = plots.report_terms(loaded, allow_mixed=args.allow_mixed)
   except KeyError as e:  # A key the validation above or in plots.load_results did not cover.
     raise CommandError(f"{args.results[0]}: --kind {kind}: missing key {e.args[0]!r}") from None
   except (TypeError, IndexError, AttributeError) as e:

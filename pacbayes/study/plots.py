@@ -1,16 +1,16 @@
 """Figures from result files: each function takes data and returns a matplotlib Figure.
 
-Lab figures read a study through `pacbayes.study.view.StudyView` (schema ``pacbayes.study/2``);
-every error bar is the 95% interval of `pacbayes.study.stats.contrast` for that one cell (paired
-bootstrap over test items combined with the variance between seeds), the same interval the
-verdicts use.
+Lab figures read a study through `pacbayes.study.view.StudyView` (schema ``pacbayes.lab/3``
+or /2); every error bar is the 95% interval of `pacbayes.study.stats.contrast` for that one
+cell (paired bootstrap over test items combined with the variance between seeds), the same
+interval the verdicts use.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import matplotlib
@@ -22,24 +22,26 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from pacbayes.core.atomic import write_atomic
+from pacbayes.study.report_figure import is_heldout_report, report_terms
 from pacbayes.study.stats import contrast
-from pacbayes.study.view import SCHEMA, ResultsError, StudyView, study_view
+from pacbayes.study.view import READABLE, SCHEMA, ResultsError, StudyView, study_view
 
 __all__ = ["ResultsError", "load_results", "is_lab_results", "lab_figures", "write_lab_figures",
            "accuracy_vs_n", "accuracy_vs_difficulty", "gaps_vs_difficulty",
            "certified_vs_measured", "bound_vs_risk", "method_comparison", "report_terms",
-           "save_figure", "LAB_FIGURES"]
+           "is_heldout_report", "save_figure", "LAB_FIGURES"]
 
 _COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
 
 def is_lab_results(data: Mapping[str, Any]) -> bool:
-  """True for a lab results dict (schema ``pacbayes.study/2``)."""
-  return data.get("schema") == SCHEMA
+  """True for a lab results dict (a readable ``pacbayes.study`` schema)."""
+  return data.get("schema") in READABLE
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads a lab results file (schema ``pacbayes.study/2``) or a bound report.
+  """Reads a lab results file (schema ``pacbayes.lab/3`` or /2), a bound report or a held-out
+  certificate (``pacbayes.certificate.heldout/1``).
 
   Returns:
     The parsed object, with ``"_path"`` added.
@@ -60,16 +62,21 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
   if not isinstance(data, dict):
     raise ResultsError(f"{path}: expected a JSON object at the top level")
   schema = data.get("schema")
-  if isinstance(schema, str) and schema.startswith("pacbayes.study/") and schema != SCHEMA:
+  if isinstance(schema, str) and schema.startswith(("pacbayes.study/", "pacbayes.lab/")) and \
+     schema not in READABLE:
     raise ResultsError(f"{path}: key 'schema': {schema!r} is an older study format; rerun "
                        f"`pacbayes lab` (expected {SCHEMA!r})")
-  if schema == SCHEMA:
+  if schema in READABLE:
     for key in ("cells", "arms", "test_items", "bases", "test_mixture"):
       if key not in data:
         raise ResultsError(f"{path}: lab results lack the key {key!r}")
+  elif is_heldout_report(data):
+    for key in ("bound_train", "bound_test", "emp_risk", "kind"):
+      if key not in data:
+        raise ResultsError(f"{path}: the held-out certificate lacks the key {key!r}")
   elif not {"bound", "g_gen", "g_ext", "emp_risk"} <= set(data):
-    raise ResultsError(f"{path}: neither lab results (schema {SCHEMA!r}) nor a bound report "
-                       "(keys bound, g_gen, g_ext, emp_risk)")
+    raise ResultsError(f"{path}: neither lab results (schema {SCHEMA!r}), a bound report "
+                       "(keys bound, g_gen, g_ext, emp_risk) nor a held-out certificate")
   data["_path"] = path
   return data
 
@@ -195,9 +202,13 @@ def certified_vs_measured(results: Mapping[str, Any], *, n: int | None = None,
     if cell is None:
       continue
     slices = cell["certificate"].get("slices") or []
-    if slices:
-      ax.plot([s["difficulty"] for s in slices], [min(s["bound"], 1.0) for s in slices], "v-",
+    if slices:  # a vacuous B_d (>= 1) is a marker on the line y = 1, never a point of the curve
+      ds = [s["difficulty"] for s in slices]
+      ax.plot(ds, [s["bound"] if s["bound"] < 1.0 else np.nan for s in slices], "v-",
               color="tab:red", label="certified B_d")
+      vac = [d for d, s in zip(ds, slices, strict=True) if s["bound"] >= 1.0]
+      if vac:
+        ax.plot(vac, [1.0] * len(vac), "kx", ls="none", label="B_d vacuous (>= 1)")
     ks = sorted(int(k) for k in cell["q_risk_by_slice"])
     ax.plot(ks, [cell["q_risk_by_slice"][str(k)] for k in ks], "o-", color="tab:blue",
             label="measured E_Q[R_d]")
@@ -251,32 +262,6 @@ def method_comparison(results, *, base: str = "base") -> Figure:
     ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel("answer accuracy")
   axes[0, 0].legend()
-  fig.tight_layout()
-  return fig
-
-
-def report_terms(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None
-                 ) -> Figure:
-  """Stacked bars of the bound terms of several ``pacbayes bound`` reports."""
-  if not reports:
-    raise ResultsError("no reports to plot")
-  labels = list(labels) if labels is not None else [
-      os.path.basename(r.get("_path", f"report {i}")) for i, r in enumerate(reports)]
-  terms = ("emp_risk", "epsilon", "g_gen", "g_ext")
-  colors = ("tab:gray", "tab:blue", "tab:orange", "tab:red")
-  fig, ax = plt.subplots(figsize=(1.3 * len(reports) + 3, 4))
-  bottom = np.zeros(len(reports))
-  for term, color in zip(terms, colors, strict=True):
-    vals = np.array([float(r[term]) for r in reports])
-    ax.bar(labels, vals, bottom=bottom, color=color, label=term)
-    bottom += vals
-  for i, r in enumerate(reports):
-    ax.text(i, bottom[i], f"{float(r['bound']):.3f}", ha="center", va="bottom", fontsize=8)
-  ax.axhline(1.0, color="gray", lw=0.8)
-  ax.set_ylabel("bound on test risk")
-  ax.set_title("Proposition 4.1 terms")
-  ax.legend(fontsize=8)
-  ax.tick_params(axis="x", labelrotation=20)
   fig.tight_layout()
   return fig
 
