@@ -174,7 +174,9 @@ BAD_ROWS = [
   ({"text": "hello"}, "no tokenizer was given"),
   ({"input_ids": [1, 2], "difficulty": "hard"}, "'difficulty' must be a finite number"),
   ({"input_ids": [1, 2], "difficulty": True}, "'difficulty' must be a finite number"),
-  ({"input_ids": [1, 2], "difficulty": float("nan")}, "'difficulty' must be a finite number"),
+  ({"input_ids": [1, 2], "difficulty": float("nan")}, "NaN is not a JSON number"),
+  ('{"input_ids": [1, 2], "difficulty": 3, "difficulty": 1}', "key 'difficulty' appears twice"),
+  ('{"input_ids": [1, Infinity]}', "Infinity is not a JSON number"),
   ({"input_ids": [1, 2], "answer": [1]}, "'answer' must be a string"),
 ]
 
@@ -304,7 +306,7 @@ def test_missing_tokenizer_is_named_with_the_folder(tmp_path, kind):
   (b"[" * 100000 + b"\n", r"d\.jsonl:1: JSON nested too deeply"),
   (b'{"input_ids": [' + b"9" * 5000 + b"]}\n", r"d\.jsonl:1: not usable JSON"),
   (b'{"input_ids": [1, 2], "difficulty": 1}\n{"input_ids": [1, 2], "difficulty": NaN}\n',
-   r"d\.jsonl:2: 'difficulty' must be a finite number"),
+   r"d\.jsonl:2: not valid JSON \(NaN is not a JSON number\)"),
 ])
 def test_hostile_json_lines(tmp_path, content, match):
   path = tmp_path / "d.jsonl"
@@ -322,7 +324,9 @@ def test_folder_instead_of_file(tmp_path):
 def test_malformed_difficulty_is_refused_with_file_and_line(tmp_path, value):
   rows = [{"input_ids": [1, 2], "difficulty": 1}, {"input_ids": [1, 2], "difficulty": value}]
   path = _write(tmp_path / "d.jsonl", rows)  # inf is written as the JSON extension Infinity
-  with pytest.raises(DataError, match=r"d\.jsonl:2: 'difficulty' must be a finite number"):
+  message = "Infinity is not a JSON number" if value == float("inf") else \
+    "'difficulty' must be a finite number"  # the strict reader refuses Infinity first
+  with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{message}"):
     load_dataset(path)
 
 

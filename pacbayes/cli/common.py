@@ -231,3 +231,24 @@ def check_input_file(path: str | os.PathLike, flag: str) -> None:
     raise CommandError(f"{flag} {text}: not a regular file")
   if not os.access(text, os.R_OK):
     raise CommandError(f"{flag} {text}: not readable")
+
+
+def bounded_float(flag: str, low: float, high: float, *,
+                  closed: tuple[bool, bool] = (False, True)):
+  """An argparse type: a finite float between `low` and `high`, with an error naming `flag`.
+
+  Args:
+    flag: the flag's name, for the message.
+    low, high: the range.
+    closed: whether each end is included (default ``(low, high]``).
+  """
+  def parse(text):
+    value = _number(flag, text)
+    above = value >= low if closed[0] else value > low
+    below = value <= high if closed[1] else value < high
+    if not (above and below):
+      left, right = "[" if closed[0] else "(", "]" if closed[1] else ")"
+      raise argparse.ArgumentTypeError(f"{flag} must lie in {left}{low:g}, {high:g}{right}, "
+                                       f"got {text}")
+    return value
+  return parse

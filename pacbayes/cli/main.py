@@ -1,7 +1,9 @@
 """The ``pacbayes`` command: parses arguments, calls the library, prints one line on error.
 
 Exit statuses: 0 success, 2 bad input or an output that cannot be written (one line on
-stderr naming the file, key or flag), 130 interrupted (Ctrl-C; one line).
+stderr naming the file, key or flag), 130 interrupted (Ctrl-C; one line), 1 an unexpected
+error (a bug: one line naming the exception; ``PACBAYES_TRACEBACK=1`` shows the traceback).
+Every exception leaves through `main`'s one path to a message; none escapes as a traceback.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from pacbayes.cli import exit_on_interrupt
 if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "pacbayes":
   signal.signal(signal.SIGINT, exit_on_interrupt)
 
-from pacbayes.cli import bound, finetune, lab, plot, shift
+from pacbayes.cli import bound, finetune, lab, plot, select, shift
 from pacbayes.cli.common import CommandError
 from pacbayes.core.precision import enable_x64_globally
 
-COMMANDS = (bound, shift, finetune, lab, plot)
+COMMANDS = (bound, shift, finetune, lab, plot, select)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "CommandError", "build_parser", "main"]
+EXIT_INTERNAL = 1
+TRACEBACK_ENV = "PACBAYES_TRACEBACK"
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "CommandError", "build_parser",
+           "error_line", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,6 +138,12 @@ def main(argv: Sequence[str] | None = None, *, hard_exit: bool | None = None) ->
   except (ValueError, OSError, KeyError, MemoryError) as e:
     print(f"{prog}: error: {error_line(e)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+  except Exception as e:  # noqa: BLE001  (a bug: one line, not a traceback)
+    if os.environ.get(TRACEBACK_ENV):
+      raise
+    print(f"{prog}: internal error: {type(e).__name__}: {error_line(e)} (a bug; set "
+          f"{TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

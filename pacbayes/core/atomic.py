@@ -41,15 +41,37 @@ def new_file_mode(path: str | os.PathLike) -> int:
 _STOPPED = threading.Event()
 _PENDING: set[str] = set()
 _PENDING_LOCK = threading.Lock()
+_STOP_HOOKS: list[Callable[[], Any]] = []
+
+
+def add_stop_hook(hook: Callable[[], Any]) -> Callable[[], None]:
+  """Registers `hook()` to run in `stop_writes` (e.g. killing worker processes on Ctrl-C).
+
+  Returns:
+    A function that unregisters it.
+  """
+  _STOP_HOOKS.append(hook)
+
+  def remove() -> None:
+    if hook in _STOP_HOOKS:
+      _STOP_HOOKS.remove(hook)
+
+  return remove
 
 
 def stop_writes() -> None:
-  """From now on `write_atomic` commits nothing; removes the temporary files in flight.
+  """From now on `write_atomic` commits nothing; removes the temporary files in flight, and
+  runs the hooks of `add_stop_hook` (each error ignored).
 
   Called by the command line on Ctrl-C, before it ends the process, so that an interrupted
-  command leaves no file written and no temporary file behind.
+  command leaves no file written, no temporary file and no worker process behind.
   """
   _STOPPED.set()
+  for hook in list(_STOP_HOOKS):
+    try:
+      hook()
+    except Exception:  # noqa: BLE001  (the process is ending; the rest must still run)
+      pass
   with _PENDING_LOCK:
     pending = list(_PENDING)
   for tmp in pending:

@@ -15,6 +15,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+from pacbayes.core.jsonio import loads
+
 __all__ = [
   "CONFIG_FILE",
   "INDEX_FILE",
@@ -97,19 +99,10 @@ class _TensorInfo:
   end: int
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-  """json object hook that refuses a repeated key (json.loads keeps the last one silently)."""
-  out: dict[str, Any] = {}
-  for key, value in pairs:
-    if key in out:
-      raise ValueError(f"key {key!r} is repeated")
-    out[key] = value
-  return out
-
-
-def load_unique_json(text: str | bytes) -> Any:
-  """``json.loads`` that raises ValueError on a key repeated inside one object."""
-  return json.loads(text, object_pairs_hook=_unique_object)
+def load_unique_json(text: str | bytes, *, where: str = "JSON") -> Any:
+  """Strict ``json.loads`` (`pacbayes.core.jsonio.loads`): a repeated key, NaN or Infinity
+  raises a ValueError naming `where` and the line."""
+  return loads(text, where=where)
 
 
 def _read_header(path: str) -> dict[str, _TensorInfo]:
@@ -130,7 +123,7 @@ def _read_header(path: str) -> dict[str, _TensorInfo]:
       header_len = int.from_bytes(raw_len, "little")
       if header_len > file_size - 8:
         raise CheckpointError(f"{path}: not a safetensors file (header length {header_len}).")
-      header = load_unique_json(f.read(header_len).decode("utf-8"))
+      header = load_unique_json(f.read(header_len), where=f"{path} (header)")
   except (OSError, UnicodeDecodeError, ValueError) as e:
     if isinstance(e, CheckpointError):
       raise
@@ -245,7 +238,7 @@ class SafetensorsFolder:
   def _read_index(self, index: str) -> dict[str, _TensorInfo]:
     try:
       with open(index, encoding="utf-8") as f:
-        weight_map = load_unique_json(f.read())["weight_map"]
+        weight_map = load_unique_json(f.read(), where=index)["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise CheckpointError(f"{index}: not a valid index (needs a 'weight_map' object with "
                             f"unique names): {e}") from e

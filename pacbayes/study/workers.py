@@ -38,20 +38,59 @@ SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_paralleli
 _WORKER: dict[str, Any] = {}
 
 
-def _tie_to_parent() -> None:
-  """Ctrl-C is the parent's to handle (one line, exit 130); a worker dies with its parent."""
+def _tie_to_parent(parent_pid: int) -> None:
+  """Ctrl-C is the parent's to handle (one line, exit 130); a worker dies with its parent.
+
+  Linux: the kernel kills the worker (SIGKILL) when its parent ends (PR_SET_PDEATHSIG). The
+  parent may already have ended while this worker was starting (imports take seconds); then
+  the worker has been re-parented and leaves at once.
+  """
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
     import ctypes
 
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
   except (OSError, AttributeError):  # not Linux: a worker ends when its call queue closes
     pass
+  if os.getppid() != parent_pid:
+    os._exit(1)
 
 
-def _init_worker(make_study: Callable[..., Any], config: StudyConfig, out_dir: str) -> None:
-  _tie_to_parent()
+def _kill_children() -> None:
+  """Kills this process's multiprocessing children at once (the Ctrl-C path: `stop_writes`).
+
+  With the workers gone, the resource tracker sees its pipe close and ends too.
+  """
+  for child in multiprocessing.active_children():
+    try:
+      child.kill()
+    except (OSError, ValueError):
+      pass
+
+
+def _start_quiet_tracker() -> None:
+  """Starts multiprocessing's resource tracker with its stderr on /dev/null.
+
+  After a Ctrl-C the parent ends at once (`os._exit`) and the tracker frees the pool's
+  semaphores, which is right, but it also prints a multi-line warning about them on the
+  terminal; the command's one line ("interrupted") must stay the only one.
+  """
+  from multiprocessing import resource_tracker
+
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    resource_tracker.ensure_running()
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def _init_worker(make_study: Callable[..., Any], config: StudyConfig, out_dir: str,
+                 parent_pid: int) -> None:
+  _tie_to_parent(parent_pid)
   flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (flags + " " + SINGLE_THREAD_XLA_FLAGS).strip()
   enable_x64_globally()  # as in the parent's command line: the study's numbers are float64
@@ -92,9 +131,13 @@ def run_tasks(make_study: Callable[..., Any], config: StudyConfig, out_dir: str,
   """
   if workers < 1:
     raise ValueError(f"workers: expected >= 1, got {workers}")
+  from pacbayes.core.atomic import add_stop_hook
+
   ctx = multiprocessing.get_context("spawn")
+  _start_quiet_tracker()
+  remove_hook = add_stop_hook(_kill_children)
   with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                              initargs=(make_study, config, out_dir)) as pool:
+                              initargs=(make_study, config, out_dir, os.getpid())) as pool:
     try:
       on_base("base", pool.submit(_run_task, "base", "base").result())
       pending: dict[cf.Future, tuple[str, Any]] = {}
@@ -115,4 +158,7 @@ def run_tasks(make_study: Callable[..., Any], config: StudyConfig, out_dir: str,
             on_cell(what, fut.result())
     except BaseException:
       pool.shutdown(wait=False, cancel_futures=True)
+      _kill_children()
       raise
+    finally:
+      remove_hook()

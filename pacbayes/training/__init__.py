@@ -1,2 +1,4 @@
-"""Fine-tuning: objectives, optimiser, trainer, and the `finetune` entry point (used by the study, not inside it)."""
+"""Training: one TrainConfig, the step, the trainer, checkpoints and `finetune`.
 
+Used by the study, not inside it.
+"""

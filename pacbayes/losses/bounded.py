@@ -1,4 +1,4 @@
-"""Bounded per-example losses in [0, 1] for language models: token error, smoothed NLL, answers.
+"""Bounded per-example losses in [0, 1]: token error, sequence error, smoothed NLL.
 
 Every loss takes next-token logits and the `pacbayes.data.Dataset` masks: ``logits[:, t - 1]``
 predicts ``input_ids[:, t]``, and position ``t`` counts iff ``loss_mask[:, t] == 1``. A row
@@ -10,17 +10,14 @@ log-likelihood is smoothed and rescaled rather than used raw.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import math
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 # The public losses check arguments eagerly, then run one jitted program per shape (eager
@@ -44,14 +41,26 @@ def _checked(logits, input_ids, loss_mask):
   return logits, input_ids, loss_mask
 
 
-def _shifted(logits, input_ids, loss_mask):
-  # logits[:, t - 1] predicts input_ids[:, t]; position 0 is never a target.
-  return logits[:, :-1], input_ids[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+def next_token_shift(
+  logits_BxLxV: jax.Array, input_ids_BxL: jax.Array, loss_mask_BxL: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The project's one next-token alignment: ``logits[:, t - 1]`` predicts ``input_ids[:, t]``.
+
+  Args:
+    logits_BxLxV: [B, L, V] logits.
+    input_ids_BxL: [B, L] token ids.
+    loss_mask_BxL: [B, L] 1 where ``input_ids`` is a target (position 0 never is).
+
+  Returns:
+    ``(logits_BxTxV, targets_BxT, mask_BxT)`` with T = L - 1; the mask as float32.
+  """
+  return (logits_BxLxV[:, :-1], input_ids_BxL[:, 1:],
+          loss_mask_BxL[:, 1:].astype(jnp.float32))
 
 
-def _masked_mean(per_token: jax.Array, mask: jax.Array) -> jax.Array:
-  count = mask.sum(axis=-1)
-  return (per_token * mask).sum(axis=-1) / jnp.maximum(count, 1.0)
+def _masked_mean(per_token_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+  count_B = mask_BxT.sum(axis=-1)
+  return (per_token_BxT * mask_BxT).sum(axis=-1) / jnp.maximum(count_B, 1.0)
 
 
 def token_error(logits: ArrayLike, input_ids: ArrayLike, loss_mask: ArrayLike) -> jax.Array:
@@ -77,11 +86,13 @@ def token_error(logits: ArrayLike, input_ids: ArrayLike, loss_mask: ArrayLike) -
 
 
 @jax.jit
-def _token_error(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> jax.Array:
-  logits, targets, mask = _shifted(logits, input_ids, loss_mask)
-  predicted = jnp.argmax(logits, axis=-1)  # [B, L-1]; exact in any float dtype.
-  wrong = (predicted != targets).astype(jnp.float32)
-  return _masked_mean(wrong, mask)
+def _token_error(logits_BxLxV: jax.Array, input_ids_BxL: jax.Array,
+                 loss_mask_BxL: jax.Array) -> jax.Array:
+  logits_BxTxV, targets_BxT, mask_BxT = next_token_shift(logits_BxLxV, input_ids_BxL,
+                                                         loss_mask_BxL)
+  predicted_BxT = jnp.argmax(logits_BxTxV, axis=-1)  # exact in any float dtype.
+  wrong_BxT = (predicted_BxT != targets_BxT).astype(jnp.float32)
+  return _masked_mean(wrong_BxT, mask_BxT)
 
 
 def sequence_error(logits: ArrayLike, input_ids: ArrayLike, loss_mask: ArrayLike) -> jax.Array:
@@ -115,10 +126,12 @@ def sequence_error(logits: ArrayLike, input_ids: ArrayLike, loss_mask: ArrayLike
 
 
 @jax.jit
-def _sequence_error(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> jax.Array:
-  logits, targets, mask = _shifted(logits, input_ids, loss_mask)
-  wrong = (jnp.argmax(logits, axis=-1) != targets) & (mask > 0)  # [B, L-1]
-  return jnp.any(wrong, axis=-1).astype(jnp.float32)
+def _sequence_error(logits_BxLxV: jax.Array, input_ids_BxL: jax.Array,
+                    loss_mask_BxL: jax.Array) -> jax.Array:
+  logits_BxTxV, targets_BxT, mask_BxT = next_token_shift(logits_BxLxV, input_ids_BxL,
+                                                         loss_mask_BxL)
+  wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != targets_BxT) & (mask_BxT > 0)
+  return jnp.any(wrong_BxT, axis=-1).astype(jnp.float32)
 
 
 def smoothed_nll_range(alpha: float, vocab_size: int) -> tuple[float, float]:
@@ -184,20 +197,22 @@ def smoothed_nll(
 
 
 @jax.jit
-def _smoothed_nll(logits, input_ids, loss_mask, alpha) -> jax.Array:
-  logits, targets, mask = _shifted(logits, input_ids, loss_mask)
-  vocab_size = logits.shape[-1]
-  logits = logits.astype(jnp.float32)  # bf16 logits lose too much in logsumexp.
-  lse = jax.nn.logsumexp(logits, axis=-1)  # [B, L-1]
-  target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
-  log_p = jnp.minimum(target_logit[..., 0] - lse, 0.0)  # [B, L-1]
+def _smoothed_nll(logits_BxLxV, input_ids_BxL, loss_mask_BxL, alpha) -> jax.Array:
+  logits_BxTxV, targets_BxT, mask_BxT = next_token_shift(logits_BxLxV, input_ids_BxL,
+                                                         loss_mask_BxL)
+  vocab_size = logits_BxTxV.shape[-1]
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)  # bf16 logits lose too much in logsumexp.
+  lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
+  target_logit_BxT = jnp.take_along_axis(
+    logits_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  log_p_BxT = jnp.minimum(target_logit_BxT - lse_BxT, 0.0)
   alpha = jnp.asarray(alpha, jnp.float32)
   log_uniform = jnp.log(alpha) - math.log(vocab_size)
-  log_p_smooth = jnp.logaddexp(jnp.log1p(-alpha) + log_p, log_uniform)
+  log_p_smooth_BxT = jnp.logaddexp(jnp.log1p(-alpha) + log_p_BxT, log_uniform)
   log_top = jnp.logaddexp(jnp.log1p(-alpha), log_uniform)  # log(1 - a + a/V)
   width = jnp.log1p((1.0 - alpha) * vocab_size / alpha)
-  per_token = jnp.clip((log_top - log_p_smooth) / width, 0.0, 1.0)
-  return _masked_mean(per_token, mask)
+  per_token_BxT = jnp.clip((log_top - log_p_smooth_BxT) / width, 0.0, 1.0)
+  return _masked_mean(per_token_BxT, mask_BxT)
 
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {
@@ -232,7 +247,7 @@ def get_loss(name: str, **options: Any) -> Callable[..., jax.Array]:
 def model_loss_fn(
   graphdef: Any, *state: Any, loss: str | Callable[..., jax.Array] = "token_error", **options
 ) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
-  """Binds a split NNX model to a loss: ``loss_fn(params, batch) -> [B]`` for `pacbayes.posterior.perturb`.
+  """Binds a split NNX model to a loss: ``loss_fn(params, batch) -> [B]`` (for perturbations).
 
   Args:
     graphdef: from ``graphdef, params, *state = nnx.split(model, nnx.Param, ...)``.
@@ -254,166 +269,3 @@ def model_loss_fn(
     return fn(logits, batch["input_ids"], batch["loss_mask"])
 
   return loss_fn
-
-
-# ---------------------------------------------------------------------------------------------
-# Answer accuracy (host-side: strings).
-
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def normalize_answer(text: str) -> str:
-  """Canonical form for exact-match comparison.
-
-  Strips whitespace, surrounding ``$``, a trailing period, thousands separators in numbers
-  and case; numbers compare by value (``"3.0" == "3"``, ``"1,000" == "1000"``).
-  """
-  s = " ".join(str(text).split()).strip()
-  s = s.strip("$").strip().rstrip(".").strip().lower()
-  s = re.sub(r"(?<=\d),(?=\d{3}(\D|$))", "", s)
-  if _NUMBER.match(s):
-    value = float(s)
-    if math.isfinite(value):
-      return str(int(value)) if value == int(value) and abs(value) < 2**53 else repr(value)
-  return s
-
-
-def _last_boxed(text: str) -> str | None:
-  start = text.rfind("\\boxed{")
-  if start < 0:
-    return None
-  depth, i = 1, start + len("\\boxed{")
-  for j in range(i, len(text)):
-    if text[j] == "{":
-      depth += 1
-    elif text[j] == "}":
-      depth -= 1
-      if depth == 0:
-        return text[i:j]
-  return None
-
-
-@dataclasses.dataclass(frozen=True)
-class AnswerExtractor:
-  r"""Pulls the final answer out of generated text.
-
-  In order: the content of the last ``\boxed{...}`` (when ``boxed``); else the rest of the
-  line after the last occurrence of any of ``markers`` (case-insensitive), without leading
-  ``:``, ``=`` or ``is`` (the next non-empty line if that line is empty); else the last
-  non-empty line. The result goes through `normalize_answer`.
-
-  Attributes:
-    markers: answer markers, e.g. ``"####"`` (GSM8K) and ``"answer"`` ("The answer is 7").
-    boxed: look for LaTeX ``\boxed{}`` first.
-  """
-
-  markers: tuple[str, ...] = ("####", "answer")
-  boxed: bool = True
-
-  def __post_init__(self):
-    if isinstance(self.markers, str) or not all(isinstance(m, str) and m for m in self.markers):
-      raise ValueError(f"markers: expected a tuple of non-empty strings, got {self.markers!r}")
-
-  def __call__(self, text: str) -> str:
-    if self.boxed:
-      boxed = _last_boxed(text)
-      if boxed is not None:
-        return normalize_answer(boxed)
-    lower = text.lower()
-    best = -1
-    for marker in self.markers:
-      pos = lower.rfind(marker.lower())
-      if pos >= 0:
-        best = max(best, pos + len(marker))
-    if best >= 0:
-      rest = text[best:].lstrip(" \t:=")
-      rest = re.sub(r"^(is|was)\b", "", rest, flags=re.IGNORECASE).lstrip(" \t:=")
-      lines = [ln for ln in rest.splitlines() if ln.strip()]
-      return normalize_answer(lines[0] if lines else "")
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return normalize_answer(lines[-1] if lines else "")
-
-
-extract_answer = AnswerExtractor()
-
-
-def answer_error(
-  generated_ids: ArrayLike,
-  answers: Sequence[str | None],
-  decode_fn: Callable[[list[int]], str],
-  *,
-  eos_id: int | None = None,
-  extract: Callable[[str], str] = extract_answer,
-) -> np.ndarray:
-  """Per-example 0-1 answer error: 0 iff the extracted answer matches the reference exactly.
-
-  Args:
-    generated_ids: [B, T] generated token ids (e.g. from ``greedy_generate``).
-    answers: B reference answers (the dataset's ``answer`` field); None marks a padding row
-      (loss 0).
-    decode_fn: ids -> text, e.g. ``lambda ids: tok.decode(ids, skip_special_tokens=True)``.
-    eos_id: generation is cut at the first ``eos_id``.
-    extract: text -> normalised answer (an `AnswerExtractor`); references are compared
-      after `normalize_answer`.
-
-  Returns:
-    [B] float32 errors in {0, 1}.
-  """
-  ids = np.asarray(generated_ids)
-  if ids.ndim != 2 or len(answers) != ids.shape[0]:
-    raise ValueError(
-      f"generated_ids {ids.shape} must be [B, T] with B = len(answers) = {len(answers)}"
-    )
-  errors = np.zeros((ids.shape[0],), np.float32)
-  for b, reference in enumerate(answers):
-    if reference is None:
-      continue
-    row = ids[b].tolist()
-    if eos_id is not None and eos_id in row:
-      row = row[: row.index(eos_id)]
-    errors[b] = float(extract(decode_fn(row)) != normalize_answer(reference))
-  return errors
-
-
-def model_answer_error(
-  model: Any,
-  input_ids: ArrayLike,
-  prompt_lengths: ArrayLike,
-  answers: Sequence[str | None],
-  decode_fn: Callable[[list[int]], str],
-  *,
-  max_new_tokens: int,
-  eos_id: int | None = None,
-  pad_id: int = 0,
-  extract: Callable[[str], str] = extract_answer,
-) -> np.ndarray:
-  """Greedy-decodes from each row's prompt and scores it with `answer_error`.
-
-  Args:
-    model: a `pacbayes.models` decoder.
-    input_ids: [B, L] rows (only the first ``prompt_lengths[b]`` tokens are used).
-    prompt_lengths: [B] prompt lengths (a `Dataset`'s ``prompt_lengths``); padding rows
-      (answer None) may have length 0.
-    answers: B reference answers, None for padding rows.
-    decode_fn: ids -> text.
-    max_new_tokens: generation budget.
-    eos_id: stop token.
-    pad_id: id written after each prompt.
-    extract: the answer extractor.
-
-  Returns:
-    [B] float32 errors in {0, 1}.
-  """
-  from pacbayes.models.generate import greedy_generate
-
-  ids = np.asarray(input_ids)
-  lengths = np.asarray(prompt_lengths, np.int32)
-  if ids.ndim != 2 or lengths.shape != (ids.shape[0],):
-    raise ValueError(f"input_ids {ids.shape} and prompt_lengths {lengths.shape} disagree")
-  lengths = np.maximum(lengths, 1)  # Padding rows: decode from one pad token; scored 0.
-  width = int(lengths.max())
-  prompts = np.where(np.arange(width)[None, :] < lengths[:, None], ids[:, :width], pad_id)
-  generated = greedy_generate(
-    model, jnp.asarray(prompts, jnp.int32), jnp.asarray(lengths), max_new_tokens, eos_id=eos_id
-  )
-  return answer_error(generated, answers, decode_fn, eos_id=eos_id, extract=extract)
