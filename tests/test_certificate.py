@@ -1,4 +1,4 @@
-"""Tests for pacbayes.certificate.core: Proposition 4.1 terms, delta split, JSON and table."""
+"""Tests for pacbayes.certificate: Proposition 4.1 terms, the delta plan, JSON and table."""
 
 import json
 import math
@@ -8,9 +8,37 @@ import numpy as np
 import pytest
 
 from pacbayes.bounds import extrapolation as ext
+from pacbayes.bounds.delta import DeltaPlan
 from pacbayes.certificate import core as certm
-from pacbayes.certificate.core import G_EXT_KINDS, METHODS, Certificate, certify
+from pacbayes.certificate import report as reportm
+from pacbayes.certificate.core import G_EXT_KINDS, METHODS, Certificate, Record, ShiftInputs
+from pacbayes.certificate.core import certify as certify_new
 from tests.mp_reference import mp_inv_upper
+
+RECORD_KEYS = ("sigma_q", "sigma_p", "num_params", "loss", "loss_options", "extra", "notes")
+
+
+def certify(emp_risk, num_mc, kl, n, *, g_ext=0.0, g_ext_kind="none", delta=None, delta_mc=None,
+            delta_pb=None, delta_ext=None, mixture=None, extrapolation=(), grid_size=1,
+            method="maurer", lam=None, **record):
+  """`certify` with the shift inputs, explicit delta parts and record fields as keywords."""
+  if delta_mc is not None:
+    parts = [("mc", delta_mc), ("pb", delta_pb)]
+    if delta_ext:
+      parts.append(("tv", delta_ext))
+    if mixture is not None and mixture.delta:
+      parts.append(("mixture", mixture.delta))
+    parts += [p for k in extrapolation for p in k.delta_parts]
+    deltas = DeltaPlan(tuple(parts))
+    if delta is not None:
+      assert math.isclose(deltas.delta, delta)
+  else:
+    deltas = delta
+  assert set(record) <= set(RECORD_KEYS), record
+  return certify_new(emp_risk, num_mc, kl, n, deltas=deltas,
+                     shift=ShiftInputs(g_ext=g_ext, g_ext_kind=g_ext_kind, mixture=mixture,
+                                       extrapolation=tuple(extrapolation)),
+                     grid_size=grid_size, method=method, lam=lam, record=Record(**record))
 
 REPORT_KEYS = (
   "n num_params sigma_q sigma_p kl emp_risk epsilon g_gen g_ext g_ext_kind bound delta loss"
@@ -34,7 +62,12 @@ def test_terms_add_up_exactly(case, method):
   c = certify(emp, m, kl, n, g_ext=g_ext, g_ext_kind=kind, grid_size=k, method=method)
   assert c.bound == c.emp_risk + c.epsilon + c.g_gen + c.g_ext
   d = c.to_dict()
-  assert d["bound"] == d["emp_risk"] + d["epsilon"] + d["g_gen"] + d["g_ext"]
+  terms = d["raw_terms"]
+  assert d["bound"] == d["emp_risk"] + d["epsilon"] + terms["g_gen"] + terms["g_ext"]
+  # A term that only fills the gap to 1 is null with a status, never a number.
+  assert (d["g_gen"] is None) == (c.b_train >= 1.0) == (d["g_gen_status"] == "saturated")
+  assert (d["g_ext"] is None) == (d["g_ext_status"] == "vacuous")
+  assert all(v <= 1.0 for v in d["baselines"].values())
   assert c.epsilon >= 0 and c.g_gen >= 0
   assert c.baselines[method] == c.bound
   assert c.vacuous == (c.bound >= 1.0)
@@ -74,55 +107,67 @@ def test_monotone_in_draws_grid_and_kl():
   assert certify(**dict(base, n=40000)).g_gen < c.g_gen
 
 
-def test_delta_split_defaults_and_explicit_parts():
+def test_delta_defaults_and_explicit_parts():
   c = certify(0.1, 10, 1.0, 100, g_ext=0.1, g_ext_kind="estimate")
-  assert c.delta == 0.05 and c.delta_mc == c.delta_pb == c.delta_ext == 0.05 / 3
+  assert c.delta == 0.05 and c.delta_mc == c.delta_pb == 0.05 / 3
+  assert c.delta_ext == pytest.approx(0.05 / 3, rel=1e-15)
   c = certify(0.1, 10, 1.0, 100)
   assert (c.delta_mc, c.delta_pb, c.delta_ext) == (0.025, 0.025, 0.0)
-  c = certify(0.1, 10, 1.0, 100, delta=0.1, delta_split=(0.2, 0.8))
+  c = certify_new(0.1, 10, 1.0, 100, deltas=DeltaPlan.equal(0.1, ["mc", "pb"], {"pb": 4.0}))
   assert (c.delta_mc, c.delta_pb, c.delta_ext) == pytest.approx((0.02, 0.08, 0.0))
   c = certify(0.1, 10, 1.0, 100, delta_mc=0.01, delta_pb=0.03)
   assert (c.delta, c.delta_ext) == (0.04, 0.0)
-  c = certify(
-    0.1,
-    10,
-    1.0,
-    100,
-    g_ext=0.1,
-    g_ext_kind="certified under difficulty shift",
-    delta=0.06,
-    delta_mc=0.01,
-    delta_pb=0.02,
-    delta_ext=0.03,
-  )
+  c = certify(0.1, 10, 1.0, 100, g_ext=0.1, g_ext_kind="certified under difficulty shift",
+              delta=0.06, delta_mc=0.01, delta_pb=0.02, delta_ext=0.03)
   assert (c.delta_mc, c.delta_pb, c.delta_ext) == (0.01, 0.02, 0.03)
+  assert dict(c.delta_parts) == {"mc": 0.01, "pb": 0.02, "tv": 0.03}
 
 
 @pytest.mark.parametrize(
-  ("kwargs", "match"),
+  ("deltas", "match"),
   [
-    (dict(delta=0.0), "delta must be in"),
-    (dict(delta=1.0), "delta must be in"),
-    (dict(delta_split=(0.5, 0.6, 0.0)), "delta_split must sum to 1"),
-    (dict(delta_split=(1.2, -0.2)), "delta_split entries must be >= 0"),
-    (dict(delta_split=(0.25, 0.25, 0.25, 0.25)), "delta_split must have 2 or 3"),
-    (dict(delta_split=(1.0, 0.0)), "delta_pb must be > 0"),
-    (dict(delta_split=(0.4, 0.3, 0.3)), "'none'.*delta_ext must be 0"),
-    (dict(delta_mc=0.01, delta_pb=0.01, delta_ext=0.01), "'none'.*delta_ext must be 0"),
-    (dict(delta_mc=0.01), "delta_pb is required"),
-    (dict(delta_mc=0.01, delta_pb=0.01, delta=0.05), r"delta 0.05 != delta_mc \+ delta_pb"),
-    (dict(delta_mc=0.01, delta_pb=0.01, delta_split=(0.5, 0.5)), "either delta_split or"),
-    (dict(delta_mc=0.6, delta_pb=0.6), "delta must be in"),
+    (0.0, "delta must be in"),
+    (1.0, "delta must be in"),
+    (lambda: DeltaPlan((("mc", 0.01), ("pb", 0.01), ("tv", 0.01))), "'tv' part needs a g_ext"),
+    (lambda: DeltaPlan((("mc", 0.01), ("pb", 0.01), ("slice_mc", 0.01))),
+     r"parts \['slice_mc'\] are spent by no kind"),
   ],
 )
-def test_delta_validation(kwargs, match):
+def test_delta_validation(deltas, match):
   with pytest.raises(ValueError, match=match):
-    certify(0.1, 10, 1.0, 100, **kwargs)
+    certify_new(0.1, 10, 1.0, 100, deltas=deltas() if callable(deltas) else deltas)
 
 
-def test_explicit_parts_need_delta_ext_with_a_g_ext():
-  with pytest.raises(ValueError, match="delta_ext is required"):
-    certify(0.1, 10, 1.0, 100, g_ext=0.1, g_ext_kind="estimate", delta_mc=0.01, delta_pb=0.01)
+@pytest.mark.parametrize(
+  ("parts", "match"),
+  [
+    ((("mc", 0.01),), "the 'pb' part is required"),
+    ((("mc", 0.01), ("pb", 0.0)), "'pb' must be in"),
+    ((("mc", 0.6), ("pb", 0.6)), "not below 1"),
+    ((("mc", 0.01), ("pb", 0.01), ("extra", 0.01)), "unknown names"),
+    ((("mc", 0.01), ("pb", 0.01), ("mc", 0.01)), "repeated names"),
+  ],
+)
+def test_delta_plan_refusals(parts, match):
+  with pytest.raises(ValueError, match=match):
+    DeltaPlan(parts)
+
+
+def test_delta_plan_sums_exactly_and_names_the_kinds_parts():
+  for delta in (0.05, 0.1, 1e-3, 0.3):
+    for kw in ({}, {"tv": True}, {"mixture": True, "per_slice": True},
+               {"tv": True, "mixture": True, "weighted": True, "per_slice": True}):
+      plan = DeltaPlan.for_kinds(delta, **kw)
+      assert plan.delta == delta  # exactly
+      assert math.fsum(plan.as_dict().values()) == delta
+  plan = DeltaPlan.for_kinds(0.05, weighted=True, per_slice=True)
+  assert plan.names == ("mc", "pb", "weighted_mc", "weighted_pb", "slice_mc", "slice_pb")
+  assert plan.spent_by("per_slice") == ("slice_mc", "slice_pb")
+  assert plan.spent_by("b_train") == ("mc", "pb") and plan.spent_by("tv") == ()
+  assert plan.has_kind("weighted") and not DeltaPlan.for_kinds(0.05).has_kind("weighted")
+  merged = DeltaPlan.for_kinds(0.05, tv=True, mixture=True, per_slice=True).merged(
+      ("mixture", "slice_mc", "slice_pb"), into="tv")
+  assert merged.names == ("mc", "pb", "tv") and merged.delta == pytest.approx(0.05, abs=1e-17)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +251,7 @@ def test_json_write_is_atomic(tmp_path, monkeypatch):
   def broken_replace(src, dst):
     raise OSError("disk full")
 
-  monkeypatch.setattr(certm.os, "replace", broken_replace)
+  monkeypatch.setattr(reportm.os, "replace", broken_replace)
   with pytest.raises(OSError, match="disk full"):
     full_certificate().to_json(path)
   assert path.read_text() == before
@@ -273,7 +318,7 @@ def test_vacuous_bound_is_flagged_not_capped():
 # Schema 2: B_train, extrapolation kinds, slices, delta parts, saturation, notes.
 
 V1_REPORT = {  # a cell of the committed quick study (experiments/results/quick), schema 1
-  "schema": "pacbayes.certificate.core/1", "n": 200, "num_params": 4096, "sigma_q": 0.178,
+  "schema": "pacbayes.certificate/1", "n": 200, "num_params": 4096, "sigma_q": 0.178,
   "sigma_p": 0.178, "kl": 281.98487992375215, "emp_risk": 0.05050239291042089, "num_mc": 200,
   "epsilon": 0.06243505231130569, "g_gen": 0.7548284593617056, "g_ext": 0.8571428571428572,
   "g_ext_kind": "certified under difficulty shift", "bound": 1.7249087617262893,
@@ -304,20 +349,20 @@ def test_b_train_flags_and_kinds_side_by_side():
   assert c.g_ext_name == "mixture_shift" and c.g_ext_kind == ext.KIND_MIXTURE
   assert c.bound == pytest.approx(by_name["mixture_shift"]["value"], abs=1e-15)
   # No delta on the exact TV or the exact mixtures; the parts add up to delta.
-  assert dict(c.delta_parts) == {"mc": 0.02, "pb": 0.03, "tv": 0.0, "mixture": 0.0}
+  assert dict(c.delta_parts) == {"mc": 0.02, "pb": 0.03}
   assert c.delta == 0.05 and c.delta_ext == 0.0
   d = json.loads(c.to_json())
-  assert d["schema"] == "pacbayes.certificate.core/2"
+  assert d["schema"] == "pacbayes.certificate/3"
   assert d["non_vacuous"] is (c.bound < 1) and d["b_train_non_vacuous"] is (c.b_train < 1)
   assert d["notes"] == ["bf16 forward"] and d["loss_options"] == {"alpha": 0.1}
   assert Certificate.from_dict(d) == c
   table = c.to_table()
   for text in ("B_train", "certified under mixture shift", "mixture_shift", "<- used",
-               "note: bf16 forward", "alpha=0.1", "0.02 mc", "0 tv"):
+               "note: bf16 forward", "alpha=0.1", "0.02 mc", "KL/n", "Maurer budget"):
     assert text in table, text
 
 
-def test_certify_with_shift_spends_exactly_delta_and_lists_every_kind():
+def test_certify_with_shift_computes_the_kinds_the_plan_pays_for():
   from pacbayes.certificate.shift import certify_with_shift
 
   rng = np.random.default_rng(0)
@@ -326,30 +371,36 @@ def test_certify_with_shift_spends_exactly_delta_and_lists_every_kind():
   losses = (rng.random((n, 1)) < np.where(diff == 1, 0.05, 0.2)[:, None]).astype(float)
   rows = np.arange(n)[:, None]
   mix = mixture_example()
-  c = certify_with_shift(float(losses.mean()), n, 15.0, n, mixture=mix, slot_losses=losses,
-                         slot_rows=rows, difficulty=diff, delta=0.05, grid_size=2)
-  assert c.delta == pytest.approx(0.05, abs=1e-17)
+  shift = ShiftInputs(g_ext=mix.tv, g_ext_kind=ext.KIND_TV, mixture=mix, difficulty=diff)
+  plan = DeltaPlan.for_kinds(0.05, weighted=True, per_slice=True)
+  c = certify_with_shift(float(losses.mean()), n, 15.0, n, deltas=plan, shift=shift,
+                         slots=(losses, rows), grid_size=2)
+  assert c.delta == 0.05
   assert [k["name"] for k in c.extrapolation] == ["tv", "mixture_shift", "weighted",
                                                   "per_slice"]
-  names = [k for k, _ in c.delta_parts]
-  assert names == ["mc", "pb", "tv", "mixture", "weighted_mc", "weighted_pb", "slice_mc",
-                   "slice_pb"]
+  assert [k for k, _ in c.delta_parts] == list(plan.names)
   values = {k["name"]: k["value"] for k in c.extrapolation}
   assert c.g_ext_name == min(values, key=values.get)
   assert [s["difficulty"] for s in c.slices] == [1.0, 2.0]
   assert all(0 < s["bound"] < 1 for s in c.slices)
-  # Without slot arrays: skipped, said so, and delta still spent exactly.
-  c2 = certify_with_shift(0.1, n, 15.0, n, mixture=mix, delta=0.05)
+  # The plan decides the kinds: without slot parts only tv and mixture_shift.
+  c2 = certify_with_shift(0.1, n, 15.0, n, deltas=DeltaPlan.for_kinds(0.05), shift=shift)
   assert [k["name"] for k in c2.extrapolation] == ["tv", "mixture_shift"]
-  assert any("skipped" in x for x in c2.notes) and c2.delta == pytest.approx(0.05, abs=1e-17)
-  # Estimated test mixture: the mixture part spends delta; no TV without an upper value.
+  # Slot parts without the arrays: refused, not skipped.
+  with pytest.raises(ValueError, match="slot arrays"):
+    certify_with_shift(0.1, n, 15.0, n, deltas=plan, shift=shift)
+  # Estimated test mixture: the plan's mixture part pays for it.
   mix_s = ext.mixture_bounds(test_difficulty=rng.choice([1, 2, 3, 4], 500),
                              train_mixture={1: 0.5, 2: 0.5}, support=[1, 2, 3, 4], delta=0.01)
-  c3 = certify_with_shift(0.1, n, 15.0, n, mixture=mix_s, slot_losses=losses, slot_rows=rows,
-                          difficulty=diff, delta=0.05)
+  plan3 = DeltaPlan((("mc", 0.01), ("pb", 0.01), ("mixture", 0.01), ("slice_mc", 0.01),
+                     ("slice_pb", 0.01)))
+  c3 = certify_with_shift(0.1, n, 15.0, n, deltas=plan3, slots=(losses, rows),
+                          shift=ShiftInputs(mixture=mix_s, difficulty=diff))
   assert dict(c3.delta_parts)["mixture"] == 0.01 and "tv" not in dict(c3.delta_parts)
   assert c3.delta == pytest.approx(0.05, abs=1e-17)
-  assert any("TV kind skipped" in x for x in c3.notes)
+  with pytest.raises(ValueError, match="plan's 'mixture' part is only"):
+    certify_with_shift(0.1, n, 15.0, n, deltas=plan, slots=(losses, rows),
+                       shift=ShiftInputs(mixture=mix_s, difficulty=diff))
 
 
 def test_an_estimate_is_not_chosen_over_a_certified_kind():
@@ -383,7 +434,7 @@ def test_v1_reports_load_converted(tmp_path):
   assert c.bound == V1_REPORT["bound"] and c.epsilon == V1_REPORT["epsilon"]
   assert c.b_train == c.emp_risk + c.epsilon + c.g_gen
   assert dict(c.delta_parts) == {"mc": c.delta_mc, "pb": c.delta_pb, "tv": c.delta_ext}
-  assert any("converted from pacbayes.certificate.core/1" in x for x in c.notes)
+  assert any("converted from pacbayes.certificate/1" in x for x in c.notes)
   assert json.loads(c.to_json())["schema"] == certm.SCHEMA
   for change, match in [({"bound": None}, "key 'bound': expected a finite number, got null"),
                         ({"g_gen": "0.7"}, "key 'g_gen': expected a finite number"),
@@ -406,9 +457,34 @@ def test_kind_arguments_are_checked():
                                 delta_parts=(("weighted_mc", 0.005), ("weighted_pb", 0.005)))
   with pytest.raises(ValueError, match="need the `mixture`"):
     certify(0.1, 10, 1.0, 100, extrapolation=[kind])
-  with pytest.raises(ValueError, match="leaves nothing"):
-    certify(0.1, 10, 1.0, 100, delta=0.01, extrapolation=[kind], mixture=mix)
-  c = certify(0.1, 10, 1.0, 100, delta=0.05, extrapolation=[kind], mixture=mix)
+  with pytest.raises(ValueError, match="give a DeltaPlan"):
+    certify(0.1, 10, 1.0, 100, delta=0.05, extrapolation=[kind], mixture=mix)
+  c = certify(0.1, 10, 1.0, 100, delta_mc=0.02, delta_pb=0.02, extrapolation=[kind],
+              mixture=mix)
   assert c.delta == pytest.approx(0.05) and dict(c.delta_parts)["weighted_mc"] == 0.005
+  wrong = DeltaPlan((("mc", 0.02), ("pb", 0.02), ("weighted_mc", 0.004),
+                     ("weighted_pb", 0.005)))
+  with pytest.raises(ValueError, match="is not the plan's"):
+    certify_new(0.1, 10, 1.0, 100, deltas=wrong,
+                shift=ShiftInputs(mixture=mix, extrapolation=(kind,)))
   with pytest.raises(ValueError, match="notes must be"):
     certify(0.1, 10, 1.0, 100, notes=["two\nlines"])
+
+
+def test_v2_reports_still_read_and_v3_nulls_restore_exactly():
+  c = certify(0.3, 100, 1.7e7, 800, g_ext=0.2, g_ext_kind="estimate")  # saturated, vacuous
+  d = c.to_dict()
+  assert d["schema"] == certm.SCHEMA == "pacbayes.certificate/3"
+  assert d["g_gen"] is None and d["g_ext"] is None
+  assert (d["g_gen_status"], d["g_ext_status"]) == ("saturated", "vacuous")
+  assert d["baselines"]["fquad"] == 1.0 < d["raw_terms"]["baselines"]["fquad"]
+  assert d["maurer_budget"] > d["kl_per_n"] == 1.7e7 / 800
+  assert Certificate.from_dict(d) == c
+  # A v2 report (numbers for every term, no status keys, no best_possible_bound) reads as is.
+  v2 = {k: v for k, v in d.items() if k not in ("raw_terms", "g_gen_status", "g_ext_status",
+                                                "kl_per_n", "maurer_budget",
+                                                "best_possible_bound")}
+  v2.update(schema=certm.SCHEMA_V2, g_gen=c.g_gen, g_ext=c.g_ext, baselines=c.baselines)
+  assert Certificate.from_dict(v2) == c
+  with pytest.raises(ValueError, match="key 'g_gen': null without its value"):
+    Certificate.from_dict(dict(v2, g_gen=None), source="r.json")

@@ -1,4 +1,4 @@
-"""Tests for pacbayes.bounds.extrapolation / pacbayes.bounds.mixture: independent references and coverage."""
+"""Tests for pacbayes.bounds.extrapolation and mixture: independent references, coverage."""
 
 import json
 import math

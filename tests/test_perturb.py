@@ -1,4 +1,4 @@
-"""Tests for pacbayes.posterior.perturb against a linear classifier whose perturbed risk is exact."""
+"""Tests for pacbayes.posterior.perturb: a linear classifier whose perturbed risk is exact."""
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +66,14 @@ def test_leaf_paths_and_mask():
       params, include=["layers/*", "embed"], exclude=["*scale"])) == [True, True, False, False]
   with pytest.raises(ValueError, match="include: pattern 'nothing'"):
     perturb.perturbation_mask(params, include="nothing")
-  with pytest.raises(ValueError, match="no floating-point parameter"):
+  with pytest.raises(ValueError, match="left to perturb"):
     perturb.perturbation_mask(params, exclude="*")
+  with pytest.raises(ValueError, match="no floating-point parameter"):
+    perturb.perturbation_mask(params, include="step")
+  # One rule with `models.params.match_names`: an exclude pattern that matches nothing is
+  # refused, as `--exclude` is.
+  with pytest.raises(ValueError, match="exclude: pattern 'nothing'"):
+    perturb.perturbation_mask(params, exclude="nothing")
 
 
 def test_nnx_state_paths():
@@ -307,7 +313,7 @@ def test_engine_modules_have_no_cycle_and_no_private_imports():
   import pathlib
 
   root = pathlib.Path(perturb.__file__).parent
-  engine = ("draws", "montecarlo", "sigma", "posterior", "perturb")
+  engine = ("draws", "montecarlo", "sigma", "fit", "perturb")
   deps = {}
   for name in engine:
     tree = ast.parse((root / f"{name}.py").read_text())
@@ -317,8 +323,8 @@ def test_engine_modules_have_no_cycle_and_no_private_imports():
         mod = node.module.split(".")[-1]
         deps[name].add(mod)
         assert not any(a.name.startswith("_") for a in node.names), (name, node.module)
-  order = ["draws", "montecarlo", "sigma", "posterior", "perturb"]
+  order = ["draws", "montecarlo", "sigma", "fit", "perturb"]
   for name in engine:  # every engine import points to an earlier module in `order`
     for dep in deps[name] & set(engine):
       assert order.index(dep) < order.index(name), (name, dep)
-    assert not hasattr(__import__(f"pacbayes.{name}", fromlist=["x"]), "__getattr__")
+    assert not hasattr(__import__(f"pacbayes.posterior.{name}", fromlist=["x"]), "__getattr__")

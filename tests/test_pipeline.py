@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pacbayes.bounds.delta import DeltaPlan
 from pacbayes.certificate.core import certify
 from pacbayes.cli.bound import flag_message
 from pacbayes.data import tokenize
@@ -18,7 +19,9 @@ from pacbayes.data.jsonl import DataError
 from pacbayes.pipeline import inputs as bi
 from pacbayes.pipeline import run as pipeline
 from pacbayes.pipeline import shift_terms as bound_shift
+from pacbayes.pipeline.config import BoundConfig
 from pacbayes.pipeline.load import load_training_set
+from pacbayes.posterior.sigma import DEFAULT_SIGMA_GRID, plan_sigma
 from tests.test_bound_command import build, config, successor_rows, write_jsonl
 
 # ------------------------------------------------------------- certify_params on a toy
@@ -58,8 +61,8 @@ def test_certify_params_chooses_the_grid_point_of_the_smallest_bound():
   for s in grid:
     r = cert.sigma_q**2 / s**2
     kl = 0.5 * (4 * r - 4 - 4 * math.log(r) + d2 / s**2)
-    c = certify(cert.emp_risk, cert.num_mc, kl, cert.n, delta_mc=parts["mc"],
-                delta_pb=parts["pb"], grid_size=4)
+    c = certify(cert.emp_risk, cert.num_mc, kl, cert.n,
+                deltas=DeltaPlan((("mc", parts["mc"]), ("pb", parts["pb"]))), grid_size=4)
     totals.append((c.bound, kl, s))
   assert cert.sigma_p == min(totals)[2]
   assert cert.bound == pytest.approx(min(totals)[0], rel=1e-12)
@@ -75,7 +78,7 @@ def test_certify_params_fixed_sigma_is_reported_as_given():
   assert cert.extra["sigma_search"]["how"].startswith("sigma_q fixed")
   default = pipeline.certify_params(zero_one, prior, post, data, key=jax.random.key(0),
                                     sigma_q=0.1, **FAST)
-  assert default.grid_size == len(pipeline.DEFAULT_SIGMA_GRID)
+  assert default.grid_size == len(DEFAULT_SIGMA_GRID)
   assert default.extra["sigma_grid_source"] == "default"
   assert any("DEFAULT grid" in note for note in default.notes)
 
@@ -106,25 +109,25 @@ def test_certify_params_refuses_bad_inputs():
 
 def test_delta_plan_sums_to_delta():
   for kw in ({}, {"tv": True}, {"tv": True, "mixture": True, "per_slice": True}):
-    parts = bi.delta_plan(0.05, **kw)
+    parts = DeltaPlan.for_kinds(0.05, **kw).as_dict()
     assert math.fsum(parts.values()) == 0.05
     assert len(set(parts.values())) <= 2  # equal shares (the last absorbs rounding)
-  assert set(bi.delta_plan(0.05, tv=True, mixture=True, per_slice=True)) == {
-      "mc", "pb", "tv", "mixture", "slice_mc", "slice_pb"}
+  assert DeltaPlan.for_kinds(0.05, tv=True, mixture=True, per_slice=True).names == (
+      "mc", "pb", "tv", "mixture", "slice_mc", "slice_pb")
 
 
 def test_sigma_plan_rules():
   grid = (1e-3, 1e-2)
-  assert bi.plan_sigma(None, None, None, grid).grid_source == "default"
-  assert "DEFAULT grid" in bi.plan_sigma(1e-3, None, None, grid).describe()
-  p = bi.plan_sigma(1e-3, [1e-4, 3e-4], None, grid)
+  assert plan_sigma(None, None, None, grid).grid_source == "default"
+  assert "DEFAULT grid" in plan_sigma(1e-3, None, None, grid).describe()
+  p = plan_sigma(1e-3, [1e-4, 3e-4], None, grid)
   assert p.sigma_q == 1e-3 and p.grid == (1e-4, 3e-4) and p.grid_source == "sigma_grid"
-  assert bi.plan_sigma(None, None, 2e-3, grid).grid == (2e-3,)
+  assert plan_sigma(None, None, 2e-3, grid).grid == (2e-3,)
   with pytest.raises(ValueError, match="sigma_grid and sigma_prior"):
-    bi.plan_sigma(None, [1e-3], 1e-3, grid)
+    plan_sigma(None, [1e-3], 1e-3, grid)
   for bad in (0.0, -1.0, math.inf, math.nan, True):
     with pytest.raises(ValueError, match="sigma"):
-      bi.plan_sigma(bad, None, None, grid)
+      plan_sigma(bad, None, None, grid)
 
 
 def test_seed_and_sizes():
@@ -309,8 +312,10 @@ def test_run_bound_estimate_kind_and_mesh_agree():
   """Without difficulty: the n-gram estimate kind; one device and the 8-device mesh agree."""
   p = build()
   kw = dict(sigma=1e-3, sigma_prior=1e-3, chunk_size=10, progress=False, seed=3)
-  a = pipeline.run_bound(p["prior"], p["posterior"], p["plain"], p["plain"], mesh=None, **kw)
-  b = pipeline.run_bound(p["prior"], p["posterior"], p["plain"], p["plain"], mesh="auto", **kw)
+  a = pipeline.run_bound(BoundConfig(p["prior"], p["posterior"], p["plain"], p["plain"],
+                                     mesh=None, **kw))
+  b = pipeline.run_bound(BoundConfig(p["prior"], p["posterior"], p["plain"], p["plain"],
+                                     mesh="auto", **kw))
   assert a.g_ext_kind == "estimate" and a.extra["shift"]["feature"] == "ngram"
   assert "ngram: the training rows carry no difficulty" in a.extra["shift"]["rule"]
   assert a.emp_risk == b.emp_risk and a.kl == b.kl and a.bound == b.bound

@@ -151,17 +151,25 @@ def test_choose_sigma_finds_the_grid_point_of_the_smallest_bound(monkeypatch):
   assert choice.trace and min(t["bound"] for t in choice.trace) == choice.bound
   # Much cheaper than the old risk-tolerance search, each with its default sizes.
   count[0] = 0
-  perturb.choose_sigma(zero_one, params, data, key=jax.random.key(5), sigma_grid=grid,
-                       **setting, **FAST)
+  choose(params, data, grid, setting)
   new_cost = count[0]
   count[0] = 0
   posterior.search_sigma(zero_one, params, data, key=jax.random.key(5), **FAST)
   assert 4 * new_cost < count[0], (new_cost, count[0])
 
 
+def choose(params, data, grid, setting, *, subset_size=256, sigma_q=None,
+           seed=5, **target):
+  """`choose_sigma` with the target's fields as keywords (FAST Monte-Carlo sizes)."""
+  target = perturb.BoundTarget(sigma_grid=tuple(grid), **dict(setting, **target))
+  return perturb.choose_sigma(zero_one, params, data, key=jax.random.key(seed), target=target,
+                              sigma_q=sigma_q,
+                              search=perturb.SearchOptions(subset_size=subset_size),
+                              mc=perturb.MonteCarloOptions(**FAST))
+
+
 def posterior_choose(params, data, grid, setting, **kw):
-  return perturb.choose_sigma(zero_one, params, data, key=jax.random.key(5), sigma_grid=grid,
-                              subset_size=None, **setting, **FAST, **kw)
+  return choose(params, data, grid, setting, subset_size=None, **kw)
 
 
 def test_choose_sigma_fixed_sigma_q_edge_warning_and_ties():
@@ -179,24 +187,34 @@ def test_choose_sigma_fixed_sigma_q_edge_warning_and_ties():
   with pytest.warns(PacBayesWarning, match="highest point of the prior grid"):
     edge = posterior_choose(params, data, [0.003, 0.03], setting)
   assert edge.at_grid_edge and edge.grid_position == "highest" and edge.grid_index == 1
-  # Saturated (vacuous) everywhere: ties go to the smallest KL, here the largest sigma_p.
+  # Saturated (vacuous) everywhere at a fixed sigma_q: ties go to the smallest KL, here the
+  # largest sigma_p (the posterior is the same at every grid point).
   far = dict(setting, sq_distance=1e9)
   with pytest.warns(PacBayesWarning):
     vac = posterior_choose(params, data, [1e-3, 1e-2, 1e-1], far, sigma_q=1e-3)
   assert vac.bound == 1.0 and vac.grid_index == 2
-  for bad, match in (({"sigma_grid": []}, "sigma_grid"), ({"sigma_q": -1.0}, "sigma_q"),
+  # Searched and vacuous everywhere: the tie never picks the noise that destroys the model;
+  # the smallest sigma_q measured wins (issue 18).
+  with pytest.warns(PacBayesWarning):
+    vac = posterior_choose(params, data, [1e-3, 1e-2, 1e-1], far)
+  assert vac.bound == 1.0
+  assert vac.sigma_q == min(t["sigma_q"] for t in vac.trace)
+  assert vac.emp_risk < 0.5
+  for bad, match in (({"sigma_grid": ()}, "sigma_grid"), ({"sigma_q": -1.0}, "sigma_q"),
                      ({"delta_mc": 0.0}, "delta_mc"), ({"method": "x"}, "method")):
-    args = dict(setting, sigma_grid=grid, **FAST)
-    args.update(bad)
+    kw = dict(bad)
+    grid_ = kw.pop("sigma_grid", grid)
     with pytest.raises(ValueError, match=match):
-      perturb.choose_sigma(zero_one, params, data, key=jax.random.key(0), **args)
+      choose(params, data, grid_, setting, seed=0, **kw)
 
 
 def test_subset_bound_is_the_certificates_b_train():
+  from pacbayes.bounds.delta import DeltaPlan
   from pacbayes.certificate.core import certify
 
   for emp, kl in ((0.05, 3.0), (0.3, 120.0), (0.0, 0.5)):
-    cert = certify(emp, 50, kl, 400, delta_mc=0.02, delta_pb=0.03, grid_size=5)
+    cert = certify(emp, 50, kl, 400, deltas=DeltaPlan((("mc", 0.02), ("pb", 0.03))),
+                   grid_size=5)
     want = cert.emp_risk + cert.epsilon + cert.g_gen
     got = float(perturb.subset_bound(emp, 50, kl, 400, delta_mc=0.02, delta_pb=0.03,
                                      grid_size=5))

@@ -1,7 +1,7 @@
 """Extrapolation terms beside TV: mixture shift, weighted-loss and per-slice PAC-Bayes bounds.
 
 All bounds here are upper values of ``E_Q[R_test]`` under the one-pool assumption of
-DESIGN.md section 1 (train and test differ only in their mixtures over a discrete
+docs/THEORY.md §1 (train and test differ only in their mixtures over a discrete
 difficulty ``d``; see `pacbayes.bounds.mixture`). The weighted-loss and per-slice bounds are pure
 functions of the Monte-Carlo arrays of `pacbayes.posterior.perturb.MCRisk`:
 
@@ -15,19 +15,22 @@ draw per chunk, the last ``M K - n`` slots filler rows drawn uniformly from S).
 
 Confidence accounting: every kind carries the delta it spends (``delta_parts``); the
 certificate adds them all, so the minimum over the kinds computed is valid on the
-intersection of their events (`pacbayes.certificate.core.certify`).
+intersection of their events (`pacbayes.certificate.core.certify`). The shares come from one
+`pacbayes.bounds.delta.DeltaPlan`; B_train is `pacbayes.bounds.btrain.maurer_upper` (both names
+stay importable from here for `pacbayes.bounds`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pacbayes.bounds import pac as bounds
+from pacbayes.bounds.btrain import maurer_upper
+from pacbayes.bounds.delta import split_delta
 from pacbayes.bounds.kinds import KIND_CERTIFIED, KIND_ESTIMATE
 from pacbayes.bounds.mixture import (
     MixtureBounds,
@@ -147,48 +150,6 @@ class ExtrapolationBound:
     return self.kind in (KIND_MIXTURE, KIND_TV)
 
 
-def split_delta(delta: float, parts: Sequence[str],
-                weights: Mapping[str, float] | None = None) -> dict[str, float]:
-  """Shares of ``delta`` by name, proportional to ``weights`` (default equal); they sum to delta.
-
-  Raises:
-    ValueError: delta outside (0, 1), no parts, repeated names, weights that are not > 0 or
-      name parts not listed.
-  """
-  delta = float(delta)
-  if not 0.0 < delta < 1.0:
-    raise ValueError(f"delta: expected a value in (0, 1), got {delta!r}")
-  parts = list(parts)
-  if not parts or len(set(parts)) != len(parts):
-    raise ValueError(f"parts: expected distinct names, got {parts!r}")
-  weights = dict(weights or {})
-  unknown = sorted(set(weights) - set(parts))
-  if unknown:
-    raise ValueError(f"delta weights: {unknown} are not among the parts {parts}")
-  w = [float(weights.get(p, 1.0)) for p in parts]
-  if not all(math.isfinite(x) and x > 0 for x in w):
-    raise ValueError(f"delta weights: expected values > 0, got {weights!r}")
-  total = math.fsum(w)
-  out = {p: delta * x / total for p, x in zip(parts, w, strict=True)}
-  out[parts[-1]] = delta - math.fsum(out[p] for p in parts[:-1])  # exact sum
-  return out
-
-
-def maurer_upper(mc_upper: Any, kl: float, n: Any, delta: float, grid_size: int = 1) -> Any:
-  """``kl_inv_upper(mc_upper, (kl + ln(2 sqrt(n)/delta) + ln k)/n)``: the certificate's B_train.
-
-  The one definition of the Maurer step used by `certify` and by the weighted-loss and
-  per-slice bounds (Maurer 2004, Theorem 5, with a union bound over k prior scales).
-  ``mc_upper`` (clipped to [0, 1]) and ``n`` (>= 1) may be arrays (broadcast); returns a
-  float for scalars, else a float64 array.
-  """
-  n = np.asarray(n, dtype=np.float64)
-  c = (kl + np.log(2.0 * np.sqrt(n) / delta) + math.log(grid_size)) / n
-  q = np.clip(np.asarray(mc_upper, dtype=np.float64), 0.0, 1.0)
-  out = np.asarray(bounds.kl_inv_upper(q, c), dtype=np.float64)
-  return float(out) if out.ndim == 0 else out
-
-
 # ------------------------------------------------------------------------------ slot arrays
 
 
@@ -247,7 +208,7 @@ def _support_index(diff: np.ndarray, mix: MixtureBounds) -> np.ndarray:
 def weighted_loss_bound(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: MixtureBounds,
                         *, kl: float, grid_size: int = 1, delta_mc: float,
                         delta_pb: float) -> ExtrapolationBound:
-  """``E_test <= m_out + c * B_w``, B_w a PAC-Bayes bound on a weighted loss (DESIGN.md §1).
+  """``E_test <= m_out + c * B_w``, B_w a PAC-Bayes bound on a weighted loss (docs/THEORY.md §1).
 
   Weights ``v(d) in [0, 1]`` are fixed without looking at S: with p_train exact,
   ``v = w / w_max`` (``w = u_test / p_train``) and ``c = w_max``; with p_train estimated
@@ -260,8 +221,8 @@ def weighted_loss_bound(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: 
   Monte Carlo: ``X_m = mean_k v(d[rows[m, k]]) l[m, k]`` for each draw m. Under "passes" the
   X_m are i.i.d. with mean ``E_Q[mean_S l']``; under "chunk" they are independent [0, 1]
   variables whose means average to it (fillers are uniform rows of S; the argument of
-  `pacbayes.posterior.perturb.mc_risk`). The one-sided ``bounds.mc_sample_bound`` at ``delta_mc`` gives
-  the upper value fed to Maurer.
+  `pacbayes.posterior.montecarlo.mc_risk`). The one-sided ``bounds.mc_sample_bound`` at
+  ``delta_mc`` gives the upper value fed to Maurer.
 
   Args:
     slot_losses: [M, K] losses in [0, 1].
@@ -281,7 +242,7 @@ def weighted_loss_bound(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: 
 
   References:
     Maurer, "A note on the PAC Bayesian theorem", 2004; Langford & Caruana 2002 (Monte-Carlo
-    term); DESIGN.md section 1 (weighted-loss refinement).
+    term); docs/THEORY.md §1 (weighted-loss refinement).
   """
   loss, rows, diff, scheme = _slots(slot_losses, slot_rows, difficulty)
   col = _support_index(diff, mix)
@@ -453,7 +414,7 @@ def per_slice_bounds(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: Mix
     ValueError: bad arrays, a row whose difficulty is outside the training support.
 
   References:
-    Maurer 2004 (Theorem 5); Hoeffding 1963 (Theorems 1 and 2); DESIGN.md section 1.
+    Maurer 2004 (Theorem 5); Hoeffding 1963 (Theorems 1 and 2); docs/THEORY.md §1.
   """
   loss, rows, diff, scheme = _slots(slot_losses, slot_rows, difficulty)
   _check_share(delta_mc, "delta_mc")

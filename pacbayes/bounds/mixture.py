@@ -1,6 +1,6 @@
 """Difficulty mixtures: exact or confidence-bounded p_test, p_train, and the mixture-shift term.
 
-Setting (DESIGN.md section 1, "Tighter, still honest"): train and test examples come from one
+Setting (docs/THEORY.md §1, "Tighter, still honest"): train and test examples come from one
 pool and differ only in their mixtures ``p_train(d)``, ``p_test(d)`` over a discrete
 difficulty ``d``: ``D(z) = sum_d p(d) D(z | d)`` with the same ``D(z | d)`` on both sides, so
 the risk of any fixed weights is ``R = sum_d p(d) R_d``. Everything here is host-side NumPy
@@ -364,7 +364,8 @@ def worst_case_mean(values: Any, mix: MixtureBounds) -> Any:
 
 
 def mixture_shift_formula(b_train: Any, mix: MixtureBounds) -> Any:
-  """The DESIGN.md relaxation ``m_out + w_max * b_train`` (not capped; float or array)."""
+  """The relaxation ``m_out + w_max * b_train`` of docs/THEORY.md §1 (not capped; float or
+  array)."""
   out = mix.m_out + mix.w_max * np.asarray(b_train, dtype=np.float64)
   return float(out) if np.ndim(out) == 0 else out
 
@@ -381,7 +382,8 @@ def mixture_shift_bound(b_train: Any, mix: MixtureBounds) -> Any:
 
   a fractional knapsack solved greedily by the weight ``w(d) = u(d) / l(d)`` (u, l: the upper /
   lower mixture values; exact ones when known). Each unit of budget buys at most ``w_max``,
-  so the value is at most ``m_out + w_max * b_train`` (DESIGN.md's formula, attained while
+  so the value is at most ``m_out + w_max * b_train`` (the formula of docs/THEORY.md §1,
+  attained while
   ``b_train <= l(argmax w)``), and since ``u r <= l r + (u - l)_+`` it is at most
   ``b_train + TV`` (exact mixtures): never looser than the TV term, and never above
   ``m_out + sum_A u``. The raw formula alone can exceed ``b_train + TV`` (p_train = (1/2,
@@ -398,7 +400,7 @@ def mixture_shift_bound(b_train: Any, mix: MixtureBounds) -> Any:
     float (or float64 array shaped like ``b_train``) upper value of E_Q[R_test].
 
   References:
-    DESIGN.md section 1 ("mixture-shift term"); Dantzig, "Discrete-variable extremum
+    docs/THEORY.md §1 ("mixture-shift term"); Dantzig, "Discrete-variable extremum
     problems", Operations Research 5(2), 1957 (greedy fractional knapsack).
   """
   b = np.asarray(b_train, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The certificate: one route from (risk, KL, delta plan, shift terms) to a `Certificate`, its JSON schema."""
+"""The certificate: one route from (loss, prior, posterior, data, plan) to a `Certificate`."""
 
 from pacbayes.certificate.core import (
     G_EXT_KINDS as G_EXT_KINDS,
@@ -7,16 +7,31 @@ from pacbayes.certificate.core import (
     METHODS as METHODS,
 )
 from pacbayes.certificate.core import (
-    SCHEMA as SCHEMA,
+    Record as Record,
 )
 from pacbayes.certificate.core import (
-    SCHEMA_V1 as SCHEMA_V1,
-)
-from pacbayes.certificate.core import (
-    Certificate as Certificate,
+    ShiftInputs as ShiftInputs,
 )
 from pacbayes.certificate.core import (
     certify as certify,
+)
+from pacbayes.certificate.report import (
+    SCHEMA as SCHEMA,
+)
+from pacbayes.certificate.report import (
+    SCHEMA_V1 as SCHEMA_V1,
+)
+from pacbayes.certificate.report import (
+    SCHEMA_V2 as SCHEMA_V2,
+)
+from pacbayes.certificate.report import (
+    Certificate as Certificate,
+)
+from pacbayes.certificate.route import (
+    CertifyPlan as CertifyPlan,
+)
+from pacbayes.certificate.route import (
+    certify_posterior as certify_posterior,
 )
 from pacbayes.certificate.schema import (
     FIELD_TYPES as FIELD_TYPES,
@@ -39,13 +54,18 @@ from pacbayes.certificate.shift import (
 
 __all__ = [
     "Certificate",
+    "CertifyPlan",
     "FIELD_TYPES",
     "G_EXT_KINDS",
     "METHODS",
+    "Record",
     "SCHEMA",
     "SCHEMA_V1",
+    "SCHEMA_V2",
+    "ShiftInputs",
     "V1_KEYS",
     "certify",
+    "certify_posterior",
     "certify_with_shift",
     "check_report",
     "convert_v1",

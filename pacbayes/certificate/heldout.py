@@ -20,6 +20,7 @@ from typing import Any
 from pacbayes.bounds import testset
 from pacbayes.bounds.extrapolation import split_delta
 from pacbayes.bounds.mixture import MixtureBounds, mixture_shift_bound
+from pacbayes.core import jsonio
 from pacbayes.core.atomic import write_text
 
 __all__ = ["KIND_HELDOUT", "SCHEMA", "HeldOutCertificate", "HoldoutRecord",
@@ -83,15 +84,7 @@ def read_holdout_record(path: str | os.PathLike) -> HoldoutRecord:
       a value of the wrong kind (a sha256 that is not 64 hex digits, repeated lines, ...).
   """
   path = os.fspath(path)
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except OSError as e:
-    raise ValueError(f"{path}: cannot read the holdout record ({e.strerror})") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-  except UnicodeDecodeError:
-    raise ValueError(f"{path}: not UTF-8 text") from None
+  data = jsonio.read_json(path)  # one line naming the file (and line) on any failure
   if not isinstance(data, dict):
     raise ValueError(f"{path}: expected a JSON object (the holdout record)")
   for key in ("train_sha256", "heldout_lines", "fraction", "seed"):

@@ -1,7 +1,7 @@
 """Certificate reports: value checks naming the file and key, the v1 -> v2 conversion, the table.
 
-Helpers of `pacbayes.certificate.core` (which owns the schema); they work on plain dicts and on
-any object with the `Certificate` attributes, so this module imports nothing from it.
+Helpers of `pacbayes.certificate.report` (which owns the schema); they work on plain dicts and
+on any object with the `Certificate` attributes, so this module imports nothing from it.
 """
 
 from __future__ import annotations
@@ -12,19 +12,28 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FIELD_TYPES", "V1_KEYS", "check_report", "convert_v1", "render_table"]
+from pacbayes.bounds.btrain import maurer_budget
+
+__all__ = ["FIELD_TYPES", "REQUIRED_KEYS", "STATUS_KEYS", "V1_KEYS", "check_report",
+           "convert_v1", "render_table", "restore_terms"]
 
 # What each report key holds: "int", "float", "str", "bool", "dict", "list", "?" = or null.
 FIELD_TYPES: dict[str, str] = {
   "n": "int", "num_params": "int?", "sigma_q": "float?", "sigma_p": "float?", "kl": "float",
-  "emp_risk": "float", "num_mc": "int", "epsilon": "float", "g_gen": "float", "g_ext": "float",
+  "emp_risk": "float", "num_mc": "int", "epsilon": "float", "g_gen": "float?", "g_ext": "float?",
   "g_ext_kind": "str", "bound": "float", "delta": "float", "delta_mc": "float",
   "delta_pb": "float", "delta_ext": "float", "grid_size": "int", "loss": "str",
   "method": "str", "baselines": "dict", "extra": "dict", "b_train": "float",
   "g_ext_name": "str", "extrapolation": "list", "slices": "list", "mixture": "dict?",
   "delta_parts": "list", "saturated": "bool", "saturation": "str", "notes": "list",
-  "loss_options": "dict",
+  "loss_options": "dict", "best_possible_bound": "float?",
 }
+# Keys every report has (v2 reports have no best_possible_bound).
+REQUIRED_KEYS = tuple(k for k in FIELD_TYPES if k != "best_possible_bound")
+# Keys written beside the fields (schema v3): a null term's status and its exact value, and
+# the KL per example and the Maurer budget (derived, for the reader).
+STATUS_KEYS = {"g_gen_status": "str", "g_ext_status": "str", "raw_terms": "dict",
+               "kl_per_n": "float", "maurer_budget": "float"}
 V1_KEYS = ("n num_params sigma_q sigma_p kl emp_risk num_mc epsilon g_gen g_ext g_ext_kind "
            "bound delta delta_mc delta_pb delta_ext grid_size loss").split()
 V1_OPTIONAL = ("method", "baselines", "extra")
@@ -79,7 +88,7 @@ def check_report(data: Mapping[str, Any], required: tuple[str, ...], source: str
   missing = [k for k in required if k not in data]
   if missing:
     raise ValueError(f"{source}: missing keys {missing}.")
-  unknown = sorted(set(data) - set(FIELD_TYPES) - {"schema", *FLAGS})
+  unknown = sorted(set(data) - set(FIELD_TYPES) - set(STATUS_KEYS) - {"schema", *FLAGS})
   if unknown:
     raise ValueError(f"{source}: unknown keys {unknown}.")
   for key, kind in FIELD_TYPES.items():
@@ -88,6 +97,9 @@ def check_report(data: Mapping[str, Any], required: tuple[str, ...], source: str
   for key in FLAGS:
     if key in data:
       _expect(source, key, data[key], "bool")
+  for key, kind in STATUS_KEYS.items():
+    if key in data:
+      _expect(source, key, data[key], kind)
   for name, value in data.get("baselines", {}).items():
     _expect(source, f"baselines.{name}", value, "float")
   _check_items(source, "extrapolation", data.get("extrapolation", []),
@@ -103,8 +115,29 @@ def check_report(data: Mapping[str, Any], required: tuple[str, ...], source: str
     _expect(source, f"notes[{i}]", note, "str")
 
 
+def restore_terms(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+  """The report with its exact terms: a null ``g_gen`` / ``g_ext`` (saturated or vacuous) and
+  the clipped baselines read from "raw_terms".
+
+  Raises:
+    ValueError: a null term without its exact value in "raw_terms".
+  """
+  out = dict(data)
+  raw = out.get("raw_terms") or {}
+  for key in ("g_gen", "g_ext"):
+    if out.get(key) is None:
+      if not _ok(raw.get(key), "float"):
+        raise ValueError(f"{source}: key {key!r}: null without its value in 'raw_terms'.")
+      out[key] = raw[key]
+  if "baselines" in raw:  # the unclipped baselines (the report shows them clipped at 1)
+    for name, value in (raw["baselines"] or {}).items():
+      _expect(source, f"raw_terms.baselines.{name}", value, "float")
+    out["baselines"] = dict(raw["baselines"])
+  return out
+
+
 def convert_v1(data: Mapping[str, Any], source: str) -> dict[str, Any]:
-  """A ``pacbayes.certificate.core/1`` report as a v2 dict (numbers unchanged; a note says so).
+  """A ``pacbayes.certificate/1`` report as a v2 dict (numbers unchanged; a note says so).
 
   Raises:
     ValueError: naming ``source`` and the key, for missing or malformed v1 values.
@@ -131,7 +164,7 @@ def convert_v1(data: Mapping[str, Any], source: str) -> dict[str, Any]:
                   "details": {}})
   out.update(b_train=b_train, g_ext_name=name, extrapolation=kinds, slices=[], mixture=None,
              delta_parts=parts, saturated=False, saturation="", loss_options={},
-             notes=["converted from pacbayes.certificate.core/1: its epsilon used the two-sided "
+             notes=["converted from pacbayes.certificate/1: its epsilon used the two-sided "
                     "ln(2/delta_mc); saturation was not recorded"])
   return out
 
@@ -143,10 +176,32 @@ def _flag(value: float) -> str:
   return "VACUOUS (>= 1: says nothing about a [0, 1] loss)" if value >= 1.0 else "non-vacuous"
 
 
+def _num(value: float, status: str = "ok") -> str:
+  return {"saturated": "saturated", "vacuous": "vacuous"}.get(status, f"{value:.6f}")
+
+
+def _ext_meaning(name: str) -> str:
+  return {
+    "tv": "B_train + TV(p_test, p_train): certified upper value of the difficulty shift",
+    "mixture_shift": "mixture-shift term: worst case of sum_d p_test(d) R_d given B_train",
+    "weighted": "m_out + w_max * B_w, B_w a PAC-Bayes bound on the weighted loss",
+    "per_slice": "sum_d p_test(d) B_d from per-slice PAC-Bayes bounds",
+    "estimate": "ESTIMATE of TV(D_test, D_train), not an upper value",
+    "none": "left out: the bound is on the training distribution",
+  }[name]
+
+
 def render_table(c: Any) -> str:
-  """The plain-text table of a `Certificate` (see `Certificate.to_table`)."""
+  """The plain-text table of a `Certificate` (see `Certificate.to_table`).
+
+  A term that only fills the gap to 1 is printed as "saturated" (g_gen, when B_train >= 1)
+  or "vacuous" (g_ext, when the bound is >= 1), never as a number; KL, KL/n and the Maurer
+  budget are always printed, and the baselines are clipped at 1 and labelled.
+  """
   conf = 1.0 - c.delta
   parts = " + ".join(f"{v:.3g} {k}" for k, v in c.delta_parts)
+  gen_status = "saturated" if c.b_train >= 1.0 else "ok"
+  ext_status = ("none" if c.g_ext_name == "none" else "vacuous" if c.bound >= 1.0 else "ok")
   lines = [
     "Two-gap PAC-Bayes certificate (Proposition 4.1, arXiv 2605.12906)",
     f"With probability >= {conf:.4g} (delta = {c.delta:.4g} = {parts}):",
@@ -154,33 +209,30 @@ def render_table(c: Any) -> str:
     f"  E_Q[R_test]  <= bound   = {c.bound:.6f}   {_flag(c.bound)}   [{c.g_ext_kind}]",
     "",
   ]
-  g_gen_value = "saturated" if c.saturated else f"{c.g_gen:.6f}"
-  ext_meaning = {
-    "tv": "B_train + TV(p_test, p_train): certified upper value of the difficulty shift",
-    "mixture_shift": "mixture-shift term: worst case of sum_d p_test(d) R_d given B_train",
-    "weighted": "m_out + w_max * B_w, B_w a PAC-Bayes bound on the weighted loss",
-    "per_slice": "sum_d p_test(d) B_d from per-slice PAC-Bayes bounds",
-    "estimate": "ESTIMATE of TV(D_test, D_train), not an upper value",
-    "none": "left out: the bound is on the training distribution",
-  }[c.g_ext_name]
+  budget = maurer_budget(c.kl, c.n, c.delta_pb, c.grid_size)
   rows = [
     ("emp_risk", f"{c.emp_risk:.6f}", f"Monte-Carlo estimate of E_Q[R_S] ({c.loss}, "
                                       f"M={c.num_mc})"),
     ("epsilon", f"{c.epsilon:.6f}", "one-sided Monte-Carlo term: kl_inv(emp_risk, "
                                     "ln(1/delta_mc)/M) - emp_risk"),
-    ("g_gen", g_gen_value, f"generalization gap ({c.method}): KL={c.kl:.6g} nats, n={c.n}, "
-                           f"ln k={math.log(c.grid_size):.3g}"
-                           + (f"; g_gen = {c.g_gen:.4g} but {c.saturation}" if c.saturated
-                              else "")),
+    ("g_gen", _num(c.g_gen, gen_status),
+     f"generalization gap ({c.method})" + (": B_train hit 1, so no gap is measured"
+                                            if gen_status == "saturated" else "")),
     ("B_train", f"{c.b_train:.6f}", "emp_risk + epsilon + g_gen: bound on E_Q[R_train]"),
-    ("g_ext", f"{c.g_ext:.6f}", f"extrapolation gap [{c.g_ext_kind}, {c.g_ext_name}]: "
-                                f"{ext_meaning}"),
+    ("g_ext", _num(c.g_ext, ext_status), f"extrapolation gap [{c.g_ext_kind}, {c.g_ext_name}]: "
+                                         f"{_ext_meaning(c.g_ext_name)}"),
     ("bound", f"{c.bound:.6f}", "emp_risk + epsilon + g_gen + g_ext"),
   ]
   width = max(len(r[0]) for r in rows)
   lines.append(f"{'term':<{width}}  {'value':>10}  meaning")
   lines.append(f"{'-' * width}  {'-' * 10}  {'-' * 40}")
   lines += [f"{name:<{width}}  {value:>10}  {meaning}" for name, value, meaning in rows]
+  lines += ["", f"KL = {c.kl:.6g} nats, KL/n = {c.kl / c.n:.4g} (n = {c.n}), Maurer budget "
+                f"(KL + ln(2 sqrt(n)/delta_pb) + ln k)/n = {budget:.4g} (k = {c.grid_size})"]
+  if getattr(c, "best_possible_bound", None) is not None:
+    lines.append(f"best possible bound on this grid (empirical risk 0 at the smallest KL of each "
+                 f"prior sigma): {c.best_possible_bound:.6f}")
+  lines += _unperturbed_lines(c.extra)
   if c.extrapolation:
     lines += ["", "extrapolation kinds computed (the smallest certified value is the bound):"]
     for k in c.extrapolation:
@@ -191,8 +243,8 @@ def render_table(c: Any) -> str:
     lines += ["", "certified risk by difficulty (per-slice bounds, union bound over slices):"]
     for s in c.slices:
       emp = "-" if s.get("emp_risk") is None else f"{s['emp_risk']:.4f}"
-      lines.append(f"  d={s['difficulty']:<6g} n={s['n']:<6d} emp {emp:>6}  "
-                   f"bound {s['bound']:.4f}")
+      bound = "vacuous" if s["bound"] >= 1.0 else f"{s['bound']:.4f}"
+      lines.append(f"  d={s['difficulty']:<6g} n={s['n']:<6d} emp {emp:>6}  bound {bound}")
   if c.mixture:
     lines += ["", f"mixtures: {c.mixture.get('method', '')}"]
   lines.append("")
@@ -202,14 +254,29 @@ def render_table(c: Any) -> str:
     setting.append("loss options " + ", ".join(f"{k}={v}" for k, v in c.loss_options.items()))
   lines.append("setting: " + ", ".join(setting))
   if c.baselines:
-    others = ", ".join(f"{m} {v:.6f}" for m, v in c.baselines.items())
-    lines.append(f"whole bound by g_gen method: {others}")
+    others = ", ".join(f"{m} {'1 (vacuous)' if v >= 1.0 else f'{v:.6f}'}"
+                       for m, v in c.baselines.items())
+    lines.append(f"baseline bounds (the whole bound with g_gen by each method, clipped at 1): "
+                 f"{others}")
   if c.saturated:
     lines.append(f"SATURATED: {c.saturation}.")
   lines += [f"note: {x}" for x in c.notes]
   if c.g_ext_kind == "estimate":
     lines.append("NOTE: g_ext is an estimate; the total is an estimate, not a guarantee.")
   return "\n".join(lines)
+
+
+def _unperturbed_lines(extra: Mapping[str, Any]) -> list[str]:
+  """The fine-tune's own risk (no noise) on S and per slice, when the report has it."""
+  risk = extra.get("unperturbed_risk")
+  if risk is None:
+    return []
+  out = [f"fine-tune's own risk (posterior mean, no noise) on S: {risk:.6f} (measured, not a "
+         "bound)"]
+  by = extra.get("unperturbed_by_slice") or {}
+  if by:
+    out.append("  by difficulty: " + ", ".join(f"d={d}: {v:.4f}" for d, v in by.items()))
+  return out
 
 
 def _fmt(value: float | None) -> str:

@@ -113,6 +113,10 @@ def add_parser(sub) -> None:
                  help="the test mixture over difficulty, known exactly: a JSON object "
                  "{difficulty: probability}, or 'uniform' (over --difficulty-support, else "
                  "over the difficulty values seen in --test)")
+  b.add_argument("--train-mixture", metavar="FILE.json",
+                 help="the training mixture over difficulty when it is known exactly (by "
+                 "design): a JSON object {difficulty: probability}; needs --test-mixture. Then "
+                 "the TV is exact and the weighted-loss kind is computed too")
   b.add_argument("--difficulty-support", type=float, nargs="+",
                  help="every value `difficulty` can take, fixed in advance")
   b.add_argument("--max-length", type=positive_int("--max-length", 2**20),
@@ -156,17 +160,23 @@ def check_args(args) -> None:
   if args.test_mixture is not None and args.test_mixture != "uniform":
     mixture_file = args.test_mixture
     check_input_file(mixture_file, "--test-mixture")
+  if args.train_mixture is not None:
+    if args.test_mixture is None:
+      raise CommandError("--train-mixture needs --test-mixture (both mixtures exact)")
+    check_input_file(args.train_mixture, "--train-mixture")
   check_input_file(args.train, "--train")
   if args.test is not None:
     check_input_file(args.test, "--test")
   check_output_path(args.out, "--out",
-                    inputs=[args.prior, args.posterior, args.train, args.test, mixture_file])
+                    inputs=[args.prior, args.posterior, args.train, args.test, mixture_file,
+                            args.train_mixture])
 
 
 # Python argument names in library messages -> the flags that set them.
 _FLAGS = {
     "sigma_grid": "--sigma-grid", "sigma_prior": "--sigma-prior", "sigma": "--sigma",
     "difficulty_support": "--difficulty-support", "test_mixture": "--test-mixture",
+    "train_mixture": "--train-mixture",
     "shift_feature": "--shift-feature", "max_length": "--max-length", "include": "--include",
     "exclude": "--exclude", "chunk_size": "--chunk-size", "num_draws": "--draws",
     "draws_per_step": "--draws-per-step", "max_memory": "--max-memory",
@@ -220,14 +230,6 @@ def run(args) -> int:
 
 
 def _certify(args, pipeline):
-  return pipeline.run_bound(
-      args.prior, args.posterior, args.train, args.test,
-      loss=args.loss, alpha=args.alpha, sigma=args.sigma, sigma_grid=args.sigma_grid,
-      sigma_prior=args.sigma_prior, mc_scheme=args.mc_scheme, num_draws=args.draws,
-      chunk_size=args.chunk_size, batch_size=args.batch_size,
-      draws_per_step=args.draws_per_step, max_memory=args.max_memory, delta=args.delta,
-      seed=args.seed, include=args.include, exclude=args.exclude,
-      max_length=args.max_length, dtype=args.dtype, method=args.method,
-      test_mixture=args.test_mixture, shift_feature=args.shift_feature,
-      difficulty_support=args.difficulty_support, chat_template=args.chat_template,
-      space=args.space, progress=not args.quiet)
+  from pacbayes.pipeline.config import BoundConfig
+
+  return pipeline.run_bound(BoundConfig.from_args(args))

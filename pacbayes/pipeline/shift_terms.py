@@ -298,70 +298,118 @@ def measure_shift(plan: ShiftPlan, train_path: str, train_difficulty: np.ndarray
 
 @dataclasses.dataclass(frozen=True)
 class ShiftTerms:
-  """The shift inputs of `pipeline.certify_params`, and what the report says about them.
+  """The shift inputs of the certificate route, and what the report says about them.
 
   Attributes:
-    g_ext, g_ext_kind: the TV term (certified TV over difficulty, or an estimate) and its
-      kind; 0 and "none" without a test side.
-    mixture: `MixtureBounds` for the mixture-shift kind, or None.
-    difficulty: [n] difficulties of S for per-slice bounds, or None.
-    delta_parts: the shares of delta (`bound_inputs.delta_plan`), summing to delta.
+    inputs: `pacbayes.certificate.core.ShiftInputs` (g_ext and its kind, the mixtures, the
+      difficulty of S for the slot kinds).
+    deltas: the `pacbayes.bounds.delta.DeltaPlan` (summing to delta; it decides the kinds).
     notes: lines for the report.
     info: JSON-ready details (feature, rule, TV, mixture source).
     check: the one-pool cross-check, or None.
   """
 
-  g_ext: float
-  g_ext_kind: str
-  mixture: Any
-  difficulty: np.ndarray | None
-  delta_parts: dict[str, float]
+  inputs: Any
+  deltas: Any
   notes: tuple[str, ...]
   info: dict[str, Any]
   check: dict[str, Any] | None
 
+  @property
+  def g_ext(self) -> float:
+    return self.inputs.g_ext
 
-def shift_terms(train_path: str, test_path: str | None, train_difficulty: np.ndarray | None, *,
-                shift_feature: str | None, test_mixture: Any, difficulty_support: Any,
-                delta: float, seed: int, model_dir: str | None = None,
-                max_length: int | None = None, say=lambda text: None) -> ShiftTerms:
+  @property
+  def g_ext_kind(self) -> str:
+    return self.inputs.g_ext_kind
+
+
+def _exact_train(config: Any, plan: ShiftPlan, train_difficulty: np.ndarray | None):
+  """(MixtureBounds, support) when the training mixture is given exactly, else (None, None)."""
+  from pacbayes.bounds import extrapolation as ex
+
+  if config.train_mixture is None:
+    return None, None
+  if plan.feature != "difficulty" or plan.mixture is None:
+    raise ValueError("train_mixture: needs the difficulty feature and an exact test mixture")
+  source = config.train_mixture
+  train = (ex.load_mixture(os.fspath(source), support=plan.support)
+           if isinstance(source, (str, os.PathLike))
+           else ex.check_mixture(source, name="train_mixture"))
+  off = sorted({float(v) for v in train_difficulty} - {d for d, p in train.items() if p > 0})
+  if off:
+    raise ValueError(f"{config.train}: difficulty {off[0]:g} has no mass under the given "
+                     "training mixture (train_mixture)")
+  mix = ex.mixture_bounds(test_mixture=plan.mixture, train_mixture=train, support=plan.support)
+  return mix, tuple(mix.support)
+
+
+def shift_terms(config: Any, train_difficulty: np.ndarray | None, *,
+                say=lambda text: None) -> ShiftTerms:
   """Plans, measures and checks the extrapolation side of `pacbayes bound`.
 
   Kinds: with the difficulty feature, the TV kind always; the mixture-shift and per-slice
   kinds when the support is fixed in advance (`difficulty_support`, or the keys of an exact
-  test mixture when they cover every training value). The delta split is fixed from the
-  arguments alone (`bound_inputs.delta_plan`). When the one-pool check refutes the
-  assumption, the certified kinds are withdrawn: g_ext is the n-gram classifier's estimate
-  (kind "estimate"), and the shares of the withdrawn kinds stay unspent (booked under "tv").
+  test mixture when they cover every training value). With an exact training mixture
+  (`train_mixture`, with an exact test mixture) the TV is exact and spends nothing, the
+  mixtures spend nothing, and the weighted-loss kind is added: the setting of the study's
+  cells. The delta plan is fixed from the arguments alone (`DeltaPlan.for_kinds`). When the
+  one-pool check refutes the assumption, the certified kinds are withdrawn: g_ext is the
+  n-gram classifier's estimate (kind "estimate"), and the shares of the withdrawn kinds stay
+  unspent (booked under "tv").
+
+  Args:
+    config: a `pacbayes.pipeline.config.BoundConfig` (train, test, shift_feature,
+      test_mixture, train_mixture, difficulty_support, delta, seed, prior, max_length).
+    train_difficulty: [n] float64 difficulties of S, or None.
+    say: one progress line.
 
   Raises:
     ValueError: see `plan_shift` and `measure_shift`.
   """
   from pacbayes.bounds import extrapolation as ex
+  from pacbayes.bounds.delta import DeltaPlan
+  from pacbayes.certificate.core import ShiftInputs
 
-  plan = plan_shift(train_path, test_path, train_difficulty=train_difficulty,
-                    shift_feature=shift_feature, test_mixture=test_mixture,
-                    difficulty_support=difficulty_support)
+  c = config
+  plan = plan_shift(c.train, c.test, train_difficulty=train_difficulty,
+                    shift_feature=c.shift_feature, test_mixture=c.test_mixture,
+                    difficulty_support=c.difficulty_support)
+  exact, exact_support = _exact_train(c, plan, train_difficulty)
+  if exact is not None:
+    deltas = DeltaPlan.for_kinds(c.delta, weighted=True, per_slice=True)
+    info = {"feature": plan.feature, "rule": plan.rule, "support": list(exact_support),
+            "mixture_source": plan.mixture_source + "; training mixture given exactly",
+            "tv": {"exact": exact.tv}}
+    check = None
+    if plan.test_path is not None:
+      check = check_one_pool(c.train, plan.test_path, float(exact.tv), delta=c.delta,
+                             seed=c.seed)
+    inputs = ShiftInputs(g_ext=float(exact.tv), g_ext_kind=ex.KIND_TV, mixture=exact,
+                         difficulty=train_difficulty)
+    if check is not None and check["refuted"]:
+      raise ValueError(f"train_mixture: refuted: {check['reason']}")
+    return ShiftTerms(inputs, deltas, (), info, check)
   support = plan.support
   if plan.feature == "difficulty" and support is None and plan.mixture:
     keys = {float(d) for d in plan.mixture}
     if {float(v) for v in train_difficulty} <= keys:
       support = tuple(sorted(keys))
   use_mixture = plan.feature == "difficulty" and support is not None
-  parts = bi.delta_plan(delta, tv=plan.feature is not None, mixture=use_mixture,
-                        per_slice=use_mixture)
+  deltas = DeltaPlan.for_kinds(c.delta, tv=plan.feature is not None, mixture=use_mixture,
+                               per_slice=use_mixture)
   notes = []
   if plan.feature == "difficulty" and not use_mixture:
     notes.append("mixture-shift and per-slice kinds not computed: they need the difficulty "
                  "support fixed in advance (--difficulty-support); only the TV kind is used")
   if plan.feature == "difficulty":
     notes.append("weighted-loss kind not computed: it needs the training mixture known "
-                 "exactly, and bound estimates it from S")
+                 "exactly (--train-mixture), and bound estimates it from S")
   say(f"extrapolation: {plan.rule} ...")
   measure = measure_shift(
-      dataclasses.replace(plan, support=support), train_path, train_difficulty,
-      delta_tv=parts.get("tv", 0.0), delta_mixture=parts.get("mixture", 0.0), delta=delta,
-      seed=seed, model_dir=model_dir, max_length=max_length)
+      dataclasses.replace(plan, support=support), c.train, train_difficulty,
+      delta_tv=deltas.get("tv"), delta_mixture=deltas.get("mixture"), delta=c.delta,
+      seed=c.seed, model_dir=c.prior, max_length=c.max_length)
   g_ext, kind, mixture, difficulty = 0.0, ex.KIND_NONE, None, None
   if measure.tv is not None:
     g_ext, kind = measure.tv, measure.tv_kind
@@ -372,7 +420,6 @@ def shift_terms(train_path: str, test_path: str | None, train_difficulty: np.nda
     notes.append(f"REFUTED: {measure.check['reason']}; g_ext is the n-gram classifier's "
                  "estimate of TV, and the total is an estimate, not a guarantee")
     if use_mixture:
-      unused = sum(parts[k] for k in ("mixture", "slice_mc", "slice_pb"))
-      parts = {"mc": parts["mc"], "pb": parts["pb"], "tv": parts["tv"] + unused}
-  return ShiftTerms(g_ext, kind, mixture, difficulty, parts, tuple(notes), measure.info,
-                    measure.check)
+      deltas = deltas.merged(("mixture", "slice_mc", "slice_pb"), into="tv")
+  inputs = ShiftInputs(g_ext=g_ext, g_ext_kind=kind, mixture=mixture, difficulty=difficulty)
+  return ShiftTerms(inputs, deltas, tuple(notes), measure.info, measure.check)

@@ -33,6 +33,12 @@ from pacbayes.posterior.kl import (
 from pacbayes.posterior.kl import (
     iter_safetensors as iter_safetensors,
 )
+from pacbayes.posterior.montecarlo import (
+    MonteCarloOptions as MonteCarloOptions,
+)
+from pacbayes.posterior.montecarlo import (
+    row_losses as row_losses,
+)
 from pacbayes.posterior.perturb import (
     RANGE_TOL as RANGE_TOL,
 )
@@ -132,8 +138,30 @@ from pacbayes.posterior.perturb import (
 from pacbayes.posterior.perturb import (
     subset_bound as subset_bound,
 )
+from pacbayes.posterior.sigma import (
+    DEFAULT_SIGMA_GRID as DEFAULT_SIGMA_GRID,
+)
+from pacbayes.posterior.sigma import (
+    BoundTarget as BoundTarget,
+)
+from pacbayes.posterior.sigma import (
+    SearchOptions as SearchOptions,
+)
+from pacbayes.posterior.sigma import (
+    SigmaPlan as SigmaPlan,
+)
+from pacbayes.posterior.sigma import (
+    plan_sigma as plan_sigma,
+)
 
 __all__ = [
+    "BoundTarget",
+    "DEFAULT_SIGMA_GRID",
+    "MonteCarloOptions",
+    "SearchOptions",
+    "SigmaPlan",
+    "plan_sigma",
+    "row_losses",
     "CheckpointError",
     "CheckpointKL",
     "LossFn",

@@ -1,8 +1,8 @@
 """Gaussian posterior draws over parameter pytrees: masks, sigmas, noise, data batches.
 
-The pieces shared by the Monte-Carlo risk (`pacbayes.posterior.montecarlo`), the sigma choice
-(`pacbayes.posterior.sigma`) and the posterior fit (`pacbayes.posterior.fit`). Everything is generic over
-a parameter pytree and a bounded loss
+The pieces shared by the Monte-Carlo risk (`pacbayes.posterior.montecarlo`), the sigma
+choice (`pacbayes.posterior.sigma`) and the posterior fit (`pacbayes.posterior.fit`).
+Everything is generic over a parameter pytree and a bounded loss
 
     loss_fn(params, batch: dict[str, Array]) -> per-example losses [B] in [0, 1],
 
@@ -13,7 +13,6 @@ names to NumPy arrays sharing a leading axis of length n.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -57,17 +56,6 @@ def leaf_paths(params: Any) -> list[str]:
   return names
 
 
-def _patterns(arg: str | Sequence[str] | None, name: str) -> tuple[str, ...] | None:
-  if arg is None:
-    return None
-  if isinstance(arg, str):
-    return (arg,)
-  out = tuple(arg)
-  if not all(isinstance(p, str) and p for p in out):
-    raise ValueError(f"{name}: expected glob pattern strings, got {arg!r}")
-  return out
-
-
 def perturbation_mask(
     params: Any,
     include: str | Sequence[str] | None = None,
@@ -76,36 +64,30 @@ def perturbation_mask(
   """Pytree of Python bools: which leaves the posterior perturbs.
 
   Patterns are `fnmatch` globs matched against the '/'-joined leaf path (see `leaf_paths`);
-  `*` also matches '/', so '*norm*' selects every norm scale at any depth. A leaf is
-  perturbed when it has a floating dtype, matches some `include` pattern (all leaves when
-  `include` is None) and matches no `exclude` pattern.
+  `*` also matches '/', so '*norm*' selects every norm scale at any depth. The rule is the one
+  of `pacbayes.models.params.match_names` (also behind `--include` / `--exclude` on Hugging
+  Face names): a leaf is kept when it matches some `include` pattern (all leaves when None)
+  and no `exclude` pattern, and every pattern must match at least one leaf. A kept leaf is
+  perturbed when it has a floating dtype.
 
   Args:
     params: parameter pytree.
     include: pattern or patterns to keep; each must match at least one leaf.
-    exclude: pattern or patterns to drop (patterns that match nothing are allowed).
+    exclude: pattern or patterns to drop; each must match at least one leaf.
 
   Returns:
     A pytree with the structure of `params` and bool leaves.
 
   Raises:
-    ValueError: an include pattern matches no leaf, or nothing is left to perturb.
+    ValueError: a pattern (include or exclude) matches no leaf, or nothing is left to perturb.
   """
-  include = _patterns(include, "include")
-  exclude = _patterns(exclude, "exclude")
+  from pacbayes.models.params import match_names
+
   leaves, treedef = jax.tree.flatten(params)
   names = leaf_paths(params)
-  if include is not None:
-    for pat in include:
-      if not any(fnmatch.fnmatchcase(nm, pat) for nm in names):
-        raise ValueError(
-            f"include: pattern {pat!r} matches no parameter; names look like {names[:3]}")
-  keep = []
-  for leaf, nm in zip(leaves, names, strict=True):
-    ok = jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
-    ok = ok and (include is None or any(fnmatch.fnmatchcase(nm, p) for p in include))
-    ok = ok and not (exclude is not None and any(fnmatch.fnmatchcase(nm, p) for p in exclude))
-    keep.append(bool(ok))
+  kept = set(match_names(names, include, exclude))
+  keep = [bool(nm in kept and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact))
+          for leaf, nm in zip(leaves, names, strict=True)]
   if not any(keep):
     raise ValueError(
         f"include={include!r}, exclude={exclude!r}: no floating-point parameter is left to "

@@ -22,7 +22,10 @@ from pacbayes.posterior.draws import (
     positive_int,
     progress_bar,
 )
-from pacbayes.posterior.montecarlo import empirical_risk, mc_risk
+from pacbayes.posterior.montecarlo import MonteCarloOptions, empirical_risk, mc_risk
+
+__all__ = ["FitOptions", "PosteriorFit", "SigmaSearch", "ToleranceSearch",
+           "optimise_posterior", "search_sigma", "sigma_prior_grid"]
 
 # --------------------------------------------------------------------------- sigma choice
 
@@ -44,6 +47,43 @@ class SigmaSearch:
   history: tuple[tuple[float, float], ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class ToleranceSearch:
+  """The sizes of `search_sigma`.
+
+  Attributes:
+    num_steps: bisection steps.
+    num_draws: posterior draws per evaluation.
+    subset_size: rows used (None: all).
+    mc: batch size and draws per step of each evaluation (`MonteCarloOptions`; its scheme
+      and sizes are the search's own: `num_draws` full passes of the subset).
+  """
+
+  num_steps: int = 12
+  num_draws: int = 4
+  subset_size: int | None = 512
+  mc: MonteCarloOptions = MonteCarloOptions(draws_per_step=1)
+
+
+def _options(cls, options, fields: Mapping[str, Any]):
+  """``options``, or ``cls`` built from keyword ``fields`` (MC fields go to its ``mc``)."""
+  if not fields:
+    return cls() if options is None else options
+  if options is not None:
+    raise ValueError(f"options and {sorted(fields)}: give the options object or its fields "
+                     "as keywords, not both")
+  own = {f.name for f in dataclasses.fields(cls)}
+  mc_names = {f.name for f in dataclasses.fields(MonteCarloOptions)}
+  unknown = sorted(set(fields) - own - (mc_names if "mc" in own else set()))
+  if unknown:
+    raise TypeError(f"unexpected keyword arguments {unknown}")
+  kw = {k: v for k, v in fields.items() if k in own}
+  mc = {k: v for k, v in fields.items() if k not in own}
+  if mc:
+    kw["mc"] = dataclasses.replace(cls().mc, **mc)
+  return cls(**kw)
+
+
 def search_sigma(
     loss_fn: LossFn,
     params: Any,
@@ -53,13 +93,10 @@ def search_sigma(
     tolerance: float = 0.02,
     low: float = 1e-6,
     high: float = 1.0,
-    num_steps: int = 12,
-    num_draws: int = 4,
-    subset_size: int | None = 512,
-    batch_size: int = 32,
-    draws_per_step: int = 1,
+    options: ToleranceSearch | None = None,
     mask: Any = None,
     mesh: Mesh | None = None,
+    **fields: Any,
 ) -> SigmaSearch:
   """Largest isotropic posterior sigma keeping the perturbed risk within `tolerance`.
 
@@ -81,10 +118,10 @@ def search_sigma(
     key: PRNG key (subset choice and noise).
     tolerance: allowed increase of the risk (absolute, > 0).
     low, high: search interval, 0 < low < high.
-    num_steps: bisection steps.
-    num_draws: posterior draws per evaluation.
-    subset_size: rows used (None: all).
-    batch_size, draws_per_step, mask, mesh: as in `mc_risk`.
+    options: bisection steps, draws, subset and Monte-Carlo sizes (`ToleranceSearch`).
+    mask, mesh: as in `mc_risk`.
+    **fields: the fields of `ToleranceSearch` or of its `MonteCarloOptions` as keywords
+      (``num_steps=8, batch_size=16``), instead of ``options``.
 
   Returns:
     A `SigmaSearch`; its sigma is `high` if `high` is already acceptable.
@@ -92,6 +129,10 @@ def search_sigma(
   Raises:
     ValueError: bad arguments, or even `low` breaks the tolerance.
   """
+  o = _options(ToleranceSearch, options, fields)
+  num_steps, num_draws, subset_size = o.num_steps, o.num_draws, o.subset_size
+  eval_mc = dataclasses.replace(o.mc, scheme="passes", num_draws=positive_int(
+      num_draws, "num_draws"), chunk_size=None, max_memory=None)
   if not (isinstance(tolerance, (int, float)) and tolerance > 0):
     raise ValueError(f"tolerance: expected a number > 0, got {tolerance!r}")
   if not (0 < low < high and math.isfinite(high)):
@@ -102,14 +143,13 @@ def search_sigma(
   if subset_size is not None and positive_int(subset_size, "subset_size") < n:
     rows = np.sort(np.asarray(jax.random.permutation(key_sub, n))[:subset_size])
     arrays = {k: v[rows] for k, v in arrays.items()}
-  base = empirical_risk(loss_fn, params, arrays, batch_size=batch_size, mesh=mesh)
+  base = empirical_risk(loss_fn, params, arrays, batch_size=eval_mc.batch_size, mesh=mesh)
   target = base + tolerance
   history = []
 
   def risk(s: float) -> float:
-    r = mc_risk(loss_fn, params, arrays, key=key_noise, sigma=s, scheme="passes",
-                num_draws=num_draws, batch_size=batch_size, draws_per_step=draws_per_step,
-                mask=mask, mesh=mesh).mean
+    r = mc_risk(loss_fn, params, arrays, key=key_noise, sigma=s, options=eval_mc, mask=mask,
+                mesh=mesh).mean
     history.append((float(s), r))
     return r
 
@@ -171,6 +211,31 @@ class PosteriorFit:
   mask: Any = None
 
 
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+  """How `optimise_posterior` trains the posterior's sigmas.
+
+  Attributes:
+    objective: "maurer" or "fquad".
+    per_weight: one sigma per weight instead of one per leaf.
+    num_steps, learning_rate: Adam steps and rate (or give `optimizer`).
+    batch_size: minibatch rows; num_draws: draws per step.
+    delta: confidence of the PAC-Bayes part of the objective.
+    grid_size: prior grid size k (adds ln k to the KL).
+    optimizer: an Optax transformation replacing Adam(learning_rate).
+  """
+
+  objective: str = "maurer"
+  per_weight: bool = False
+  num_steps: int = 100
+  learning_rate: float = 0.01
+  batch_size: int = 32
+  num_draws: int = 1
+  delta: float = 0.05
+  grid_size: int = 1
+  optimizer: optax.GradientTransformation | None = None
+
+
 def optimise_posterior(
     surrogate_fn: LossFn,
     params: Any,
@@ -180,17 +245,10 @@ def optimise_posterior(
     key: jax.Array,
     sigma_init: float,
     sigma_prior: float,
-    objective: str = "maurer",
-    per_weight: bool = False,
-    num_steps: int = 100,
-    learning_rate: float = 0.01,
-    batch_size: int = 32,
-    num_draws: int = 1,
-    delta: float = 0.05,
-    grid_size: int = 1,
+    options: FitOptions | None = None,
     mask: Any = None,
-    optimizer: optax.GradientTransformation | None = None,
     progress: bool = False,
+    **fields: Any,
 ) -> PosteriorFit:
   """Fits a diagonal posterior N(params, diag(s^2)) by minimising a PAC-Bayes bound.
 
@@ -217,15 +275,10 @@ def optimise_posterior(
     key: PRNG key.
     sigma_init: starting posterior sigma (> 0).
     sigma_prior: prior sigma (> 0), fixed during the fit.
-    objective: "maurer" or "fquad".
-    per_weight: one sigma per weight instead of one per leaf.
-    num_steps, learning_rate: Adam steps and rate (or give `optimizer`).
-    batch_size: minibatch rows; num_draws: draws per step.
-    delta: confidence of the PAC-Bayes part of the objective.
-    grid_size: prior grid size k (adds ln k to the KL).
+    options: objective, steps, rate, sizes, delta, grid size, optimizer (`FitOptions`).
     mask: pytree of bools; default all floating leaves.
-    optimizer: an Optax transformation replacing Adam(learning_rate).
     progress: tqdm bar.
+    **fields: the fields of `FitOptions` as keywords, instead of ``options``.
 
   Returns:
     A `PosteriorFit`.
@@ -239,6 +292,10 @@ def optimise_posterior(
   from pacbayes.bounds import pac as bounds
   from pacbayes.posterior.kl import gaussian_kl
 
+  o = _options(FitOptions, options, fields)
+  objective, per_weight, num_steps = o.objective, o.per_weight, o.num_steps
+  learning_rate, batch_size, num_draws = o.learning_rate, o.batch_size, o.num_draws
+  delta, grid_size, optimizer = o.delta, o.grid_size, o.optimizer
   if objective not in ("maurer", "fquad"):
     raise ValueError(f"objective: expected 'maurer' or 'fquad', got {objective!r}")
   for name, v in (("sigma_init", sigma_init), ("sigma_prior", sigma_prior)):

@@ -38,6 +38,8 @@ from pacbayes.posterior.draws import (
 )
 
 SCHEMES = ("chunk", "passes")
+# Posterior draws of the "passes" scheme when none are given.
+DEFAULT_PASSES = 20
 
 
 # -------------------------------------------------------------------------- compiled steps
@@ -104,6 +106,70 @@ def perturbed_copy(key: jax.Array, index: int, leaves: list, sigmas: list,
           for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True)]
 
 
+# ------------------------------------------------------------------------------ options
+
+
+@dataclasses.dataclass(frozen=True)
+class MonteCarloOptions:
+  """How a Monte-Carlo risk is estimated: one value shared by every function that runs one.
+
+  Attributes:
+    scheme: "chunk" (one posterior draw per `chunk_size` rows, one pass over S) or "passes"
+      (`num_draws` full passes); see `mc_risk`.
+    num_draws: M for "passes"; for "chunk", sets chunk_size = ceil(n / M).
+    chunk_size: rows per draw for "chunk" (refused with "passes" by `mc_risk`).
+    batch_size: rows per forward pass per draw.
+    draws_per_step: draws evaluated together (memory: that many perturbed copies).
+    max_memory: memory budget in bytes that sets `draws_per_step` instead.
+  """
+
+  scheme: str = "chunk"
+  num_draws: int | None = None
+  chunk_size: int | None = None
+  batch_size: int = 32
+  draws_per_step: int | None = None
+  max_memory: int | None = None
+
+  def __post_init__(self):
+    if self.scheme not in SCHEMES:
+      raise ValueError(f"scheme: expected one of {SCHEMES}, got {self.scheme!r}")
+    positive_int(self.batch_size, "batch_size")
+    for name in ("num_draws", "chunk_size", "draws_per_step", "max_memory"):
+      if getattr(self, name) is not None:
+        positive_int(getattr(self, name), name)
+    if self.draws_per_step is not None and self.max_memory is not None:
+      raise ValueError("draws_per_step, max_memory: give one of them, not both")
+
+  @classmethod
+  def of(cls, options: MonteCarloOptions | None, fields: Mapping[str, Any]) -> MonteCarloOptions:
+    """``options``, or the options built from keyword ``fields`` (one of the two)."""
+    if fields:
+      if options is not None:
+        raise ValueError(f"options and {sorted(fields)}: give the options object or its "
+                         "fields as keywords, not both")
+      unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+      if unknown:
+        raise TypeError(f"unexpected keyword arguments {unknown}")
+      return cls(**fields)
+    return cls() if options is None else options
+
+  def with_defaults(self) -> MonteCarloOptions:
+    """The certificate's defaults: "chunk" with one row per draw (M = n) when neither size
+    is given, "passes" with 20 draws."""
+    if self.scheme == "chunk" and self.chunk_size is None and self.num_draws is None:
+      return dataclasses.replace(self, chunk_size=1)
+    if self.scheme == "passes" and self.num_draws is None:
+      return dataclasses.replace(self, num_draws=DEFAULT_PASSES)
+    return self
+
+  def num_samples(self, n: int) -> int:
+    """M, the independent draws behind the estimate on n rows (after `with_defaults`)."""
+    o = self.with_defaults()
+    if o.scheme == "passes":
+      return int(o.num_draws)
+    return -(-n // (o.chunk_size or -(-n // o.num_draws)))
+
+
 # ------------------------------------------------------------------------------ MC risk
 
 
@@ -128,6 +194,7 @@ class MCRisk:
       perturbed copies at most).
     unperturbed: R_S at the posterior mean, when asked for.
     seconds: wall time of the estimate.
+    unperturbed_rows: [n] float64 loss of each row at the posterior mean, when asked for.
   """
 
   mean: float
@@ -142,6 +209,7 @@ class MCRisk:
   draws_per_step: int = 1
   unperturbed: float | None = None
   seconds: float = 0.0
+  unperturbed_rows: np.ndarray | None = None
 
   def upper(self, delta: float) -> float:
     """kl-inverse upper confidence bound on E_Q[R_S] at level 1 - delta."""
@@ -220,17 +288,13 @@ def mc_risk(
     *,
     key: jax.Array,
     sigma: Any,
-    scheme: str = "chunk",
-    num_draws: int | None = None,
-    chunk_size: int | None = None,
-    batch_size: int = 32,
-    draws_per_step: int | None = None,
-    max_memory: int | None = None,
+    options: MonteCarloOptions | None = None,
     mask: Any = None,
     mesh: Mesh | None = None,
     unperturbed: bool = False,
     progress: bool = False,
     desc: str | None = None,
+    **fields: Any,
 ) -> MCRisk:
   r"""Monte-Carlo estimate of E_{theta~Q}[R_S(theta)] for Q = N(params, diag(sigma^2)).
 
@@ -275,15 +339,9 @@ def mc_risk(
     data: mapping of NumPy arrays with a shared leading axis (n rows).
     key: PRNG key; split into (draw key, filler key).
     sigma: positive scalar or pytree like params (diagonal posterior).
-    scheme: "chunk" or "passes".
-    num_draws: M for "passes"; for "chunk", an alternative to `chunk_size` that sets
-      chunk_size = ceil(n / num_draws) (giving both is an error).
-    chunk_size: rows per draw for "chunk" (an error for "passes").
-    batch_size: rows per forward pass per draw (in "chunk", min(batch_size, chunk_size)).
-    draws_per_step: draws evaluated in parallel (vmap) per compiled step; default 1, or
-      chosen from `max_memory`.
-    max_memory: memory budget in bytes for one step; sets `draws_per_step` by
-      `draws_per_step_for_memory` (give one of the two).
+    options: the scheme and sizes (`MonteCarloOptions`; default ``MonteCarloOptions()``).
+    **fields: the same fields as keywords (``scheme="passes", num_draws=4``), a shorthand
+      for ``options=MonteCarloOptions(...)``; not together with ``options``.
     mask: pytree of bools (`perturbation_mask`); default all floating leaves.
     mesh: optional ('data', 'fsdp') mesh: draws (or rows) along 'data', params on 'fsdp'.
     unperturbed: also compute R_S at `params` (one extra pass).
@@ -302,14 +360,10 @@ def mc_risk(
     Hoeffding, "Probability inequalities for sums of bounded random variables", JASA 1963.
     Maurer, "A note on the PAC Bayesian theorem", arXiv cs/0411099, 2004.
   """
-  if scheme not in SCHEMES:
-    raise ValueError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
+  opts = MonteCarloOptions.of(options, fields)
+  scheme, num_draws, chunk_size = opts.scheme, opts.num_draws, opts.chunk_size
+  batch_size, draws_per_step, max_memory = opts.batch_size, opts.draws_per_step, opts.max_memory
   arrays, n = check_data(data)
-  batch_size = positive_int(batch_size, "batch_size")
-  if draws_per_step is not None and max_memory is not None:
-    raise ValueError("draws_per_step, max_memory: give one of them, not both")
-  if max_memory is not None:
-    max_memory = positive_int(max_memory, "max_memory")
   mask_t = mask_leaves(mask, params)
   leaves, treedef = jax.tree.flatten(params)
   sigmas = sigma_leaves(sigma, params, mask_t)
@@ -387,14 +441,16 @@ def mc_risk(
 
   slot_losses = slot_losses[:, :k_slots]
   draws = slot_losses.mean(axis=1)
-  base = None
+  base = rows_base = None
   if unperturbed:
-    base = empirical_risk(loss_fn, params, arrays, batch_size=batch_size, mesh=mesh)
+    rows_base = row_losses(loss_fn, params, arrays, batch_size=batch_size, mesh=mesh,
+                           progress=progress)
+    base = float(rows_base.sum() / n)
   return MCRisk(
       mean=float(draws.mean()), draws=draws, num_samples=m_total, scheme=scheme,
       num_examples=n, slot_losses=slot_losses, slot_rows=slot_rows, chunk_size=csize,
       num_fillers=fillers, draws_per_step=group, unperturbed=base,
-      seconds=time.perf_counter() - start)
+      seconds=time.perf_counter() - start, unperturbed_rows=rows_base)
 
 
 def empirical_risk(
@@ -405,11 +461,23 @@ def empirical_risk(
   Raises:
     ValueError: bad data or batch size, or a loss outside [0, 1].
   """
+  losses = row_losses(loss_fn, params, data, batch_size=batch_size, mesh=mesh,
+                      progress=progress)
+  return float(losses.sum() / losses.size)
+
+
+def row_losses(
+    loss_fn: LossFn, params: Any, data: Mapping[str, Any], *, batch_size: int = 32,
+    mesh: Mesh | None = None, progress: bool = False) -> np.ndarray:
+  """[n] float64 loss of each row at `params` (no perturbation), in the order of the data.
+
+  Raises:
+    ValueError: bad data or batch size, or a loss outside [0, 1].
+  """
   arrays, n = check_data(data)
   b = positive_int(batch_size, "batch_size")
   step = plain_step(loss_fn)
   params = shd.shard_params(params, mesh)
-  total = 0.0
   pending = []
   for j in range(math.ceil(n / b)):
     idx = np.arange(j * b, (j + 1) * b)
@@ -417,11 +485,12 @@ def empirical_risk(
     batch = gather(arrays, idx)
     dev = shd.shard_batch(batch, mesh) if mesh is not None else batch
     pending.append((step(params, dev), batch["weight"]))
-  bar = progress_bar(n, "risk at the posterior mean", progress)
-  for out, w in pending:
-    losses = shd.to_host(out).astype(np.float64)
+  bar = progress_bar(n, "risk at the posterior mean (no noise)", progress)
+  out = []
+  for out_dev, w in pending:
+    losses = shd.to_host(out_dev).astype(np.float64)
     check_range(losses, w)
-    total += float((losses * w).sum())
+    out.append(losses[w > 0])
     bar.update(int(w.sum()))
   bar.close()
-  return total / n
+  return np.concatenate(out)

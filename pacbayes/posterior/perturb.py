@@ -34,8 +34,10 @@ from pacbayes.posterior.draws import (
     sq_distance,
 )
 from pacbayes.posterior.fit import (
+    FitOptions,
     PosteriorFit,
     SigmaSearch,
+    ToleranceSearch,
     optimise_posterior,
     search_sigma,
     sigma_prior_grid,
@@ -43,16 +45,30 @@ from pacbayes.posterior.fit import (
 from pacbayes.posterior.montecarlo import (
     SCHEMES,
     MCRisk,
+    MonteCarloOptions,
     draw_step,
     draws_per_step_for_memory,
     empirical_risk,
     mc_risk,
     perturbed_copy,
     plain_step,
+    row_losses,
 )
-from pacbayes.posterior.sigma import SigmaChoice, choose_sigma, subset_bound
+from pacbayes.posterior.sigma import (
+    BoundTarget,
+    SearchOptions,
+    SigmaChoice,
+    choose_sigma,
+    subset_bound,
+)
 
 __all__ = [
+    "FitOptions",
+    "ToleranceSearch",
+    "BoundTarget",
+    "MonteCarloOptions",
+    "SearchOptions",
+    "row_losses",
     "RANGE_TOL",
     "SCHEMES",
     "LossFn",

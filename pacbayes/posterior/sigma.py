@@ -1,4 +1,9 @@
-"""Posterior and prior scales (sigma_q, sigma_p) chosen to minimise the PAC-Bayes bound."""
+"""Posterior and prior scales (sigma_q, sigma_p): the plan, and the choice that minimises the bound.
+
+`SigmaPlan` says from the arguments alone how each scale is chosen; `choose_sigma` searches
+sigma_q (and the grid point sigma_p) that minimise B_train on a subset of S; `subset_bound` is
+that objective, B_train of `pacbayes.bounds.btrain` (one definition for every caller).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,22 @@ import numpy as np
 from jax.sharding import Mesh
 
 from pacbayes.bounds import pac as bounds
+from pacbayes.bounds.btrain import b_train_upper
 from pacbayes.posterior.draws import LossFn, check_data, positive_int, progress_bar
 from pacbayes.posterior.kl import isotropic_kl
-from pacbayes.posterior.montecarlo import mc_risk
+from pacbayes.posterior.montecarlo import MonteCarloOptions, mc_risk
+
+__all__ = ["DEFAULT_SIGMA_GRID", "METHODS", "BoundTarget", "SearchOptions", "SigmaChoice",
+           "SigmaPlan", "check_grid", "check_sigma", "choose_sigma", "plan_sigma",
+           "subset_bound"]
 
 METHODS = ("maurer", "mcallester", "fquad")
-# Two subset bounds closer than this count as tied; the smaller KL then wins.
+# Two subset bounds closer than this count as tied (see `choose_sigma` for the tie rule).
 _TIE = 1e-12
+# Prior scales used when neither a prior sigma nor a grid is given. Fixed here, in advance of
+# any data, as the union bound over the grid requires: 1e-5 .. 1e-1, four points per decade
+# (ln 17 = 2.8 nats). Every report that uses it says so.
+DEFAULT_SIGMA_GRID = tuple(float(s) for s in np.geomspace(1e-5, 1e-1, 17))
 
 
 def subset_bound(
@@ -27,20 +41,150 @@ def subset_bound(
     grid_size: int = 1, method: str = "maurer") -> np.ndarray:
   """B_train for a Monte-Carlo risk and a KL: the in-distribution bound a certificate gives.
 
-  B_train = bound(mc_sample_bound(emp_risk, num_mc, delta_mc), kl + ln grid_size, n, delta_pb)
-  with `bound` = `pacbayes.bounds.pac.maurer` (or mcallester / fquad), i.e. emp_risk + epsilon +
-  g_gen of DESIGN.md §1 (Maurer 2004, Thm 5; Langford & Caruana 2001 for epsilon).
-  Vectorised over `emp_risk` and `kl` (broadcast).
+  B_train = `pacbayes.bounds.btrain.b_train_upper`(mc_sample_bound(emp_risk, num_mc,
+  delta_mc), kl, n, delta_pb, k, method), i.e. emp_risk + epsilon + g_gen of docs/THEORY.md §1
+  (Maurer 2004, Thm 5; Langford & Caruana 2001 for epsilon), clipped at 1. Vectorised over
+  `emp_risk` and `kl` (broadcast).
 
   Returns:
     float64 array of bounds in [0, 1].
   """
   if method not in METHODS:
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-  fn = getattr(bounds, method)
-  q_up = bounds.mc_sample_bound(np.clip(emp_risk, 0.0, 1.0), num_mc, delta_mc)
-  kl = np.asarray(kl, np.float64) + math.log(grid_size)
-  return np.minimum(np.asarray(fn(q_up, kl, n, delta_pb), np.float64), 1.0)
+  q_up = np.asarray(bounds.mc_sample_bound(np.clip(emp_risk, 0.0, 1.0), num_mc, delta_mc))
+  out = b_train_upper(q_up, kl, n, delta_pb, grid_size=grid_size, method=method)
+  return np.minimum(np.asarray(out, np.float64), 1.0)
+
+
+# --------------------------------------------------------------------------- sigma plan
+
+
+def check_sigma(value: Any, name: str) -> float | None:
+  """None, or a finite float > 0 (kept as the float64 the caller gave)."""
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (
+      math.isfinite(value) and value > 0):
+    raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+  return float(value)
+
+
+def check_grid(grid: Any, name: str = "sigma_grid") -> tuple[float, ...] | None:
+  """None, or a tuple of distinct positive float64 sigmas, in the order given."""
+  if grid is None:
+    return None
+  try:
+    values = tuple(float(v) for v in np.asarray(grid, dtype=np.float64).ravel().tolist())
+  except (TypeError, ValueError):
+    raise ValueError(f"{name}: expected numbers, got {grid!r}") from None
+  if not values:
+    raise ValueError(f"{name}: expected at least one prior sigma")
+  for v in values:
+    check_sigma(v, name)
+  if len(set(values)) != len(values):
+    raise ValueError(f"{name}: values must be distinct, got {list(values)}")
+  return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmaPlan:
+  """How the posterior and prior scales are chosen, decided from the arguments alone.
+
+  Attributes:
+    sigma_q: the posterior sigma when fixed (float64 as given), else None (searched).
+    grid: the prior sigmas the certificate chooses from (k = len(grid), ln k paid).
+    grid_source: "sigma_prior" (one fixed value), "sigma_grid" (the user's grid) or
+      "default" (`DEFAULT_SIGMA_GRID`, stated in the report).
+  """
+
+  sigma_q: float | None
+  grid: tuple[float, ...]
+  grid_source: str
+
+  def describe(self) -> str:
+    """One sentence for the report."""
+    post = ("posterior sigma fixed by the caller" if self.sigma_q is not None else
+            "posterior sigma chosen to minimise the bound (free: Q may depend on S)")
+    if self.grid_source == "sigma_prior":
+      prior = f"prior sigma fixed at {self.grid[0]!r} (k = 1)"
+    elif self.grid_source == "sigma_grid":
+      prior = f"prior sigma from the given grid of k = {len(self.grid)}, ln k paid"
+    else:
+      prior = (f"prior sigma from the DEFAULT grid ({self.grid[0]:g} .. {self.grid[-1]:g}, "
+               f"k = {len(self.grid)}, ln k = {math.log(len(self.grid)):.3g} paid)")
+    return f"{post}; {prior}"
+
+
+def plan_sigma(sigma: Any, sigma_grid: Any, sigma_prior: Any,
+               default_grid: Sequence[float] = DEFAULT_SIGMA_GRID) -> SigmaPlan:
+  """Checks the sigma arguments together and says how each scale will be chosen.
+
+  Rules: `sigma_prior` fixes the prior (k = 1); `sigma_grid` is a prior grid fixed in
+  advance (ln k paid); neither gives `default_grid`, which the report states; both are
+  refused. `sigma` fixes the posterior scale, with either prior choice; without it the
+  posterior scale is searched.
+
+  Raises:
+    ValueError: naming the argument.
+  """
+  sigma = check_sigma(sigma, "sigma")
+  sigma_prior = check_sigma(sigma_prior, "sigma_prior")
+  grid = check_grid(sigma_grid)
+  if grid is not None and sigma_prior is not None:
+    raise ValueError("sigma_grid and sigma_prior: give one (a grid to choose the prior sigma "
+                     "from, or one fixed prior sigma), not both")
+  if sigma_prior is not None:
+    return SigmaPlan(sigma, (sigma_prior,), "sigma_prior")
+  if grid is not None:
+    return SigmaPlan(sigma, grid, "sigma_grid")
+  return SigmaPlan(sigma, tuple(float(v) for v in default_grid), "default")
+
+
+# --------------------------------------------------------------------------- the search
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundTarget:
+  """The certificate the search works for: what B_train at (sigma_q, sigma_p) depends on.
+
+  Attributes:
+    sigma_grid: prior sigmas fixed in advance (k >= 1 finite values > 0).
+    sq_distance: ||w_q - w_p||^2 over the perturbed parameters.
+    num_params: d, the number of perturbed parameters.
+    n: |S| of the final certificate (None: the rows of the data given).
+    num_mc: M of the final certificate (None: n, the chunk scheme with one row per draw).
+    delta_mc, delta_pb: the certificate's Monte-Carlo and PAC-Bayes shares of delta.
+    method: "maurer" (default), "mcallester" or "fquad".
+  """
+
+  sigma_grid: tuple[float, ...]
+  sq_distance: float
+  num_params: int
+  delta_mc: float
+  delta_pb: float
+  n: int | None = None
+  num_mc: int | None = None
+  method: str = "maurer"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+  """The sizes of the sigma search (see `choose_sigma`).
+
+  Attributes:
+    subset_size: rows of S used (None: all).
+    num_draws: posterior draws per risk evaluation.
+    max_evals: most risk evaluations.
+    tol: an interval is split only when its lower bound is at least `tol` below the best
+      bound found (bound units).
+    min_ratio: smallest sigma_q / sigma_p searched (> 0, < 1).
+  """
+
+  subset_size: int | None = 256
+  num_draws: int = 2
+  max_evals: int = 12
+  tol: float = 5e-3
+  min_ratio: float = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,22 +232,10 @@ def choose_sigma(
     data: Mapping[str, Any],
     *,
     key: jax.Array,
-    sigma_grid: Sequence[float],
-    sq_distance: float,
-    num_params: int,
-    num_mc: int | None = None,
-    n: int | None = None,
-    delta_mc: float,
-    delta_pb: float,
+    target: BoundTarget,
     sigma_q: float | None = None,
-    method: str = "maurer",
-    subset_size: int | None = 256,
-    num_draws: int = 2,
-    max_evals: int = 12,
-    tol: float = 5e-3,
-    min_ratio: float = 1e-4,
-    batch_size: int = 32,
-    draws_per_step: int | None = None,
+    search: SearchOptions | None = None,
+    mc: MonteCarloOptions | None = None,
     mask: Any = None,
     mesh: Mesh | None = None,
     progress: bool = False,
@@ -112,7 +244,8 @@ def choose_sigma(
 
   Q = N(params, sigma_q^2 I) and P = N(w_pre, sigma_p^2 I) on the d = `num_params` perturbed
   parameters, with KL = 1/2 [d r - d - d ln r + ||w_ft - w_pre||^2 / sigma_p^2],
-  r = sigma_q^2 / sigma_p^2 (`pacbayes.posterior.kl.isotropic_kl`, from `sq_distance` computed once).
+  r = sigma_q^2 / sigma_p^2 (`pacbayes.posterior.kl.isotropic_kl`, from `sq_distance`
+  computed once).
   The objective is `subset_bound`: the B_train that the final certificate would report if its
   Monte-Carlo risk (M = `num_mc` draws) equalled the risk measured here on a random subset of
   `subset_size` rows of S with `num_draws` posterior draws (common random numbers: the same
@@ -130,7 +263,9 @@ def choose_sigma(
   lower bounds assume the risk grows with sigma, which holds in expectation for a trained
   model; the search finds the minimum up to `tol` under that assumption. Every measured
   sigma_q is scored against every grid point; the smallest bound wins, ties (within 1e-12)
-  toward the smaller KL. With `sigma_q` given: one risk evaluation, then the grid point of
+  toward the smaller KL, except between vacuous bounds (1 after clipping): then the smaller
+  sigma_q wins, so that a tie of bounds that say nothing never picks a posterior whose noise
+  destroys the model. With `sigma_q` given: one risk evaluation, then the grid point of
   the smallest bound.
 
   Validity: sigma_q may depend on S (PAC-Bayes holds for all Q at once); sigma_p is one of k
@@ -144,24 +279,14 @@ def choose_sigma(
     params: posterior mean.
     data: the training set S (a subset is used).
     key: PRNG key for the subset and the search's noise (not the certificate's).
-    sigma_grid: prior sigmas fixed in advance (k >= 1 finite values > 0).
-    sq_distance: ||params - prior_params||^2 over the perturbed parameters.
-    num_params: d, the number of perturbed parameters.
-    num_mc: M of the final certificate (default n: chunk scheme with one row per draw).
-    n: |S| of the final certificate (default len(data)).
-    delta_mc, delta_pb: the certificate's delta shares for the Monte-Carlo and PAC-Bayes
-      terms.
+    target: the grid, ||w_q - w_p||^2, d, n, M, the delta shares and the method of the
+      final certificate (`BoundTarget`).
     sigma_q: a fixed posterior sigma (then only sigma_p is chosen).
-    method: "maurer" (default), "mcallester" or "fquad".
-    subset_size: rows of S used (None: all).
-    num_draws: posterior draws per risk evaluation.
-    max_evals: most risk evaluations (each: `num_draws` draws on the subset).
-    tol: an interval is split only when its lower bound is at least `tol` below the best
-      bound found (bound units; about the Monte-Carlo error of the subset risk, which the
-      search cannot resolve anyway).
-    min_ratio: smallest sigma_q / sigma_p searched (> 0, < 1).
-    batch_size, draws_per_step, mask, mesh: as in `mc_risk`.
-    progress: a bar counting risk evaluations (kept in the log).
+    search: subset size, draws per evaluation, evaluations, tolerance (`SearchOptions`).
+    mc: batch size and draws per step of the risk evaluations (`MonteCarloOptions`; its
+      scheme and sizes are the search's own: `search.num_draws` full passes of the subset).
+    mask, mesh: as in `mc_risk`.
+    progress: a bar counting risk evaluations, with its total (kept in the log).
 
   Returns:
     A `SigmaChoice`.
@@ -175,29 +300,34 @@ def choose_sigma(
     scale fitted to the bound); Land & Doig, "An automatic method of solving discrete
     programming problems", Econometrica 1960 (branch and bound).
   """
-  grid = np.asarray(sigma_grid, np.float64).reshape(-1)
+  search = SearchOptions() if search is None else search
+  mc = MonteCarloOptions() if mc is None else mc
+  grid = np.asarray(target.sigma_grid, np.float64).reshape(-1)
   if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
-    raise ValueError(f"sigma_grid: expected finite values > 0, got {list(sigma_grid)!r}")
+    raise ValueError(f"sigma_grid: expected finite values > 0, got {list(target.sigma_grid)!r}")
+  method, sq_distance = target.method, target.sq_distance
   if method not in METHODS:
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
   if not (math.isfinite(sq_distance) and sq_distance >= 0):
     raise ValueError(f"sq_distance: expected a finite value >= 0, got {sq_distance!r}")
-  num_params = positive_int(num_params, "num_params")
+  num_params = positive_int(target.num_params, "num_params")
+  delta_mc, delta_pb = target.delta_mc, target.delta_pb
   for name, v in (("delta_mc", delta_mc), ("delta_pb", delta_pb)):
     if not (isinstance(v, (int, float)) and 0 < v < 1):
       raise ValueError(f"{name}: expected a value in (0, 1), got {v!r}")
+  min_ratio, tol, subset_size = search.min_ratio, search.tol, search.subset_size
   if not (0 < min_ratio < 1):
     raise ValueError(f"min_ratio: expected a value in (0, 1), got {min_ratio!r}")
   if not (isinstance(tol, (int, float)) and 0 <= tol < 1):
     raise ValueError(f"tol: expected a value in [0, 1), got {tol!r}")
-  max_evals = positive_int(max_evals, "max_evals")
-  num_draws = positive_int(num_draws, "num_draws")
+  max_evals = positive_int(search.max_evals, "max_evals")
+  num_draws = positive_int(search.num_draws, "num_draws")
   if sigma_q is not None and not (
       isinstance(sigma_q, (int, float)) and math.isfinite(sigma_q) and sigma_q > 0):
     raise ValueError(f"sigma_q: expected a finite number > 0, got {sigma_q!r}")
   arrays, n_data = check_data(data)
-  n = n_data if n is None else positive_int(n, "n")
-  num_mc = n if num_mc is None else positive_int(num_mc, "num_mc")
+  n = n_data if target.n is None else positive_int(target.n, "n")
+  num_mc = n if target.num_mc is None else positive_int(target.num_mc, "num_mc")
   key_sub, key_noise = jax.random.split(key)
   if subset_size is not None and positive_int(subset_size, "subset_size") < n_data:
     rows = np.sort(np.asarray(jax.random.permutation(key_sub, n_data))[:subset_size])
@@ -212,23 +342,25 @@ def choose_sigma(
   cache: dict[float, float] = {}
   trace: list[dict[str, float]] = []
   best: dict[str, Any] = {"bound": math.inf, "kl": math.inf}
-  bar = progress_bar(None, "sigma search", progress, unit="eval")
+  bar = progress_bar(1 if sigma_q is not None else max_evals, "sigma search (at most)",
+                     progress, unit="eval")
+  eval_mc = dataclasses.replace(mc, scheme="passes", num_draws=num_draws, chunk_size=None,
+                                max_memory=None)
 
   def evaluate(s: float) -> float:
     """Risk at sigma_q = s on the subset; scores s against every grid point."""
     s = _f32(s)
     if s in cache:
       return cache[s]
-    r = mc_risk(loss_fn, params, arrays, key=key_noise, sigma=s, scheme="passes",
-                num_draws=num_draws, batch_size=batch_size, draws_per_step=draws_per_step,
-                mask=mask, mesh=mesh).mean
+    r = mc_risk(loss_fn, params, arrays, key=key_noise, sigma=s, options=eval_mc, mask=mask,
+                mesh=mesh).mean
     cache[s] = r
     kls = kl_of(s, grid)
     bs = subset_bound(r, num_mc, kls, n, **bound_kw)
     j = _argbest(bs, kls)
     trace.append({"sigma_q": s, "risk": r, "sigma_p": float(grid[j]), "grid_index": j,
                   "kl": float(kls[j]), "bound": float(bs[j])})
-    if _better(bs[j], kls[j], best["bound"], best["kl"]):
+    if _better((bs[j], kls[j], s), (best["bound"], best["kl"], best.get("sigma_q", math.inf))):
       best.update(bound=float(bs[j]), kl=float(kls[j]), sigma_q=s, index=j, risk=r)
     bar.update(1)
     bar.set_postfix(best=f"{best['bound']:.4f}", refresh=False)
@@ -271,17 +403,25 @@ def choose_sigma(
       forward_rows=len(cache) * num_draws * n_sub)
 
 
-def _better(b1: float, kl1: float, b2: float, kl2: float) -> bool:
-  """(b1, kl1) beats (b2, kl2): a smaller bound, or a tie and a smaller KL."""
+def _better(one: tuple[float, float, float], other: tuple[float, float, float]) -> bool:
+  """(bound, KL, sigma) ``one`` beats ``other``: a smaller bound; on a tie, the smaller
+  sigma when both bounds are vacuous (>= 1: the smaller noise keeps the model that says
+  something), else the smaller KL."""
+  (b1, kl1, s1), (b2, kl2, s2) = one, other
   if b1 < b2 - _TIE:
     return True
-  return abs(b1 - b2) <= _TIE and kl1 < kl2
+  if abs(b1 - b2) > _TIE:
+    return False
+  if min(b1, b2) >= 1.0 - _TIE and s1 != s2:
+    return s1 < s2
+  return kl1 < kl2
 
 
 def _argbest(bs: np.ndarray, kls: np.ndarray) -> int:
+  """The grid point of the best (bound, KL) at one sigma_q (ties: the smaller KL)."""
   j = 0
   for i in range(1, len(bs)):
-    if _better(bs[i], kls[i], bs[j], kls[j]):
+    if _better((bs[i], kls[i], 0.0), (bs[j], kls[j], 0.0)):
       j = i
   return j
 

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from pacbayes.core import jsonio
 from pacbayes.core.atomic import write_atomic, write_text
 
 
@@ -83,9 +84,8 @@ def read_json(path: str | os.PathLike, schema: Validator | None = None) -> Any |
     The parsed entry, or None: no file, unreadable, not UTF-8 JSON, or rejected by `schema`.
   """
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    data = jsonio.read_json(path, allow_nan=True)
+  except (OSError, jsonio.JSONError, RecursionError):
     return None
   if schema is None:
     return data if isinstance(data, dict) and data else None

@@ -8,7 +8,6 @@ interval the verdicts use.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from pacbayes.core import jsonio
 from pacbayes.core.atomic import write_atomic
 from pacbayes.study.report_figure import is_heldout_report, report_terms
 from pacbayes.study.stats import contrast
@@ -53,12 +53,9 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
   if not os.path.isfile(path):
     raise ResultsError(f"{path}: no such file")
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-  except UnicodeDecodeError:
-    raise ResultsError(f"{path}: not UTF-8 text") from None
+    data = jsonio.read_json(path, allow_nan=True)  # the project's own files may hold NaN
+  except jsonio.JSONError as e:
+    raise ResultsError(str(e)) from None
   if not isinstance(data, dict):
     raise ResultsError(f"{path}: expected a JSON object at the top level")
   schema = data.get("schema")
