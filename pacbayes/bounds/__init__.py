@@ -13,7 +13,19 @@ from pacbayes.bounds.binary_kl import (
   kl_inv_lower,
   kl_inv_upper,
 )
+from pacbayes.bounds.btrain import (
+  B_TRAIN_METHODS,
+  b_train_upper,
+  maurer_budget,
+  maurer_upper,
+)
 from pacbayes.bounds.concentration import clopper_pearson_lower
+from pacbayes.bounds.delta import (
+  KIND_PARTS,
+  PART_NAMES,
+  DeltaPlan,
+  split_delta,
+)
 from pacbayes.bounds.extrapolation import (
   KIND_MIXTURE,
   KIND_NONE,
@@ -23,14 +35,17 @@ from pacbayes.bounds.extrapolation import (
   SliceBound,
   detect_scheme,
   loss_weights,
-  maurer_upper,
   per_slice_bounds,
   slice_mc_upper,
   slice_values,
-  split_delta,
   training_slices,
   weighted_loss_bound,
   weighted_value,
+)
+from pacbayes.bounds.feasibility import (
+  FUTILE,
+  Feasibility,
+  best_possible_bound,
 )
 from pacbayes.bounds.kinds import KIND_CERTIFIED, KIND_DIAGNOSTIC, KIND_ESTIMATE, KIND_LOWER
 from pacbayes.bounds.mixture import (
@@ -56,21 +71,43 @@ from pacbayes.bounds.pac import (
   mc_sample_bound,
   mcallester,
 )
+from pacbayes.bounds.testset import (
+  METHOD_BINOMIAL,
+  METHOD_KL,
+  HoldoutBound,
+  SliceHoldoutBounds,
+  binomial_upper,
+  holdout_bound,
+  slice_holdout_bounds,
+)
 
 __all__ = [
+  "B_TRAIN_METHODS",
   "DEFAULT_CATONI_GRID",
+  "DeltaPlan",
   "ExtrapolationBound",
+  "FUTILE",
+  "Feasibility",
+  "HoldoutBound",
   "KIND_CERTIFIED",
   "KIND_DIAGNOSTIC",
   "KIND_ESTIMATE",
   "KIND_LOWER",
   "KIND_MIXTURE",
   "KIND_NONE",
+  "KIND_PARTS",
   "KIND_TV",
+  "METHOD_BINOMIAL",
+  "METHOD_KL",
   "MixtureBounds",
   "NAMES",
+  "PART_NAMES",
   "SliceBound",
+  "SliceHoldoutBounds",
   "as_float64",
+  "b_train_upper",
+  "best_possible_bound",
+  "binomial_upper",
   "catoni",
   "check_at_least",
   "check_interval",
@@ -82,12 +119,14 @@ __all__ = [
   "flamb_optimal_lam",
   "fquad",
   "hoeffding_upper",
+  "holdout_bound",
   "kl_bernoulli",
   "kl_inv_lower",
   "kl_inv_upper",
   "load_mixture",
   "loss_weights",
   "maurer",
+  "maurer_budget",
   "maurer_upper",
   "mc_epsilon",
   "mc_sample_bound",
@@ -96,6 +135,7 @@ __all__ = [
   "mixture_shift_bound",
   "mixture_shift_formula",
   "per_slice_bounds",
+  "slice_holdout_bounds",
   "slice_mc_upper",
   "slice_values",
   "split_delta",

@@ -102,7 +102,7 @@ def sequence_error(logits: ArrayLike, input_ids: ArrayLike, loss_mask: ArrayLike
   else 0 (ties in the argmax go to the lowest id, as in `token_error`). Rows without targets
   get 0. Always ``sequence_error >= token_error`` row by row.
 
-  Why it bounds the greedy answer error of the same weights (DESIGN.md section 1): if every
+  Why it bounds the greedy answer error of the same weights (docs/THEORY.md §3.3): if every
   teacher-forced argmax on the completion is right, greedy decoding from the prompt emits the
   first completion token, and then by induction each next one, since its context is exactly
   the teacher-forced context; so it reproduces the completion and the answer is right.
