@@ -1,18 +1,22 @@
 """Calibration and power of the verdicts (pacbayes.study.theory) on simulated studies, vectorised.
 
-Null: every cell truly equal (same accuracy, same distance, same gaps): each verdict must PASS
-(and FAIL) at most alpha plus Monte-Carlo error of the time. Power: effects of the size the
-issue measured (hard 0.730 > medium 0.698 > easy 0.644 at n = 3200, hard 0.522 at n = 200)
-must PASS most of the time.
+Null: every cell truly equal in accuracy and distance. The seed effects are heterogeneous as
+in the committed full run (experiments/results/full/results.json: base/sft/hard at n = 200 has
+seed sd 0.066, the others about 0.01 plus item flips): one cell with seed sd 0.065, the others
+0.02, item flip variances by slice as measured there. Each verdict must PASS (and FAIL) at most
+alpha/2 + 3 Monte-Carlo s.e. of the time, through the real verdict code. Power: the committed
+effects and variances (read from that results.json by pacbayes.study.power) are simulated and
+the power per claim is reported.
 """
 
+import dataclasses
 import math
+import pathlib
 
 import numpy as np
 import pytest
 
-from pacbayes.study import stats, theory
-from pacbayes.study.view import StudyView
+from pacbayes.study import power, stats, theory
 
 OPS = np.array([1, 2, 3, 4])
 PER_SLICE = 128
@@ -21,6 +25,13 @@ BUCKETS = ("easy", "medium", "hard")
 TILT = {"easy": [8, 4, 2, 1], "medium": [1, 1, 1, 1], "hard": [1, 2, 4, 8]}
 R = 400
 ALPHA = theory.ALPHA
+FULL = pathlib.Path(__file__).resolve().parents[1] / "experiments/results/full/results.json"
+# Accuracy and item flip variance (seeds x items residual mean square) by test slice, averaged
+# over the base/sft cells of experiments/results/full/results.json (printed by
+# experiments/power_design.py); slice 1's 1.00 is capped at 0.95 so seed effects show on it.
+NULL_ACC = (0.95, 0.85, 0.25, 0.19)
+NULL_FLIP = (0.01, 0.12, 0.17, 0.145)
+HEAVY = ("base", "sft", "hard", 200)
 
 
 def _keys():
@@ -30,123 +41,86 @@ def _keys():
   return keys
 
 
-def simulate_view(acc, *, seeds=2, rho=0.5, tau=0.01, log_dist=None, gap=None, rng,
-                  reps=R, bound_margin=0.2):
-  """R studies with per-cell accuracies acc[key] (same on every slice).
-
-  Item i is correct for (cell, seed) when v < acc + e, e ~ N(0, tau) per cell-seed, and v is
-  shared by all cells with probability rho (paired items) or fresh otherwise; the marginal
-  accuracy is exactly acc + e. Sequence errors follow the same model at 1 - acc.
-  """
-  keys = _keys()
-  c, n = len(keys), len(OPS) * PER_SLICE
-  a = np.array([acc(k) for k in keys])[None, :, None, None]
-  e = rng.normal(0, tau, size=(reps, c, seeds, 1))
-  shared = rng.random((reps, 1, 1, n))
-  fresh = rng.random((reps, c, seeds, n))
-  use = rng.random((reps, 1, 1, n)) < rho
-  v = np.where(use, shared, fresh)
-  correct = (v < a + e).astype(np.float64)
-  fresh2 = rng.random((reps, c, seeds, n))
-  seq = (np.where(use, 1 - shared, fresh2) < 1 - a - e).astype(np.float64)
-  ld = np.array([(log_dist or (lambda k: 3.0))(k) for k in keys])[None, :, None]
-  dist = np.exp(ld + rng.normal(0, 0.2, size=(reps, c, seeds)))
-  g = np.array([(gap or (lambda k: 0.1))(k) for k in keys])[None, :, None]
-  train = np.clip(1 - a[..., 0] - g + rng.normal(0, 0.01, size=(reps, c, seeds)), 0, 1)
-  risk = 1 - a[..., 0]
-  scalars = {"train_seq_error": train, "sq_distance": dist,
-             "bound": np.broadcast_to(risk + bound_margin, (reps, c, seeds)).copy(),
-             "b_train": np.broadcast_to(risk + bound_margin, (reps, c, seeds)).copy()}
-  p_bucket = {b: np.array(w, float) / sum(w) for b, w in TILT.items()}
-  return StudyView(keys=tuple(keys), seeds=tuple(range(seeds)), ops=OPS,
-                   slice_of=np.repeat(np.arange(len(OPS)), PER_SLICE), p_test=np.full(4, 0.25),
-                   p_bucket=p_bucket, buckets=BUCKETS,
-                   base_acc={"base": np.full(4, 0.6), "strong": np.full(4, 0.7)},
-                   items={"correct": correct, "seq_error": seq, "q_seq_error": seq},
-                   scalars=scalars)
+def null_assumptions(heavy_sd=0.065, light_sd=0.02):
+  keys = tuple(_keys())
+  sd = np.full(len(keys), light_sd)
+  sd[keys.index(HEAVY)] = heavy_sd
+  return power.Assumptions(
+    keys=keys, acc_CxK=np.tile(NULL_ACC, (len(keys), 1)),
+    flip_CxK=np.tile(NULL_FLIP, (len(keys), 1)), seed_sd_C=sd,
+    log_dist_C=np.full(len(keys), 5.0), log_dist_sd_C=np.full(len(keys), 0.05),
+    p_test=np.full(4, 0.25), p_bucket={b: np.array(w, float) / sum(w) for b, w in TILT.items()},
+    buckets=BUCKETS, base_acc={"base": np.array(NULL_ACC), "strong": np.array(NULL_ACC)})
 
 
 def _limit(p, reps=R):
   return p + 3 * math.sqrt(p * (1 - p) / reps)
 
 
-@pytest.mark.parametrize("seeds,tau", [(2, 0.01), (2, 0.04), (3, 0.02), (1, 0.0)])
-def test_every_verdict_is_calibrated_when_all_cells_are_equal(seeds, tau):
-  rng = np.random.default_rng(seeds * 100 + int(tau * 1000))
-  view = simulate_view(lambda k: 0.6, seeds=seeds, tau=tau, rng=rng)
-  verdicts = [v for v in theory.judge_view(view, with_bootstrap=False)
-              if not v.claim.startswith("bound")]
-  assert len(verdicts) >= 14
-  for v in verdicts:
-    if np.isnan(v.estimate).all():
-      continue
-    p_pass = float(np.mean(v.outcome == theory.PASS))
-    p_fail = float(np.mean(v.outcome == theory.FAIL))
-    assert p_pass <= _limit(ALPHA), (v.claim, p_pass)
-    assert p_fail <= _limit(ALPHA), (v.claim, p_fail)
+@pytest.mark.parametrize("seeds", [2, 3])
+def test_every_verdict_is_calibrated_under_a_heterogeneous_null(seeds):
+  """One cell with seed sd 0.065, the others 0.02: raw one-sided rates <= 0.025 + 3 s.e."""
+  reps = 2000
+  # the null of "G_gen falls with n" (ln KL slope < 1) is a slope of 1: KL grows like n
+  ld = lambda k: 5.0 + math.log(k[3])  # noqa: E731
+  assume = null_assumptions()
+  assume = dataclasses.replace(assume, log_dist_C=np.array([ld(k) for k in assume.keys]))
+  design = power.Design("null", BUCKETS, SIZES, seeds=seeds)
+  rates: dict[str, list] = {}
+
+  def judge(view):
+    out = theory.judge_view(view, with_bootstrap=False)
+    for v in out:
+      if v.p_pass is None or np.isnan(v.estimate).all():
+        continue
+      rates.setdefault(v.claim, []).append((np.sum(v.p_pass < ALPHA / 2),
+                                            np.sum(v.p_fail < ALPHA / 2), v.outcome))
+    return out
+
+  power.power(assume, design, power.PowerOptions(reps=reps, seed=seeds, judge=judge))
+  assert len(rates) >= 12
+  lim = _limit(ALPHA / 2, reps)
+  worst = 0.0
+  for claim, parts in rates.items():
+    p_pass = sum(p[0] for p in parts) / reps
+    p_fail = sum(p[1] for p in parts) / reps
+    outcome = np.concatenate([p[2] for p in parts])
+    worst = max(worst, p_pass, p_fail)
+    assert p_pass <= lim, (claim, p_pass)
+    assert p_fail <= lim, (claim, p_fail)
+    assert np.mean(outcome == theory.PASS) <= p_pass + 1e-12  # Holm only removes decisions
+  print(f"{seeds} seeds: worst one-sided false decision rate {worst:.4f} (limit {lim:.4f})")
 
 
-def test_anti_conservative_interval_is_caught():
-  """Dropping the seed variance (items only) must fail the same calibration check."""
-  rng = np.random.default_rng(7)
-  view = simulate_view(lambda k: 0.6, seeds=2, tau=0.08, rng=rng)
-  keys = [("base", "sft", "hard", 3200), ("base", "sft", "easy", 3200)]
-  idx = [view.index(k) for k in keys]
+def test_dropping_the_seed_excess_is_caught():
+  """An interval of items only (the seed effect left out) fails the same calibration check."""
+  design = power.Design("null", BUCKETS, (200,), seeds=2, extra_cells=False)
+  view = power.simulate(null_assumptions(), design, 2000, np.random.default_rng(7))
+  idx = [view.index(("base", "sft", "medium", 200)), view.index(HEAVY)]
   x = view.items["correct"][:, idx]
   w = np.tile(view.p_test, (2, 1))
   full = stats.contrast([1.0, -1.0], X=x, W=w, slice_of=view.slice_of)
   items_only = stats.contrast([1.0, -1.0], X=x.mean(axis=2, keepdims=True), W=w,
                               slice_of=view.slice_of)
-  false_full = np.mean((full.lo > 0) | (full.hi < 0))
-  false_items = np.mean((items_only.lo > 0) | (items_only.hi < 0))
-  assert false_full <= _limit(ALPHA)
-  assert false_items > 2 * ALPHA
+  lim = _limit(ALPHA / 2, 2000)
+  assert max(np.mean(full.lo > 0), np.mean(full.hi < 0)) <= lim
+  assert np.mean(items_only.lo > 0) > 4 * lim
 
 
-def _issue_effect(key):
-  base, method, b, n = key
-  table = {200: (0.62, 0.60, 0.522), 800: (0.64, 0.66, 0.64), 3200: (0.644, 0.698, 0.730)}
-  a = table[n][BUCKETS.index(b)]
-  if base == "strong":
-    a += (-0.05, 0.0, 0.05)[BUCKETS.index(b)]  # an assumed interaction of 0.10
-  if method == "dft":
-    a += 0.06 if n == 200 else -0.06  # an assumed interaction of 0.12
-  return a
-
-
-def test_power_at_the_effect_size_the_issue_measured():
-  rng = np.random.default_rng(11)
-  view = simulate_view(_issue_effect, seeds=2, tau=0.01, rng=rng, reps=300,
-                       log_dist=lambda k: 3.0 + BUCKETS.index(k[2]) * 0.5 - 0.3 * math.log(k[3]),
-                       gap=lambda k: 0.3 + 0.05 * BUCKETS.index(k[2]) - 0.03 * math.log(k[3]))
-  verdicts = {v.claim: v for v in theory.judge_view(view, with_bootstrap=False)}
-  power = {c: float(np.mean(v.outcome == theory.PASS)) for c, v in verdicts.items()}
-  print(power)
-  slope = [c for c in power if c.startswith("best difficulty")][0]
-  assert power[slope] > 0.8, power
-  stronger = [c for c in power if c.startswith("stronger base")][0]
-  assert power[stronger] > 0.5, power
-  for c in power:
-    if c.startswith("G_gen rises") or c.startswith("G_gen falls"):
-      assert power[c] > 0.5, (c, power[c])
-  inter = [c for c in power if "interaction" in c and c.startswith("DFT")][0]
-  assert power[inter] > 0.7, power
-  # inverted U holds at n = 800 (medium 0.66 vs 0.64 both sides) only weakly; at n = 3200 hard
-  # beats medium, so the inverted U must not PASS there.
-  assert np.mean(verdicts["inverted U at n=3200 (medium > easy and medium > hard)"].outcome
-                 == theory.PASS) < 0.05
+def _bound_view(margin, reps):
+  design = power.Design("b", BUCKETS, SIZES, seeds=2, extra_cells=False)
+  view = power.simulate(null_assumptions(0.0, 0.0), design, reps, np.random.default_rng(3))
+  risk = 1 - float(np.mean(NULL_ACC))  # every cell-seed's true risk on the uniform test mixture
+  view.scalars["bound"] = np.full(view.scalars["bound"].shape, risk + margin)
+  return view
 
 
 def test_bound_claim_fails_when_the_bound_is_below_the_risk():
-  rng = np.random.default_rng(3)
-  below = simulate_view(lambda k: 0.6, rng=rng, reps=50, bound_margin=-0.1)
-  v = theory.claim_bound_holds(below)
+  v = theory.claim_bound_holds(_bound_view(-0.1, 50))
   assert np.mean(v.outcome == theory.FAIL) > 0.95
-  exact = simulate_view(lambda k: 0.6, rng=rng, reps=200, bound_margin=0.0)
-  v = theory.claim_bound_holds(exact)
-  assert np.mean(v.outcome == theory.FAIL) <= _limit(ALPHA, 200)
-  above = simulate_view(lambda k: 0.6, rng=rng, reps=50, bound_margin=0.2)
-  assert np.mean(theory.claim_bound_holds(above).outcome == theory.PASS) > 0.95
+  v = theory.claim_bound_holds(_bound_view(0.0, 300))
+  assert np.mean(v.outcome == theory.FAIL) <= _limit(ALPHA, 300)
+  assert np.mean(theory.claim_bound_holds(_bound_view(0.2, 50)).outcome == theory.PASS) > 0.95
 
 
 def test_item_variance_equals_the_bootstrap_variance():
@@ -194,3 +168,80 @@ def test_bootstrap_argmax_prefers_the_clear_winner():
   freq = stats.bootstrap_argmax(x, np.full((3, 2), 0.5), slice_of, [[0, 1, 2]], num=200)
   assert freq.shape == (1, 3) and freq[0, 2] > 0.99
   assert freq.sum() == pytest.approx(1.0)
+
+
+def _committed():
+  from pacbayes.study.plots import load_results
+  from pacbayes.study.view import study_view
+
+  return power.assume_from_view(study_view(load_results(FULL)), source=str(FULL))
+
+
+def test_power_of_claim_1_at_the_committed_effect_and_variances():
+  """Claim 1 (slope of hard - easy on ln n, measured +0.037) with the committed variances
+  (hard n = 200 seed sd 0.066): today's 3 seeds do not decide it; 10 seeds at the corners do.
+  Raw power (no Holm); experiments/power_design.py gives the Holm-adjusted table."""
+  assume = _committed()
+  judge = lambda v: [theory.claim_best_moves_harder(v, with_bootstrap=False)]  # noqa: E731
+  today = power.power(assume, power.Design("full", BUCKETS, SIZES, seeds=3, extra_cells=False),
+                      power.PowerOptions(reps=2000, seed=1, judge=judge))
+  corners = power.power(assume, power.Design("corners", BUCKETS, (200, 3200), seeds=10,
+                                             extra_cells=False),
+                        power.PowerOptions(reps=1000, seed=2, judge=judge))
+  p_today = next(iter(today.values()))["pass"]
+  p_corners = next(iter(corners.values()))["pass"]
+  print(f"claim 1 power: full (3 seeds) {p_today:.3f}, corners 10 seeds {p_corners:.3f}")
+  assert 0.05 < p_today < 0.6
+  assert p_corners > 0.8
+
+
+def test_flip_noise_is_not_counted_twice():
+  """No seed effect, 3 seeds: the old sum (item variance with the flips + between-seed variance,
+  which holds them again) is ~2x the true variance; max(s^2, F) is E[max(X, 1)] = 1 + 1/e
+  = 1.37x (X ~ chi2_2 / 2), the price of never estimating a seed variance below the flips."""
+  design = power.Design("flip", BUCKETS, (200,), seeds=3, extra_cells=False)
+  view = power.simulate(null_assumptions(0.0, 0.0), design, 2000, np.random.default_rng(4))
+  idx = [view.index(("base", "sft", "easy", 200)), view.index(("base", "sft", "hard", 200))]
+  x = view.items["correct"][:, idx]
+  w = np.tile(view.p_test, (2, 1))
+  ct = stats.contrast([1.0, -1.0], X=x, W=w, slice_of=view.slice_of)
+  true_var = ct.estimate.var()
+  assert 1.0 * true_var < np.mean(ct.se**2) < 1.5 * true_var
+  items = stats.contrast([1.0, -1.0], X=x.mean(axis=2, keepdims=True), W=w,
+                         slice_of=view.slice_of)  # the item part with the flips, as before
+  between = sum(np.var(x[:, i].mean(-1), axis=1, ddof=1) / 3 for i in range(2))
+  assert np.mean(items.se**2 + between) > 1.8 * true_var
+
+
+def test_unequal_seeds_match_the_per_cell_means():
+  rng = np.random.default_rng(9)
+  slice_of = np.repeat(np.arange(2), 50)
+  x = (rng.random((1, 2, 4, 100)) < 0.5).astype(float)
+  x[0, 1, 2:] = np.nan  # cell 1 has 2 seeds, cell 0 has 4
+  ct = stats.contrast([1.0, -1.0], X=x, W=np.full((2, 2), 0.5), slice_of=slice_of)
+  want = np.nanmean(x[0, 0]) - np.nanmean(x[0, 1, :2])
+  assert ct.estimate[0] == pytest.approx(want)
+  assert ct.seeds == 2 and 0 < ct.df[0] < np.inf
+  b = np.array([[[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, np.nan, np.nan]]])
+  cb = stats.contrast([1.0, -1.0], B=b)
+  v = np.var([1, 2, 3, 4], ddof=1) / 4 + np.var([0, 1], ddof=1) / 2
+  assert cb.se[0] == pytest.approx(math.sqrt(v))
+  assert cb.df[0] == pytest.approx(v**2 / ((np.var([1, 2, 3, 4], ddof=1) / 4) ** 2 / 3
+                                           + (np.var([0, 1], ddof=1) / 2) ** 2 / 1))
+
+
+def test_log_linear_growth_passes_saturation_and_convex_growth_fails():
+  keys = tuple(("base", "sft", "medium", n) for n in SIZES)
+  for curve, want in ((lambda n: 0.40 + 0.05 * math.log(n / 200), theory.PASS),
+                      (lambda n: 0.40 + 0.012 * math.log(n / 200) ** 2, theory.FAIL)):
+    acc = np.array([[min(curve(n), 0.99)] * 4 for _, _, _, n in keys])
+    assume = power.Assumptions(
+      keys=keys, acc_CxK=acc, flip_CxK=np.full((3, 4), 0.1), seed_sd_C=np.full(3, 0.005),
+      log_dist_C=np.full(3, 5.0), log_dist_sd_C=np.full(3, 0.05), p_test=np.full(4, 0.25),
+      p_bucket={"medium": np.full(4, 0.25)}, buckets=("medium",),
+      base_acc={"base": np.full(4, 0.3)})
+    view = power.simulate(assume, power.Design("s", ("medium",), SIZES, seeds=4,
+                                               items_per_slice=1024), 200,
+                          np.random.default_rng(6))
+    v = theory.claim_saturation(view, "medium")
+    assert np.mean(v.outcome == want) > 0.8, (want, np.mean(v.outcome == want))
