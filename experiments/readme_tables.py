@@ -3,8 +3,9 @@
 Usage: python experiments/readme_tables.py experiments/results/quick
 
 Reads OUT/results.json and OUT/verdicts.txt (as `pacbayes lab` wrote them) and prints: the
-bases, the mean accuracy over seeds per (arm, base, method, bucket, n) with its range, the
-certified arm, the non-vacuous counts and the verdicts.
+protocol, the bases, the mean accuracy over seeds per (arm, base, method, bucket, n) with
+each seed's, the hard-tilted test accuracy, per-slice gains and forgetting against the base,
+the certified arm, its non-vacuous counts and the verdicts.
 """
 
 import json
@@ -13,6 +14,14 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+
+
+def _by_slice(cells, field: str) -> str:
+  """Mean over seeds of a per-slice record, as "k:value" pairs ("-" when absent)."""
+  if any(field not in c for c in cells):
+    return "-"
+  keys = sorted(cells[0][field], key=int)
+  return " ".join(f"{k}:{np.mean([c[field][k] for c in cells]):+.2f}" for k in keys)
 
 
 def main(argv=None) -> int:
@@ -29,35 +38,43 @@ def main(argv=None) -> int:
   print(f"preset {res['preset']}: runtime {res['runtime_s']:.0f} s (stages when computed: "
         f"pretrain {t['pretrain_s']:.0f} s, fine-tune {t['fine_tune_s']:.0f} s, evaluate + "
         f"certify {t['evaluate_certify_s']:.0f} s); {len(res['cells'])} cells + "
-        f"{len(res['certified'])} certified-arm cells\n")
-  print("| base | pretrained on ops | steps | accuracy | by op count 1..4 |\n|---|---|---|---|---|")
+        f"{len(res['certified'])} certified-arm groups\n")
+  proto = res.get("protocol")
+  if proto:
+    print(f"protocol: {proto['rule']} (epochs {proto['ft_epochs']}, min steps "
+          f"{proto['ft_min_steps']}, lr {proto['ft_lr']}); steps by n: "
+          + ", ".join(f"{n}: {s} ({proto['epochs'][n]:.1f} epochs)"
+                      for n, s in proto["steps"].items()) + "\n")
+  print("| base | pretrained on ops | steps | replicas | accuracy | by op count |\n"
+        "|---|---|---|---|---|---|")
   for name, b in res["bases"].items():
     by = " ".join(f"{v:.2f}" for _, v in sorted(b["accuracy_by_slice"].items(),
                                                   key=lambda kv: int(kv[0])))
     print(f"| {name} | {b['pretrain_ops'][0]}-{b['pretrain_ops'][1]} | {b['steps']} | "
-          f"{b['accuracy']:.3f} | {by} |")
+          f"{len(b.get('replicas', [b]))} | {b['accuracy']:.3f} | {by} |")
   groups = defaultdict(list)
   for c in res["cells"]:
     groups[(c["arm"], c["base"], c["method"], c["bucket"], c["n"])].append(c)
   print("\n| arm | base | method | bucket | n | accuracy (mean over seeds) | seeds | "
-        "E_Q seq error | B_train | bound |\n|---|---|---|---|---|---|---|---|---|---|")
+        "hard-tilted test | gain vs base by op count | forgot by op count |\n"
+        "|---|---|---|---|---|---|---|---|---|---|")
   for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[4],
                                            res["arms"][k[0]]["order"].index(k[3]))):
     cs = groups[key]
     acc = np.array([c["accuracy"] for c in cs])
+    hard = np.mean([c.get("accuracy_by_mixture", {}).get("hard", np.nan) for c in cs])
     print(f"| {' | '.join(map(str, key))} | {acc.mean():.3f} | "
-          f"{' '.join(f'{a:.3f}' for a in acc)} | "
-          f"{np.mean([c['q_test_risk'] for c in cs]):.3f} | "
-          f"{np.mean([c['certificate']['b_train'] for c in cs]):.3f} | "
-          f"{np.mean([c['certificate']['bound'] for c in cs]):.3f} |")
-  n_in = sum(c["certificate"]["b_train"] < 1 for c in res["cells"])
-  n_mix = sum(c["certificate"]["bound"] < 1 for c in res["cells"])
-  print(f"\nnon-vacuous certificates (sequence error): {n_in}/{len(res['cells'])} in-bucket "
-        f"(B_train < 1), {n_mix}/{len(res['cells'])} test mixture (bound < 1)")
+          f"{' '.join(f'{a:.3f}' for a in acc)} | {hard:.3f} | "
+          f"{_by_slice(cs, 'gain_by_slice')} | {_by_slice(cs, 'forgot_by_slice')} |")
+  certs = [b for c in res["certified"] for b in c["budgets"]]
+  print(f"\nnon-vacuous certificates (sequence error, certified arm): "
+        f"{sum(b['b_train'] < 1 for b in certs)}/{len(certs)} in-bucket (B_train < 1), "
+        f"{sum(b['bound'] < 1 for b in certs)}/{len(certs)} test mixture (bound < 1)")
   for c in res["certified"]:
     print(f"certified arm {c['arm']} {c['bucket']} n={c['n']} seed {c['seed']}: "
           + "; ".join(f"{b['steps']} steps: acc {b['accuracy']:.3f}, E_Q {b['q_test_risk']:.3f}, "
-                      f"B_train {b['b_train']:.3f}" for b in c["budgets"]))
+                      f"B_train {b['b_train']:.3f}, bound {b['bound']:.3f}"
+                      for b in c["budgets"]))
   print("\n```")
   print("\n".join(verdicts))
   print("```")

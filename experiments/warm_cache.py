@@ -2,18 +2,19 @@
 
 Usage: python experiments/warm_cache.py --preset quick --out experiments/results/quick
 
-Without --certify it only trains. Several workers may share OUT (atomic writes; at worst a
-cell is computed twice). A later `pacbayes lab --preset P --out OUT` reuses these checkpoints
-and cell results (same cache keys); the training times stay recorded beside each checkpoint
-and are summed into results.json ("timings_s").
+Without --certify it only trains; with it, it also evaluates every cell and certifies the
+certified arm's (main cells are not certified). Several workers may share OUT (atomic
+writes; at worst a cell is computed twice). A later `pacbayes lab --preset P --out OUT`
+reuses these checkpoints and cell results (same cache keys); the training times stay recorded
+beside each checkpoint and are summed into results.json ("timings_s").
 """
 
 import argparse
 import sys
 
 from pacbayes.study.config import PRESETS, StudyConfig
-from pacbayes.study.grid import certified_cells, grid_cells
-from pacbayes.study.runner import BASES, Study
+from pacbayes.study.grid import BASES, certified_cells, grid_cells
+from pacbayes.study.runner import Study
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,8 @@ def main(argv=None) -> int:
   study = Study(config, args.out, progress=False)
   for which in BASES:
     study.pretrain(which)
-    print(f"{which}: {study.base_info[which]['accuracy_by_slice']}", flush=True)
+    if not study.base_info[which].get("unused"):
+      print(f"{which}: {study.base_info[which]['accuracy_by_slice']}", flush=True)
   try:
     i_shard, k_shard = (int(x) for x in args.shard.split("/"))
     if not 0 <= i_shard < k_shard:
@@ -47,8 +49,10 @@ def main(argv=None) -> int:
     line = f"[{i + 1}/{len(todo)}] {cell.tag}: {info['time_s']:.0f}s, loss {info['final_loss']:.4f}"
     if args.certify:
       res = study.run_cell(cell)
-      line += (f"; acc {res['accuracy']:.3f} B_train {res['certificate']['b_train']:.3f} "
-               f"bound {res['certificate']['bound']:.3f}")
+      line += f"; acc {res['accuracy']:.3f}"
+      if "certificate" in res:
+        line += (f" B_train {res['certificate']['b_train']:.3f} "
+                 f"bound {res['certificate']['bound']:.3f}")
     print(line, flush=True)
   return 0
 

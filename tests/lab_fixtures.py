@@ -1,4 +1,4 @@
-"""Hand-made lab results (schema pacbayes.study/2) with per-item values, for plot/theory tests."""
+"""Hand-made lab results (schema pacbayes.lab/2) with per-item values, for plot/theory tests."""
 
 import copy
 
@@ -66,7 +66,7 @@ def make_results(acc, *, strong_acc=None, dft_acc=None, seeds=(0, 1), bound=None
       cells.append(cell("base", "dft", 2, i, a, s))
   slices = {str(k): 0.5 for k in OPS}
   return copy.deepcopy({
-    "schema": "pacbayes.study/2", "preset": "test",
+    "schema": "pacbayes.lab/2", "preset": "test",
     "config": {"headroom_min": 0.1, "arms": [["tilted", []]]}, "runtime_s": 1.0,
     "test_mixture": {str(k): 0.25 for k in OPS},
     "test_items": {"ops": OPS, "counts": [PER_SLICE] * len(OPS)},

@@ -13,8 +13,8 @@ from pacbayes.data.dataset import Dataset
 from pacbayes.models import ModelConfig, build_model
 from pacbayes.study import cache, studydata, subspace
 from pacbayes.study import evaluate as ev
-from pacbayes.study.config import StudyConfig, seq_length
-from pacbayes.study.grid import certified_cells, grid_cells
+from pacbayes.study.config import DISJOINT, StudyConfig, seq_length
+from pacbayes.study.grid import bases_needed, certified_cells, grid_cells
 from pacbayes.training import trainer as tr
 
 
@@ -205,14 +205,15 @@ def test_per_item_evaluation_agrees_with_the_summaries():
 
 def test_study_config_checks_and_presets():
   quick = StudyConfig.preset("quick")
-  assert quick.name == "quick" and quick.bucket_names == ["easy", "medium", "hard"]
-  assert len(quick.seeds) >= 2 and quick.sizes == (200, 800, 3200)
-  assert quick.test_mixture() == {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25}
-  assert quick.mixture("tilted", "hard") == pytest.approx({1: 1 / 15, 2: 2 / 15, 3: 4 / 15,
-                                                           4: 8 / 15})
+  assert quick.name == "quick" and quick.bucket_names == ["easy", "hard"]
+  assert len(quick.seeds) >= 2 and quick.sizes == (200, 3200) and quick.num_bases >= 2
+  assert quick.test_mixture() == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})
+  assert quick.test_mixtures()["hard"] == pytest.approx({1: 1 / 14, 2: 4 / 14, 3: 9 / 14})
+  assert quick.mixture("tilted", "hard") == pytest.approx({1: 1 / 7, 2: 2 / 7, 3: 4 / 7})
+  assert quick.ft_lr < quick.pretrain_lr
   full = StudyConfig.preset("full")
-  assert [a for a, _ in full.arms] == ["tilted", "disjoint"]
-  assert full.mixture("disjoint", "medium") == {2: 0.5, 3: 0.5}
+  assert full.bucket_names == ["easiest", "easy", "medium", "hard"]
+  assert StudyConfig(arms=(DISJOINT,)).mixture("disjoint", "medium") == {2: 1.0}
   with pytest.raises(ValueError, match="preset"):
     StudyConfig.preset("huge")
   with pytest.raises(ValueError, match="unknown StudyConfig field"):
@@ -222,28 +223,58 @@ def test_study_config_checks_and_presets():
   with pytest.raises(ValueError, match="dft_sizes"):
     StudyConfig(dft_sizes=(7,))
   with pytest.raises(ValueError, match="certified_steps"):
-    StudyConfig(certified_steps=(quick.ft_steps,))
+    StudyConfig(certified_steps=(quick.ft_steps_for(3200),))
   with pytest.raises(ValueError, match="strong_buckets"):
     StudyConfig(strong_buckets=("bogus",))
+  with pytest.raises(ValueError, match="seeds_at"):
+    StudyConfig(seeds_at=(("bogus", 200, (0,)),))
+  with pytest.raises(ValueError, match="seeds_at"):
+    StudyConfig(seeds_at=(("easy", 7, (0,)),))
+  with pytest.raises(ValueError, match="num_bases"):
+    StudyConfig(num_bases=0)
   with pytest.raises(ValueError, match="mc_chunk_size"):
     StudyConfig(sizes=(8, 16), dft_sizes=(), strong_sizes=(), certified_sizes=())
   cells = grid_cells(quick)
-  # per seed: 3 buckets x 3 sizes SFT, DFT on hard at 2 sizes, the stronger base on easy, hard
-  assert len(cells) == len(quick.seeds) * (9 + 2 + 2)
+  # per seed: 2 buckets x 2 sizes SFT (no DFT, no stronger base in quick)
+  assert len(cells) == len(quick.seeds) * 4
   assert len({c.tag for c in cells}) == len(cells)
-  assert {c.steps for c in cells} == {quick.ft_steps}
+  assert {c.steps for c in cells} == {quick.ft_steps_for(n) for n in quick.sizes}
   cert = certified_cells(quick)
-  assert all(c.certified and c.steps < quick.ft_steps for c in cert)
+  assert all(c.certified and c.n in quick.certified_sizes for c in cert)
+  assert bases_needed(cells) == ("base",)
+  assert "strong" in bases_needed(grid_cells(full))
+
+
+def test_fixed_epochs_and_seeds_per_corner():
+  cfg = StudyConfig(ft_epochs=3.0, ft_min_steps=50, ft_batch_size=32, sizes=(100, 200, 3200),
+                    certified_sizes=(), seeds=(0, 1),
+                    seeds_at=(("*", 200, (0, 1, 2, 3)), ("hard", 200, (5,)),
+                              ("easy", 3200, ())))
+  # steps = max(min, ceil(epochs * n / batch))
+  assert [cfg.ft_steps_for(n) for n in (100, 200, 3200)] == [50, 50, 300]
+  assert cfg.protocol()["epochs"]["3200"] == pytest.approx(3.0)
+  assert cfg.seeds_for("easy", 200) == (0, 1, 2, 3) and cfg.seeds_for("hard", 200) == (5,)
+  assert cfg.seeds_for("easy", 3200) == () and cfg.seeds_for("hard", 100) == (0, 1)
+  assert cfg.all_seeds == [0, 1, 2, 3, 5]
+  got = sorted((c.bucket, c.n, c.seed) for c in grid_cells(cfg))
+  want = sorted([(b, 100, s) for b in ("easy", "hard") for s in (0, 1)]
+                + [("easy", 200, s) for s in range(4)] + [("hard", 200, 5)]
+                + [("hard", 3200, s) for s in (0, 1)])
+  assert got == want
+  assert [cfg.base_replica(s) for s in (0, 1, 2, 5)] == [0, 1, 0, 1]
+  # the certified arm certifies the main budget (same checkpoint) and shorter ones
+  cert = certified_cells(cfg.replace(certified_sizes=(3200,), certified_steps=(10,)))
+  assert sorted((c.seed, c.steps) for c in cert) == [(0, 10), (0, 300), (1, 10), (1, 300)]
 
 
 def test_pools_are_seeded_per_seed_and_follow_their_mixture():
   cfg = StudyConfig.preset("quick", test_per_slice=2, sizes=(400,), dft_sizes=(),
-                           strong_sizes=(), certified_sizes=())
+                           strong_sizes=(), certified_sizes=(), seeds=(0, 1))
   data = studydata.build_data(cfg)
   d0, d1 = data.difficulty[("tilted", "hard", 0)], data.difficulty[("tilted", "hard", 1)]
   assert not np.array_equal(d0, d1)
-  freq = np.bincount(d0, minlength=5)[1:] / d0.size
-  np.testing.assert_allclose(freq, [1 / 15, 2 / 15, 4 / 15, 8 / 15], atol=0.06)
+  freq = np.bincount(d0, minlength=4)[1:] / d0.size
+  np.testing.assert_allclose(freq, [1 / 7, 2 / 7, 4 / 7], atol=0.06)
   again = studydata.build_data(cfg)
   np.testing.assert_array_equal(again.pools[("tilted", "easy", 1)].input_ids,
                                 data.pools[("tilted", "easy", 1)].input_ids)

@@ -28,6 +28,9 @@ def run(args) -> int:
   from pacbayes.study import runner as study
   from pacbayes.study.config import StudyConfig
 
+  # On a GPU, the parent and a worker each hold a client: without this, the first to start
+  # would take 75% of the device's memory (JAX's default) and the other could not start.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   check_output_folder(args.out, "--out")
   check_output_folder(args.figures, "--figures")
   config = StudyConfig.preset(args.preset)

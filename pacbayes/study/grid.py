@@ -40,27 +40,49 @@ class Cell:
 
 
 def grid_cells(config: StudyConfig) -> list[Cell]:
-  """Every main cell in run order: per seed, each arm's base/SFT sweep, DFT, the strong base."""
+  """Every main cell in run order: per seed, each arm's base/SFT sweep, DFT, the strong base.
+
+  A (bucket, n) corner runs the seeds `config.seeds_for(bucket, n)` (possibly none), each
+  for `config.ft_steps_for(n)` steps (fixed epochs).
+  """
   cells = []
   main = config.arms[0][0]
-  t = config.ft_steps
-  for seed in config.seeds:
+  for seed in config.all_seeds:
+    def add(arm, base, method, b, n, seed=seed):
+      if seed in config.seeds_for(b, n):
+        cells.append(Cell(arm, base, method, b, n, seed, config.ft_steps_for(n)))
+
     for arm, buckets in config.arms:
       for n in config.sizes:
         for b, _ in buckets:
-          cells.append(Cell(arm, "base", "sft", b, n, seed, t))
+          add(arm, "base", "sft", b, n)
     for n in config.dft_sizes:
       for b in config.dft_buckets:
-        cells.append(Cell(main, "base", "dft", b, n, seed, t))
+        add(main, "base", "dft", b, n)
     for n in config.strong_sizes:
       for b in config.strong_buckets:
-        cells.append(Cell(main, "strong", "sft", b, n, seed, t))
+        add(main, "strong", "sft", b, n)
   return cells
 
 
 def certified_cells(config: StudyConfig) -> list[Cell]:
-  """The certified arm: main-arm base/SFT cells at `certified_sizes`, each shorter budget."""
+  """The certified arm: main-arm base/SFT cells at `certified_sizes` (their main budget and
+  each shorter one), certified; the main grid's cells are not (unless `certify_main`)."""
   main = config.arms[0][0]
-  return [Cell(main, "base", "sft", b, n, seed, steps, certified=True)
-          for seed in config.seeds for n in config.certified_sizes
-          for b in config.bucket_names for steps in config.certified_steps]
+  out = []
+  for seed in config.all_seeds:
+    for n in config.certified_sizes:
+      for b in config.bucket_names:
+        if seed not in config.seeds_for(b, n):
+          continue
+        budgets = list(config.certified_steps)
+        if not config.certify_main:
+          budgets.append(config.ft_steps_for(n))
+        out += [Cell(main, "base", "sft", b, n, seed, t, certified=True) for t in budgets]
+  return out
+
+
+def bases_needed(cells: list[Cell]) -> tuple[str, ...]:
+  """The bases ("base", and "strong" when a cell starts from it) the cells need."""
+  used = {c.base for c in cells} | {"base"}
+  return tuple(b for b in BASES if b in used)

@@ -3,15 +3,16 @@
 Every cell (arm, base, method, bucket, n, seed) stores its per-test-item answer correctness,
 teacher-forced sequence error and posterior sequence error (base64, `pacbayes.study.stats`), so the
 verdicts (`pacbayes.study.theory`) can pair contrasts over the same items and combine seed
-variance. Results are written as schema ``pacbayes.study/2``; per-cell results and checkpoints
-are cached under ``out/cache`` keyed by a hash of everything they depend on.
+variance. Results are written as schema ``pacbayes.lab/3`` (`pacbayes.study.view`); per-cell
+results and checkpoints are cached under ``out/cache`` keyed by a hash of everything they
+depend on. Main cells are evaluated only (accuracy, sequence error, per-slice gains and
+forgetting against their own base replica); the certified arm also pays for certificates.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -19,29 +20,36 @@ import numpy as np
 from flax import nnx
 
 from pacbayes.models import ModelConfig, build_model
+from pacbayes.posterior import perturb
 from pacbayes.study import cache, studydata
 from pacbayes.study import evaluate as ev
 from pacbayes.study.cellcert import certify_cell
 from pacbayes.study.config import PRESETS, StudyConfig
-from pacbayes.study.grid import Cell, certified_cells, grid_cells
-from pacbayes.study.stats import encode_u8
+from pacbayes.study.grid import BASES, Cell, bases_needed, certified_cells, grid_cells
+from pacbayes.study.records import (
+  against_base,
+  certified_arm,
+  combine_replicas,
+  fmt_slices,
+  summary_table,
+)
+from pacbayes.study.stats import decode_u8, encode_u8
 from pacbayes.study.view import SCHEMA
 from pacbayes.study.workers import run_tasks
 from pacbayes.training import trainer as tr
 
 __all__ = ["PRESETS", "SCHEMA", "StudyConfig", "run_study", "summary_table"]
 
-BASES = ("base", "strong")
 METHODS = {"sft": "ce", "dft": "dft"}
 # Bumped whenever a change alters cached numbers, so stale cache entries are never reused.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 # What valid cache entries look like (`cache.read_json` treats anything else as stale).
 BASE_ENTRY = {"pretrain_ops": list, "steps": int, "accuracy": float, "accuracy_by_slice": dict,
-              "test_seq_error": float, "seq_error_by_slice": dict}
+              "test_seq_error": float, "seq_error_by_slice": dict,
+              "items": {"correct": str, "seq_error": str}}
 TRAIN_ENTRY = {"time_s": float, "final_loss": float}
-CELL_ENTRY = {"v": int, "accuracy": float, "accuracy_by_slice": dict, "q_test_risk": float,
-              "train_seq_error": float, "sq_distance": float, "certificate": dict,
-              "items": {"correct": str, "seq_error": str, "q_seq_error": str, "q_draws": int}}
+CELL_ENTRY = {"v": int, "accuracy": float, "accuracy_by_slice": dict, "train_seq_error": float,
+              "sq_distance": float, "items": {"correct": str, "seq_error": str}}
 
 
 def model_config(config: StudyConfig) -> ModelConfig:
@@ -56,11 +64,6 @@ def model_config(config: StudyConfig) -> ModelConfig:
     pad_token_id=synthetic.PAD_ID)
 
 
-def fmt_slices(by_slice: Mapping[str, float]) -> str:
-  return "[" + " ".join(f"{k}:{v:.2f}" for k, v in sorted(by_slice.items(),
-                                                          key=lambda kv: int(kv[0]))) + "]"
-
-
 class Study:
   """State of one run: config, data, caches, split model, compiled losses and the bases."""
 
@@ -72,12 +75,14 @@ class Study:
     self.mcfg = model_config(config)
     model = build_model(self.mcfg, rngs=nnx.Rngs(config.seed))
     self.graphdef, self.init_params, self.rest = nnx.split(model, nnx.Param, ...)
+    self.needed = bases_needed(grid_cells(config) + certified_cells(config))
     self.num_params = int(sum(np.size(x) for x in jax.tree.leaves(self.init_params)))
     self.apply = tr.model_apply(self.graphdef, self.rest)
     self.seq_fn = ev.sequence_error_fn(self.apply)
     self.data = studydata.build_data(config)
-    self.bases: dict[str, Any] = {}
+    self.bases: dict[str, list[Any]] = {}  # name -> params of each replica
     self.base_info: dict[str, Any] = {}
+    self.base_items: dict[str, list[dict[str, np.ndarray]]] = {}  # name -> per replica items
 
   def log(self, msg: str) -> None:
     if self.progress:
@@ -115,6 +120,8 @@ class Study:
     acc = {k: float(v.mean()) for k, v in correct.items()}
     out = {
       "accuracy": test.weighted(acc),
+      "accuracy_by_mixture": {name: float(sum(p * acc[k] for k, p in mix.items()))
+                              for name, mix in c.test_mixtures().items()},
       "accuracy_by_slice": {str(k): acc[k] for k in test.ops},
       "test_seq_error": test.weighted({k: float(v.mean()) for k, v in seq.items()}),
       "seq_error_by_slice": {str(k): float(seq[k].mean()) for k in test.ops},
@@ -131,7 +138,14 @@ class Study:
 
   # ------------------------------------------------------------------------------ bases
 
-  def base_fields(self, which: str) -> dict[str, Any]:
+  def init_for(self, replica: int) -> Any:
+    """Initial weights of base replica r (r = 0: the model built from the master seed)."""
+    if replica == 0:
+      return self.init_params
+    seed = int(studydata.seed_seq(self.config, 4, replica).generate_state(1)[0])
+    return nnx.split(build_model(self.mcfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)[1]
+
+  def base_fields(self, which: str, replica: int = 0) -> dict[str, Any]:
     c = self.config
     ops, steps = ((c.pretrain_ops, c.pretrain_steps) if which == "base"
                   else (c.strong_pretrain_ops, c.strong_pretrain_steps))
@@ -142,50 +156,75 @@ class Study:
       "warmup": c.pretrain_warmup, "test_ops": list(c.test_ops),
       "test_per_slice": c.test_per_slice,
     }
+    if replica:
+      fields["replica"] = replica  # absent for r = 0: the same cache key as one-base studies
     if which == "strong" and c.strong_from_base:
-      fields["init"] = self.base_fields("base")
+      fields["init"] = self.base_fields("base", replica)
     return fields
 
   def pretrain(self, which: str) -> None:
+    """Pretrains (or reads back) every replica of base `which`; a base no cell needs is
+    recorded as unused and not trained."""
+    if which not in self.needed:
+      self.bases[which], self.base_items[which] = [], []
+      self.base_info[which] = {"unused": True}
+      return
+    infos, params, items = [], [], []
+    for r in range(self.config.num_bases):
+      p, info, it = self.pretrain_replica(which, r)
+      params.append(p)
+      infos.append(info)
+      items.append(it)
+    self.bases[which], self.base_items[which] = params, items
+    self.base_info[which] = combine_replicas(infos)
+
+  def pretrain_replica(self, which: str, replica: int) -> tuple[Any, dict[str, Any], dict]:
+    """(params, info, per-item arrays) of one base replica, trained or read from the cache."""
     c = self.config
-    fields = self.base_fields(which)
+    fields = self.base_fields(which, replica)
     tag = f"{which}-{cache.config_hash(fields)}"
     ckpt, info_path = self.path("bases", tag + ".npz"), self.path("bases", tag + ".json")
-    init = self.bases["base"] if "init" in fields else self.init_params
+    init = self.bases["base"][replica] if "init" in fields else self.init_for(replica)
     params = cache.load_params(ckpt, self.init_params)
     info = cache.read_json(info_path, BASE_ENTRY)
     pre_time = None  # None: trained by an earlier run whose summary was lost
     if params is None:
-      ds = studydata.pretrain_corpus(c, which, self.data.test_keys)
+      ds = studydata.pretrain_corpus(c, which, self.data.test_keys, replica=replica)
       tcfg = tr.TrainConfig(steps=fields["steps"], batch_size=c.pretrain_batch_size,
                             learning_rate=c.pretrain_lr, warmup_steps=c.pretrain_warmup,
                             weight_decay=0.01, method="ce")
-      res = tr.train(self.apply, init, studydata.arrays(ds), tcfg,
-                     key=self.fkey(10, BASES.index(which)), progress=self.progress,
-                     desc=f"pretrain {which}")
+      key = self.fkey(10, BASES.index(which), *([replica] if replica else []))
+      res = tr.train(self.apply, init, studydata.arrays(ds), tcfg, key=key,
+                     progress=self.progress, desc=f"pretrain {which} r{replica}")
       params = res.params
       cache.save_params(ckpt, params)
       info = None
       pre_time = res.time_s
-      self.log(f"pretrained {which}: {fields['steps']} steps in {res.time_s:.1f}s")
+      self.log(f"pretrained {which} r{replica}: {fields['steps']} steps in {res.time_s:.1f}s")
     if info is None:
       ev_ = self.evaluate(params)
       total = fields["steps"] + (fields["init"]["steps"] if "init" in fields else 0)
-      info = {"pretrain_ops": fields["ops"], "steps": total,
+      info = {"pretrain_ops": fields["ops"], "steps": total, "replica": replica,
               "init": "base" if "init" in fields else "scratch",
-              "accuracy": ev_["accuracy"], "accuracy_by_slice": ev_["accuracy_by_slice"],
+              "accuracy": ev_["accuracy"], "accuracy_by_mixture": ev_["accuracy_by_mixture"],
+              "accuracy_by_slice": ev_["accuracy_by_slice"],
               "test_seq_error": ev_["test_seq_error"],
-              "seq_error_by_slice": ev_["seq_error_by_slice"], "train_time_s": pre_time}
+              "seq_error_by_slice": ev_["seq_error_by_slice"], "train_time_s": pre_time,
+              "items": ev_["items"]}
       cache.write_json(info_path, info)
-    self.bases[which], self.base_info[which] = params, info
+    n_items = sum(len(self.data.test.slices[k]) for k in self.data.test.ops)
+    items = {f: decode_u8(info["items"][f], n_items) for f in ("correct", "seq_error")}
+    return params, info, items
 
   # ------------------------------------------------------------------------------ cells
 
   def cell_fields(self, cell: Cell) -> dict[str, Any]:
     c = self.config
+    certify = cell.certified or c.certify_main
     return self.train_fields(cell) | {
-      "cert": [c.delta, list(c.sigma_grid), c.mc_chunk_size, c.sigma_subset, c.test_draws],
-      "test_weight_power": c.test_weight_power,
+      "cert": ([c.delta, list(c.sigma_grid), c.mc_chunk_size, c.sigma_subset, c.test_draws]
+               if certify else None),
+      "test_weight_power": c.test_weight_power, "hard_test_power": c.hard_test_power,
     }
 
   def cell_data(self, cell: Cell) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -199,7 +238,7 @@ class Study:
     c = self.config
     tag = f"{cell.tag}-{cache.config_hash(self.train_fields(cell))}"
     ckpt, info_path = self.path("cells", tag + ".npz"), self.path("cells", tag + ".train.json")
-    prior = self.bases[cell.base]
+    prior = self.prior(cell)
     params = cache.load_params(ckpt, prior)
     info = cache.read_json(info_path, TRAIN_ENTRY)
     if params is not None and info is not None:
@@ -219,14 +258,20 @@ class Study:
     """What a cell's fine-tuned weights depend on (the cache key of its checkpoint)."""
     c = self.config
     return {
-      "v": CACHE_VERSION, "base": self.base_fields(cell.base), "method": cell.method,
+      "v": CACHE_VERSION, "base": self.base_fields(cell.base, c.base_replica(cell.seed)),
+      "method": cell.method,
       "arm": cell.arm, "mixture": c.mixture(cell.arm, cell.bucket), "n": cell.n,
       "seed": cell.seed, "steps": cell.steps, "ids": list(cell.ids(c)),
       "ft": [c.ft_batch_size, c.ft_lr, c.ft_warmup, c.ft_weight_decay],
       "test": [c.test_per_slice, list(c.test_ops)],
     }
 
+  def prior(self, cell: Cell) -> Any:
+    """The base replica a cell starts from (and its certificate's prior mean)."""
+    return self.bases[cell.base][self.config.base_replica(cell.seed)]
+
   def run_cell(self, cell: Cell) -> dict[str, Any]:
+    """Trains (or reads back) a cell, evaluates it, and certifies it if it is certified."""
     c = self.config
     fields = self.cell_fields(cell)
     tag = f"{cell.tag}-{cache.config_hash(fields)}"
@@ -237,45 +282,57 @@ class Study:
     params, train_info = self.train_cell(cell)
     data, difficulty = self.cell_data(cell)
     ids = cell.ids(c)
-    prior = self.bases[cell.base]
+    prior = self.prior(cell)
     t = time.perf_counter()
-    cert = certify_cell(self.seq_fn, prior, params, data, difficulty,
-                        train_mixture=c.mixture(cell.arm, cell.bucket),
-                        test_mixture=c.test_mixture(), key=self.fkey(30, *ids), delta=c.delta,
-                        sigma_grid=c.sigma_grid, chunk_size=c.mc_chunk_size,
-                        subset_size=c.sigma_subset, batch_size=c.eval_batch_size)
+    cert = None
+    if cell.certified or c.certify_main:
+      test_mix = {k: p for k, p in c.test_mixture().items() if p > 0}
+      cert = certify_cell(self.seq_fn, prior, params, data, difficulty,
+                          train_mixture=c.mixture(cell.arm, cell.bucket),
+                          test_mixture=test_mix, key=self.fkey(30, *ids), delta=c.delta,
+                          sigma_grid=c.sigma_grid, chunk_size=c.mc_chunk_size,
+                          subset_size=c.sigma_subset, batch_size=c.eval_batch_size)
     evaluation = self.evaluate(params, key=self.fkey(40, *ids),
-                               sigma=cert["sigma_choice"]["sigma_q"])
+                               sigma=None if cert is None else cert["sigma_choice"]["sigma_q"])
     train_seq = ev.row_losses(self.seq_fn, params, data, batch_size=c.eval_batch_size)
     mix = c.mixture(cell.arm, cell.bucket)
     by = evaluation["seq_error_by_slice"]
+    replica = c.base_replica(cell.seed)
     result = {
       "v": CACHE_VERSION, "arm": cell.arm, "base": cell.base, "method": cell.method,
       "bucket": cell.bucket, "n": cell.n, "seed": cell.seed, "ft_steps": cell.steps,
+      "epochs": cell.steps * c.ft_batch_size / cell.n, "base_replica": replica,
       "certified_arm": cell.certified,
       **{k: v for k, v in evaluation.items()},
+      **against_base(evaluation["items"]["correct"], self.base_items[cell.base][replica],
+                     self.data.test.ops, [len(self.data.test.slices[k])
+                                          for k in self.data.test.ops]),
       "in_bucket_seq_error": float(sum(p * by[str(k)] for k, p in mix.items())),
       "train_seq_error": float(train_seq.mean()),
-      "sq_distance": cert["sq_distance"],
-      "certificate": cert,
+      "sq_distance": (cert["sq_distance"] if cert is not None
+                      else float(perturb.sq_distance(params, prior))),
       "train_time_s": train_info["time_s"],
       "final_train_loss": train_info["final_loss"],
       "eval_time_s": time.perf_counter() - t,
     }
+    if cert is not None:
+      result["certificate"] = cert
     cache.write_json(result_path, result)
     return result
 
 
 def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool = True,
               workers: int = 0) -> dict[str, Any]:
-  """Runs (or resumes) the whole study and writes ``out_dir/results.json`` (schema lab/2).
+  """Runs (or resumes) the whole study and writes ``out_dir/results.json`` (schema study/3).
 
-  Steps: build the test slices and the bucket pools; pretrain the base and the stronger base;
-  fine-tune every cell of `grid_cells` (full-parameter AdamW, SFT or DFT); evaluate greedy
-  answer correctness and sequence error item by item; certify each cell (prior: its base;
-  loss: sequence error; B_train, TV, mixture-shift, weighted and per-slice kinds) and measure
-  E_Q[R_test] under the certified posterior; then the certified arm (`certified_cells`):
-  shorter step budgets of the same cells, the budget chosen by the subset bound.
+  Steps: build the test slices and the bucket pools; pretrain `num_bases` replicas of the base
+  (and of the stronger base if a cell needs it); fine-tune every cell of `grid_cells`
+  (full-parameter AdamW, SFT or DFT, a fixed number of epochs); evaluate greedy answer
+  correctness and sequence error item by item, and per-slice gains and forgetting against the
+  cell's base replica; then the certified arm (`certified_cells`): the same cells at their
+  main budget and shorter ones, each certified (prior: its base; loss: sequence error; B_train,
+  TV, mixture-shift, weighted and per-slice kinds) with E_Q[R_test] measured under the
+  certified posterior, the budget chosen by the subset bound.
 
   Args:
     config: the study's settings; out_dir: where results.json and the cache go.
@@ -297,14 +354,19 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool
 
   def on_base(which: str, info: dict[str, Any]) -> None:
     study.base_info[which] = info
+    if info.get("unused"):
+      return
     study.log(f"{which}: accuracy {info['accuracy']:.3f} {fmt_slices(info['accuracy_by_slice'])}")
 
   def on_cell(i: int, result: dict[str, Any]) -> None:
     done[i] = result
-    cert = result["certificate"]
-    study.log(f"[{len(done)}/{len(todo)}] {todo[i].tag}: acc {result['accuracy']:.3f} "
-              f"{fmt_slices(result['accuracy_by_slice'])} E_Q seq {result['q_test_risk']:.3f} "
-              f"B_train {cert['b_train']:.3f} bound {cert['bound']:.3f} ({cert['g_ext_name']})")
+    cert = result.get("certificate")
+    line = (f"[{len(done)}/{len(todo)}] {todo[i].tag}: acc {result['accuracy']:.3f} "
+            f"{fmt_slices(result['accuracy_by_slice'])} ({result['train_time_s']:.0f}s)")
+    if cert is not None:
+      line += (f" E_Q seq {result['q_test_risk']:.3f} B_train {cert['b_train']:.3f} bound "
+               f"{cert['bound']:.3f} ({cert['g_ext_name']})")
+    study.log(line)
     bar.update(1)
 
   try:
@@ -322,19 +384,23 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool
   finally:
     bar.close()
   cells = [done[i] for i in range(len(todo))]
-  study.base_info = {which: study.base_info[which] for which in BASES}
+  study.base_info = {which: study.base_info[which] for which in BASES
+                     if not study.base_info[which].get("unused")}
   test = study.data.test
   results = {
     "schema": SCHEMA,
     "preset": config.name,
     "config": config.to_dict(),
     "tuned": config.tuned,
+    "protocol": config.protocol(),
     "runtime_s": time.perf_counter() - start,
     # Seconds of each stage when it was computed (a resumed run keeps the cached stages' times).
     "timings_s": {"pretrain_s": sum(b["train_time_s"] or 0.0 for b in study.base_info.values()),
                   "fine_tune_s": sum(c["train_time_s"] for c in cells),
                   "evaluate_certify_s": sum(c["eval_time_s"] for c in cells)},
     "test_mixture": {str(k): p for k, p in test.mixture.items()},
+    "test_mixtures": {name: {str(k): p for k, p in mix.items()}
+                      for name, mix in config.test_mixtures().items()},
     "test_items": {"ops": test.ops, "counts": [len(test.slices[k]) for k in test.ops]},
     "arms": {arm: {"order": [b for b, _ in buckets],
                    "mixtures": {b: {str(k): p for k, p in config.mixture(arm, b).items()}
@@ -344,6 +410,7 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool
     "num_params": study.num_params,
     "fine_tune_space": "every weight (full-parameter AdamW)",
     "loss": "sequence_error (certificates); greedy answer correctness (accuracy)",
+    "num_bases": config.num_bases,
     "bases": study.base_info,
     "cells": [c for c in cells if not c["certified_arm"]],
     "certified": certified_arm(cells),
@@ -356,62 +423,3 @@ def _progress_bar(total: int, enabled: bool):
   from tqdm.auto import tqdm
 
   return tqdm(total=total, desc="cells", unit="cell", disable=not enabled, dynamic_ncols=True)
-
-
-def certified_arm(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The certified arm: per (bucket, n, seed), every budget's certificate and accuracy, and the
-  budget chosen by the subset bound of the sigma search (computed with its own key on a subset
-  of S, so the final Monte-Carlo term is independent of the choice; the PAC-Bayes term holds
-  for every posterior at once)."""
-  groups: dict[tuple, list[dict[str, Any]]] = {}
-  for c in cells:
-    if c["base"] == "base" and c["method"] == "sft":
-      groups.setdefault((c["arm"], c["bucket"], c["n"], c["seed"]), []).append(c)
-  out = []
-  for (arm, bucket, n, seed), group in groups.items():
-    if not any(c["certified_arm"] for c in group):
-      continue
-    group = sorted(group, key=lambda c: c["ft_steps"])
-    chosen = min(group, key=lambda c: c["certificate"]["sigma_choice"]["subset_bound"])
-    out.append({
-      "arm": arm, "bucket": bucket, "n": n, "seed": seed,
-      "budgets": [{"steps": c["ft_steps"], "accuracy": c["accuracy"],
-                   "q_test_risk": c["q_test_risk"], "b_train": c["certificate"]["b_train"],
-                   "bound": c["certificate"]["bound"],
-                   "subset_bound": c["certificate"]["sigma_choice"]["subset_bound"]}
-                  for c in group],
-      "chosen_steps": chosen["ft_steps"], "accuracy": chosen["accuracy"],
-      "q_test_risk": chosen["q_test_risk"], "b_train": chosen["certificate"]["b_train"],
-      "bound": chosen["certificate"]["bound"],
-    })
-  return out
-
-
-def summary_table(results: Mapping[str, Any]) -> str:
-  """Plain text: bases, then one line per cell (accuracy, risks, certificate terms)."""
-  lines = [f"preset {results['preset']}: {len(results['cells'])} cells + "
-           f"{len(results.get('certified', []))} certified-arm cells in "
-           f"{results['runtime_s']:.0f}s; test mixture "
-           + " ".join(f"{k}:{v:.3f}" for k, v in results["test_mixture"].items())]
-  for name, b in results["bases"].items():
-    lines.append(f"{name:>6} (pretrain ops {b['pretrain_ops'][0]}-{b['pretrain_ops'][1]}, "
-                 f"{b['steps']} steps): acc {b['accuracy']:.3f} "
-                 f"{fmt_slices(b['accuracy_by_slice'])} seq error {b['test_seq_error']:.3f}")
-  lines.append(f"{'arm':>12} {'base':>6} {'meth':>4} {'bucket':>7} {'n':>5} {'s':>2} {'step':>4} "
-               f"{'acc':>6} {'seqErr':>6} {'EQ_seq':>6} {'R_S':>6} {'B_trn':>6} {'bound':>6} "
-               f"{'kind':>13} {'kl':>9}  accuracy by slice")
-  for c in results["cells"]:
-    cert = c["certificate"]
-    lines.append(
-      f"{c['arm']:>12} {c['base']:>6} {c['method']:>4} {c['bucket']:>7} {c['n']:>5} "
-      f"{c['seed']:>2} {c['ft_steps']:>4} {c['accuracy']:6.3f} {c['test_seq_error']:6.3f} "
-      f"{c['q_test_risk']:6.3f} {c['train_seq_error']:6.3f} {cert['b_train']:6.3f} "
-      f"{cert['bound']:6.3f} {cert['g_ext_name']:>13} {cert['kl']:9.1f}  "
-      f"{fmt_slices(c['accuracy_by_slice'])}")
-  for c in results.get("certified", []):
-    lines.append(f"certified arm {c['bucket']:>7} n={c['n']} seed {c['seed']}: chosen "
-                 f"{c['chosen_steps']} steps, acc {c['accuracy']:.3f}, B_train {c['b_train']:.3f}, "
-                 f"bound {c['bound']:.3f}; budgets "
-                 + ", ".join(f"{b['steps']}: acc {b['accuracy']:.3f} bound {b['bound']:.3f}"
-                             for b in c["budgets"]))
-  return "\n".join(lines)

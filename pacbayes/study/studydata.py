@@ -55,7 +55,7 @@ def build_data(config: StudyConfig) -> StudyData:
   for a_idx, (arm, buckets) in enumerate(config.arms):
     for b_idx, (bucket, _) in enumerate(buckets):
       mix = config.mixture(arm, bucket)
-      for seed in config.seeds:
+      for seed in config.all_seeds:
         rows = synthetic.generate_dataset(max(config.sizes), mix,
                                           seed=seed_seq(config, 2, a_idx, b_idx, seed),
                                           modulus=config.modulus)
@@ -66,11 +66,14 @@ def build_data(config: StudyConfig) -> StudyData:
                    difficulty=diff)
 
 
-def pretrain_corpus(config: StudyConfig, which: str, exclude: frozenset[str]) -> Dataset:
-  """The pretraining corpus of "base" or "strong" (deduplicated against the test set)."""
+def pretrain_corpus(config: StudyConfig, which: str, exclude: frozenset[str], *,
+                    replica: int = 0) -> Dataset:
+  """The pretraining corpus of "base" or "strong" replica r (deduplicated against the test
+  set); replica 0 draws the corpus of one-base studies, replica r > 0 its own."""
   lo, hi = config.pretrain_ops if which == "base" else config.strong_pretrain_ops
+  parts = (3, 0 if which == "base" else 1, *([replica] if replica else []))
   rows = synthetic.generate_dataset(config.pretrain_examples, list(range(lo, hi + 1)),
-                                    seed=seed_seq(config, 3, 0 if which == "base" else 1),
-                                    modulus=config.modulus, exclude=exclude)
+                                    seed=seed_seq(config, *parts), modulus=config.modulus,
+                                    exclude=exclude)
   return Dataset.from_rows(rows, pad_length=seq_length(hi),
-                           source=f"<pretraining {which}>")
+                           source=f"<pretraining {which} r{replica}>")
