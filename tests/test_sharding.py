@@ -54,6 +54,23 @@ def test_placement_round_trip():
   assert shd.padded_size(10, 4) == 12 and shd.padded_size(8, 4) == 8
 
 
+def test_put_keys_and_local_arrays_in_one_process():
+  """One process holds every device: every array is held in full; keys keep their type.
+
+  The multi-process paths (a local array or key placed on a mesh spanning two processes, a
+  gather of an array split across them) run in tests/test_multihost.py.
+  """
+  mesh = shd.make_mesh(4, 2)
+  key = jax.random.key(3)
+  placed = shd.put(key, mesh)
+  assert jax.dtypes.issubdtype(placed.dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.key_data(placed), jax.random.key_data(key))
+  x = shd.put(jnp.arange(8.0), mesh, P("data"))
+  assert x.sharding.spec == P("data") and shd.holds_full_value(x)
+  np.testing.assert_array_equal(shd.to_host(x), np.arange(8.0))
+  assert shd.to_host([1, 2]).tolist() == [1, 2]
+
+
 def test_maybe_initialize_distributed(monkeypatch):
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
                "OMPI_COMM_WORLD_SIZE"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import jax
+
 from pacbayes.cli.common import bounded_float, positive_float, positive_int, seed
 
 
@@ -92,6 +94,8 @@ def run(args) -> int:
     checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
     chat_template=args.chat_template, holdout=args.holdout or 0.0)
   result = finetune(cfg)
+  if jax.process_index() != 0:  # a multi-host job: process 0 wrote the output
+    return 0
   what = "adapter" if result.kind == "lora" else "model"
   dft = ""
   if args.method == "dft" and result.objective is not None:

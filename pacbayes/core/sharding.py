@@ -89,14 +89,22 @@ def leading_axis_spec(shape: Sequence[int], mesh: Mesh | None, axes: Sequence[in
 def put(x: Any, mesh: Mesh | None, spec: P | None = None) -> jax.Array:
   """Places a host array on the mesh with `spec` (plain `jnp.asarray` without a mesh).
 
-  Every process must hold the same full host array (true when each host loads the same
-  dataset); each device then takes its slice, so one code path serves one or many hosts.
+  Every process must hold the same full value of `x` (true when each host loads the same
+  checkpoint and dataset); each device then takes its slice from its own process's copy, so
+  one code path serves one or many hosts. A local `jax.Array` (on this process's devices,
+  PRNG keys included) counts as such a value; an array already spread over the mesh is
+  moved with `jax.device_put`.
   """
   if mesh is None:
     return jax.numpy.asarray(x)
   sharding = NamedSharding(mesh, P() if spec is None else spec)
   if isinstance(x, jax.Array):
-    return jax.device_put(x, sharding)
+    if sharding.is_fully_addressable or not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      # A typed key has no NumPy form: place its raw bits, then wrap them again.
+      data = put(jax.random.key_data(x), mesh, spec)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
@@ -130,13 +138,43 @@ def shard_params(params: Any, mesh: Mesh | None) -> Any:
   return jax.tree.map(lambda x: put(x, mesh, param_spec(np.shape(x), mesh)), params)
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """Fetches a (possibly multi-host, sharded) array as one NumPy array on every host."""
-  if jax.process_count() > 1 and isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
+def _index_key(index: tuple[slice, ...]) -> tuple:
+  """A hashable form of a shard index (slices are not hashable before Python 3.12)."""
+  return tuple((s.start, s.stop, s.step) for s in index)
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
+
+def holds_full_value(x: jax.Array) -> bool:
+  """True when this process's devices hold every part of `x` (no other process needed).
+
+  Always true in a single-process run; in a multi-host run true for a replicated array and
+  for one split only along mesh axes whose devices all belong to this process (for example
+  'fsdp' inside a host), false for one split across hosts.
+  """
+  index_map = x.sharding.devices_indices_map(x.shape)
+  here = jax.process_index()
+  local = {_index_key(i) for d, i in index_map.items() if d.process_index == here}
+  return local == {_index_key(i) for i in index_map.values()}
+
+
+def to_host(x: Any) -> np.ndarray:
+  """Fetches a (possibly multi-host, sharded) array as one NumPy array.
+
+  When this process holds every part of `x` (`holds_full_value`) the array is assembled from
+  the local shards with no communication, so one process alone may call this (e.g. the one
+  that writes the outputs). An array split across hosts is gathered with
+  `multihost_utils.process_allgather`, a collective: then every process must call `to_host`
+  on it at the same point of the program, or the caller waits forever.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  if holds_full_value(x):
+    out = np.empty(x.shape, x.dtype)
+    for shard in x.addressable_shards:
+      out[shard.index] = np.asarray(shard.data)
+    return out
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def maybe_initialize_distributed() -> bool:

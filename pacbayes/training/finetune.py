@@ -387,6 +387,8 @@ def _finetune(cfg: FinetuneConfig, steps_out: list[int]) -> FinetuneResult:
   finally:
     ckpt.close()
   _check_finite(result.params, f"--out {cfg.out}")
+  # Every process takes part: a weight split across hosts is gathered by a collective.
+  trained = to_host_tree(result.params)
 
   merged_dir = None
   report = None
@@ -394,7 +396,6 @@ def _finetune(cfg: FinetuneConfig, steps_out: list[int]) -> FinetuneResult:
     staging = tempfile.mkdtemp(prefix=".partial-", dir=cfg.out)
     try:
       if cfg.lora:
-        trained = to_host_tree(result.params)
         lr.write_adapter(staging, layout, targets, trained, model_type=config.model_type,
                          base_name=os.path.realpath(cfg.model), init=to_host_tree(init),
                          init_info={"seed": cfg.seed, "init": "A ~ U(-1/sqrt(in), "
@@ -410,7 +411,7 @@ def _finetune(cfg: FinetuneConfig, steps_out: list[int]) -> FinetuneResult:
                           max_shard_bytes=max_shard_bytes(cfg.model))
           copy_tokenizer(cfg.model, os.path.join(staging, "merged"))
       else:
-        nnx.update(model, to_host_tree(result.params))
+        nnx.update(model, trained)
         save_pretrained(model, config, staging, max_shard_bytes=max_shard_bytes(cfg.model))
       copy_tokenizer(cfg.model, staging)
       report = _report(cfg, data, result, config, mesh, steps, layout, targets, holdout,

@@ -196,6 +196,8 @@ def train(
     params = shd.shard_params(params, mesh)
     frozen = shd.shard_params(frozen, mesh) if frozen is not None else None
   opt_state = optimizer.init(params)
+  if mesh is not None:  # placed as the step returns it, so the step compiles once
+    opt_state = shd.shard_params(opt_state, mesh)
   lrs = learning_rates(config)
   order = batch_indices(num_rows, config.batch_size, config.steps, key=key)
   losses = np.zeros(config.steps, dtype=np.float64)
