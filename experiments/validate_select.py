@@ -106,7 +106,8 @@ def markdown(cases, skipped, pooled, replicates) -> str:
     sel = c["selection"]
     parts = [f"{r['bucket']} {r['prediction']:.3f} {_interval(r['interval'])} "
              f"P(best)={r['p_best']:.2f}" for r in sel["buckets"] if r["prediction"] is not None]
-    lines.append(f"- {c['label']} n={c['target']}: status {sel['status']}; "
+    lines.append(f"- {c['label']} n={c['target']}: status {sel['status']}, verdict "
+                 f"{sel.get('verdict', '-')}; "
                  + ("; ".join(parts) if parts else sel["reason"])
                  + "; measured " + ", ".join(f"{b} {v:.3f}"
                                              for b, v in c["measured"]["risk"].items()))

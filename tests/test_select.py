@@ -4,14 +4,17 @@ import numpy as np
 import pytest
 from scipy import optimize
 
+from pacbayes.select import predict
 from pacbayes.select.fit import ALPHA_GRID, auto_family, constrained_line, fit_curves
 from pacbayes.select.predict import (
-    STATUS_OK,
-    STATUS_UNCONSTRAINED,
-    Pilots,
-    SelectOptions,
-    resample_means,
-    select_bucket,
+  STATUS_OK,
+  STATUS_UNCONSTRAINED,
+  VERDICT_CLEAR,
+  VERDICT_INDISTINGUISHABLE,
+  Pilots,
+  SelectOptions,
+  resample_means,
+  select_bucket,
 )
 
 
@@ -203,3 +206,50 @@ def test_pilots_reject_malformed_input():
     Pilots(("a", "b"), (100,), loss, np.full(4, 0.25), np.zeros(4))
   with pytest.raises(ValueError, match="family must be"):
     SelectOptions(family="cubic")
+
+
+def test_verdict_says_when_the_buckets_cannot_be_told_apart():
+  """Two buckets with the same pilots (one seed: every replicate ties): P(best) = 1/2 each,
+  so no recommendation, only the lowest prediction and a statement that says so; curves far
+  apart: a clear call."""
+  rng = np.random.default_rng(8)
+  loss = (rng.random((1, 2, 1, 400)) < np.array([0.5, 0.4])[None, :, None, None]).astype(float)
+  worse = np.minimum(loss + (rng.random(loss.shape) < 0.5), 1.0)  # far above the others
+  same = Pilots(("easy", "medium", "hard"), (200, 800), np.concatenate([loss, worse, loss]),
+                np.full(400, 1 / 400), np.repeat([0, 1], 200))
+  out = select_bucket(same, 3200, SelectOptions(bootstrap=200))
+  assert out["status"] == STATUS_OK
+  assert [r["p_best"] for r in out["buckets"]] == [0.5, 0.0, 0.5]
+  assert out["verdict"] == VERDICT_INDISTINGUISHABLE and out["recommendation"] is None
+  assert out["lowest_predicted"] == "easy"  # the first of equal predictions
+  assert out["contenders"] == ["easy", "hard"]
+  assert out["statement"].startswith("easy and hard cannot be told apart at this pilot budget "
+                                     "(medium: best in under 5% of the replicates)")
+  assert "P(best): easy 0.50, medium 0.00, hard 0.50" in out["statement"]
+  assert out["numbers"]["certified"].startswith("none")
+  sizes = [200, 800]
+  apart = _simulate(rng, sizes, np.array([0.3, 0.1]), np.array([2.0, 2.0]),
+                    np.array([0.5, 0.5]), seeds=3, sigma=0.02)
+  out = select_bucket(Pilots.from_risks(["easy", "hard"], sizes, apart), 3200,
+                      SelectOptions(bootstrap=400))
+  assert out["verdict"] == VERDICT_CLEAR and out["recommendation"] == "hard"
+  assert out["statement"].startswith("recommend hard")
+  with pytest.raises(ValueError, match="min_p_best"):
+    SelectOptions(min_p_best=0.5)
+
+
+def test_bootstrap_in_chunks_matches_one_draw(monkeypatch):
+  """Up to one chunk the replicates are those of a single draw; in chunks of 7 they are
+  other draws of the same distribution (means and variances agree)."""
+  rng = np.random.default_rng(9)
+  loss = (rng.random((2, 2, 3, 60)) < 0.4).astype(float)
+  loss[1, 0, 2] = np.nan  # a cell with two seeds
+  pilots = Pilots(("a", "b"), (100, 400), loss, np.full(60, 1 / 60), np.repeat([0, 1], 30))
+  one = resample_means(pilots, 3000, np.random.default_rng(1))
+  first7 = resample_means(pilots, 7, np.random.default_rng(2))
+  monkeypatch.setattr(predict, "_BOOT_CHUNK", 7)
+  assert np.array_equal(resample_means(pilots, 7, np.random.default_rng(2)), first7)
+  chunked = resample_means(pilots, 3000, np.random.default_rng(1))
+  assert chunked.shape == one.shape == (3000, 2, 2) and not np.array_equal(chunked, one)
+  assert chunked.mean(axis=0) == pytest.approx(one.mean(axis=0), abs=0.01)
+  assert chunked.var(axis=0) == pytest.approx(one.var(axis=0), rel=0.15)

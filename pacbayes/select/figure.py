@@ -28,7 +28,8 @@ def selection_figure(selection: Mapping[str, Any], *, title: str | None = None) 
   Pilot means with their bootstrap intervals (points), the fitted curve from the smallest
   pilot to the budget (line), the prediction at N with its interval (a bar at N, offset per
   bucket so they do not overlap), the measured risk at N when the output carries it (open
-  diamonds), and the recommendation (a star; none when the selection is unconstrained).
+  diamonds), and the recommendation (a filled star when clear; an open star on the lowest
+  prediction when the buckets cannot be told apart; none when unconstrained).
   """
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   budget = float(selection["budget"])
@@ -57,20 +58,36 @@ def selection_figure(selection: Mapping[str, Any], *, title: str | None = None) 
       ax.plot([x], [measured[row["bucket"]]], "D", color=color, mfc="none", ms=8)
     if row["bucket"] == selection.get("recommendation"):
       ax.plot([x], [pred], "*", color="black", ms=14, zorder=5)
+    elif row["bucket"] == selection.get("lowest_predicted"):
+      ax.plot([x], [pred], "*", color="black", mfc="none", ms=14, zorder=5)
   ax.axvline(budget, color="grey", lw=0.8, ls=":")
   ax.set_xscale("log")
+  ax.set_xlim(right=budget * 1.04 ** len(rows) * 1.05)
   ticks = sorted({p["n"] for r in rows for p in r["pilots"]} | {int(budget)})
   ax.xaxis.set_minor_locator(NullLocator())
   ax.set_xticks(ticks, [str(t) for t in ticks])
   ax.set_xlabel("training rows n (log scale); squares: prediction at N, diamonds: measured")
   ax.set_ylabel("risk on the target")
-  rec = selection.get("recommendation")
-  head = (f"N={int(budget)}: recommend {rec}" if rec is not None
-          else f"N={int(budget)}: unconstrained, no recommendation")
-  ax.set_title(f"{title}\n{head}" if title else head, fontsize=10)
+  head = f"N={int(budget)}: {_headline(selection)}"
+  ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
   ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   return fig
+
+
+def _headline(selection: Mapping[str, Any]) -> str:
+  rec, lowest = selection.get("recommendation"), selection.get("lowest_predicted")
+  if rec is not None:
+    p = next(r["p_best"] for r in selection["buckets"] if r["bucket"] == rec)
+    return f"recommend {rec} (P(best)={p:.2f}; a forecast, not certified)"
+  if lowest is not None:
+    p = next(r["p_best"] for r in selection["buckets"] if r["bucket"] == lowest)
+    contenders = selection.get("contenders") or []
+    who = ("the buckets" if len(contenders) in (0, len(selection["buckets"]))
+           else " and ".join(contenders))
+    return (f"{who} cannot be told apart at this pilot budget\n(lowest prediction: "
+            f"{lowest}, P(best)={p:.2f})")
+  return "unconstrained, no recommendation"
 
 
 def close(fig: Figure) -> None:

@@ -7,7 +7,8 @@ the greedy answer error on a test mixture). `select_bucket` fits each bucket's r
 resamples, jointly for every bucket, the test items (stratified by slice, the same items for
 all buckets: the buckets are compared on one test set) and, per pilot cell, the fine-tuning
 seeds (independent trainings), refitting each replicate. P(bucket k is best) is the fraction
-of replicates in which k has the lowest predicted risk at N.
+of replicates in which k has the lowest predicted risk at N (a replicate where several
+buckets tie counts 1/m for each of the m tied).
 
 The seed resampling is rescaled: with S seeds the plain bootstrap variance of a mean is
 (S - 1)/S of the unbiased s^2/S, half of it at S = 2, which would make P(best) overconfident;
@@ -22,6 +23,16 @@ a few in n says little 6 doublings further out); or a bucket whose interval is w
 `max_interval_width` (0.25 in risk, a quarter of the scale: wider intervals cannot rank
 buckets whose risks differ by a few points). A budget not above the largest pilot is not a
 selection question and raises ValueError.
+
+Verdict. A constrained selection is "clear" when the bucket with the lowest predicted risk
+is best in at least `min_p_best` (0.9) of the replicates: a calibrated P(best) (tests/
+test_select.py) then calls the wrong bucket at most one time in ten. Below that the verdict
+is "indistinguishable": the buckets cannot be told apart at this pilot budget, and there is
+no recommendation, only the lowest prediction (`lowest_predicted`), every P(best) and the
+contenders (the buckets best in at least 1 - `level` of the replicates).
+
+Nothing in the output is certified (docs/THEORY.md §9): the predictions, intervals and
+P(best) are forecasts conditional on the curve family, the pilots' numbers are measured.
 """
 
 from __future__ import annotations
@@ -36,6 +47,19 @@ from pacbayes.select.fit import FAMILIES, FREE_PARAMETERS, CurveFit, auto_family
 
 STATUS_OK = "ok"
 STATUS_UNCONSTRAINED = "unconstrained"
+VERDICT_CLEAR = "clear"
+VERDICT_INDISTINGUISHABLE = "indistinguishable"
+_BOOT_CHUNK = 2048  # replicates drawn at once: bounds memory to I x 2048 item counts
+# What each number of the output is (docs/THEORY.md §9); callers add their own keys.
+NUMBERS = {
+  "predicted": "buckets[].params, .prediction, .interval, .p_best, lowest_predicted and "
+               "recommendation: forecasts of the fitted curve family at the budget N; the "
+               "intervals and P(best) come from a bootstrap over pilot seeds and test items and "
+               "are conditional on the curve family (they do not cover a wrong family)",
+  "measured": "buckets[].pilots: the pilot runs' risk on the target test items (per seed, "
+              "their mean, and a bootstrap interval of the mean)",
+  "certified": "none: no number here is a PAC-Bayes or held-out bound",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +137,7 @@ class SelectOptions:
     level: two-sided level of the percentile intervals.
     max_extrapolation: largest budget / largest pilot ratio predicted.
     max_interval_width: widest interval (risk units) that still counts as constrained.
+    min_p_best: smallest P(best) of the lowest prediction that makes a clear recommendation.
     rescale_seeds: multiply seed-resampling deviations by sqrt(S / (S - 1)).
     seed: seed of the bootstrap's random numbers.
   """
@@ -122,6 +147,7 @@ class SelectOptions:
   level: float = 0.95
   max_extrapolation: float = 64.0
   max_interval_width: float = 0.25
+  min_p_best: float = 0.9
   rescale_seeds: bool = True
   seed: int = 0
 
@@ -134,6 +160,8 @@ class SelectOptions:
       raise ValueError(f"level must lie in (0, 1), got {self.level}")
     if not self.max_extrapolation > 1 or not self.max_interval_width > 0:
       raise ValueError("max_extrapolation must exceed 1 and max_interval_width be > 0")
+    if not 0.5 < self.min_p_best <= 1:
+      raise ValueError(f"min_p_best must lie in (0.5, 1], got {self.min_p_best}")
 
 
 DEFAULT_OPTIONS = SelectOptions()
@@ -146,34 +174,46 @@ def resample_means(pilots: Pilots, replicates: int, rng: np.random.Generator, *,
   Items: one stratified resample per replicate, shared by every cell (multinomial counts
   within each stratum, turned into item weights). Seeds: resampled with replacement per cell
   (independent trainings), deviations rescaled by sqrt(S / (S - 1)) when `rescale_seeds`.
+  Vectorised over replicates in chunks of `_BOOT_CHUNK` (memory O(I x chunk), not O(I x B));
+  up to one chunk the random stream is that of a single draw.
   """
   loss = np.nan_to_num(pilots.loss_KxPxSxI, nan=0.0)
-  k, p, s, n_items = loss.shape
-  w_I = pilots.item_weights_I
-  strata = pilots.item_strata_I
-  counts_IxB = np.zeros((n_items, replicates))
-  for stratum in np.unique(strata):
-    idx = np.flatnonzero(strata == stratum)
-    counts_IxB[idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size),
-                                      size=replicates).T
-  risk_KxPxSxB = loss @ (w_I[:, None] * counts_IxB)
+  k, p, s, _ = loss.shape
   have_KxP = pilots.seed_counts_KxP
   # Runs sit at seed positions 0..S-1; compact each cell's runs to the front.
   present_KxPxS = np.isfinite(pilots.loss_KxPxSxI[..., 0])
   order_KxPxS = np.argsort(~present_KxPxS, axis=2, kind="stable")
-  risk_KxPxSxB = np.take_along_axis(risk_KxPxSxB, order_KxPxS[..., None], axis=2)
-  u_BxKxPxS = rng.random((replicates, k, p, s))
-  pick_BxKxPxS = np.floor(u_BxKxPxS * np.maximum(have_KxP, 1)[None, :, :, None]).astype(np.int64)
-  risk_BxKxPxS = np.moveaxis(risk_KxPxSxB, 3, 0)
-  drawn = np.take_along_axis(risk_BxKxPxS, pick_BxKxPxS, axis=3)
+  loss = np.take_along_axis(loss, order_KxPxS[..., None], axis=2)
+  loss_RxI = loss.reshape(k * p * s, -1)
   used_KxPxS = np.arange(s)[None, None, :] < have_KxP[:, :, None]
   denom_KxP = np.maximum(have_KxP, 1)
-  boot_BxKxP = (drawn * used_KxPxS).sum(axis=3) / denom_KxP
-  mean_BxKxP = (risk_BxKxPxS * used_KxPxS).sum(axis=3) / denom_KxP
-  if rescale_seeds:
-    c_KxP = np.sqrt(np.where(have_KxP > 1, have_KxP / np.maximum(have_KxP - 1, 1), 0.0))
-    boot_BxKxP = mean_BxKxP + c_KxP * (boot_BxKxP - mean_BxKxP)
-  return np.where(have_KxP > 0, boot_BxKxP, np.nan)
+  c_KxP = np.sqrt(np.where(have_KxP > 1, have_KxP / np.maximum(have_KxP - 1, 1), 0.0))
+  out_BxKxP = np.empty((replicates, k, p))
+  for lo in range(0, replicates, _BOOT_CHUNK):
+    b = min(_BOOT_CHUNK, replicates - lo)
+    # One matrix product [K P S, I] x [I, b] (a stacked matmul of 3-row blocks is 3x slower).
+    risk_BxKxPxS = np.moveaxis((loss_RxI @ _item_weights_IxB(pilots, b, rng)).reshape(
+        k, p, s, b), 3, 0)
+    pick_BxKxPxS = np.floor(rng.random((b, k, p, s))
+                            * denom_KxP[None, :, :, None]).astype(np.int64)
+    drawn = np.take_along_axis(risk_BxKxPxS, pick_BxKxPxS, axis=3)
+    boot_BxKxP = (drawn * used_KxPxS).sum(axis=3) / denom_KxP
+    if rescale_seeds:
+      mean_BxKxP = (risk_BxKxPxS * used_KxPxS).sum(axis=3) / denom_KxP
+      boot_BxKxP = mean_BxKxP + c_KxP * (boot_BxKxP - mean_BxKxP)
+    out_BxKxP[lo:lo + b] = boot_BxKxP
+  return np.where(have_KxP > 0, out_BxKxP, np.nan)
+
+
+def _item_weights_IxB(pilots: Pilots, replicates: int, rng: np.random.Generator) -> np.ndarray:
+  """[I, B] item weights of B stratified resamples: w_i x (times item i is drawn)."""
+  strata = pilots.item_strata_I
+  counts_IxB = np.zeros((strata.size, replicates))
+  for stratum in np.unique(strata):
+    idx = np.flatnonzero(strata == stratum)
+    counts_IxB[idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size),
+                                      size=replicates).T
+  return pilots.item_weights_I[:, None] * counts_IxB
 
 
 def bucket_family(options: SelectOptions, distinct: int) -> str | None:
@@ -210,10 +250,14 @@ def select_bucket(pilots: Pilots, budget: int, options: SelectOptions = DEFAULT_
 
   Returns:
     A JSON-ready dict: "status" ("ok" or "unconstrained"), "reason" (why unconstrained, else
-    None), "budget", "recommendation" (the bucket with the lowest point prediction; None
-    when unconstrained), "options", and "buckets": per bucket its "family", "params" (the fit
-    to the pilot means), "prediction" (risk at N), "interval" [lo, hi], "p_best", "status",
-    and "pilots" (per size: n, seeds, mean risk, its bootstrap interval, per-seed risks).
+    None), "budget", "verdict" ("clear", "indistinguishable" or "unconstrained", see the
+    module docstring), "lowest_predicted" (the bucket with the lowest point prediction; None
+    when unconstrained), "contenders" (the buckets with P(best) >= 1 - level, and the lowest),
+    "recommendation" (that bucket when the verdict is clear, else None),
+    "statement" (one sentence), "options", "numbers" (which numbers are predicted, measured,
+    certified), and "buckets": per bucket its "family", "params" (the fit to the pilot
+    means), "prediction" (risk at N), "interval" [lo, hi], "p_best", "status", and "pilots"
+    (per size: n, seeds, mean risk, its bootstrap interval, per-seed risks).
 
   Raises:
     ValueError: fewer than two buckets, or a budget not above the largest pilot.
@@ -265,19 +309,60 @@ def select_bucket(pilots: Pilots, budget: int, options: SelectOptions = DEFAULT_
                    f"{', '.join(too_few)}")
   fitted = np.isfinite(preds_KxB).all(axis=1)
   p_best = np.zeros(len(pilots.buckets))
-  if fitted.any():
+  if fitted.any():  # a tie (e.g. identical pilots) splits the replicate between the tied
     masked = np.where(fitted[:, None], preds_KxB, np.inf)
-    p_best = np.bincount(np.argmin(masked, axis=0), minlength=len(pilots.buckets)) / (
-        options.bootstrap)
+    tied_KxB = masked == masked.min(axis=0)
+    p_best = (tied_KxB / tied_KxB.sum(axis=0)).mean(axis=1)
   for k, row in enumerate(rows):
     row["p_best"] = float(p_best[k]) if fitted.all() else None
   status = STATUS_UNCONSTRAINED if reasons else STATUS_OK
-  recommendation = None
-  if not reasons:
-    recommendation = min(rows, key=lambda r: r["prediction"])["bucket"]
+  lowest = None if reasons else min(rows, key=lambda r: r["prediction"])["bucket"]
+  verdict = verdict_of(rows, lowest, options)
+  contenders = None if lowest is None else [
+      r["bucket"] for r in rows if r["p_best"] >= 1 - options.level or r["bucket"] == lowest]
   return {"status": status, "reason": "; ".join(reasons) or None, "budget": int(budget),
-          "recommendation": recommendation, "options": dataclasses.asdict(options),
-          "buckets": rows}
+          "verdict": verdict, "lowest_predicted": lowest, "contenders": contenders,
+          "recommendation": lowest if verdict == VERDICT_CLEAR else None,
+          "statement": statement(rows, lowest, verdict, budget, options, reasons),
+          "options": dataclasses.asdict(options), "numbers": dict(NUMBERS), "buckets": rows}
+
+
+def verdict_of(rows, lowest: str | None, options: SelectOptions) -> str:
+  """"clear" when the lowest prediction is best in >= min_p_best of the replicates,
+  "indistinguishable" below that, "unconstrained" when nothing is predicted."""
+  if lowest is None:
+    return STATUS_UNCONSTRAINED
+  p = next(r["p_best"] for r in rows if r["bucket"] == lowest)
+  return VERDICT_CLEAR if p >= options.min_p_best else VERDICT_INDISTINGUISHABLE
+
+
+def statement(rows, lowest: str | None, verdict: str, budget: int, options: SelectOptions,
+              reasons=()) -> str:
+  """One sentence saying what the selection concludes (and what it cannot)."""
+  if verdict == STATUS_UNCONSTRAINED:
+    return ("no recommendation: the pilots do not constrain the prediction at "
+            f"N={budget} ({'; '.join(reasons)})")
+  row = next(r for r in rows if r["bucket"] == lowest)
+  lo, hi = row["interval"]
+  p_all = ", ".join(f"{r['bucket']} {r['p_best']:.2f}" for r in rows)
+  seeds = min((p["seeds"] for r in rows for p in r["pilots"]), default=0)
+  noise = ("test-item noise only (one seed per pilot)" if seeds == 1 else
+           "pilot seeds and test items")
+  where = (f"{lowest} has the lowest predicted risk at N={budget}, {row['prediction']:.3f} "
+           f"({options.level:.0%} interval [{lo:.3f}, {hi:.3f}]), and is best in "
+           f"{row['p_best']:.0%} of {options.bootstrap} bootstrap replicates over {noise} "
+           f"(P(best): {p_all})")
+  if verdict == VERDICT_CLEAR:
+    return f"recommend {lowest}: {where}; a forecast from the pilots, not a certificate"
+  contenders = [r["bucket"] for r in rows
+                if r["p_best"] >= 1 - options.level or r["bucket"] == lowest]
+  out = [r["bucket"] for r in rows if r["bucket"] not in contenders]
+  who = "the buckets" if not out else " and ".join(contenders)
+  ruled = (f" ({', '.join(out)}: best in under {1 - options.level:.0%} of the replicates)"
+           if out else "")
+  return (f"{who} cannot be told apart at this pilot budget{ruled}: {where}, below the "
+          f"{options.min_p_best:.0%} a clear call needs; more pilot seeds, test items or "
+          "pilot sizes would narrow the intervals")
 
 
 def _pilot_rows(pilots: Pilots, k: int, mean_KxP, boot_BxKxP, risk_KxPxS, alpha: float):
