@@ -54,7 +54,7 @@ def tv_lower_from_heldout(
     `max(0, tpr_lo + tnr_lo - 1)`, float64, broadcast over the inputs.
 
   References:
-    Michel, Lei, Kim & Meinshausen (2022), "High-probability lower bounds for the total
+    Michel, Näf & Meinshausen (2020), "High-probability lower bounds for the total
     variation distance", arXiv:2005.06006. Kim, Ramdas, Singh & Wasserman (2021),
     "Classification accuracy as a proxy for two-sample testing", Ann. Statist. 49(1).
   """
@@ -357,7 +357,7 @@ def tv_classifier(
       features, features constant over both sides, or bad settings.
 
   References:
-    Michel, Lei, Kim & Meinshausen (2022), arXiv:2005.06006 (HPLB). Sugiyama, Suzuki &
+    Michel, Näf & Meinshausen (2020), arXiv:2005.06006 (HPLB). Sugiyama, Suzuki &
     Kanamori (2012), "Density ratio estimation in machine learning" (classifier odds).
   """
   delta = check_delta(delta)

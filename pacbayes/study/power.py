@@ -8,7 +8,7 @@ the share of replicates where it PASSes (FAIL is counted too). The assumptions a
 measured study (`assume_from_view`), so a power computation is recorded beside the numbers it
 rests on.
 
-Item model (docs/THEORY.md §9): item i of slice k in cell c with seed s is right when
+Item model (docs/THEORY.md §8.1): item i of slice k in cell c with seed s is right when
 v < m[c, k] + u[c, s], with u ~ N(0, tau_c^2) the seed effect, and v uniform: for a share
 lam[c, k] = 1 - phi[c, k] / (m (1 - m)) of the items ("stable" items) v is fixed across seeds
 (shared by every cell with probability `rho`, the pairing), for the others it is drawn afresh for
@@ -37,7 +37,7 @@ class Assumptions:
   Attributes:
     keys: cell keys (base, method, bucket, n).
     acc_CxK: accuracy of each cell on each test slice (mean over seeds and items).
-    flip_CxK: item-by-seed flip variance of one item of each slice (phi, docs/THEORY.md §9).
+    flip_CxK: item-by-seed flip variance of one item of each slice (phi, docs/THEORY.md §8.1).
     seed_sd_C: sd of the seed effect on accuracy (the excess over the flips).
     log_dist_C: mean of ln ||w - w_base||^2; log_dist_sd_C: its sd between seeds.
     p_test: [K] test mixture; p_bucket: bucket -> [K] training mixture; buckets: easy -> hard.
@@ -45,6 +45,8 @@ class Assumptions:
     rho: probability that a stable item's latent value is shared by all cells (pairing).
     source: where the numbers come from (a results file, or "stated constants").
     gap_C: the in-bucket gap R_bucket - R_S of each cell (None: 0 everywhere).
+    p_tests: every named test mixture of the study ([K] each; the simulated views carry them,
+      so the verdicts judged on a second test mixture are simulated too).
   """
 
   keys: tuple[CellKey, ...]
@@ -60,6 +62,7 @@ class Assumptions:
   rho: float = 0.5
   source: str = "stated constants"
   gap_C: np.ndarray | None = None
+  p_tests: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   def index(self, key: CellKey) -> int:
     return self.keys.index(key)
@@ -195,7 +198,8 @@ def assume_from_view(view: StudyView, source: str, rho: float = 0.5) -> Assumpti
                      seed_sd_C=np.array(sd), log_dist_C=np.array(ld),
                      log_dist_sd_C=np.array(lds), p_test=np.asarray(view.p_test),
                      p_bucket=dict(view.p_bucket), buckets=tuple(view.buckets),
-                     base_acc=dict(view.base_acc), rho=rho, source=source)
+                     base_acc=dict(view.base_acc), rho=rho, source=source,
+                     p_tests=dict(view.p_tests))
 
 
 def simulate(assume: Assumptions, design: Design, reps: int,
@@ -250,7 +254,7 @@ def simulate(assume: Assumptions, design: Design, reps: int,
                    base_acc=assume.base_acc,
                    base_seq_error={b: 1.0 - a for b, a in assume.base_acc.items()},
                    items={"correct": correct, "seq_error": seq, "q_seq_error": seq},
-                   scalars=scalars)
+                   scalars=scalars, p_tests=dict(assume.p_tests))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,3 +297,50 @@ def power(assume: Assumptions, design: Design,
     out[claim] = {"pass": rate, "fail": fails[claim] / options.reps,
                   "se": float(np.sqrt(max(rate * (1 - rate), 1e-12) / options.reps))}
   return out
+
+
+def design_of_view(view: StudyView, name: str) -> Design:
+  """The design a study view was run with: its buckets, sizes, seeds per (bucket, n) (of its
+  base/SFT cells, else any cell) and test items per slice (the smallest slice)."""
+  seeds_at: dict[tuple[str, int], int] = {}
+  valid = np.isfinite(view.items["correct"][0, :, :, 0])  # [C, S]
+  for c, (base, method, bucket, n) in enumerate(view.keys):
+    if (bucket, n) not in seeds_at or (base, method) == ("base", "sft"):
+      seeds_at[(bucket, n)] = int(valid[c].sum())
+  counts = np.bincount(view.slice_of)
+  return Design(name, tuple(view.buckets), tuple(sorted({k[3] for k in view.keys})),
+                seeds=max(seeds_at.values()), seeds_at=seeds_at,
+                items_per_slice=int(counts.min()))
+
+
+def power_block(view: StudyView, name: str, options: PowerOptions) -> dict[str, object]:
+  """results.json's "power" block: the run's own design, its measured per-cell effects and
+  variances as the assumed truth (`assume_from_view`), and the power per claim of that design
+  by simulation through the verdict code (`power`). This is the power at the effects the run
+  measured (observed power), recorded with the assumptions it rests on; the design power of
+  the presets (at the pilot's and the committed runs' effects) is in
+  experiments/results/power. A view with a cell of fewer than 2 seeds gives {"skipped": why}.
+  """
+  try:
+    assume = assume_from_view(view, source="this run")
+  except ValueError as e:
+    return {"skipped": str(e)}
+  design = design_of_view(view, name)
+  table = power(assume, design, options)
+  measured = {v.claim: {"estimate": float(v.estimate[0]), "lo": float(v.lo[0]),
+                        "hi": float(v.hi[0]), "verdict": v.word}
+              for v in theory.judge_view(view, with_bootstrap=False)
+              if np.isfinite(v.estimate[0])}
+  return {
+    "method": ("simulation through pacbayes.study.theory.judge_view (Holm over the primary "
+               "claims), item model of pacbayes.study.power; assumed truth = this run's own "
+               "per-cell estimates (observed power)"),
+    "reps": options.reps, "seed": options.seed, "alpha": theory.ALPHA,
+    "design": design.describe(), "cost": design.cost(assume),
+    "assumed": {"keys": [list(k) for k in assume.keys], "acc_by_slice": assume.acc_CxK.tolist(),
+                "flip_by_slice": assume.flip_CxK.tolist(), "seed_sd": assume.seed_sd_C.tolist(),
+                "log_sq_distance": assume.log_dist_C.tolist(),
+                "log_sq_distance_sd": assume.log_dist_sd_C.tolist(), "rho": assume.rho},
+    "measured_effects": measured,
+    "power": table,
+  }

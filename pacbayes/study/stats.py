@@ -11,7 +11,7 @@ optional per-seed offset:
 Cells may have different numbers of seeds S_c: the arrays are padded to the largest S with NaN.
 
 Variance: a two-level (seed, item) random-effects decomposition (Searle, Casella & McCulloch
-1992, ch. 4-5; docs/THEORY.md §9). Per item and seed X[c, s, i] = mu[c, i] + u[c, s] + e[c, s, i]:
+1992, ch. 4-5; docs/THEORY.md §8.1). Per item and seed X[c, s, i] = mu[c, i] + u[c, s] + e[c, s, i]:
 an item x cell part mu (the paired contrast over the same items cancels the item main effect),
 a seed effect u with variance sigma_seed[c]^2 and an item-by-seed flip e. Then
 
@@ -326,9 +326,10 @@ def bootstrap_argmax(X_CxSxN, W_CxK, slice_of, groups, *, num: int = 1000,
                      seed: int = 0) -> np.ndarray:
   """Bootstrap distribution of the best cell within each group (stratified over items, seeds).
 
-  Each replicate resamples the test items within every slice and the seeds, both with
-  replacement, recomputes every cell's slice-weighted mean, and records which cell of each
-  group is largest (ties go to the first). Missing seeds (NaN) are left out of the means.
+  Each replicate resamples the test items within every slice (the same items for every cell:
+  paired) and each cell's own seeds, both with replacement, recomputes every cell's
+  slice-weighted mean, and records which cell of each group is largest (ties go to the first).
+  A cell's missing seeds (NaN) are never drawn.
 
   Args:
     X_CxSxN: per-item values of every cell (NaN for a seed a cell does not have).
@@ -343,18 +344,20 @@ def bootstrap_argmax(X_CxSxN, W_CxK, slice_of, groups, *, num: int = 1000,
   """
   rng = np.random.default_rng(seed)
   X = np.asarray(X_CxSxN, dtype=np.float64)
-  c, s, _ = X.shape
+  c = X.shape[0]
   sl = np.asarray(slice_of)
   w = np.asarray(W_CxK, dtype=np.float64)
-  seed_idx = rng.integers(0, s, size=(num, s))
-  vals = np.zeros((num, c))
+  # items: one resample per slice shared by every cell (paired); seeds: each cell's own seeds
+  picks = []
   for k in range(w.shape[1]):
     items = np.flatnonzero(sl == k)
-    pick = items[rng.integers(0, items.size, size=(num, items.size))]  # [num, n_k]
-    xk = X[:, seed_idx[:, :, None], pick[:, None, :]]  # [C, num, S, n_k]
-    with np.errstate(invalid="ignore"):
-      mean = np.nanmean(xk, axis=(2, 3)) if np.isnan(X).any() else xk.mean(axis=(2, 3))
-    vals += w[:, k][None, :] * np.nan_to_num(mean).T
+    picks.append(items[rng.integers(0, items.size, size=(num, items.size))])  # [num, n_k]
+  vals = np.zeros((num, c))
+  for ci in range(c):
+    own = np.flatnonzero(np.isfinite(X[ci, :, 0]))
+    seeds = own[rng.integers(0, own.size, size=(num, own.size))]  # [num, S_c]
+    for k, pick in enumerate(picks):
+      vals[:, ci] += w[ci, k] * X[ci][seeds[:, :, None], pick[:, None, :]].mean(axis=(1, 2))
   width = max(len(g) for g in groups)
   out = np.zeros((len(groups), width))
   for gi, g in enumerate(groups):
