@@ -252,3 +252,14 @@ def bounded_float(flag: str, low: float, high: float, *,
                                        f"got {text}")
     return value
   return parse
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+  """Help that shows each flag's default, unless it is None/False or the help already says it."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if ("default" in text or action.default in (None, False, argparse.SUPPRESS)
+        or not action.option_strings):
+      return text
+    return f"{text} (default: %(default)s)"

@@ -6,7 +6,13 @@ import argparse
 
 import jax
 
-from pacbayes.cli.common import bounded_float, positive_float, positive_int, seed
+from pacbayes.cli.common import (
+  DefaultsHelpFormatter,
+  bounded_float,
+  positive_float,
+  positive_int,
+  seed,
+)
 
 
 def _targets(text):
@@ -25,7 +31,7 @@ def add_parser(sub) -> None:
     "checkpoint_every", "seed", "method", "end_lr_ratio", "b1", "b2")}
   f = sub.add_parser(
     "finetune", help="fine-tune a checkpoint (SFT or DFT, full or LoRA)",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=DefaultsHelpFormatter,
     description="Fine-tunes a Hugging Face checkpoint on a JSONL file (loss on the completion "
     "tokens only) and writes a Hugging Face folder (full) or a PEFT adapter folder (LoRA). "
     "Rerunning the same command after an interruption resumes from OUT/checkpoints. The loss "
@@ -34,7 +40,8 @@ def add_parser(sub) -> None:
   f.add_argument("--model", required=True, help="base Hugging Face folder")
   f.add_argument("--train", required=True, help="training JSONL")
   f.add_argument("--out", required=True, help="output folder (new, or an interrupted run's)")
-  f.add_argument("--method", choices=("sft", "dft"), default=d["method"])
+  f.add_argument("--method", choices=("sft", "dft"), default=d["method"],
+                 help="SFT (cross-entropy) or DFT (tokens weighted by their probability)")
   f.add_argument("--lora-rank", type=positive_int("--lora-rank", 2**16), default=None,
                  help="LoRA rank r (omit for a full fine-tune)")
   f.add_argument("--lora-alpha", type=bounded_float("--lora-alpha", 0, 1e6), default=None,
