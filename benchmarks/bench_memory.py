@@ -5,7 +5,7 @@ key-value heads, MLP 1536, vocab 49152, tied embeddings, float32; about 135M par
 0.54 GB). Data: `--rows` random token rows of `--length` tokens, token error on every token.
 
 Two workers, each in its own subprocess so that each peak RSS is its own:
-  plain:     `pacbayes.posterior.montecarlo.empirical_risk` over the rows (batches of `--chunk` rows);
+  plain:     `pacbayes.posterior.montecarlo.empirical_risk` over the rows (`--chunk`-row batches);
   perturbed: `pacbayes.posterior.montecarlo.mc_risk`, chunk scheme, one posterior draw per chunk of
              `--chunk` rows (batch = chunk, draws_per_step = 1), sigma = 1e-3.
 Each worker builds the model, runs its pass once (compile) and times a second run. The

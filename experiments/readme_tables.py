@@ -24,6 +24,11 @@ def _by_slice(cells, field: str) -> str:
   return " ".join(f"{k}:{np.mean([c[field][k] for c in cells]):+.2f}" for k in keys)
 
 
+def _num(x) -> str:
+  """A number to 3 decimals, "-" for null (no posterior measured)."""
+  return "-" if x is None else f"{x:.3f}"
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if len(argv) != 1:
@@ -72,9 +77,15 @@ def main(argv=None) -> int:
         f"{sum(b['bound'] < 1 for b in certs)}/{len(certs)} test mixture (bound < 1)")
   for c in res["certified"]:
     print(f"certified arm {c['arm']} {c['bucket']} n={c['n']} seed {c['seed']}: "
-          + "; ".join(f"{b['steps']} steps: acc {b['accuracy']:.3f}, E_Q {b['q_test_risk']:.3f}, "
+          + "; ".join(f"{b['steps']} steps: acc {b['accuracy']:.3f}, E_Q {_num(b['q_test_risk'])}, "
                       f"B_train {b['b_train']:.3f}, bound {b['bound']:.3f}"
                       for b in c["budgets"]))
+  block = res.get("power", {})
+  if block.get("power"):
+    print(f"\npower at this run's own estimates ({block['reps']} simulated studies, "
+          f"Holm over the primary claims):")
+    for claim, p in block["power"].items():
+      print(f"- {claim}: P(PASS) {p['pass']:.2f}, P(FAIL) {p['fail']:.2f}")
   print("\n```")
   print("\n".join(verdicts))
   print("```")

@@ -4,7 +4,8 @@ Usage: python experiments/validate_theory.py experiments/results/quick/results.j
 
 Prints one line per verdict, `PASS|FAIL|INCONCLUSIVE  <claim>: <estimate> [<lo>, <hi>] (<test>)`,
 then a count. Exits 0 when every claim could be judged (whatever the verdicts), 1 when some
-could not (missing cells), 2 on a file that is not a lab results file (schema lab/2).
+could not (missing cells), 2 on a file that is not a lab results file (schema lab/3 or
+lab/2).
 """
 
 import argparse

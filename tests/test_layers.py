@@ -78,6 +78,7 @@ def test_no_private_name_crosses_modules(module, path):
   assert not bad, "\n".join(bad)
 
 
+@pytest.mark.slow  # a subprocess
 def test_importing_the_package_changes_no_jax_flag():
   import subprocess
   import sys

@@ -311,7 +311,8 @@ def test_lengths_refused_beyond_the_context_or_truncated(tmp_path):
 def test_run_bound_estimate_kind_and_mesh_agree():
   """Without difficulty: the n-gram estimate kind; one device and the 8-device mesh agree."""
   p = build()
-  kw = dict(sigma=1e-3, sigma_prior=1e-3, chunk_size=10, progress=False, seed=3)
+  kw = dict(sigma=1e-3, sigma_prior=1e-3, chunk_size=10, progress=False, seed=3,
+            measure_rows=16, measure_steps=2)
   a = pipeline.run_bound(BoundConfig(p["prior"], p["posterior"], p["plain"], p["plain"],
                                      mesh=None, **kw))
   b = pipeline.run_bound(BoundConfig(p["prior"], p["posterior"], p["plain"], p["plain"],
@@ -321,3 +322,6 @@ def test_run_bound_estimate_kind_and_mesh_agree():
   assert a.emp_risk == b.emp_risk and a.kl == b.kl and a.bound == b.bound
   assert "shift_check" not in a.extra  # no certified kind, nothing to cross-check
   assert a.delta_parts == b.delta_parts and math.fsum(v for _, v in a.delta_parts) == 0.05
+  # The measures do not depend on the mesh either.
+  for name in ("finetune_risk_train", "g_gen_sharpness"):
+    assert a.extra["measures"][name]["value"] == b.extra["measures"][name]["value"]

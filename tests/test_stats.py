@@ -245,3 +245,21 @@ def test_log_linear_growth_passes_saturation_and_convex_growth_fails():
                           np.random.default_rng(6))
     v = theory.claim_saturation(view, "medium")
     assert np.mean(v.outcome == want) > 0.8, (want, np.mean(v.outcome == want))
+
+
+def test_power_block_recovers_the_design_of_a_view():
+  """results.json's power block: the run's own design read off its view (unequal seeds, items
+  per slice), the assumptions measured on it, and a power per judged claim; a cell with one
+  seed is reported as skipped, not guessed."""
+  design = power.Design("d", BUCKETS, (200, 3200), seeds=3, seeds_at={("hard", 200): 5},
+                        items_per_slice=64, extra_cells=False)
+  view = power.simulate(null_assumptions(), design, 1, np.random.default_rng(11))
+  got = power.design_of_view(view, "d")
+  assert got.buckets == BUCKETS and got.sizes == (200, 3200) and got.items_per_slice == 64
+  assert all(got.seeds_for(k) == design.seeds_for(k) for k in view.keys)
+  block = power.power_block(view, "d", power.PowerOptions(reps=20, seed=0))
+  assert block["design"]["seeds_at"]["hard@200"] == 5 and block["reps"] == 20
+  assert block["power"] and all(0 <= p["pass"] + p["fail"] <= 1 for p in block["power"].values())
+  assert len(block["assumed"]["keys"]) == len(view.keys)
+  view.items["correct"][0, 0, 1:] = np.nan  # one seed left in a cell
+  assert "skipped" in power.power_block(view, "d", power.PowerOptions(reps=5))

@@ -186,3 +186,65 @@ def test_judge_all_judges_every_arm_and_keeps_not_judged_claims():
                                                       "disjoint arm: DFT"))]
   bound = [v for v in other if v.claim.startswith("disjoint arm: bound")]
   assert len(bound) == 1 and "not judged" in bound[0].line()
+
+
+def test_schema3_judges_g_ext_on_the_hard_test_and_the_certified_arm():
+  from tests.helpers.lab_results_v3 import make_results_v3
+
+  res = make_results_v3(**GOOD, seeds=(0, 1, 2))
+  view = study_view(res)
+  assert np.isnan(view.scalars["bound"]).all()  # main cells carry no certificate
+  verdicts = theory.judge(res)
+  for v in verdicts:
+    assert LINE.match(v.line()), v.line()
+  ext = _by_prefix(verdicts, "G_ext")
+  assert len(ext) == 2 and "hard-tilted test mixture" in ext[1].claim
+  assert theory.family_of(ext[1].claim) == "claim 3" and ext[1].holm is not None
+  # on the hard-tilted test the buckets' TV to the test differs (uniform: equal for the tilts)
+  tv = [float(x) for x in re.findall(r"TV (\d\.\d+)", ext[1].note)]
+  assert len(tv) == 2 and abs(tv[0] - tv[1]) > 0.1
+  hard = study_view(res, test="hard")
+  direct = theory.claim_g_ext_difficulty(hard, "hard-tilted")
+  np.testing.assert_allclose(ext[1].estimate, direct.estimate)
+  bound = _by_prefix(verdicts, "bound")[0]
+  assert "certified-arm" in bound.claim and bound.word == "PASS", bound.line()
+  assert "3/9 test mixture" in bound.note or "9/9 test mixture" in bound.note
+  low = _by_prefix(theory.judge(make_results_v3(**GOOD, bound=0.05)), "bound")[0]
+  assert low.word == "FAIL"
+  vac = _by_prefix(theory.judge(make_results_v3(**GOOD, bound=1.0)), "bound")[0]
+  assert vac.word == "INCONCLUSIVE" and "not judged" in vac.line()
+
+
+def test_claim_1_compares_easy_and_hard_where_both_exist():
+  """Four-bucket arms: claim 1 compares the buckets named hard and easy (not the easiest), at
+  the sizes where both have cells, with NaN seeds; the inverted U compares the middle with the
+  first and last where all three exist."""
+  res = make_results(GOOD["acc"], seeds=(0, 1, 2))
+  names = {"easy": "easiest", "medium": "easy", "hard": "hard"}
+  arm = res["arms"]["tilted"]
+  arm["order"] = [names[b] for b in arm["order"]]
+  arm["mixtures"] = {names[b]: m for b, m in arm["mixtures"].items()}
+  for c in res["cells"]:
+    c["bucket"] = names[c["bucket"]]
+  # the easiest bucket only at n = 200 and 800; one seed fewer for easy at n = 800
+  res["cells"] = [c for c in res["cells"] if not (c["bucket"] == "easiest" and c["n"] == 3200)
+                  and not (c["bucket"] == "easy" and c["n"] == 800 and c["seed"] == 2)]
+  view = study_view(res)
+  assert theory.claim_pair(view) == ("hard", "easy")
+  assert theory.pair_sizes(view, ("hard", "easy")) == [200, 800, 3200]
+  v = theory.claim_best_moves_harder(view, with_bootstrap=False)
+  assert "acc_hard - acc_easy" in v.claim and "n in [200, 800, 3200]" in v.note
+  d = np.log([200, 800, 3200]) - np.log([200, 800, 3200]).mean()
+  c = d / np.sum(d**2)
+  mean = lambda b, n: np.mean([x["accuracy"] for x in res["cells"]  # noqa: E731
+                               if x["bucket"] == b and x["n"] == n and x["method"] == "sft"])
+  want = sum(cj * (mean("hard", n) - mean("easy", n))
+             for cj, n in zip(c, [200, 800, 3200], strict=True))
+  assert v.estimate[0] == pytest.approx(want)
+  verdicts = theory.judge(res)
+  u = [x for x in verdicts if x.claim.startswith("inverted U")]
+  assert [x.claim for x in u] == [f"inverted U at n={n} (easy > easiest and easy > hard)"
+                                  for n in (200, 800)]
+  assert all(np.isfinite(x.estimate[0]) for x in u)
+  for x in _by_prefix(verdicts, "G_gen rises") + _by_prefix(verdicts, "G_ext"):
+    assert "hard - easy" in x.claim and np.isfinite(x.estimate[0]), x.line()

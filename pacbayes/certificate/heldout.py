@@ -77,16 +77,22 @@ def _int(value: Any, where: str, lo: int) -> int:
 
 
 def read_holdout_record(path: str | os.PathLike) -> HoldoutRecord:
-  """Reads and checks ``holdout.json`` ({"train_sha256", "heldout_lines", "fraction", "seed"}).
+  """Reads and checks ``holdout.json`` ({"train_sha256", "heldout_lines", "fraction", "seed"};
+  ``held_out_lines``, the key `pacbayes finetune --holdout` writes, is read as
+  ``heldout_lines``: 1-based line numbers of the training file).
 
   Raises:
     ValueError: one line naming the file and the key: unreadable, not JSON, a missing key or
       a value of the wrong kind (a sha256 that is not 64 hex digits, repeated lines, ...).
   """
   path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: cannot read the holdout record (no such file)")
   data = jsonio.read_json(path)  # one line naming the file (and line) on any failure
   if not isinstance(data, dict):
     raise ValueError(f"{path}: expected a JSON object (the holdout record)")
+  if "heldout_lines" not in data and "held_out_lines" in data:
+    data = {**data, "heldout_lines": data["held_out_lines"]}  # the key finetune writes
   for key in ("train_sha256", "heldout_lines", "fraction", "seed"):
     if key not in data:
       raise ValueError(f"{path}: key {key!r}: missing from the holdout record")

@@ -26,7 +26,8 @@ from pacbayes.certificate.schema import (
 from pacbayes.core.atomic import write_text
 
 __all__ = ["G_EXT_KINDS", "METHODS", "SCHEMA", "SCHEMA_V1", "SCHEMA_V2", "Certificate",
-           "default_name", "integer", "json_ready", "real", "require"]
+           "default_name", "heldout_lines", "integer", "json_ready", "real", "require",
+           "uncertified_lines"]
 
 SCHEMA = "pacbayes.certificate/3"
 SCHEMA_V2 = "pacbayes.certificate/2"
@@ -36,6 +37,8 @@ G_EXT_KINDS = (ext.KIND_TV, ext.KIND_MIXTURE, ext.KIND_ESTIMATE, ext.KIND_NONE)
 # The v1 word for the TV kind, still accepted as input.
 KIND_ALIASES = {"certified under difficulty shift": ext.KIND_TV}
 METHODS = ("maurer", "mcallester", "catoni", "fquad", "flamb")
+# Top-level keys of a report that repeat parts of ``extra`` (measures, estimates, held-out).
+TOP_LEVEL_VIEWS = ("measures", "estimates", "heldout")
 
 
 def require(ok: bool, message: str) -> None:
@@ -261,6 +264,13 @@ class Certificate:
     out["vacuous"] = self.vacuous
     out["non_vacuous"] = self.non_vacuous
     out["b_train_non_vacuous"] = self.b_train_non_vacuous
+    measures = out["extra"].get("measures")
+    if isinstance(measures, Mapping):
+      for group, key in (("measure", "measures"), ("estimate", "estimates")):
+        out[key] = {k: v for k, v in measures.items()
+                    if isinstance(v, Mapping) and v.get("group") == group}
+    if isinstance(out["extra"].get("heldout"), Mapping):
+      out["heldout"] = out["extra"]["heldout"]
     return out
 
   def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2) -> str:
@@ -288,6 +298,8 @@ class Certificate:
             f"{source}: key 'schema': {schema!r} is not {SCHEMA!r} (or {SCHEMA_V2!r}, "
             f"{SCHEMA_V1!r}).")
     fields = [f.name for f in dataclasses.fields(cls)]
+    # Views of extra written at the top level for readers (`to_dict`); extra holds them.
+    data = {k: v for k, v in data.items() if k not in TOP_LEVEL_VIEWS}
     check_report(data, REQUIRED_KEYS, source)
     data = restore_terms(data, source)
     try:
@@ -315,7 +327,13 @@ class Certificate:
 
   def to_table(self) -> str:
     """A plain-text table: B_train and the full bound, every kind, slices, delta parts, notes."""
-    return render_table(self)
+    lines = [render_table(self)]
+    measures = self.extra.get("measures")
+    if isinstance(measures, Mapping) and measures:
+      lines.append(uncertified_lines(measures))
+    if isinstance(self.extra.get("heldout"), Mapping):
+      lines.append(heldout_lines(self.extra["heldout"]))
+    return "\n\n".join(lines)
 
   def __str__(self) -> str:
     return self.to_table()
@@ -333,3 +351,52 @@ def v1_parts(cert: Certificate) -> tuple[tuple[str, float], ...]:
   if cert.g_ext_kind != ext.KIND_NONE or cert.delta_ext:
     parts.append((default_name(cert.g_ext_kind), cert.delta_ext))
   return tuple(parts)
+
+
+def _num(value: Any) -> str:
+  return "n/a" if not isinstance(value, (int, float)) else f"{value:.4g}"
+
+
+def _slices(by_slice: Any) -> str:
+  if not isinstance(by_slice, Mapping) or not by_slice:
+    return ""
+  return " (per difficulty: " + ", ".join(f"{k}: {_num(v)}" for k, v in by_slice.items()) + ")"
+
+
+def uncertified_lines(measures: Mapping[str, Any]) -> str:
+  """Text lines of ``extra["measures"]`` (`pacbayes.pipeline.measures`): the estimates first
+  (measured risks), then the measures of the two gaps; every line says it is not certified."""
+  out = ["NOT CERTIFIED: estimates (measured on the rows named) and measures of the paper's "
+         "terms (no guarantee):"]
+  for group in ("estimate", "measure"):
+    for name, m in measures.items():
+      if not isinstance(m, Mapping) or m.get("group") != group:
+        continue
+      what = m.get("what", "")
+      out.append(f"  {group:8s} {name:26s} {_num(m.get('value')):>9s}  {what}"
+                 + _slices(m.get("by_slice")))
+  return "\n".join(out)
+
+
+def heldout_lines(block: Mapping[str, Any]) -> str:
+  """Text lines of the held-out certificate (`HeldOutCertificate.to_dict()`)."""
+  def flag(v: Any) -> str:
+    return "non-vacuous" if isinstance(v, (int, float)) and v < 1.0 else "VACUOUS (>= 1)"
+
+  out = [f"CERTIFIED: {block.get('kind')} ({block.get('method')}); with probability >= "
+         f"1 - {_num(block.get('delta'))}:",
+         f"  held-out rows m = {block.get('m')}, loss {block.get('loss')}: measured risk "
+         f"{_num(block.get('emp_risk'))}",
+         f"  R_train(w_ft) <= {_num(block.get('bound_train'))}  {flag(block.get('bound_train'))}"]
+  for sl in block.get("slices") or []:
+    out.append(f"    slice d={sl.get('key')}: m={sl.get('m')}, measured "
+               f"{_num(sl.get('emp_risk'))}, bound {_num(sl.get('bound'))}  "
+               f"{flag(sl.get('bound'))}")
+  if block.get("bound_test") is not None:
+    out.append(f"  R_test(w_ft)  <= {_num(block.get('bound_test'))} ({block.get('test_kind')}; "
+               f"per-slice {_num(block.get('per_slice_value'))}, mixture shift "
+               f"{_num(block.get('mixture_shift_value'))})  {flag(block.get('bound_test'))}")
+  out.append("  no posterior noise, no Monte-Carlo term; " + str(block.get("delta_note", "")))
+  out.append(f"  {block.get('not_used_for_training')}")
+  out.extend(f"  note: {x}" for x in block.get("notes") or [])
+  return "\n".join(out)

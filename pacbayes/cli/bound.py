@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
 from pacbayes.cli.common import (
     CommandError,
+    bounded_int,
     check_input_file,
     check_output_path,
     positive_float,
@@ -131,6 +133,21 @@ def add_parser(sub) -> None:
                  help="for a LoRA adapter posterior: weights (the merged weights, prior the "
                  "base; default) or lora (the LoRA parameters, prior their recorded "
                  "initialisation, for adapters written by pacbayes finetune); both are valid")
+  b.add_argument("--held-out", action="store_true",
+                 help="also certify the fine-tuned weights themselves on the rows `pacbayes "
+                 "finetune --holdout` kept out of training (POSTERIOR/holdout.json; the "
+                 "training file's sha256 must match): a held-out test-set bound, per slice "
+                 "and on the test mixture; the PAC-Bayes part then uses the other rows only")
+  b.add_argument("--accept-base", action="store_true",
+                 help="the adapter records no content fingerprint and its "
+                 "base_model_name_or_path does not name --prior: accept --prior as its base "
+                 "(recorded in the report)")
+  b.add_argument("--measure-rows", type=bounded_int("--measure-rows", 0, 2**20), default=256,
+                 help="rows of the training set (a seeded random subset) for the G_gen "
+                 "sharpness measure, uncertified; 0: not computed")
+  b.add_argument("--measure-steps", type=bounded_int("--measure-steps", 0, 64), default=6,
+                 help="bisection steps on log sigma of the sharpness measure (each one pass "
+                 "over --measure-rows rows, after the two ends of 1e-5 .. 1)")
   b.add_argument("--delta", type=probability("--delta"), default=0.05)
   b.add_argument("--seed", type=seed("--seed"), default=0)
   b.add_argument("--out", help="JSON report path")
@@ -165,6 +182,10 @@ def check_args(args) -> None:
       raise CommandError("--train-mixture needs --test-mixture (both mixtures exact)")
     check_input_file(args.train_mixture, "--train-mixture")
   check_input_file(args.train, "--train")
+  if args.held_out:
+    if not os.path.isfile(os.path.join(args.posterior, "holdout.json")):
+      raise CommandError(f"--held-out: {args.posterior} has no holdout.json (no rows were kept "
+                         "out of training; fine-tune with `pacbayes finetune --holdout F`)")
   if args.test is not None:
     check_input_file(args.test, "--test")
   check_output_path(args.out, "--out",
@@ -181,6 +202,7 @@ _FLAGS = {
     "exclude": "--exclude", "chunk_size": "--chunk-size", "num_draws": "--draws",
     "draws_per_step": "--draws-per-step", "max_memory": "--max-memory",
     "batch_size": "--batch-size", "alpha": "--alpha", "seed": "--seed", "delta": "--delta",
+    "measure_rows": "--measure-rows", "measure_steps": "--measure-steps",
 }
 _NAME = re.compile(r"(?<![\w-])(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) +
                    r")(?=[:=\[]|$)")

@@ -7,7 +7,9 @@ from pacbayes.cli.common import bounded_int, check_output_folder, seed
 
 def add_parser(sub) -> None:
   lab = sub.add_parser("lab", help="the synthetic difficulty x size study")
-  lab.add_argument("--preset", default="quick", choices=("quick", "smoke", "full"))
+  lab.add_argument("--preset", default="quick", choices=("quick", "smoke", "micro", "full"),
+                   help="quick: `make run` (claim 1, <= 15 min on 2 idle cores); full: every "
+                        "claim (hours); smoke/micro: check the pipeline (decide nothing)")
   lab.add_argument("--out", default="experiments/results/quick")
   lab.add_argument("--figures", default="figures", help="folder for figures ('' for none)")
   lab.add_argument("--seed", type=seed("--seed"), default=None)

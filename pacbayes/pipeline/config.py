@@ -49,6 +49,12 @@ class BoundConfig:
     max_length, dtype, chat_template, space: reading the data and the weights.
     delta: total failure probability; seed: seed of every random choice.
     mesh: a Mesh, None, or "auto"; progress: progress bars and lines on stderr.
+    held_out: certify the fine-tuned weights on the rows `finetune --holdout` kept out
+      (``POSTERIOR/holdout.json``); the PAC-Bayes part then uses the other rows only.
+    accept_base: accept --prior as the base of an adapter that records no fingerprint and
+      whose base name does not match (`pacbayes.lora.folder.check_base`).
+    measure_rows: rows of S for the sharpness measure (0: not computed); measure_steps: its
+      bisection steps (`pacbayes.pipeline.measures`).
   """
 
   prior: str
@@ -81,6 +87,10 @@ class BoundConfig:
   seed: int = 0
   mesh: Any = "auto"
   progress: bool = True
+  held_out: bool = False
+  accept_base: bool = False
+  measure_rows: int = 256
+  measure_steps: int = 6
 
   def __post_init__(self):
     set_ = object.__setattr__
@@ -132,6 +142,10 @@ class BoundConfig:
     bi.check_batch_size(self.batch_size)
     bi.check_run_options(self)
     self.sigma_plan()
+    for name in ("measure_rows", "measure_steps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
     if self.train_mixture is not None and self.test_mixture is None:
       raise ValueError("train_mixture: an exact training mixture needs an exact test mixture "
                        "(test_mixture)")

@@ -132,7 +132,7 @@ def _cast_notes(side: str, folder: str, counts: dict[str, int], eval_dtype: str)
 
 
 def load_lora_pair(base_dir: str, adapter_dir: str, *, dtype: str | None,
-                   say=lambda text: None) -> LoadedPair:
+                   say=lambda text: None, accept_base: bool = False) -> LoadedPair:
   """The base checkpoint (prior mean) and a PEFT LoRA adapter merged into it (posterior mean).
 
   Weight space (`pacbayes.lora.adapter.load_lora`): the posterior mean is W + s B A on the adapted
@@ -147,7 +147,7 @@ def load_lora_pair(base_dir: str, adapter_dir: str, *, dtype: str | None,
   from pacbayes.models.weights import storage_dtypes
 
   say(f"loading base {base_dir} and merging the LoRA adapter {adapter_dir} ...")
-  ck = lora.load_lora(base_dir, adapter_dir, dtype=dtype)
+  ck = lora.load_lora(base_dir, adapter_dir, dtype=dtype, accept_base=accept_base)
   eval_dtype = ck.config.dtype
   counts: dict[str, int] = {}
   for d in storage_dtypes(base_dir).values():  # by tensor
@@ -159,13 +159,15 @@ def load_lora_pair(base_dir: str, adapter_dir: str, *, dtype: str | None,
   notes += _cast_notes("base", base_dir, counts, eval_dtype)
   details = {"prior": counts, "posterior": "LoRA adapter (merged)", "evaluation_dtype":
              eval_dtype, "lora": {"adapter": adapter_dir, "rank": layout.rank,
-                                  "alpha": layout.alpha, "adapted": list(ck.adapted_hf_names)}}
+                                  "alpha": layout.alpha, "adapted": list(ck.adapted_hf_names),
+                                  "base_check": ck.adapter.base_check}}
   return LoadedPair(ck.graphdef, ck.rest, ck.merged_params, ck.base_params, ck.config, notes,
                     details, ck.adapted_mask)
 
 
 def load_lora_space(base_dir: str, adapter_dir: str, *, dtype: str | None, loss: str,
-                    options: dict[str, Any], say=lambda text: None) -> tuple[LoadedPair, Any]:
+                    options: dict[str, Any], say=lambda text: None,
+                    accept_base: bool = False) -> tuple[LoadedPair, Any]:
   """The posterior in LoRA parameter space (SubLoRA-style) and its loss function.
 
   The prior mean is the adapter's recorded data-independent initialisation (A0, B0 = 0;
@@ -185,7 +187,7 @@ def load_lora_space(base_dir: str, adapter_dir: str, *, dtype: str | None, loss:
   from pacbayes.lora import adapter as lora
 
   say(f"loading base {base_dir} and the LoRA adapter {adapter_dir} (LoRA space) ...")
-  ck = lora.load_lora(base_dir, adapter_dir, dtype=dtype)
+  ck = lora.load_lora(base_dir, adapter_dir, dtype=dtype, accept_base=accept_base)
   space = lora.lora_space(ck)
   layout = space.layout
   notes = [f"posterior in LoRA parameter space: prior mean = the adapter's recorded "
@@ -194,7 +196,8 @@ def load_lora_space(base_dir: str, adapter_dir: str, *, dtype: str | None, loss:
            f"{base_dir} fixed"]
   details = {"space": "lora", "evaluation_dtype": ck.config.dtype,
              "lora": {"adapter": adapter_dir, "rank": layout.rank, "alpha": layout.alpha,
-                      "adapted": list(ck.adapted_hf_names), "num_params": space.num_params}}
+                      "adapted": list(ck.adapted_hf_names), "num_params": space.num_params,
+                      "base_check": ck.adapter.base_check}}
   pair = LoadedPair(None, None, space.posterior, space.prior, ck.config, notes, details,
                     space.perturbed_mask)
   return pair, space.loss_fn(loss, **options)

@@ -9,7 +9,9 @@ from keywords, `plan_from_keywords`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -154,6 +156,7 @@ def run_bound(config: BoundConfig) -> Certificate:
   from pacbayes.lora import adapter as lora
   from pacbayes.models import hf_name_of_path, parameter_mask, select_parameters
   from pacbayes.models.checkpoint import load_config
+  from pacbayes.pipeline import holdout
   from pacbayes.pipeline import shift_terms as bound_shift
   from pacbayes.pipeline.load import (
     check_same_architecture,
@@ -179,9 +182,14 @@ def run_bound(config: BoundConfig) -> Certificate:
   if c.space == "lora" and not is_lora:
     raise ValueError(f"space: 'lora' needs a PEFT LoRA adapter folder as posterior; "
                      f"{c.posterior} is not one")
+  if c.held_out:
+    holdout.holdout_path(c.posterior)  # one line naming the folder and --held-out
+  base_check = None
   if is_lora:
     cfg_q = load_config(c.prior, dtype=c.dtype)
-    lora.read_adapter(c.posterior, cfg_q, c.prior)  # small files: checked before the base
+    # Small files: checked before the base.
+    base_check = lora.read_adapter(c.posterior, cfg_q, c.prior,
+                                   accept_base=c.accept_base).base_check
   else:
     cfg_q = load_config(c.posterior, dtype=c.dtype)
     cfg_p = load_config(c.prior, dtype=cfg_q.dtype)
@@ -193,19 +201,43 @@ def run_bound(config: BoundConfig) -> Certificate:
                dtype=cfg_q.dtype)
 
   # 3. Data and the shift terms (no weights read yet).
+  early_notes = []
+  warning = holdout.check_row_format(c.posterior, c.chat_template)
+  if warning:
+    echo(warning)
+    early_notes.append(warning)
   echo(f"reading {c.train} ...")
-  train = load_training_set(c.train, tokenizer_dir=tokenizer_dir, config=cfg_q,
-                            max_length=c.max_length, chat_template=c.chat_template)
+  read = functools.partial(load_training_set, tokenizer_dir=tokenizer_dir, config=cfg_q,
+                           max_length=c.max_length, chat_template=c.chat_template)
+  train = read(c.train)
+  split = None
+  if c.held_out:
+    split = holdout.split_rows(c.posterior, c.train, train)
+    train = split.train
+    early_notes.append(
+        f"--held-out: the PAC-Bayes part uses only the {len(split.train)} rows the fine-tune "
+        f"was trained on; the {len(split.heldout)} held-out rows (holdout.json) are certified "
+        "apart, on the unperturbed fine-tuned weights")
+    echo(early_notes[-1])
+  test = None
+  if c.test is not None:
+    try:
+      test = read(c.test)
+    except ValueError as e:  # DataError too: the risk on the test rows is then not measured
+      early_notes.append(f"the risks on the test rows are not measured: {e}")
   terms = bound_shift.shift_terms(c, train.difficulty, say=echo)
 
   # 4. Weights.
   name_of = None
   if c.space == "lora":
     pair, loss_fn = load_lora_space(c.prior, c.posterior, dtype=cfg_q.dtype, loss=c.loss,
-                                    options=options, say=echo)
+                                    options=options, say=echo, accept_base=c.accept_base)
   else:
-    load = load_lora_pair if is_lora else load_pair
-    pair = load(c.prior, c.posterior, dtype=cfg_q.dtype, say=echo)
+    if is_lora:
+      pair = load_lora_pair(c.prior, c.posterior, dtype=cfg_q.dtype, say=echo,
+                            accept_base=c.accept_base)
+    else:
+      pair = load_pair(c.prior, c.posterior, dtype=cfg_q.dtype, say=echo)
     loss_fn = model_loss(pair.graphdef, pair.rest, c.loss, options)
     name_of = functools.partial(hf_name_of_path, pair.config)
   if pair.mask is not None and c.include is None and c.exclude is None:
@@ -227,11 +259,64 @@ def run_bound(config: BoundConfig) -> Certificate:
            "shift": {**terms.info, "delta_parts": terms.deltas.as_dict()}}
   if terms.check is not None:
     extra["shift_check"] = terms.check
+  if is_lora:
+    extra["adapter"] = {"base_check": base_check, "accept_base": c.accept_base}
   cplan = CertifyPlan(sigma=plan, deltas=terms.deltas, mc=c.mc_options(), shift=terms.inputs,
                       method=c.method, loss_name=c.loss, loss_options=options,
-                      notes=(*pair.notes, *terms.notes), extra=extra, progress=progress)
-  return certify_posterior(loss_fn, pair.params_p, pair.params_q, _as_arrays(train), cplan,
+                      notes=(*pair.notes, *terms.notes, *early_notes), extra=extra,
+                      progress=progress)
+  cert = certify_posterior(loss_fn, pair.params_p, pair.params_q, _as_arrays(train), cplan,
                            key=jax.random.key(c.seed), mask=mask, name_of=name_of, mesh=mesh)
+  # 5. The uncertified side (measures, risk estimates) and the held-out certificate.
+  return _attach(cert, c, loss_fn, pair, mask, train, test, terms, split, echo)
+
+
+def _attach(cert: Certificate, c: BoundConfig, loss_fn: Any, pair: Any, mask: Any, train: Any,
+            test: Any, terms: Any, split: Any, echo: Callable[[str], None]) -> Certificate:
+  """The certificate with ``extra["measures"]`` and, with --held-out, ``extra["heldout"]``."""
+  from pacbayes.pipeline import holdout
+  from pacbayes.pipeline.measures import MeasureInputs, compute_measures
+  from pacbayes.posterior.montecarlo import row_losses
+
+  known = None
+  by_slice = cert.extra.get("unperturbed_by_slice") or {}
+  if cert.extra.get("unperturbed_risk") is not None and (train.difficulty is None or by_slice):
+    known = (float(cert.extra["unperturbed_risk"]), dict(by_slice))
+  mixture = terms.inputs.mixture
+  test_mixture = None
+  if mixture is not None and mixture.test_exact:
+    test_mixture = dict(zip(mixture.support, mixture.test_upper, strict=True))
+  elif isinstance(terms.info.get("tv"), Mapping) and c.test_mixture is not None:
+    test_mixture = _exact_test_mixture(c)
+  inputs = MeasureInputs(
+      loss_fn=loss_fn, params_q=pair.params_q, params_p=pair.params_p, mask=mask,
+      train=_as_arrays(train), train_difficulty=train.difficulty,
+      test=None if test is None else _as_arrays(test),
+      test_difficulty=None if test is None else test.difficulty, test_mixture=test_mixture,
+      train_risk=known, shift_info=terms.info, shift_check=terms.check)
+  extra = dict(cert.extra)
+  extra["measures"] = compute_measures(inputs, c, say=echo)
+  if split is not None:
+    echo(f"held-out certificate: the fine-tune's risk on the {len(split.heldout)} held-out "
+         "rows, no noise ...")
+    losses = row_losses(loss_fn, pair.params_q, _as_arrays(split.heldout),
+                        batch_size=c.batch_size, progress=c.progress)
+    extra["heldout"] = holdout.heldout_block(c, split, losses,
+                                             None if test is None else test.difficulty)
+  return dataclasses.replace(cert, extra=extra)
+
+
+def _exact_test_mixture(c: BoundConfig) -> dict[float, float] | None:
+  """The exact --test-mixture as {difficulty: p} (None for "uniform" without a support)."""
+  from pacbayes.bounds import extrapolation as ex
+
+  m = c.test_mixture
+  if isinstance(m, str) and m == "uniform":
+    return None if c.difficulty_support is None else ex.uniform_mixture(
+        list(c.difficulty_support))
+  if isinstance(m, (str, os.PathLike)):
+    return ex.load_mixture(os.fspath(m), support=c.difficulty_support)
+  return ex.check_mixture(m, name="test_mixture")
 
 
 def _listed(patterns: Any) -> Any:

@@ -68,6 +68,8 @@ class StudyConfig:
     test item for the measured E_Q[R_test].
   certify_main: certify the main cells too (default False: accuracy cells do not pay for
     certificates; only the certified arm does).
+  certified_seeds: the seeds of the certified arm (empty: every seed of the corner).
+  power_reps: simulated studies of results.json's "power" block (0: none).
   Certified arm: certified_sizes / certified_steps: base/sft cells re-trained with shorter
     step budgets (early stopping), the certificate choosing among the budgets and the main
     run; reported beside the main cells.
@@ -85,7 +87,7 @@ class StudyConfig:
   test_per_slice: int = 1024
   arms: tuple[Arm, ...] = (TILTED_EASY_HARD,)
   sizes: tuple[int, ...] = (200, 3200)
-  seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+  seeds: tuple[int, ...] = tuple(range(12))
   seeds_at: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
   num_bases: int = 2
   hidden_size: int = 64
@@ -121,19 +123,31 @@ class StudyConfig:
   certified_sizes: tuple[int, ...] = (3200,)
   certified_steps: tuple[int, ...] = ()
   certify_main: bool = False
+  certified_seeds: tuple[int, ...] = (0,)
+  power_reps: int = 400
   headroom_min: float = 0.1
-  tuned: str = ("issue 20 pilot (experiments/pilot_protocol.py; master seed 7, not a study "
-                "seed; fine-tuning seeds 0-1; experiments/results/pilot/pilot.json): lr 1e-3 "
-                "(a third of the pretraining lr, not tuned); epochs read off the held-out "
-                "in-bucket sequence error (512 fresh rows per bucket) at snapshots 2/4/8/16 "
-                "epochs (n=200) and 1/2/3 (n=3200): at n=200 it is lowest at 2 epochs in "
-                "every bucket (easiest 0.051, easy 0.156, hard 0.582 on seed 0) and later "
-                "epochs only forget (hard, 4 epochs: slices 1-2 fell to 0.74/0.34, back to "
-                "1.00/0.83 by 8: a transient at the peak lr, not the 96-epoch collapse); "
-                "hence 3 epochs per cell with at least 20 steps; slice 3 stays at chance at "
-                "n=200 in every bucket. Seeds (6 per corner) and test items (1024 per slice) "
-                "sized for quick's 15 minutes; the power of claim 1 at the pilot's effect is "
-                "in pilot.json. Pretraining as in issue 10 (1500 steps on ops 1-2).")
+  tuned: str = (
+    "issue 20 pilot (experiments/pilot_protocol.py; master seed 7, not a study seed; "
+    "fine-tuning seed 0, seed 1 partly; log /tmp/w20/pilot.log, cache in "
+    "experiments/results/pilot): lr 1e-3 (a third of the pretraining lr, not tuned); epochs "
+    "read off the held-out in-bucket sequence error (512 fresh rows per bucket) at snapshots "
+    "2/4/8/16 epochs (n=200) and 1/2/3 (n=3200): at n=200 it is lowest at 2 epochs in every "
+    "bucket (easiest 0.051, easy 0.156, hard 0.582 on seed 0) and later epochs only forget "
+    "(hard, 4 epochs: slices 1-2 fell to 0.74/0.34, back to 1.00/0.83 by 8: a transient at "
+    "the peak lr, not the 96-epoch collapse); hence 3 epochs per cell with at least 20 steps; "
+    "slice 3 stays at chance at n=200 in every bucket. quick = claim 1 only: easy and hard "
+    "at n=200 and 3200, 12 seeds per corner (bases alternate), 1024 test items per slice, the "
+    "certified arm on seed 0 only. Power of claim 1 (P(decided), simulated through the "
+    "verdict code with Holm, 1000 studies; per-slice accuracies of pilot seed 0 at the "
+    "protocol's epochs, flips of the committed full run, an assumed seed sd: the pilot has "
+    "too few seeds to measure it): at the pilot's effect (acc_hard - acc_easy falls by 0.020 "
+    "from n=200 to 3200: claim 1 reversed) 0.80 if the seed sd is 0.01, 0.28 if 0.02; at "
+    "twice that effect 1.00 (sd 0.01). 12 seeds is what ~15 minutes on 2 idle cores holds "
+    "(estimate ~13 min: 7,680 fine-tuning steps at ~32 ms, 50 evaluations of 3,072 greedy "
+    "decodes at ~0.4 s per 256, 2 x 1,500 pretraining steps, compiles); more seeds would "
+    "pass 15 minutes, fewer lose power (10 seeds: 0.73 at sd 0.01). The power at the run's "
+    "own estimates is in results.json's power block. Pretraining as in issue 10 (1500 steps "
+    "on ops 1-2).")
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -203,6 +217,8 @@ class StudyConfig:
     if self.test_weight_power < 0 or self.hard_test_power < 0 or not 0 <= self.headroom_min < 1:
       raise ValueError("StudyConfig: test_weight_power and hard_test_power must be >= 0, "
                        "headroom_min in [0, 1)")
+    if self.power_reps < 0:
+      raise ValueError(f"StudyConfig.power_reps: expected >= 0, got {self.power_reps}")
     if self.test_draws > 255:
       raise ValueError("StudyConfig.test_draws: at most 255 (stored per item as one byte)")
 
@@ -326,10 +342,12 @@ def is_close_mixture(a: dict[int, float], b: dict[int, float]) -> bool:
 # - Slice 4 is dropped from the test set: at chance (0.165-0.232) in every cell of the
 #   committed issue-10 runs, including buckets with half their data on it and the stronger base.
 # - quick: claim 1 only (best difficulty moves harder with n): easy and hard at n = 200 and
-#   3200, seeds and test items sized by the pilot's power computation, two base replicas.
+#   3200, 12 seeds per corner (what 15 minutes hold; its power is in `tuned`), 1024 test items
+#   per slice, two base replicas, the certified arm on one seed.
 # - full: four buckets (an easier one than "easy", so "medium beats both" has an interior),
-#   three sizes, more seeds at n = 200 where the variance is, DFT and the stronger base at the
-#   corners, the certified arm at n = 3200; sized to run in the background (hours).
+#   three sizes, 12 seeds at both corners (n = 200 and 3200; claim 1's slope rests on them),
+#   DFT and the stronger base at the corners, the certified arm at n = 3200 on 4 seeds; sized
+#   to run in the background (hours).
 # - Runtime: a batch-32 step of the study's decoder costs ~32 ms on one idle core of the 2-core
 #   build machine and ~0.3 s at load average 10 (measured in the pilot); a second process on
 #   the other core halves both (shared floating-point units), so one worker by default.
@@ -347,15 +365,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ft_batch_size": 16,
     "ft_warmup": 5,
     "certified_steps": (10,),
+    "certified_seeds": (0, 1),
     "mc_chunk_size": 16,
     "sigma_subset": 32,
     "generate_batch_size": 64,
+  },
+  # Seconds of compute (plus compiles): every kind of cell (three buckets, two base replicas,
+  # unequal seeds, DFT, the stronger base, the certified arm) at toy sizes; for the tests and
+  # for checking the pipeline end to end (`pacbayes lab --preset micro`). Decides nothing.
+  "micro": {
+    "test_per_slice": 4,
+    "arms": (("tilted", (("easy", (4.0, 2.0, 1.0)), ("medium", (1.0, 1.0, 1.0)),
+                         ("hard", (1.0, 2.0, 4.0)))),),
+    "sizes": (8, 16, 32), "seeds": (0, 1), "seeds_at": (("hard", 8, (0, 1, 2)),),
+    "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
+    "pretrain_steps": 3, "strong_pretrain_steps": 2, "pretrain_examples": 32,
+    "pretrain_batch_size": 4, "ft_batch_size": 4, "ft_epochs": 0.5, "ft_min_steps": 2,
+    "ft_warmup": 1, "dft_sizes": (8, 32), "strong_sizes": (16,),
+    "strong_buckets": ("easy", "medium", "hard"), "mc_chunk_size": 4,
+    "sigma_grid": (0.01, 0.1), "sigma_subset": 4, "eval_batch_size": 8,
+    "generate_batch_size": 8, "certified_sizes": (32,), "certified_steps": (1,),
+    "certified_seeds": (), "power_reps": 50,
   },
   "full": {
     "arms": (TILTED,),
     "sizes": (200, 800, 3200),
     "seeds": (0, 1, 2, 3),
-    "seeds_at": (("*", 200, (0, 1, 2, 3, 4, 5, 6, 7)),),
+    # claim 1 needs ~10-12 seeds at both corners (experiments/results/power/power.md)
+    "seeds_at": (("*", 200, tuple(range(12))), ("*", 3200, tuple(range(12)))),
+    "certified_seeds": (0, 1, 2, 3),
     "dft_sizes": (200, 3200),
     "strong_sizes": (200, 3200),
     "strong_buckets": ("easy", "hard"),

@@ -73,7 +73,8 @@ def certified_cells(config: StudyConfig) -> list[Cell]:
   for seed in config.all_seeds:
     for n in config.certified_sizes:
       for b in config.bucket_names:
-        if seed not in config.seeds_for(b, n):
+        if seed not in config.seeds_for(b, n) or (config.certified_seeds
+                                                   and seed not in config.certified_seeds):
           continue
         budgets = list(config.certified_steps)
         if not config.certify_main:

@@ -28,8 +28,8 @@ from pacbayes.study.view import READABLE, SCHEMA, ResultsError, StudyView, study
 
 __all__ = ["ResultsError", "load_results", "is_lab_results", "lab_figures", "write_lab_figures",
            "accuracy_vs_n", "accuracy_vs_difficulty", "gaps_vs_difficulty",
-           "certified_vs_measured", "bound_vs_risk", "method_comparison", "report_terms",
-           "is_heldout_report", "save_figure", "LAB_FIGURES"]
+           "certified_vs_measured", "bound_vs_risk", "certified_records", "method_comparison",
+           "report_terms", "is_heldout_report", "save_figure", "LAB_FIGURES"]
 
 _COLORS = ("tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown")
 
@@ -108,8 +108,21 @@ def _log_sizes_axis(ax, sizes) -> None:
   ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def accuracy_vs_n(results, *, base: str = "base", method: str = "sft") -> Figure:
-  """Answer accuracy on the test mixture against n, one line per bucket, 95% error bars."""
+def _base_lines(ax, view: StudyView, base: str) -> None:
+  """One horizontal line per replica of `base`: its accuracy on the view's test mixture before
+  fine-tuning (schema 3 records every replica; schema 2 has one base)."""
+  reps = view.base_acc_replicas.get(base)
+  if reps is None:
+    reps = view.base_acc[base][None, :]
+  for r, acc in enumerate(reps):
+    ax.axhline(float(acc @ view.p_test), color="gray", ls=(0, (1, 1 + r)), lw=1.0,
+               label=f"{base} replica {r} before fine-tuning")
+
+
+def accuracy_vs_n(results, *, base: str = "base", method: str = "sft",
+                  mixture: str = "test mixture") -> Figure:
+  """Answer accuracy on the test mixture against n, one line per bucket, 95% error bars, and a
+  horizontal line per base replica (its accuracy before fine-tuning)."""
   view = _view(results)
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   for j, b in enumerate(view.buckets):
@@ -117,11 +130,11 @@ def accuracy_vs_n(results, *, base: str = "base", method: str = "sft") -> Figure
     if ns:
       _errorbar(ax, ns, [cell_interval(view, (base, method, b, n)) for n in ns], fmt="o-",
                 color=_COLORS[j % len(_COLORS)], label=b)
-  base_acc = float(view.base_acc[base] @ view.p_test)
-  ax.axhline(base_acc, color="gray", ls=":", label=f"{base} before fine-tuning")
+  _base_lines(ax, view, base)
   _log_sizes_axis(ax, view.sizes(base, method))
   ax.set_xlabel("n (fine-tuning examples)")
-  ax.set_ylabel("answer accuracy (test mixture)")
+  ax.set_ylabel(f"answer accuracy ({mixture})")
+  ax.set_ylim(-0.02, 1.02)  # an interval of a few seeds may reach past [0, 1]
   ax.set_title(f"{base}/{method}: accuracy vs n (95% CI, items + seeds)")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
@@ -135,11 +148,14 @@ def accuracy_vs_difficulty(results, *, method: str = "sft") -> Figure:
   fig, ax = plt.subplots(figsize=(5.5, 3.8))
   xs = np.arange(len(view.buckets))
   for base, style in (("base", "o-"), ("strong", "s--")):
-    for j, n in enumerate(view.complete_sizes(base, method)):
-      cis = [cell_interval(view, (base, method, b, n)) for b in view.buckets]
-      _errorbar(ax, xs + 0.04 * j, cis, fmt=style, label=f"{base}, n={n}")
+    for j, n in enumerate(view.sizes(base, method)):
+      have = [i for i, b in enumerate(view.buckets) if (base, method, b, n) in view.keys]
+      cis = [cell_interval(view, (base, method, view.buckets[i], n)) for i in have]
+      _errorbar(ax, xs[have] + 0.04 * j, cis, fmt=style, label=f"{base}, n={n}")
+  _base_lines(ax, view, "base")
   ax.set_xticks(xs, view.buckets)
   ax.set_xlabel("training bucket (easy -> hard)")
+  ax.set_ylim(-0.02, 1.02)
   ax.set_ylabel("answer accuracy (test mixture)")
   ax.set_title("Accuracy vs training difficulty (95% CI)")
   ax.legend(fontsize=7)
@@ -179,26 +195,62 @@ def gaps_vs_difficulty(results, *, base: str = "base", method: str = "sft") -> F
   return fig
 
 
+def certified_records(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """Every certificate of a results dict as {label, bucket, n, seed, steps, bound, b_train,
+  q_test_risk, q_risk_by_slice, accuracy_by_slice, slices}: the certified arm's budgets
+  (schema 3; per-slice bounds on the chosen budget only) or the main-arm cells that carry a
+  certificate (schema 2). Risks the results lack are None."""
+  out = []
+  for c in results.get("certified", []):
+    for b in c["budgets"]:
+      chosen = b["steps"] == c["chosen_steps"]
+      out.append({"label": f"{c['bucket']} n={c['n']} s{c['seed']} t{b['steps']}",
+                  "bucket": c["bucket"], "n": c["n"], "seed": c["seed"], "steps": b["steps"],
+                  "bound": b["bound"], "b_train": b["b_train"],
+                  "q_test_risk": b.get("q_test_risk"), "q_risk_by_slice": b.get("q_risk_by_slice"),
+                  "accuracy_by_slice": c.get("accuracy_by_slice") if chosen else None,
+                  "slices": c.get("slices") if chosen else None})
+  if out:
+    return out
+  main = next(iter(results["arms"]))
+  for c in results["cells"]:
+    cert = c.get("certificate")
+    if cert is None or c.get("arm", "tilted") != main:
+      continue
+    out.append({"label": f"{c['base'][0]}{c['method'][0]}-{c['bucket'][0]}{c['n']}s{c['seed']}",
+                "bucket": c["bucket"], "n": c["n"], "seed": c["seed"], "steps": c["ft_steps"],
+                "bound": cert["bound"], "b_train": cert["b_train"],
+                "q_test_risk": c.get("q_test_risk"), "q_risk_by_slice": c.get("q_risk_by_slice"),
+                "accuracy_by_slice": c["accuracy_by_slice"], "slices": cert.get("slices"),
+                "base": c["base"], "method": c["method"]})
+  return out
+
+
 def certified_vs_measured(results: Mapping[str, Any], *, n: int | None = None,
                           seed: int | None = None) -> Figure:
   """Per-slice certified risk beside the measured per-slice risk, one panel per bucket.
 
   Certified: the per-slice bounds B_d of the certificate (sequence error, union bound over
   slices); measured: E_Q of the sequence error on each test slice under the same posterior.
+  Reads the certified arm (schema 3: its chosen budget) or the certified main cells (schema 2);
+  a bucket without such a record at (n, seed) gets an empty panel.
   """
-  view = _view(results)
-  cells = [c for c in results["cells"] if c["base"] == "base" and c["method"] == "sft"
-           and c.get("arm", "tilted") == results["config"].get("arms", [["tilted"]])[0][0]]
-  n = max(c["n"] for c in cells) if n is None else n
-  seed = min(c["seed"] for c in cells) if seed is None else seed
-  fig, axes = plt.subplots(1, len(view.buckets), figsize=(4 * len(view.buckets), 3.5),
+  recs = [r for r in certified_records(results) if r["slices"] is not None
+          and r["q_risk_by_slice"] is not None and r.get("base", "base") == "base"
+          and r.get("method", "sft") == "sft"]
+  if not recs:
+    raise ResultsError(f"{results.get('_path', 'results')}: no certificate with per-slice "
+                       "bounds and a measured E_Q (the certified arm is empty)")
+  buckets = list(results["arms"][next(iter(results["arms"]))]["order"])
+  n = max(r["n"] for r in recs) if n is None else n
+  seed = min(r["seed"] for r in recs if r["n"] == n) if seed is None else seed
+  fig, axes = plt.subplots(1, len(buckets), figsize=(4 * len(buckets), 3.5),
                            squeeze=False, sharey=True)
-  for ax, b in zip(axes[0], view.buckets, strict=True):
-    cell = next((c for c in cells if c["bucket"] == b and c["n"] == n and c["seed"] == seed),
-                None)
-    if cell is None:
+  for ax, b in zip(axes[0], buckets, strict=True):
+    rec = next((r for r in recs if r["bucket"] == b and r["n"] == n and r["seed"] == seed), None)
+    if rec is None:
       continue
-    slices = cell["certificate"].get("slices") or []
+    slices = rec["slices"]
     if slices:  # a vacuous B_d (>= 1) is a marker on the line y = 1, never a point of the curve
       ds = [s["difficulty"] for s in slices]
       ax.plot(ds, [s["bound"] if s["bound"] < 1.0 else np.nan for s in slices], "v-",
@@ -206,12 +258,13 @@ def certified_vs_measured(results: Mapping[str, Any], *, n: int | None = None,
       vac = [d for d, s in zip(ds, slices, strict=True) if s["bound"] >= 1.0]
       if vac:
         ax.plot(vac, [1.0] * len(vac), "kx", ls="none", label="B_d vacuous (>= 1)")
-    ks = sorted(int(k) for k in cell["q_risk_by_slice"])
-    ax.plot(ks, [cell["q_risk_by_slice"][str(k)] for k in ks], "o-", color="tab:blue",
-            label="measured E_Q[R_d]")
-    ax.plot(ks, [1 - cell["accuracy_by_slice"][str(k)] for k in ks], "x:", color="tab:gray",
-            label="answer error")
-    ax.set_title(f"{b}, n={n}, seed {seed}")
+    q = rec["q_risk_by_slice"]
+    ks = sorted(int(k) for k in q)
+    ax.plot(ks, [q[str(k)] for k in ks], "o-", color="tab:blue", label="measured E_Q[R_d]")
+    if rec["accuracy_by_slice"]:
+      ax.plot(ks, [1 - rec["accuracy_by_slice"][str(k)] for k in ks], "x:", color="tab:gray",
+              label="answer error")
+    ax.set_title(f"{b}, n={n}, seed {seed}, {rec['steps']} steps")
     ax.set_xlabel("operations (difficulty)")
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
@@ -222,18 +275,21 @@ def certified_vs_measured(results: Mapping[str, Any], *, n: int | None = None,
 
 
 def bound_vs_risk(results: Mapping[str, Any]) -> Figure:
-  """Every cell: B_train, the full bound and the measured E_Q[R_test] (sequence error)."""
-  cells = results["cells"]
-  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(cells)), 3.8))
-  xs = np.arange(len(cells))
-  ax.plot(xs, [min(c["certificate"]["bound"], 1.5) for c in cells], "v", color="tab:red",
+  """Every certificate (`certified_records`): B_train, the full bound and the measured
+  E_Q[R_test] (sequence error; absent where no posterior was measured)."""
+  recs = certified_records(results)
+  if not recs:
+    raise ResultsError(f"{results.get('_path', 'results')}: no certificate in the results")
+  fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(recs)), 3.8))
+  xs = np.arange(len(recs))
+  ax.plot(xs, [min(r["bound"], 1.5) for r in recs], "v", color="tab:red",
           label="bound (test mixture)")
-  ax.plot(xs, [min(c["certificate"]["b_train"], 1.5) for c in cells], "^", color="tab:orange",
+  ax.plot(xs, [min(r["b_train"], 1.5) for r in recs], "^", color="tab:orange",
           label="B_train (in bucket)")
-  ax.plot(xs, [c["q_test_risk"] for c in cells], "o", color="tab:blue", label="measured E_Q")
+  ax.plot(xs, [np.nan if r["q_test_risk"] is None else r["q_test_risk"] for r in recs], "o",
+          color="tab:blue", label="measured E_Q")
   ax.axhline(1.0, color="gray", lw=0.8)
-  ax.set_xticks(xs, [f"{c['base'][0]}{c['method'][0]}-{c['bucket'][0]}{c['n']}s{c['seed']}"
-                     for c in cells], rotation=90, fontsize=6)
+  ax.set_xticks(xs, [r["label"] for r in recs], rotation=90, fontsize=6)
   ax.set_ylabel("sequence error (clipped at 1.5)")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
@@ -270,15 +326,23 @@ LAB_FIGURES = {
 
 
 def lab_figures(results: Mapping[str, Any]) -> dict[str, Figure]:
-  """Every standard figure for one lab results file, keyed by a file stem."""
+  """Every standard figure for one lab results file, keyed by a file stem (the certificate
+  figures only where the results have certificates; the hard-tilted test's accuracy figure
+  where the results score one)."""
   view = study_view(results)
   figs = {
       "accuracy_vs_n": accuracy_vs_n(view),
       "accuracy_vs_difficulty": accuracy_vs_difficulty(view),
       "gaps_vs_difficulty": gaps_vs_difficulty(view),
-      "certified_vs_measured": certified_vs_measured(results),
-      "bound_vs_risk": bound_vs_risk(results),
   }
+  if "hard" in view.p_tests:
+    figs["accuracy_vs_n_hard_test"] = accuracy_vs_n(study_view(results, test="hard"),
+                                                    mixture="hard-tilted test mixture")
+  recs = certified_records(results)
+  if recs:
+    figs["bound_vs_risk"] = bound_vs_risk(results)
+  if any(r["slices"] and r["q_risk_by_slice"] for r in recs):
+    figs["certified_vs_measured"] = certified_vs_measured(results)
   if any(k[1] == "dft" for k in view.keys):
     figs["dft_vs_sft"] = method_comparison(view)
   return figs

@@ -58,7 +58,13 @@ def certified_arm(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """The certified arm: per (bucket, n, seed), every budget's certificate and accuracy, and the
   budget chosen by the subset bound of the sigma search (computed with its own key on a subset
   of S, so the final Monte-Carlo term is independent of the choice; the PAC-Bayes term holds
-  for every posterior at once)."""
+  for every posterior at once).
+
+  A budget's "q_test_risk" / "q_risk_by_slice" (E_Q of the sequence error on the test mixture
+  and by slice) are null where the certificate route found no sigma worth searching (sigma_q
+  null: nothing certifies below 0.99); the chosen budget also carries the certificate's
+  per-slice bounds ("slices": difficulty, bound) and its accuracy by slice, for the figures.
+  """
   groups: dict[tuple, list[dict[str, Any]]] = {}
   for c in cells:
     if c["base"] == "base" and c["method"] == "sft" and "certificate" in c:
@@ -68,19 +74,29 @@ def certified_arm(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not any(c["certified_arm"] for c in group):
       continue
     group = sorted(group, key=lambda c: c["ft_steps"])
-    chosen = min(group, key=lambda c: c["certificate"]["sigma_choice"]["subset_bound"])
+    chosen = min(group, key=_subset_bound)
+    cert = chosen["certificate"]
     out.append({
       "arm": arm, "bucket": bucket, "n": n, "seed": seed,
       "budgets": [{"steps": c["ft_steps"], "accuracy": c["accuracy"],
-                   "q_test_risk": c["q_test_risk"], "b_train": c["certificate"]["b_train"],
-                   "bound": c["certificate"]["bound"],
+                   "q_test_risk": c.get("q_test_risk"),
+                   "q_risk_by_slice": c.get("q_risk_by_slice"),
+                   "b_train": c["certificate"]["b_train"], "bound": c["certificate"]["bound"],
                    "subset_bound": c["certificate"]["sigma_choice"]["subset_bound"]}
                   for c in group],
       "chosen_steps": chosen["ft_steps"], "accuracy": chosen["accuracy"],
-      "q_test_risk": chosen["q_test_risk"], "b_train": chosen["certificate"]["b_train"],
-      "bound": chosen["certificate"]["bound"],
+      "accuracy_by_slice": chosen["accuracy_by_slice"],
+      "q_test_risk": chosen.get("q_test_risk"), "q_risk_by_slice": chosen.get("q_risk_by_slice"),
+      "b_train": cert["b_train"], "bound": cert["bound"],
+      "slices": [{"difficulty": s["difficulty"], "bound": s["bound"]}
+                 for s in cert.get("slices") or []],
     })
   return out
+
+
+def _subset_bound(cell: Mapping[str, Any]) -> float:
+  value = cell["certificate"]["sigma_choice"]["subset_bound"]
+  return float("inf") if value is None else float(value)
 
 
 def summary_table(results: Mapping[str, Any]) -> str:

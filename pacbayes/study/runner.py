@@ -11,6 +11,7 @@ forgetting against their own base replica); the certified arm also pays for cert
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from flax import nnx
 
 from pacbayes.models import ModelConfig, build_model
 from pacbayes.posterior import perturb
-from pacbayes.study import cache, studydata
+from pacbayes.study import cache, power, studydata
 from pacbayes.study import evaluate as ev
 from pacbayes.study.cellcert import certify_cell
 from pacbayes.study.config import PRESETS, StudyConfig
@@ -34,7 +35,7 @@ from pacbayes.study.records import (
   summary_table,
 )
 from pacbayes.study.stats import decode_u8, encode_u8
-from pacbayes.study.view import SCHEMA
+from pacbayes.study.view import SCHEMA, study_view
 from pacbayes.study.workers import run_tasks
 from pacbayes.training import trainer as tr
 
@@ -42,7 +43,9 @@ __all__ = ["PRESETS", "SCHEMA", "StudyConfig", "run_study", "summary_table"]
 
 METHODS = {"sft": "ce", "dft": "dft"}
 # Bumped whenever a change alters cached numbers, so stale cache entries are never reused.
-CACHE_VERSION = 4
+# 5: one certificate route (sigma_p chosen on the full grid; schema-3 certificates with null
+# saturated terms), fixed epochs, two test mixtures, per-slice gains against the base replica.
+CACHE_VERSION = 5
 # What valid cache entries look like (`cache.read_json` treats anything else as stale).
 BASE_ENTRY = {"pretrain_ops": list, "steps": int, "accuracy": float, "accuracy_by_slice": dict,
               "test_seq_error": float, "seq_error_by_slice": dict,
@@ -236,7 +239,10 @@ class Study:
   def train_cell(self, cell: Cell) -> tuple[Any, dict[str, Any]]:
     """The fine-tuned weights of a cell (cached) and {"time_s", "final_loss"} of its training."""
     c = self.config
-    tag = f"{cell.tag}-{cache.config_hash(self.train_fields(cell))}"
+    # a certified-arm cell at the main budget reuses the main cell's checkpoint (the weights
+    # do not depend on whether they are certified: `train_fields` has no such field)
+    plain = dataclasses.replace(cell, certified=False)
+    tag = f"{plain.tag}-{cache.config_hash(self.train_fields(cell))}"
     ckpt, info_path = self.path("cells", tag + ".npz"), self.path("cells", tag + ".train.json")
     prior = self.prior(cell)
     params = cache.load_params(ckpt, prior)
@@ -292,8 +298,10 @@ class Study:
                           test_mixture=test_mix, key=self.fkey(30, *ids), delta=c.delta,
                           sigma_grid=c.sigma_grid, chunk_size=c.mc_chunk_size,
                           subset_size=c.sigma_subset, batch_size=c.eval_batch_size)
-    evaluation = self.evaluate(params, key=self.fkey(40, *ids),
-                               sigma=None if cert is None else cert["sigma_choice"]["sigma_q"])
+    # sigma_q is null when the certificate route skipped the search (no sigma certifies below
+    # 0.99): there is no posterior to measure E_Q[R_test] under
+    sigma_q = None if cert is None else cert["sigma_choice"]["sigma_q"]
+    evaluation = self.evaluate(params, key=self.fkey(40, *ids), sigma=sigma_q)
     train_seq = ev.row_losses(self.seq_fn, params, data, batch_size=c.eval_batch_size)
     mix = c.mixture(cell.arm, cell.bucket)
     by = evaluation["seq_error_by_slice"]
@@ -364,7 +372,8 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool
     line = (f"[{len(done)}/{len(todo)}] {todo[i].tag}: acc {result['accuracy']:.3f} "
             f"{fmt_slices(result['accuracy_by_slice'])} ({result['train_time_s']:.0f}s)")
     if cert is not None:
-      line += (f" E_Q seq {result['q_test_risk']:.3f} B_train {cert['b_train']:.3f} bound "
+      q = result.get("q_test_risk")
+      line += (f" E_Q seq {'-' if q is None else f'{q:.3f}'} B_train {cert['b_train']:.3f} bound "
                f"{cert['bound']:.3f} ({cert['g_ext_name']})")
     study.log(line)
     bar.update(1)
@@ -415,8 +424,22 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool
     "cells": [c for c in cells if not c["certified_arm"]],
     "certified": certified_arm(cells),
   }
+  results["power"] = _power(config, results, study)
   cache.write_json(os.path.join(out_dir, "results.json"), results)
   return results
+
+
+def _power(config: StudyConfig, results: dict[str, Any], study: Study) -> dict[str, Any]:
+  """The "power" block of results.json (`pacbayes.study.power.power_block` on this run's main
+  arm, `config.power_reps` simulated studies; 0 skips it)."""
+  if config.power_reps < 1:
+    return {"skipped": "power_reps = 0"}
+  t = time.perf_counter()
+  block = power.power_block(study_view(results, arm=config.arms[0][0]), config.name,
+                            power.PowerOptions(reps=config.power_reps, seed=config.seed))
+  study.log(f"power block: {config.power_reps} simulated studies in "
+            f"{time.perf_counter() - t:.0f}s")
+  return block
 
 
 def _progress_bar(total: int, enabled: bool):

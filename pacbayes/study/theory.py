@@ -14,10 +14,18 @@ one arm, and each of their lines gives its raw p and the Holm-adjusted one. Satu
 bound are secondary (no correction). Every claim also works on simulated studies with R
 replicates (tests/test_stats.py, pacbayes/study/power.py).
 
+Which buckets: "hard - easy" below is `claim_pair`: the buckets named "hard" and "easy" when the
+arm has them (the paper's two ends; the full preset's "easiest" bucket exists so that claim 2
+has an interior, and comparing it instead would change claim 1 between presets), else the
+arm's last and first; each such contrast uses the sizes where both buckets have cells
+(`pair_sizes`). The inverted U compares the middle bucket with the first and last (with
+easiest/easy/medium/hard: medium against easiest and hard). Cells may have unequal seeds (NaN
+padding) and no certificate (NaN bound: the bound claim then reads the certified arm).
+
 Claims (arXiv 2605.12906, Section 5 and Proposition 4.1; quantities and their losses), with what
 makes each FAIL:
-  inverted U at fixed n         accuracy: medium - easy > 0 and medium - hard > 0; FAIL: either
-                                significantly < 0
+  inverted U at fixed n         accuracy: middle - first > 0 and middle - last > 0; FAIL:
+                                either significantly < 0
   best moves harder with n      accuracy: slope of (hard - easy) on ln n > 0; FAIL: slope < 0
   saturation                    accuracy in buckets with headroom grows log-linearly in n: slope
                                 on ln n > 0 and no lack of fit toward faster-than-log growth;
@@ -28,12 +36,17 @@ makes each FAIL:
                                 hard - easy > 0; FAIL: < 0
   G_gen falls with n            the paper's term is sqrt(KL / n): slope of ln KL on ln n < 1
                                 (FAIL: > 1, KL grows faster than n); the measured gap: slope on
-                                ln n < 0 (FAIL: > 0)
+                                ln n < 0 (FAIL: > 0); each bucket's slope over its own sizes
   G_ext falls with difficulty   measured gap R_test - R_bucket (sequence error), hard - easy,
-                                minus the base's own contrast < 0; FAIL: > 0. The mixture terms
+                                minus the base's own contrast < 0; FAIL: > 0. Judged on the
+                                primary (uniform) test mixture and, where the results have it,
+                                on the hard-tilted one, where TV(bucket, test) differs between
+                                the buckets (with a uniform test over symmetric tilts it does
+                                not, and the paper predicts no difference). The mixture terms
                                 (TV, w_max, m_out) are printed, not judged
-  bound holds                   certificate >= measured E_Q[R_test] in every cell and seed
-                                (Bonferroni over cells), with non-vacuous counts
+  bound holds                   certificate >= measured E_Q[R_test] in every non-vacuous cell
+                                and seed, or every budget of the certified arm (Bonferroni),
+                                with non-vacuous counts (`pacbayes.study.bound_verdicts`)
   stronger base                 (strong: hard - easy) - (base: hard - easy) > 0
   DFT vs SFT                    on the hardest bucket: DFT - SFT at the smallest n > 0, at the
                                 largest n < 0, and their difference (interaction) > 0
@@ -42,11 +55,13 @@ makes each FAIL:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from pacbayes.study.bound_verdicts import claim_bound_holds, claim_certified_bound
 from pacbayes.study.stats import (
   Contrast,
   ItemStats,
@@ -56,102 +71,34 @@ from pacbayes.study.stats import (
   lack_of_fit_weights,
   slope_weights,
 )
+from pacbayes.study.verdict import (
+  ALPHA,
+  FAIL,
+  INCONCLUSIVE,
+  PASS,
+  Verdict,
+  all_of,
+  decide,
+  not_judged,
+  single,
+)
 from pacbayes.study.view import StudyView, study_view
 
-ALPHA = 0.05
-PASS, INCONCLUSIVE, FAIL = 1, 0, -1
-_WORDS = {PASS: "PASS", INCONCLUSIVE: "INCONCLUSIVE", FAIL: "FAIL"}
+__all__ = ["ALPHA", "FAIL", "INCONCLUSIVE", "PASS", "PRIMARY", "Verdict", "claim_pair",
+           "claim_bound_holds", "claim_certified_bound", "family_of", "holm", "judge",
+           "judge_all", "judge_view", "pair_sizes"]
+
 # Families of primary claims (Holm across all their lines); other verdicts are secondary.
 PRIMARY = {"claim 1": ("best difficulty",), "claim 2": ("inverted U",),
            "claim 3": ("G_gen", "G_ext"), "stronger base": ("stronger base",), "DFT": ("DFT",)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-  """One claim's verdict over R replicate studies.
-
-  Attributes:
-    claim: the claim, with its setting (e.g. "inverted U at n=800").
-    outcome: [R] int: 1 PASS, 0 INCONCLUSIVE, -1 FAIL (Holm-adjusted for primary claims).
-    estimate, lo, hi: [R] the reported (binding) contrast and its interval (NaN: not judged).
-    test: the test used, in words, with the binding contrast's degrees of freedom.
-    note: extra evidence (design facts, bootstrap distributions), one line.
-    p_pass, p_fail: [R] one-sided p of the claim and of its reversal (None: not judged).
-    holm: [R] Holm-adjusted two-sided p (None: secondary claim); holm_m: the family size.
-  """
-
-  claim: str
-  outcome: np.ndarray
-  estimate: np.ndarray
-  lo: np.ndarray
-  hi: np.ndarray
-  test: str
-  note: str = ""
-  p_pass: np.ndarray | None = None
-  p_fail: np.ndarray | None = None
-  holm: np.ndarray | None = None
-  holm_m: int = 0
-
-  @property
-  def word(self) -> str:
-    return _WORDS[int(self.outcome[0])]
-
-  @property
-  def p_two_sided(self) -> np.ndarray | None:
-    if self.p_pass is None:
-      return None
-    return np.minimum(1.0, 2 * np.minimum(self.p_pass, self.p_fail))
-
-  def line(self, r: int = 0) -> str:
-    """``PASS|FAIL|INCONCLUSIVE  <claim>: <estimate> [<lo>, <hi>] (<test>)`` for replicate r."""
-    word = _WORDS[int(self.outcome[r])]
-    est = (f"{self.estimate[r]:+.4f} [{self.lo[r]:+.4f}, {self.hi[r]:+.4f}]"
-           if np.isfinite(self.estimate[r]) else "not judged")
-    test = self.test
-    if self.p_pass is not None and np.isfinite(self.estimate[r]):
-      test += f"; p {self.p_two_sided[r]:.2g} two-sided"
-      if self.holm is not None:
-        test += (f", Holm-adjusted {self.holm[r]:.2g} over {self.holm_m} primary tests "
-                 f"at {ALPHA:g}")
-    text = f"{word:<12}  {self.claim}: {est} ({test})"
-    return text + (f"; {self.note}" if self.note else "")
+# The buckets claim 1 (and every hard-vs-easy contrast) compares when the arm has them: the
+# paper's easy and hard ends. The easier bucket ("easiest") exists to give claim 2 an interior;
+# comparing it instead would change the claim between presets (quick has easy and hard only).
+CLAIM_PAIR = ("hard", "easy")
 
 
 def _not_judged(view: StudyView, claim: str, why: str) -> Verdict:
-  r = view.replicates
-  nan = np.full(r, np.nan)
-  return Verdict(claim, np.zeros(r, dtype=int), nan, nan, nan, why)
-
-
-def _decide(p_pass: np.ndarray, p_fail: np.ndarray, level: float = ALPHA) -> np.ndarray:
-  """PASS where p_pass < level / 2, FAIL where p_fail < level / 2 (two one-sided tests)."""
-  return np.where(p_pass < level / 2, PASS, np.where(p_fail < level / 2, FAIL, INCONCLUSIVE))
-
-
-def _single(claim: str, ct: Contrast, sign: int, note: str = "", null: float = 0.0) -> Verdict:
-  """A one-contrast claim sign * (theta - null) > 0; the line shows theta itself."""
-  t = ct.shifted(null)
-  pp, pf = t.p_value(sign), t.p_value(-sign)
-  null_txt = f"; H0 at {null:g}" if null else ""
-  return Verdict(claim, _decide(pp, pf), ct.estimate, ct.lo, ct.hi,
-                 ct.test_name() + null_txt, note, pp, pf)
-
-
-def _all_of(claim: str, cts: Sequence[Contrast], note: str, prefix: str) -> Verdict:
-  """Intersection-union of "every contrast > 0": p_pass the largest one-sided p; FAIL if any
-  is significantly < 0 (Bonferroni over them). The binding contrast (largest p_pass, or the
-  most reversed one where the claim FAILs) is shown, with its df."""
-  pps = np.stack([ct.p_value(+1) for ct in cts])  # [J, R]
-  pfs = np.stack([ct.p_value(-1) for ct in cts])
-  pp = pps.max(axis=0)
-  pf = np.minimum(1.0, len(cts) * pfs.min(axis=0))
-  out = _decide(pp, pf)
-  pick = np.where(out == FAIL, pfs.argmin(axis=0), pps.argmax(axis=0))  # [R]
-  r = np.arange(pp.size)
-  take = lambda f: np.stack([getattr(ct, f) for ct in cts])[pick, r]  # noqa: E731
-  j0 = int(pick[0])
-  test = f"{prefix}, binding one shown; " + cts[j0].test_name()
-  return Verdict(claim, out, take("estimate"), take("lo"), take("hi"), test, note, pp, pf)
+  return not_judged(view.replicates, claim, why)
 
 
 def _item_contrast(view: StudyView, terms: Sequence[tuple[tuple, float, np.ndarray]],
@@ -194,8 +141,24 @@ def _scalar_contrast(view: StudyView, terms, field: str, transform=None,
   return contrast(a, B=B, alpha=alpha)
 
 
-def _hardest_easiest(view: StudyView) -> tuple[str, str]:
+def claim_pair(view: StudyView) -> tuple[str, str]:
+  """(hard, easy): the two buckets claim 1 and the other hard-vs-easy contrasts compare.
+
+  `CLAIM_PAIR` ("hard", "easy") when the arm has both, else its last and first buckets (e.g.
+  the disjoint arm's or a simulated design's own names).
+  """
+  h, e = CLAIM_PAIR
+  if h in view.buckets and e in view.buckets:
+    return h, e
   return view.buckets[-1], view.buckets[0]
+
+
+def pair_sizes(view: StudyView, buckets: Sequence[str], base: str = "base",
+               method: str = "sft") -> list[int]:
+  """Sizes n at which every one of `buckets` has a (base, method) cell, ascending (other
+  buckets may be missing there, e.g. an easier bucket run at small n only)."""
+  return [n for n in view.sizes(base, method)
+          if all((base, method, b, n) in view.keys for b in buckets)]
 
 
 # --------------------------------------------------------------------------------- accuracy
@@ -204,11 +167,12 @@ def _hardest_easiest(view: StudyView) -> tuple[str, str]:
 def claim_inverted_u(view: StudyView, n: int) -> Verdict:
   """Inverted U at fixed n: medium beats both easy and hard (intersection-union test)."""
   claim = f"inverted U at n={n} (medium > easy and medium > hard)"
-  if len(view.buckets) < 3 or n not in view.complete_sizes():
-    return _not_judged(view, claim, "needs base/sft cells for >= 3 buckets at this n")
   e, h = view.buckets[0], view.buckets[-1]
   mids = view.buckets[1:-1]
+  if not mids or n not in pair_sizes(view, (e, mids[len(mids) // 2], h)):
+    return _not_judged(view, claim, "needs base/sft cells for >= 3 buckets at this n")
   mid = mids[len(mids) // 2]
+  claim = f"inverted U at n={n} ({mid} > {e} and {mid} > {h})"
   p = view.p_test
   up = _item_contrast(view, [(("base", "sft", mid, n), 1.0, p), (("base", "sft", e, n), -1.0, p)],
                       "correct")
@@ -216,7 +180,7 @@ def claim_inverted_u(view: StudyView, n: int) -> Verdict:
                                (("base", "sft", h, n), -1.0, p)], "correct")
   note = (f"{mid}-{e} {up.estimate[0]:+.4f} [{up.lo[0]:+.4f}, {up.hi[0]:+.4f}], "
           f"{mid}-{h} {down.estimate[0]:+.4f} [{down.lo[0]:+.4f}, {down.hi[0]:+.4f}]")
-  return _all_of(claim, [up, down], note, "IUT of 2 one-sided contrasts")
+  return all_of(claim, [up, down], note, "IUT of 2 one-sided contrasts")
 
 def argmax_note(view: StudyView, sizes: Sequence[int], num: int = 1000) -> str:
   """Bootstrap distribution of the best bucket at each n (replicate 0), as text."""
@@ -234,18 +198,21 @@ def argmax_note(view: StudyView, sizes: Sequence[int], num: int = 1000) -> str:
 
 def claim_best_moves_harder(view: StudyView, *, with_bootstrap: bool = True) -> Verdict:
   """The best difficulty moves harder with n: slope of (acc_hard - acc_easy) on ln n > 0."""
-  claim = "best difficulty moves harder with n (slope of acc_hard - acc_easy on ln n)"
-  sizes = view.complete_sizes()
+  h, e = claim_pair(view)
+  claim = f"best difficulty moves harder with n (slope of acc_{h} - acc_{e} on ln n)"
+  sizes = pair_sizes(view, (h, e))
   if len(sizes) < 2:
-    return _not_judged(view, claim, "needs complete base/sft rows at >= 2 sizes")
-  h, e = _hardest_easiest(view)
+    return _not_judged(view, claim, f"needs base/sft cells of {e} and {h} at >= 2 sizes")
   c = slope_weights(np.log(sizes))
   terms = []
   for n, cj in zip(sizes, c, strict=True):
     terms += [(("base", "sft", h, n), cj, view.p_test), (("base", "sft", e, n), -cj, view.p_test)]
   ct = _item_contrast(view, terms, "correct")
-  note = argmax_note(view, sizes) if with_bootstrap and view.replicates == 1 else ""
-  return _single(claim, ct, +1, note)
+  full = [n for n in sizes if n in view.complete_sizes()]
+  note = f"buckets {h} vs {e} at n in {sizes}"
+  if with_bootstrap and view.replicates == 1 and full:
+    note += "; " + argmax_note(view, full)
+  return single(claim, ct, +1, note)
 
 
 def claim_saturation(view: StudyView, bucket: str) -> Verdict:
@@ -269,7 +236,7 @@ def claim_saturation(view: StudyView, bucket: str) -> Verdict:
                                 zip(cells, lack_of_fit_weights(ln_n), strict=True)], "correct")
   pp = slope.p_value(+1)
   pf = np.minimum(1.0, 2 * np.minimum(slope.p_value(-1), curve.p_value(+1)))
-  out = np.where(pf < ALPHA / 2, FAIL, _decide(pp, np.ones_like(pf)))  # a rise that is too
+  out = np.where(pf < ALPHA / 2, FAIL, decide(pp, np.ones_like(pf)))  # a rise that is too
   # fast (convex in ln n) FAILs even though the slope is > 0
   show_curve = (out == FAIL) & (curve.p_value(+1) < slope.p_value(-1))
   pick = lambda f: np.where(show_curve, getattr(curve, f), getattr(slope, f))  # noqa: E731
@@ -279,7 +246,8 @@ def claim_saturation(view: StudyView, bucket: str) -> Verdict:
   binding = curve if show_curve[0] else slope
   test = ("slope > 0; FAIL on slope < 0 or convexity > 0 (Bonferroni), binding one shown; "
           + binding.test_name())
-  return Verdict(claim, out, pick("estimate"), pick("lo"), pick("hi"), test, note, pp, pf)
+  return Verdict(claim, out, pick("estimate"), pick("lo"), pick("hi"), test, note, pp, pf,
+                 df=pick("df"))
 
 
 # ------------------------------------------------------------------------------------ gaps
@@ -291,18 +259,20 @@ def _gen_gap_terms(view: StudyView, pairs):
 
 def claim_g_gen_difficulty(view: StudyView) -> list[Verdict]:
   """G_gen rises with difficulty: hard - easy, averaged over the complete sizes, > 0."""
-  sizes = view.complete_sizes()
-  c1 = "G_gen rises with difficulty: ln ||w - w_base||^2 (KL at one fixed sigma), hard - easy"
-  c2 = "G_gen rises with difficulty: measured in-bucket gap R_bucket - R_S, hard - easy"
+  h, e = claim_pair(view)
+  sizes = pair_sizes(view, (h, e))
+  c1 = f"G_gen rises with difficulty: ln ||w - w_base||^2 (KL at one fixed sigma), {h} - {e}"
+  c2 = f"G_gen rises with difficulty: measured in-bucket gap R_bucket - R_S, {h} - {e}"
   if not sizes:
-    return [_not_judged(view, c, "needs complete base/sft rows") for c in (c1, c2)]
-  h, e = _hardest_easiest(view)
+    return [_not_judged(view, c, f"needs base/sft cells of {e} and {h}") for c in (c1, c2)]
   pairs = []
   for n in sizes:
     pairs += [(("base", "sft", h, n), 1 / len(sizes)), (("base", "sft", e, n), -1 / len(sizes))]
   dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
   gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
-  return [_single(c1, dist, +1), _single(c2, gap, +1, "loss: sequence error of the weights")]
+  at = f"n in {sizes}"
+  return [single(c1, dist, +1, at),
+          single(c2, gap, +1, f"loss: sequence error of the weights; {at}")]
 
 
 def claim_g_gen_size(view: StudyView) -> list[Verdict]:
@@ -313,31 +283,33 @@ def claim_g_gen_size(view: StudyView) -> list[Verdict]:
   c1 = ("G_gen falls with n: slope of ln KL (ln ||w - w_base||^2 at a fixed sigma) on ln n "
         "< 1, i.e. KL/n falls")
   c2 = "G_gen falls with n: slope of measured in-bucket gap R_bucket - R_S on ln n"
-  sizes = view.complete_sizes()
-  if len(sizes) < 2:
-    return [_not_judged(view, c, "needs complete base/sft rows at >= 2 sizes") for c in (c1, c2)]
-  c = slope_weights(np.log(sizes))
-  pairs = [(("base", "sft", b, n), cj / len(view.buckets))
-           for b in view.buckets for n, cj in zip(sizes, c, strict=True)]
+  buckets = [b for b in view.buckets if len(view.sizes(bucket=b)) >= 2]
+  if not buckets:
+    return [_not_judged(view, c, "needs base/sft cells at >= 2 sizes") for c in (c1, c2)]
+  pairs = []  # each bucket's own slope over its own sizes, averaged over the buckets
+  for b in buckets:
+    ns = view.sizes(bucket=b)
+    pairs += [(("base", "sft", b, n), cj / len(buckets))
+              for n, cj in zip(ns, slope_weights(np.log(ns)), strict=True)]
   dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
   gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
-  return [_single(c1, dist, -1, null=1.0),
-          _single(c2, gap, -1, "loss: sequence error of the weights")]
+  return [single(c1, dist, -1, null=1.0),
+          single(c2, gap, -1, "loss: sequence error of the weights")]
 
 
-def mixture_facts(view: StudyView) -> str:
-  """TV, m_out and w_max of every bucket against the test mixture (design facts)."""
+def mixture_facts(view: StudyView, buckets: Sequence[str] | None = None) -> str:
+  """TV, m_out and w_max of each bucket against the test mixture (design facts)."""
   parts = []
-  for b in view.buckets:
+  for b in buckets or view.buckets:
     pb, pt = view.p_bucket[b], view.p_test
     tv = 0.5 * float(np.abs(pb - pt).sum())
     out = float(pt[pb == 0].sum())
-    w = float(np.max(pt[pb > 0] / pb[pb > 0]))
+    w = float(np.max(pt[pb > 0] / pb[pb > 0])) if out == 0 else math.inf
     parts.append(f"{b}: TV {tv:.3f} m_out {out:.3f} w_max {w:.2f}")
   return "design facts (not judged): " + "; ".join(parts)
 
 
-def claim_g_ext_difficulty(view: StudyView) -> Verdict:
+def claim_g_ext_difficulty(view: StudyView, test_name: str = "") -> Verdict:
   """G_ext falls with difficulty: measured R_test - R_bucket, hard - easy (averaged) < 0.
 
   The raw contrast has a part fixed by the design: with slices of unequal difficulty, any model,
@@ -347,72 +319,28 @@ def claim_g_ext_difficulty(view: StudyView) -> Verdict:
   less a bucket's gains carry over to the test mixture than to the bucket itself). The base's
   value is taken as fixed (one model on the same test items: its item variance is not added).
   """
-  claim = "G_ext falls with difficulty: measured gap R_test - R_bucket, hard - easy"
-  sizes = view.complete_sizes()
+  h, e = claim_pair(view)
+  claim = f"G_ext falls with difficulty: measured gap R_test - R_bucket, {h} - {e}"
+  if test_name:
+    claim += f", {test_name} test mixture"
+  sizes = pair_sizes(view, (h, e))
   if not sizes:
-    return _not_judged(view, claim, "needs complete base/sft rows")
-  h, e = _hardest_easiest(view)
+    return _not_judged(view, claim, f"needs base/sft cells of {e} and {h}")
   terms = []
   for n in sizes:
     for b, a in ((h, 1 / len(sizes)), (e, -1 / len(sizes))):
       terms.append((("base", "sft", b, n), a, view.p_test - view.p_bucket[b]))
   ct = _item_contrast(view, terms, "seq_error")
-  note = "loss: sequence error; " + mixture_facts(view)
+  note = "loss: sequence error; " + mixture_facts(view, (e, h))
   base_err = view.base_seq_error.get("base")
   if base_err is None:
-    return _single(claim, ct, -1, note)
+    return single(claim, ct, -1, note)
   shift = float(np.dot(view.p_bucket[e] - view.p_bucket[h], base_err))
   claim += ", minus the base's own contrast"
   note = (f"raw contrast {ct.estimate[0]:+.4f} [{ct.lo[0]:+.4f}, {ct.hi[0]:+.4f}], the base's "
           f"{shift:+.4f} (design: the slices' unequal risk); " + note)
-  v = _single(claim, ct.shifted(shift), -1, note)
+  v = single(claim, ct.shifted(shift), -1, note)
   return dataclasses.replace(v, test=v.test + "; base value fixed")
-
-
-# ---------------------------------------------------------------------------------- bounds
-
-
-def claim_bound_holds(view: StudyView, alpha: float = ALPHA) -> Verdict:
-  """Certificate >= measured E_Q[R_test] in every non-vacuous cell and seed (Bonferroni over
-  them). A certificate >= 1 holds for any loss in [0, 1] by construction, so it is counted as
-  vacuous and not judged; with no non-vacuous certificate the claim is not judged at all."""
-  from scipy import stats as sps
-
-  claim = "bound >= measured E_Q[R_test] (sequence error) in every non-vacuous cell"
-  r = view.scalars["bound"].shape[0]
-  m_all = int(np.isfinite(view.scalars["bound"][0]).sum())
-  counts = np.bincount(view.slice_of, minlength=len(view.ops))
-  w_i = view.p_test[view.slice_of] / counts[view.slice_of]
-  x = view.items["q_seq_error"]
-  mean = np.einsum("rcsn,n->rcs", x, w_i)  # NaN for a seed a cell does not have
-  sq = np.zeros_like(mean)
-  for k in range(len(view.ops)):
-    xk = x[..., view.slice_of == k]
-    sq += view.p_test[k] ** 2 * xk.var(axis=-1) / counts[k]
-  bound = view.scalars["bound"]
-  with np.errstate(invalid="ignore"):
-    judged = bound < 1.0
-  m = judged.sum(axis=(1, 2))  # [R] cells judged per replicate
-  z = sps.norm.ppf(1 - alpha / (2 * np.maximum(m, 1)))[:, None, None]
-  lo, hi = mean - z * np.sqrt(sq), mean + z * np.sqrt(sq)
-  nonvac = int(np.sum(bound[0] < 1))
-  nonvac_in = int(np.sum(view.scalars["b_train"][0] < 1))
-  note = (f"non-vacuous: {nonvac_in}/{m_all} in-bucket (B_train < 1), {nonvac}/{m_all} test "
-          f"mixture (bound < 1); only those are judged (a bound >= 1 holds by construction); "
-          f"estimate = smallest slack bound - risk")
-  slack = np.where(judged, bound - mean, np.inf).reshape(r, -1)
-  worst = np.argmin(slack, axis=1)
-  take = lambda a: a.reshape(r, -1)[np.arange(r), worst]  # noqa: E731
-  holds = np.all((bound >= hi) | ~judged, axis=(1, 2))
-  fails = np.any((bound < lo) & judged, axis=(1, 2))
-  out = np.where(m == 0, INCONCLUSIVE, np.where(fails, FAIL, np.where(holds, PASS, INCONCLUSIVE)))
-  nan = np.full(r, np.nan)
-  bw = take(bound)
-  est = np.where(m > 0, take(bound - mean), nan)
-  test = (f"slack vs {100 * (1 - alpha):.0f}% Bonferroni interval of the measured risk over the "
-          f"non-vacuous cell-seeds")
-  return Verdict(claim, out, est, np.where(m > 0, bw - take(hi), nan),
-                 np.where(m > 0, bw - take(lo), nan), test, note)
 
 
 # ------------------------------------------------------------------------------ base, DFT
@@ -420,8 +348,8 @@ def claim_bound_holds(view: StudyView, alpha: float = ALPHA) -> Verdict:
 
 def claim_stronger_base(view: StudyView) -> Verdict:
   """Interaction: (strong hard - strong easy) - (base hard - base easy) > 0, averaged over n."""
-  claim = "stronger base favours harder data (interaction of base x difficulty)"
-  h, e = _hardest_easiest(view)
+  h, e = claim_pair(view)
+  claim = f"stronger base favours harder data (interaction of base x difficulty, {h} - {e})"
   sizes = [n for n in view.sizes("strong") if all((base, "sft", b, n) in view.keys
                                                   for base in ("strong", "base") for b in (h, e))]
   if not sizes:
@@ -431,7 +359,7 @@ def claim_stronger_base(view: StudyView) -> Verdict:
     for base, sign in (("strong", 1.0), ("base", -1.0)):
       terms += [((base, "sft", h, n), sign / len(sizes), view.p_test),
                 ((base, "sft", e, n), -sign / len(sizes), view.p_test)]
-  return _single(claim, _item_contrast(view, terms, "correct"), +1, f"n in {sizes}")
+  return single(claim, _item_contrast(view, terms, "correct"), +1, f"n in {sizes}")
 
 
 def claim_dft(view: StudyView) -> list[Verdict]:
@@ -450,9 +378,9 @@ def claim_dft(view: StudyView) -> list[Verdict]:
   small = _item_contrast(view, d(lo, 1.0), "correct")
   large = _item_contrast(view, d(hi, 1.0), "correct")
   inter = _item_contrast(view, d(lo, 1.0) + d(hi, -1.0), "correct")
-  return [_single(f"DFT - SFT on {b} at n={lo} (> 0)", small, +1),
-          _single(f"DFT - SFT on {b} at n={hi} (< 0)", large, -1),
-          _single(f"DFT - SFT on {b} interaction n={lo} minus n={hi} (> 0)", inter, +1)]
+  return [single(f"DFT - SFT on {b} at n={lo} (> 0)", small, +1),
+          single(f"DFT - SFT on {b} at n={hi} (< 0)", large, -1),
+          single(f"DFT - SFT on {b} interaction n={lo} minus n={hi} (> 0)", inter, +1)]
 
 
 # ---------------------------------------------------------------------------------- judge
@@ -494,15 +422,38 @@ def holm(verdicts: Sequence[Verdict], alpha: float = ALPHA) -> list[Verdict]:
   return out
 
 
-def judge_view(view: StudyView, *, with_bootstrap: bool = True) -> list[Verdict]:
-  """Every verdict of a study view, in a fixed order; Holm over the primary lines."""
-  out = [claim_inverted_u(view, n) for n in view.complete_sizes()]
+def _u_sizes(view: StudyView) -> list[int]:
+  """The sizes an inverted U is judged at: where easiest, middle and hardest buckets exist."""
+  b = view.buckets
+  if len(b) < 3:
+    return view.complete_sizes()
+  return pair_sizes(view, (b[0], b[1:-1][len(b[1:-1]) // 2], b[-1]))
+
+
+def judge_view(view: StudyView, *, with_bootstrap: bool = True,
+               certified: Mapping[str, Any] | None = None) -> list[Verdict]:
+  """Every verdict of a study view, in a fixed order; Holm over the primary lines.
+
+  When the view has a hard-tilted test mixture (`p_tests["hard"]`, schema 3) that differs from
+  its primary one, claim 3's G_ext is judged on it too (a primary line: there the buckets' TV
+  to the test differs, so the paper predicts a difference). `certified`: a schema-3 results dict
+  whose certified arm replaces the main cells in the bound claim (its main cells carry no
+  certificate).
+  """
+  out = [claim_inverted_u(view, n) for n in _u_sizes(view)]
   out.append(claim_best_moves_harder(view, with_bootstrap=with_bootstrap))
   out += [claim_saturation(view, b) for b in view.buckets]
   out += claim_g_gen_difficulty(view)
   out += claim_g_gen_size(view)
   out.append(claim_g_ext_difficulty(view))
-  out.append(claim_bound_holds(view))
+  hard = view.p_tests.get("hard")
+  if hard is not None and not np.allclose(hard, view.p_test):
+    out.append(claim_g_ext_difficulty(dataclasses.replace(view, p_test=hard), "hard-tilted"))
+  bound = claim_bound_holds(view)
+  no_cert = np.isnan(view.scalars["bound"]).all()
+  if certified is not None and certified.get("certified") and no_cert:
+    bound = claim_certified_bound(certified)
+  out.append(bound)
   out.append(claim_stronger_base(view))
   out += claim_dft(view)
   _STATS_CACHE.clear()
@@ -510,8 +461,10 @@ def judge_view(view: StudyView, *, with_bootstrap: bool = True) -> list[Verdict]
 
 
 def judge(results: Mapping[str, Any], *, arm: str = "tilted") -> list[Verdict]:
-  """Judges every claim on a lab results dict (schema ``pacbayes.lab/2``)."""
-  return judge_view(study_view(results, arm=arm))
+  """Judges every claim on one arm of a lab results dict (schema ``pacbayes.lab/3`` or /2);
+  the bound claim reads the certified arm where the main cells carry no certificate."""
+  main = arm == next(iter(results["arms"]))
+  return judge_view(study_view(results, arm=arm), certified=results if main else None)
 
 
 # Claims whose cells (the stronger base, DFT) only the main arm has.

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from pacbayes.bounds import pac as bounds
-from tests.mp_reference import MP_DPS, mp_inv_lower, mp_inv_upper, mp_kl
+from tests.helpers.mp_reference import MP_DPS, mp_inv_lower, mp_inv_upper, mp_kl
 
 kl_inv_upper_jit = jax.jit(bounds.kl_inv_upper)
 kl_inv_lower_jit = jax.jit(bounds.kl_inv_lower)
@@ -22,7 +22,7 @@ grad_lower_jit = jax.jit(jax.grad(bounds.kl_inv_lower, argnums=(0, 1)))
 
 
 # ----------------------------------------------------------------------------------------------
-# Independent references in mpmath (50 digits): the kl ones are in tests/mp_reference.py.
+# Independent references in mpmath (50 digits): the kl ones are in tests/helpers/mp_reference.py.
 
 
 def cp_lower(k, trials, alpha):

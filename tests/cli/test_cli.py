@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 
 from pacbayes.cli.main import main
-
-
-def _write(path, rows):
-  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  return path
+from tests.helpers.jsonl import write_jsonl
+from tests.helpers.models import save_tiny_llama, tiny_llama_config
 
 
 @pytest.fixture
@@ -21,7 +18,10 @@ def shift_files(tmp_path):
   rng = np.random.default_rng(0)
   train = [{"input_ids": [1, 2, 3], "difficulty": int(d)} for d in rng.integers(1, 4, 300)]
   test = [{"input_ids": [1, 2, 3], "difficulty": int(d)} for d in rng.integers(2, 6, 300)]
-  return _write(tmp_path / "train.jsonl", train), _write(tmp_path / "test.jsonl", test)
+  paths = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+  write_jsonl(paths[0], train)
+  write_jsonl(paths[1], test)
+  return paths
 
 
 def test_shift_command_writes_report(shift_files, tmp_path, capsys):
@@ -38,7 +38,7 @@ def test_shift_command_writes_report(shift_files, tmp_path, capsys):
 def test_shift_command_bad_input_one_line_no_report(shift_files, tmp_path, capsys, bad):
   train, test = shift_files
   if bad == "missing_field":
-    _write(test, [{"input_ids": [1]}])
+    write_jsonl(test, [{"input_ids": [1]}])
   elif bad == "not_json":
     test.write_text('{"difficulty": 1}\n{oops\n')
   else:
@@ -51,6 +51,7 @@ def test_shift_command_bad_input_one_line_no_report(shift_files, tmp_path, capsy
   assert not out.exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_console_script_bad_delta_exits_nonzero_without_traceback(shift_files, tmp_path):
   train, test = shift_files
   proc = subprocess.run(
@@ -66,26 +67,21 @@ def checkpoints(tmp_path_factory):
   import jax.numpy as jnp
   from flax import nnx
 
-  from pacbayes.models import ModelConfig, build_model, save_pretrained
+  from pacbayes.models import build_model, save_pretrained
 
   root = tmp_path_factory.mktemp("cli_ckpt")
-  cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                    max_position_embeddings=64)
+  cfg = tiny_llama_config()
   model = build_model(cfg, rngs=nnx.Rngs(0))
   save_pretrained(model, cfg, root / "prior")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   moved = jax.tree.map(lambda x: x + jnp.asarray(2e-3, x.dtype), params)
   save_pretrained(nnx.merge(graphdef, moved, rest), cfg, root / "posterior")
-  other = ModelConfig(model_type="llama", vocab_size=32, hidden_size=24, intermediate_size=32,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=64)
-  save_pretrained(build_model(other, rngs=nnx.Rngs(1)), other, root / "other")
+  save_tiny_llama(root / "other", seed=1, config=tiny_llama_config(hidden_size=24))
   rng = np.random.default_rng(0)
   rows = [{"input_ids": rng.integers(1, 32, 8).tolist(), "difficulty": int(d)}
           for d in rng.integers(1, 4, 16)]
-  _write(root / "train.jsonl", rows)
-  _write(root / "test.jsonl", [dict(r, difficulty=r["difficulty"] + 1) for r in rows])
+  write_jsonl(root / "train.jsonl", rows)
+  write_jsonl(root / "test.jsonl", [dict(r, difficulty=r["difficulty"] + 1) for r in rows])
   return root
 
 
@@ -102,7 +98,12 @@ def test_bound_command_report(checkpoints, tmp_path):
   for key in ("n", "num_params", "sigma_q", "sigma_p", "kl", "emp_risk", "epsilon", "g_gen",
               "g_ext", "g_ext_kind", "bound", "delta", "loss"):
     assert key in rep, key
-  assert rep["bound"] == rep["emp_risk"] + rep["epsilon"] + rep["g_gen"] + rep["g_ext"]
+  # A saturated or vacuous term is written as null with its status; the exact values stay
+  # under raw_terms, and they add up to the bound.
+  raw = rep["raw_terms"]
+  assert rep["bound"] == rep["emp_risk"] + rep["epsilon"] + raw["g_gen"] + raw["g_ext"]
+  assert (rep["g_gen"] is None) == (rep["g_gen_status"] == "saturated")
+  assert (rep["g_ext"] is None) == (rep["g_ext_status"] == "vacuous")
   assert rep["g_ext_kind"].startswith("certified under difficulty shift")
   assert rep["n"] == 16 and rep["loss"] == "token_error"
 
@@ -177,15 +178,19 @@ def test_seed_type(text, ok):
 
 
 def test_every_seed_accepted_works_in_jax_and_numpy():
+  """Seeds 0 and SEED_MAX reach JAX and NumPy unchanged (no wrap); SEED_MAX + 1 would not."""
   import jax
 
   from pacbayes.cli.common import SEED_MAX
 
+  assert SEED_MAX == 2**32 - 1
   for s in (0, SEED_MAX):
-    jax.random.key(s)
-    np.random.default_rng(s)
-    np.random.RandomState(s)
-    np.random.SeedSequence([s, 3, 1])
+    np.testing.assert_array_equal(jax.random.key_data(jax.random.key(s)), [0, s])
+    assert np.random.RandomState(s).get_state()[1][0] == s  # MT19937 word 0 is the seed
+    assert np.random.SeedSequence([s, 3, 1]).entropy == [s, 3, 1]
+  assert np.random.default_rng(0).random() != np.random.default_rng(SEED_MAX).random()
+  with pytest.raises(ValueError, match=r"2\*\*32 - 1"):
+    np.random.RandomState(SEED_MAX + 1)
 
 
 @pytest.mark.parametrize("text,ok", [("1", True), ("4096", True), ("4097", False), ("0", False),

@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 
 from pacbayes.cli.main import main
+from tests.helpers.jsonl import write_jsonl
+from tests.helpers.models import save_tiny_llama
 
 SEED_TOO_BIG = str(2**64)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------
@@ -32,30 +34,18 @@ REPO = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------------
 
 
-def _jsonl(path, rows):
-  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-  return path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """Tiny checkpoints and data, built once; each case works on a copy."""
-  from flax import nnx
-
-  from pacbayes.models import ModelConfig, build_model, save_pretrained
-
   root = tmp_path_factory.mktemp("hostile_world")
-  cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                    max_position_embeddings=64)
-  save_pretrained(build_model(cfg, rngs=nnx.Rngs(0)), cfg, root / "prior")
-  save_pretrained(build_model(cfg, rngs=nnx.Rngs(1)), cfg, root / "posterior")
+  save_tiny_llama(root / "prior", seed=0)
+  save_tiny_llama(root / "posterior", seed=1)
   rng = np.random.default_rng(0)
   rows = [{"input_ids": rng.integers(1, 32, 8).tolist(), "difficulty": int(d)}
           for d in rng.integers(1, 4, 40)]
-  _jsonl(root / "train.jsonl", rows)
-  _jsonl(root / "test.jsonl", [dict(r, difficulty=r["difficulty"] + 1) for r in rows])
-  _jsonl(root / "plain.jsonl", [{"input_ids": r["input_ids"]} for r in rows])
+  write_jsonl(root / "train.jsonl", rows)
+  write_jsonl(root / "test.jsonl", [dict(r, difficulty=r["difficulty"] + 1) for r in rows])
+  write_jsonl(root / "plain.jsonl", [{"input_ids": r["input_ids"]} for r in rows])
   report = {"bound": 0.6, "emp_risk": 0.2, "epsilon": 0.1, "g_gen": 0.2, "g_ext": 0.1}
   (root / "report.json").write_text(json.dumps(report))
   return root
@@ -151,7 +141,7 @@ def _bad_difficulty(box, value):
     del rows[4]["difficulty"]
   else:
     rows[4]["difficulty"] = value
-  return _jsonl(box / "bad.jsonl", rows)
+  return write_jsonl(box / "bad.jsonl", rows)
 
 
 # ------------------------------------------------------------------------------------------
@@ -164,7 +154,7 @@ SHIFT_CASES = {
                     lambda b: "nope.jsonl"),
   "test_is_folder": (lambda b: shift_args(b, test=b / "outdir"), lambda b: "--test"),
   "test_binary": (lambda b: shift_args(b, test=_binary(b)), lambda b: "bin.jsonl"),
-  "test_not_json": (lambda b: shift_args(b, test=_jsonl(b / "t.jsonl", ['{"difficulty": 1}',
+  "test_not_json": (lambda b: shift_args(b, test=write_jsonl(b / "t.jsonl", ['{"difficulty": 1}',
                                                                         "{oops"])),
                     lambda b: "t.jsonl:2"),
   "difficulty_string": (lambda b: shift_args(b, test=_bad_difficulty(b, "3")),
@@ -209,7 +199,7 @@ SHIFT_CASES = {
       lambda b: "config.json"),
   "embedding_text_rows_without_tokenizer": (
       lambda b: shift_args(b, "--feature", "embedding", "--model", b / "prior",
-                           test=_jsonl(b / "text.jsonl", [{"text": "two plus two"}] * 5)),
+                           test=write_jsonl(b / "text.jsonl", [{"text": "two plus two"}] * 5)),
       lambda b: "tokenizer is missing"),
   "embedding_out_inside_model": (
       lambda b: shift_args(b, "--feature", "embedding", "--model", b / "prior",
@@ -317,8 +307,8 @@ PLOT_CASES = {
   "string_value": (lambda b: plot_args(b, _report(b, g_gen="0.2")), "'g_gen'"),
   "nan_value": (lambda b: plot_args(b, _report(b, g_ext=float("nan"))), "'g_ext'"),
   "missing_key": (lambda b: plot_args(b, _report(b, epsilon="<drop>")), "'epsilon'"),
-  "not_json": (lambda b: plot_args(b, _jsonl(b / "x.json", ["{nope"])), "x.json"),
-  "json_list": (lambda b: plot_args(b, _jsonl(b / "x.json", ["[1, 2]"])), "x.json"),
+  "not_json": (lambda b: plot_args(b, write_jsonl(b / "x.json", ["{nope"])), "x.json"),
+  "json_list": (lambda b: plot_args(b, write_jsonl(b / "x.json", ["[1, 2]"])), "x.json"),
   "missing_file": (lambda b: plot_args(b, b / "gone.json"), "gone.json"),
   "out_is_input": (lambda b: plot_args(b, b / "report.json", out="report.json"), "--out"),
   "out_unknown_type": (lambda b: plot_args(b, b / "report.json", out="outdir/fig.txt"),
@@ -336,7 +326,7 @@ def test_plot_hostile(box, capsys, name):
 
 
 def test_plot_lab_results_with_terms(box, capsys):
-  from tests.lab_fixtures import GOOD, make_results
+  from tests.helpers.lab_results import GOOD, make_results
 
   path = box / "results.json"
   path.write_text(json.dumps(make_results(**GOOD)))
@@ -382,7 +372,7 @@ def test_lab_figures_names_a_file(box, capsys, no_study):
 
 BOUND_CASES = {
   "train_missing": (lambda b: bound_args(b, train=b / "nope.jsonl"), "nope.jsonl"),
-  "train_not_json": (lambda b: bound_args(b, train=_jsonl(b / "t.jsonl", ["[1, 2"])),
+  "train_not_json": (lambda b: bound_args(b, train=write_jsonl(b / "t.jsonl", ["[1, 2"])),
                      "t.jsonl:1"),
   "prior_missing": (lambda b: swap(bound_args(b), "--prior", b / "noprior"), "noprior"),
   "posterior_config_not_json": (
@@ -440,6 +430,7 @@ def _env():
   return env
 
 
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize("case", ["missing_file", "seed_too_big", "out_is_test"])
 def test_subprocess_refusals(box, case):
   argv = {"missing_file": shift_args(box, test=box / "nope.jsonl"),
@@ -473,11 +464,12 @@ def _interrupt(argv, *, wait_for_ready, delay):
   return proc.returncode, [line for line in err.splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # subprocesses interrupted with SIGINT
 @pytest.mark.parametrize("delay", [0.0, 2.0, 5.0])
 def test_ctrl_c_during_bound_exits_130_with_one_line(box, delay):
   """In the work (loading, compiling, drawing): status 130, never 139, one line, no file."""
   rows = [json.loads(line) for line in (box / "train.jsonl").read_text().splitlines()]
-  _jsonl(box / "big.jsonl", rows * 50)  # 2,000 rows, one draw each: far longer than the delay
+  write_jsonl(box / "big.jsonl", rows * 50)  # 2,000 rows, one draw each: far longer than the delay
   before = snapshot(box)
   code, err = _interrupt(bound_args(box, train=box / "big.jsonl"), wait_for_ready=True,
                          delay=delay)
@@ -486,6 +478,7 @@ def test_ctrl_c_during_bound_exits_130_with_one_line(box, delay):
   assert snapshot(box) == before
 
 
+@pytest.mark.slow  # a subprocess interrupted with SIGINT
 def test_ctrl_c_during_import_exits_130_with_one_line(box):
   code, err = _interrupt(shift_args(box), wait_for_ready=False, delay=0.3)
   assert code == 130, (code, err)

@@ -16,29 +16,24 @@ import numpy as np
 import pytest
 
 from pacbayes.cli.main import main
+from tests.helpers.jsonl import write_jsonl
+from tests.helpers.models import save_tiny_llama
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """A tiny Llama base, another base of the same shape, training rows and a trained adapter."""
-  from flax import nnx
-
-  from pacbayes.models import ModelConfig, build_model, save_pretrained
   from pacbayes.training.finetune import FinetuneConfig, finetune
 
   root = tmp_path_factory.mktemp("ft_hostile")
-  cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                    max_position_embeddings=64)
-  save_pretrained(build_model(cfg, rngs=nnx.Rngs(0)), cfg, root / "base")
-  save_pretrained(build_model(cfg, rngs=nnx.Rngs(1)), cfg, root / "other")
+  save_tiny_llama(root / "base", seed=0)
+  save_tiny_llama(root / "other", seed=1)
   rng = np.random.default_rng(0)
-  with open(root / "train.jsonl", "w") as f:
-    for _ in range(20):
-      f.write(json.dumps({"prompt_ids": rng.integers(1, 32, 4).tolist(),
-                          "completion_ids": rng.integers(1, 32, 3).tolist()}) + "\n")
+  write_jsonl(root / "train.jsonl", [{"prompt_ids": rng.integers(1, 32, 4).tolist(),
+                                      "completion_ids": rng.integers(1, 32, 3).tolist()}
+                                     for _ in range(20)])
   finetune(FinetuneConfig(model=str(root / "base"), train=str(root / "train.jsonl"),
                           out=str(root / "adapter"), steps=2, batch_size=4, lora_rank=2,
                           learning_rate=1e-2, progress=False, holdout=0.25, seed=3))

@@ -277,7 +277,7 @@ BAD_LAYOUTS = [
   (entries(("a", f32(0, 8)), ("b", f32(4, 12))), 12, "overlaps"),
   (entries(("a", f32(0, 8)), ("b", f32(12, 20))), 20, "leaves a gap"),
   (entries(("a", f32(0, 8))), 12, "4 bytes after the last tensor"),
-  (entries(("a", f32(0, 8)), ("a", f32(8, 16))), 16, "key 'a' is repeated"),
+  (entries(("a", f32(0, 8)), ("a", f32(8, 16))), 16, "key 'a' appears twice"),
   (entries(("__metadata__", {"x": 1}), ("a", f32(0, 8))), 8, "__metadata__"),
 ]
 
@@ -316,7 +316,7 @@ def test_index_with_repeated_name_is_refused(tmp_path):
   save_file({"a": np.ones(2, np.float32)}, str(tmp_path / "ix" / "s2.safetensors"))
   (tmp_path / "ix" / "model.safetensors.index.json").write_text(
     '{"weight_map": {"a": "s1.safetensors", "a": "s2.safetensors"}}')
-  with pytest.raises(CheckpointError, match="key 'a' is repeated"):
+  with pytest.raises(CheckpointError, match="key 'a' appears twice"):
     SafetensorsFolder(tmp_path / "ix")
 
 

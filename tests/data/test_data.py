@@ -15,14 +15,9 @@ from pacbayes.data import (
     num_batches,
     read_jsonl,
 )
+from tests.helpers.jsonl import write_jsonl
 
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "the", "answer", "is", "42", "what", "?", "7"]
-
-
-def _write(path, rows):
-  lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
-  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-  return path
 
 
 def _make_tokenizer(folder, *, bos=True):
@@ -55,7 +50,7 @@ def tok_dir_nobos(tmp_path_factory):
 
 
 def test_input_ids_rows_masks_and_padding(tmp_path):
-  path = _write(tmp_path / "d.jsonl", [{"input_ids": [5, 6, 7]}, {"input_ids": [1, 2]}])
+  path = write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [5, 6, 7]}, {"input_ids": [1, 2]}])
   ds = load_dataset(path, pad_id=9)
   np.testing.assert_array_equal(ds.input_ids, [[5, 6, 7], [1, 2, 9]])
   np.testing.assert_array_equal(ds.attention_mask, [[1, 1, 1], [1, 1, 0]])
@@ -71,7 +66,7 @@ def test_prompt_completion_ids_loss_on_completion_only(tmp_path):
     {"prompt_ids": [1, 4, 5], "completion_ids": [6, 7, 2], "difficulty": 2, "answer": "42"},
     {"prompt_ids": [], "completion_ids": [8, 9], "difficulty": 0.5, "answer": 7},
   ]
-  ds = load_dataset(_write(tmp_path / "d.jsonl", rows))
+  ds = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows))
   np.testing.assert_array_equal(ds.input_ids, [[1, 4, 5, 6, 7, 2], [8, 9, 0, 0, 0, 0]])
   # loss_mask[b, t] = 1 iff input_ids[b, t] is a completion token (predicted from t - 1).
   np.testing.assert_array_equal(ds.loss_mask, [[0, 0, 0, 1, 1, 1], [0, 1, 0, 0, 0, 0]])
@@ -92,7 +87,7 @@ def test_blank_lines_keep_file_line_numbers(tmp_path):
 
 def test_text_rows_through_tokenizer(tmp_path, tok_dir):
   rows = [{"text": "what is the answer ?"}, {"prompt": "what is the answer ?", "completion": "42"}]
-  ds = load_dataset(_write(tmp_path / "d.jsonl", rows), tokenizer_dir=tok_dir, vocab_size=11)
+  ds = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows), tokenizer_dir=tok_dir, vocab_size=11)
   # Text: BOS from the tokenizer, no EOS. Prompt/completion: BOS + prompt + completion + EOS.
   np.testing.assert_array_equal(ds.input_ids, [[1, 8, 6, 4, 5, 9, 0, 0], [1, 8, 6, 4, 5, 9, 7, 2]])
   np.testing.assert_array_equal(ds.loss_mask[0], [0, 1, 1, 1, 1, 1, 0, 0])
@@ -102,7 +97,8 @@ def test_text_rows_through_tokenizer(tmp_path, tok_dir):
 
 def test_tokenizer_without_bos_and_without_eos(tmp_path, tok_dir_nobos):
   rows = [{"prompt": "what is", "completion": "42"}]
-  ds = load_dataset(_write(tmp_path / "d.jsonl", rows), tokenizer_dir=tok_dir_nobos, add_eos=False)
+  ds = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows), tokenizer_dir=tok_dir_nobos,
+                    add_eos=False)
   np.testing.assert_array_equal(ds.input_ids, [[8, 6, 7]])
   np.testing.assert_array_equal(ds.loss_mask, [[0, 0, 1]])
 
@@ -121,7 +117,7 @@ def test_truncation_counts_and_keeps_the_prompt(tmp_path):
     {"prompt_ids": [1, 2], "completion_ids": [3, 4, 5, 6]},
     {"input_ids": [1, 2, 3]},
   ]
-  ds = load_dataset(_write(tmp_path / "d.jsonl", rows), max_length=4)
+  ds = load_dataset(write_jsonl(tmp_path / "d.jsonl", rows), max_length=4)
   assert ds.num_truncated == 1 and ds.max_length == 4
   np.testing.assert_array_equal(ds.input_ids, [[1, 2, 3, 4], [1, 2, 3, 0]])
   np.testing.assert_array_equal(ds.loss_mask, [[0, 0, 1, 1], [0, 1, 1, 0]])
@@ -131,7 +127,7 @@ def test_truncation_counts_and_keeps_the_prompt(tmp_path):
 
 
 def test_truncation_that_removes_every_target_is_refused(tmp_path):
-  path = _write(
+  path = write_jsonl(
     tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, {"prompt_ids": [1, 2, 3], "completion_ids": [4]}]
   )
   with pytest.raises(DataError, match=r":2: the row has no target tokens after truncation"):
@@ -139,7 +135,8 @@ def test_truncation_that_removes_every_target_is_refused(tmp_path):
 
 
 def test_pad_length_and_pad_id(tmp_path):
-  ds = load_dataset(_write(tmp_path / "d.jsonl", [{"input_ids": [3, 4]}]), pad_length=5, pad_id=1)
+  ds = load_dataset(write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [3, 4]}]), pad_length=5,
+                    pad_id=1)
   np.testing.assert_array_equal(ds.input_ids, [[3, 4, 1, 1, 1]])
   with pytest.raises(ValueError, match="pad_length"):
     load_dataset(tmp_path / "d.jsonl", pad_length=1)
@@ -197,7 +194,7 @@ def test_bad_row_errors_name_the_line(tmp_path, bad, message):
 
 
 def test_field_on_some_rows_only(tmp_path):
-  path = _write(
+  path = write_jsonl(
     tmp_path / "d.jsonl", [{"input_ids": [1, 2], "difficulty": 1}, {"input_ids": [1, 2]}]
   )
   with pytest.raises(DataError, match=r"d\.jsonl:2: the row has no 'difficulty'.*d\.jsonl:1"):
@@ -205,7 +202,7 @@ def test_field_on_some_rows_only(tmp_path):
 
 
 def test_tokenizer_ids_outside_model_vocab(tmp_path, tok_dir):
-  path = _write(tmp_path / "d.jsonl", [{"text": "the answer is 7"}])
+  path = write_jsonl(tmp_path / "d.jsonl", [{"text": "the answer is 7"}])
   with pytest.raises(DataError, match=r":1: token id 10 \(from the tokenizer\) is outside"):
     load_dataset(path, tokenizer_dir=tok_dir, vocab_size=8)
 
@@ -222,7 +219,8 @@ def test_file_errors(tmp_path):
   with pytest.raises(DataError, match=r"bin\.jsonl:2: not UTF-8"):
     load_dataset(binary)
   with pytest.raises(DataError, match="tokenizer_dir"):
-    load_dataset(_write(tmp_path / "t.jsonl", [{"text": "a"}]), tokenizer_dir=tmp_path / "nope")
+    load_dataset(write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}]),
+                 tokenizer_dir=tmp_path / "nope")
 
 
 def test_iterate_batches_fixed_shape_and_weights():
@@ -283,7 +281,7 @@ def test_subset_and_dataclass_checks():
 
 
 def test_long_row_message_names_the_flag(tmp_path):
-  path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, {"input_ids": list(range(9))}])
+  path = write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, {"input_ids": list(range(9))}])
   with pytest.raises(DataError, match=r"d\.jsonl:2: 9 tokens exceed max_length=4; the row is "
                      r"refused \(use --max-length N --truncate\)"):
     load_dataset(path, max_length=4, on_overflow="error",
@@ -296,7 +294,7 @@ def test_missing_tokenizer_is_named_with_the_folder(tmp_path, kind):
   ckpt.mkdir()
   (ckpt / "config.json").write_text("{}")
   row = {"text": "hello"} if kind == "text" else {"prompt": "a", "completion": "b"}
-  path = _write(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, row])
+  path = write_jsonl(tmp_path / "d.jsonl", [{"input_ids": [1, 2]}, row])
   with pytest.raises(DataError, match=rf"d\.jsonl:2: the row holds '{kind}' strings, but the "
                      rf"tokenizer is missing: {ckpt} holds none of tokenizer\.json"):
     load_dataset(path, tokenizer_dir=ckpt)
@@ -323,7 +321,7 @@ def test_folder_instead_of_file(tmp_path):
 @pytest.mark.parametrize("value", ["3", None, True, [1], {"a": 1}, float("inf")])
 def test_malformed_difficulty_is_refused_with_file_and_line(tmp_path, value):
   rows = [{"input_ids": [1, 2], "difficulty": 1}, {"input_ids": [1, 2], "difficulty": value}]
-  path = _write(tmp_path / "d.jsonl", rows)  # inf is written as the JSON extension Infinity
+  path = write_jsonl(tmp_path / "d.jsonl", rows)  # inf is written as the JSON extension Infinity
   message = "Infinity is not a JSON number" if value == float("inf") else \
     "'difficulty' must be a finite number"  # the strict reader refuses Infinity first
   with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{message}"):

@@ -1,4 +1,7 @@
-"""LoRA adapters: PEFT-made adapters merged by pacbayes.lora.adapter give PEFT's logits; refusals."""
+"""LoRA adapters merged by pacbayes.lora.adapter.
+
+PEFT-made adapters give PEFT's logits; mismatched or damaged adapters are refused.
+"""
 
 import json
 import os
@@ -56,6 +59,7 @@ CASES = [("llama", ["q_proj", "v_proj"], False), ("qwen2", ["q_proj", "k_proj", 
          False), ("gpt2", ["c_fc"], True)]
 
 
+@pytest.mark.slow  # torch / peft
 @pytest.mark.parametrize(("name", "targets", "rslora"), CASES)
 def test_peft_adapter_merges_to_peft_logits(tmp_path, name, targets, rslora):
   base_dir, adapter_dir, ids, want = make_peft_adapter(tmp_path, name, targets, rslora=rslora)
@@ -80,6 +84,7 @@ def test_peft_adapter_merges_to_peft_logits(tmp_path, name, targets, rslora):
   np.testing.assert_allclose(np.asarray(lo), got, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # torch / peft
 def test_is_adapter_folder(tmp_path):
   base_dir, adapter_dir, _, _ = make_peft_adapter(tmp_path, "llama", ["q_proj"])
   assert lora.is_adapter_folder(adapter_dir)
@@ -94,6 +99,7 @@ def _edit_config(adapter_dir, **changes):
   file.write_text(json.dumps(cfg))
 
 
+@pytest.mark.slow  # torch / peft
 @pytest.mark.parametrize(("changes", "message"), [
   (dict(use_dora=True), "use_dora"),
   (dict(peft_type="IA3"), "peft_type"),
@@ -112,6 +118,7 @@ def test_mismatched_adapters_are_refused_in_one_line(tmp_path, changes, message)
   assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow  # torch / peft
 def test_adapter_for_another_shape_is_refused(tmp_path):
   _, adapter_dir, _, _ = make_peft_adapter(tmp_path, "llama", ["q_proj"])
   torch.manual_seed(1)
@@ -124,6 +131,7 @@ def test_adapter_for_another_shape_is_refused(tmp_path):
     lora.load_lora(other_dir, adapter_dir)
 
 
+@pytest.mark.slow  # torch / peft
 def test_extra_tensor_is_refused(tmp_path):
   from safetensors.numpy import load_file, save_file
 
@@ -137,6 +145,7 @@ def test_extra_tensor_is_refused(tmp_path):
     lora.load_lora(base_dir, adapter_dir)
 
 
+@pytest.mark.slow  # torch / peft
 @pytest.mark.parametrize("name", ["llama", "gpt2"])
 def test_written_adapter_loads_in_peft_with_same_logits(tmp_path, name):
   """Our writer (random A, B) -> peft + transformers give the logits of our merged model."""
@@ -177,9 +186,10 @@ def test_written_adapter_loads_in_peft_with_same_logits(tmp_path, name):
   assert loss.shape == (ids.shape[0],)
 
 
+@pytest.mark.slow  # torch / peft
 def test_init_matches_peft_distribution():
   """A ~ U(-1/sqrt(in), 1/sqrt(in)) (torch kaiming_uniform a=sqrt(5)), B = 0."""
-  from tests.model_fixtures import tiny_config
+  from tests.helpers.models import tiny_config
 
   config = tiny_config("llama", hidden_size=64)
   layout = lora.make_layout(config, ["q_proj"], 8, 16.0)
@@ -194,7 +204,7 @@ def test_init_matches_peft_distribution():
 
 
 def test_layout_refuses_bad_targets():
-  from tests.model_fixtures import tiny_config
+  from tests.helpers.models import tiny_config
 
   config = tiny_config("llama")
   with pytest.raises(ValueError, match="lm_head"):

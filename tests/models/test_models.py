@@ -11,7 +11,7 @@ from flax import nnx
 import pacbayes  # noqa: F401  (x64 on, as in real use)
 from pacbayes.models import ModelConfig, build_model, load_config, load_pretrained, save_pretrained
 from pacbayes.models.checkpoint import read_tensors, write_safetensors
-from tests.model_fixtures import jit_forward, tiny_config
+from tests.helpers.models import jit_forward, tiny_config
 
 
 @pytest.fixture(scope="module")

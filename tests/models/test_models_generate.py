@@ -11,9 +11,9 @@ import pacbayes  # noqa: F401  (x64 on, as in real use)
 from pacbayes.models import build_model, load_pretrained, save_pretrained
 from pacbayes.models.checkpoint import read_tensors
 from pacbayes.models.generate import greedy_generate
-from tests.model_fixtures import jit_forward, tiny_config
+from tests.helpers.models import jit_forward, tiny_config
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 @pytest.fixture(scope="module")

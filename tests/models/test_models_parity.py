@@ -10,6 +10,7 @@ from pacbayes.models import load_pretrained, save_pretrained
 
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # torch parity
 
 SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
              max_position_embeddings=64)

@@ -14,7 +14,7 @@ import pacbayes  # noqa: F401  (x64 on, as in real use)
 from pacbayes.models import build_model, positions_from_mask
 from pacbayes.models.generate import greedy_generate
 from pacbayes.shift.features import mean_hidden_states
-from tests.model_fixtures import tiny_config
+from tests.helpers.models import tiny_config
 
 MODEL_TYPES = ["llama", "qwen2", "gpt2"]
 LENGTHS = [9, 4, 1, 6]

@@ -30,7 +30,7 @@ from pacbayes.models import (
 from pacbayes.models.checkpoint import read_tensors
 from pacbayes.models.weights import storage_dtypes, storage_report
 from pacbayes.posterior.kl import checkpoint_kl, gaussian_kl
-from tests.model_fixtures import tiny_config
+from tests.helpers.models import tiny_config
 
 ARCHS = [("llama", False), ("llama", True), ("qwen2", True), ("gpt2", True), ("gpt2", False)]
 

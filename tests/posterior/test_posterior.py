@@ -9,7 +9,7 @@ from pacbayes import PacBayesWarning
 from pacbayes.posterior import fit as posterior
 from pacbayes.posterior import perturb
 from pacbayes.posterior.kl import isotropic_kl
-from tests.test_perturb import FAST, D, make_problem, soft_loss, zero_one
+from tests.helpers.linear import FAST, D, make_problem, soft_loss, zero_one
 
 
 def test_names_still_importable_from_perturb():

@@ -1,7 +1,6 @@
 """Tests for pacbayes.shift.features: difficulty, CoT length, hashed n-grams, embeddings."""
 
 import functools
-import json
 import zlib
 
 import jax
@@ -10,9 +9,10 @@ import pytest
 from flax import nnx
 
 from pacbayes.data.jsonl import DataError
-from pacbayes.models import ModelConfig, build_model, load_pretrained, save_pretrained
+from pacbayes.models import load_pretrained
 from pacbayes.shift import features
 from pacbayes.shift.features import FeatureError
+from tests.helpers.jsonl import write_jsonl
 
 
 def test_difficulty_values():
@@ -134,19 +134,9 @@ def test_embed_with_errors():
 
 def test_read_rows_roundtrip(tmp_path):
   path = tmp_path / "d.jsonl"
-  path.write_text("\n".join(json.dumps({"difficulty": i}) for i in range(3)) + "\n")
+  write_jsonl(path, [{"difficulty": i} for i in range(3)])
   rows, lines = features.read_rows(path)
   assert [r["difficulty"] for r in rows] == [0, 1, 2] and lines == [1, 2, 3]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-  cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                    max_position_embeddings=64)
-  path = tmp_path_factory.mktemp("features_llama") / "model"
-  save_pretrained(build_model(cfg, rngs=nnx.Rngs(0)), cfg, path)
-  return str(path)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -198,8 +188,8 @@ def test_checkpoint_embeddings_of_files(tmp_path, tiny_llama):
   rows_a = [[1, 2, 3], [4, 5, 0], [6, 7, 8, 9, 10, 11]]
   rows_b = [[30, 31, 29], [2, 2, 2, 2, 6, 2]]
   a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-  a.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows_a))
-  b.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows_b))
+  write_jsonl(a, [{"input_ids": r} for r in rows_a])
+  write_jsonl(b, [{"input_ids": r} for r in rows_b])
   xa, xb = features.checkpoint_embeddings(tiny_llama, [a, b], batch_size=2)
   np.testing.assert_allclose(xa, _row_means(model, rows_a), atol=1e-5)
   np.testing.assert_allclose(xb, _row_means(model, rows_b), atol=1e-5)

@@ -6,12 +6,11 @@ import math
 import mpmath
 import numpy as np
 import pytest
-from flax import nnx
 
 from pacbayes.data.jsonl import DataError
-from pacbayes.models import ModelConfig, build_model, save_pretrained
 from pacbayes.shift import report as shift
 from pacbayes.shift.report import ShiftError, importance_weighted_gap, tv_discrete, weissman_epsilon
+from tests.helpers.jsonl import write_jsonl
 
 # ------------------------------------------------------------------------------------------
 # tv_discrete
@@ -141,20 +140,10 @@ def test_importance_weighted_gap_formula():
 # ------------------------------------------------------------------------------------------
 
 
-def _write(path, rows, blank_first=False):
-  with open(path, "w") as f:
-    if blank_first:
-      f.write("\n")
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  return str(path)
-
-
 def test_shift_report_difficulty(tmp_path):
-  train = _write(tmp_path / "train.jsonl", [{"text": "x", "difficulty": d} for d in [1] * 30
-                                            + [2] * 10])
-  test = _write(tmp_path / "test.jsonl", [{"text": "x", "difficulty": d} for d in [1] * 10
-                                          + [2] * 30])
+  rows = lambda d1, d2: [{"text": "x", "difficulty": d} for d in [1] * d1 + [2] * d2]
+  train = write_jsonl(tmp_path / "train.jsonl", rows(30, 10))
+  test = write_jsonl(tmp_path / "test.jsonl", rows(10, 30))
   report = shift.shift_report(train, test, feature="difficulty", delta=0.05)
   json.dumps(report)  # JSON-serialisable.
   assert report["tv"]["estimate"] == {"value": pytest.approx(0.5), "kind": "estimate"}
@@ -173,8 +162,8 @@ def test_shift_report_ngram(tmp_path):
   words_b = ["multiply", "times", "product", "carry"]
   rows_a = [{"text": " ".join(rng.choice(words_a, 6))} for _ in range(150)]
   rows_b = [{"text": " ".join(rng.choice(words_b, 6))} for _ in range(150)]
-  train = _write(tmp_path / "a.jsonl", rows_a)
-  test = _write(tmp_path / "b.jsonl", rows_b)
+  train = write_jsonl(tmp_path / "a.jsonl", rows_a)
+  test = write_jsonl(tmp_path / "b.jsonl", rows_b)
   report = shift.shift_report(train, test, feature="ngram", seed=1)
   json.dumps(report)
   assert report["tv"]["estimate"]["value"] > 0.9
@@ -185,8 +174,8 @@ def test_shift_report_ngram(tmp_path):
 
 
 def test_shift_report_errors(tmp_path):
-  good = _write(tmp_path / "good.jsonl", [{"difficulty": 1}, {"difficulty": 2}])
-  bad = _write(tmp_path / "bad.jsonl", [{"difficulty": 1}, {"text": "no d"}], blank_first=True)
+  good = write_jsonl(tmp_path / "good.jsonl", [{"difficulty": 1}, {"difficulty": 2}])
+  bad = write_jsonl(tmp_path / "bad.jsonl", [{"difficulty": 1}, {"text": "no d"}], blank_first=True)
   with pytest.raises(DataError, match=r"bad\.jsonl:3: the row has no 'difficulty'"):
     shift.shift_report(good, bad)
   empty = tmp_path / "empty.jsonl"
@@ -195,7 +184,7 @@ def test_shift_report_errors(tmp_path):
     shift.shift_report(str(empty), good)
   with pytest.raises(ShiftError, match="feature must be"):
     shift.shift_report(good, good, feature="length")
-  same = _write(tmp_path / "same.jsonl", [{"text": "one two"}] * 4)
+  same = write_jsonl(tmp_path / "same.jsonl", [{"text": "one two"}] * 4)
   with pytest.raises(ShiftError, match=r"same\.jsonl.*constant"):
     shift.shift_report(same, same, feature="ngram")
 
@@ -205,13 +194,13 @@ def test_shift_report_errors(tmp_path):
 def test_one_malformed_difficulty_is_refused_for_every_feature(tmp_path, feature, value):
   """One bad row never silently switches the kind of g_ext: refused with file and line."""
   rows = [{"text": f"row {i} words", "difficulty": i % 3} for i in range(30)]
-  good = _write(tmp_path / "good.jsonl", rows)
+  good = write_jsonl(tmp_path / "good.jsonl", rows)
   bad_rows = [dict(r) for r in rows]
   if value == "missing":
     del bad_rows[7]["difficulty"]
   else:
     bad_rows[7]["difficulty"] = value
-  bad = _write(tmp_path / "bad.jsonl", bad_rows)
+  bad = write_jsonl(tmp_path / "bad.jsonl", bad_rows)
   match = (r"bad\.jsonl:8: the row has no 'difficulty'" if value == "missing" else
            r"bad\.jsonl:8: 'difficulty' must be a finite number")
   for train, test in ((good, bad), (bad, good)):
@@ -220,8 +209,9 @@ def test_one_malformed_difficulty_is_refused_for_every_feature(tmp_path, feature
 
 
 def test_support_needs_difficulty_rows(tmp_path):
-  plain = _write(tmp_path / "plain.jsonl", [{"text": f"row {i}"} for i in range(10)])
-  with_d = _write(tmp_path / "d.jsonl", [{"text": "x", "difficulty": i % 2} for i in range(10)])
+  plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": f"row {i}"} for i in range(10)])
+  with_d = write_jsonl(tmp_path / "d.jsonl",
+                       [{"text": "x", "difficulty": i % 2} for i in range(10)])
   with pytest.raises(ShiftError, match=r"plain\.jsonl: no row has a 'difficulty' field.*support"):
     shift.shift_report(with_d, plain, support=[0, 1])
   with pytest.raises(ShiftError, match=r"plain\.jsonl: no row has a 'difficulty' field"):
@@ -235,16 +225,6 @@ def test_support_needs_difficulty_rows(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-  cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
-                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                    max_position_embeddings=64)
-  path = tmp_path_factory.mktemp("shift_llama") / "model"
-  save_pretrained(build_model(cfg, rngs=nnx.Rngs(0)), cfg, path)
-  return str(path)
-
-
 def _token_rows(rng, low, high, num):
   return [{"input_ids": rng.integers(low, high, int(rng.integers(3, 13))).tolist()}
           for _ in range(num)]
@@ -252,8 +232,8 @@ def _token_rows(rng, low, high, num):
 
 def test_shift_report_embedding_separates_token_distributions(tmp_path, tiny_llama):
   rng = np.random.default_rng(0)
-  train = _write(tmp_path / "low.jsonl", _token_rows(rng, 1, 16, 200))
-  test = _write(tmp_path / "high.jsonl", _token_rows(rng, 16, 32, 200))
+  train = write_jsonl(tmp_path / "low.jsonl", _token_rows(rng, 1, 16, 200))
+  test = write_jsonl(tmp_path / "high.jsonl", _token_rows(rng, 16, 32, 200))
   report = shift.shift_report(train, test, feature="embedding", model_dir=tiny_llama, seed=0)
   json.dumps(report)
   assert report["feature"] == "embedding" and report["model_dir"] == tiny_llama
@@ -268,8 +248,8 @@ def test_shift_report_embedding_separates_token_distributions(tmp_path, tiny_lla
 
 def test_shift_report_embedding_same_distribution(tmp_path, tiny_llama):
   rng = np.random.default_rng(1)
-  train = _write(tmp_path / "a.jsonl", _token_rows(rng, 1, 32, 200))
-  test = _write(tmp_path / "b.jsonl", _token_rows(rng, 1, 32, 200))
+  train = write_jsonl(tmp_path / "a.jsonl", _token_rows(rng, 1, 32, 200))
+  test = write_jsonl(tmp_path / "b.jsonl", _token_rows(rng, 1, 32, 200))
   report = shift.shift_report(train, test, feature="embedding", model_dir=tiny_llama, seed=0)
   # 100 held-out rows a side: tpr + tnr - 1 has sd about 0.07 around 0.
   assert report["tv"]["estimate"]["value"] < 0.25
@@ -277,12 +257,12 @@ def test_shift_report_embedding_same_distribution(tmp_path, tiny_llama):
 
 
 def test_shift_report_embedding_errors(tmp_path, tiny_llama):
-  good = _write(tmp_path / "good.jsonl", [{"input_ids": [1, 2, 3]}] * 4)
+  good = write_jsonl(tmp_path / "good.jsonl", [{"input_ids": [1, 2, 3]}] * 4)
   with pytest.raises(ShiftError, match="feature='embedding' needs model_dir"):
     shift.shift_report(good, good, feature="embedding")
   with pytest.raises(ShiftError, match="model_dir is used only with feature='embedding'"):
     shift.shift_report(good, good, feature="ngram", model_dir=tiny_llama)
-  big = _write(tmp_path / "big.jsonl", [{"input_ids": [1, 2, 3]}, {"input_ids": [5, 40]}])
+  big = write_jsonl(tmp_path / "big.jsonl", [{"input_ids": [1, 2, 3]}, {"input_ids": [5, 40]}])
   with pytest.raises(DataError, match=r"big\.jsonl:2"):
     shift.shift_report(good, big, feature="embedding", model_dir=tiny_llama)
   with pytest.raises(ValueError, match="nope"):

@@ -241,6 +241,13 @@ def test_study_config_checks_and_presets():
   assert {c.steps for c in cells} == {quick.ft_steps_for(n) for n in quick.sizes}
   cert = certified_cells(quick)
   assert all(c.certified and c.n in quick.certified_sizes for c in cert)
+  assert {c.seed for c in cert} == set(quick.certified_seeds) and len(cert) == 2 * len(
+    quick.certified_seeds)
+  with pytest.raises(ValueError, match="power_reps"):
+    StudyConfig(power_reps=-1)
+  micro = StudyConfig.preset("micro")
+  assert micro.bucket_names == ["easy", "medium", "hard"] and micro.seeds_for("hard", 8) == (
+    0, 1, 2)
   assert bases_needed(cells) == ("base",)
   assert "strong" in bases_needed(grid_cells(full))
 
@@ -263,8 +270,13 @@ def test_fixed_epochs_and_seeds_per_corner():
   assert got == want
   assert [cfg.base_replica(s) for s in (0, 1, 2, 5)] == [0, 1, 0, 1]
   # the certified arm certifies the main budget (same checkpoint) and shorter ones
-  cert = certified_cells(cfg.replace(certified_sizes=(3200,), certified_steps=(10,)))
+  cert = certified_cells(cfg.replace(certified_sizes=(3200,), certified_steps=(10,),
+                                     certified_seeds=()))  # (): every seed of the corner
   assert sorted((c.seed, c.steps) for c in cert) == [(0, 10), (0, 300), (1, 10), (1, 300)]
+  one = certified_cells(cfg.replace(certified_sizes=(3200,), certified_steps=(10,),
+                                    certified_seeds=(1,)))
+  # (easy has no cell at n=3200 here)
+  assert sorted((c.bucket, c.seed, c.steps) for c in one) == [("hard", 1, 10), ("hard", 1, 300)]
 
 
 def test_pools_are_seeded_per_seed_and_follow_their_mixture():

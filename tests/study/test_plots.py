@@ -2,13 +2,14 @@
 
 import json
 import math
+import pathlib
 
 import matplotlib.figure
 import pytest
 
 from pacbayes.cli.main import main
 from pacbayes.study import plots, report_figure
-from tests.lab_fixtures import GOOD, make_results
+from tests.helpers.lab_results import GOOD, make_results
 
 
 @pytest.fixture
@@ -245,13 +246,61 @@ def test_plot_command_bad_file_is_one_line(tmp_path, capsys):
   assert not out.exists()
 
 
-def test_write_lab_figures_and_script(results_file, tmp_path):
+def test_write_lab_figures(results_file, tmp_path):
+  paths = plots.write_lab_figures(plots.load_results(results_file), tmp_path / "a", "t")
+  assert len(paths) == 6 and all(p.endswith(".png") for p in paths)
+
+
+@pytest.mark.slow  # a subprocess
+def test_make_figures_script(results_file, tmp_path):
   import subprocess
   import sys
 
-  paths = plots.write_lab_figures(plots.load_results(results_file), tmp_path / "a", "t")
-  assert len(paths) == 6 and all(p.endswith(".png") for p in paths)
-  out = subprocess.run([sys.executable, "experiments/make_figures.py", str(results_file),
+  script = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "make_figures.py"
+  out = subprocess.run([sys.executable, str(script), str(results_file),
                         "--out", str(tmp_path / "b")], capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
   assert len(list((tmp_path / "b").glob("test_*.png"))) == 6
+
+
+def test_schema3_figures_read_the_certified_arm_and_draw_each_base_replica(tmp_path):
+  """Schema 3: main cells carry no certificate (the figures read results["certified"]), one
+  horizontal line per base replica at its test-mixture accuracy, and the hard-tilted test."""
+  import numpy as np
+
+  from pacbayes.study.view import study_view
+  from tests.helpers.lab_results_v3 import make_results_v3
+
+  res = make_results_v3(**GOOD)
+  path = tmp_path / "r3.json"
+  path.write_text(json.dumps(res))
+  results = plots.load_results(path)
+  figs = plots.lab_figures(results)
+  assert {"accuracy_vs_n", "accuracy_vs_n_hard_test", "bound_vs_risk",
+          "certified_vs_measured"} <= set(figs)
+  view = study_view(results)
+  ax = figs["accuracy_vs_n"].axes[0]
+  for r, rep in enumerate(results["bases"]["base"]["replicas"]):
+    line = next(ln for ln in ax.get_lines()
+                if ln.get_label() == f"base replica {r} before fine-tuning")
+    want = sum(p * rep["accuracy_by_slice"][str(k)] for k, p in zip(view.ops, view.p_test,
+                                                                     strict=True))
+    assert list(line.get_ydata()) == pytest.approx([want, want])
+  hard = study_view(results, test="hard")
+  ax_h = figs["accuracy_vs_n_hard_test"].axes[0]
+  rep0 = results["bases"]["base"]["replicas"][0]["accuracy_by_slice"]
+  want = float(np.dot(hard.p_test, [rep0[str(k)] for k in hard.ops]))
+  assert _line(ax_h, "base replica 0 before fine-tuning").get_ydata()[0] == pytest.approx(want)
+  budgets = [b for c in results["certified"] for b in c["budgets"]]
+  lines = {ln.get_label(): ln for ln in figs["bound_vs_risk"].axes[0].get_lines()}
+  assert list(lines["bound (test mixture)"].get_ydata()) == pytest.approx(
+      [b["bound"] for b in budgets])
+  assert list(lines["measured E_Q"].get_ydata()) == pytest.approx(
+      [b["q_test_risk"] for b in budgets])
+  # without a certified arm the certificate figures are left out, the others still drawn
+  results["certified"] = []
+  assert set(plots.lab_figures(results)) == {"accuracy_vs_n", "accuracy_vs_difficulty",
+                                             "gaps_vs_difficulty", "accuracy_vs_n_hard_test",
+                                             "dft_vs_sft"}
+  with pytest.raises(plots.ResultsError, match="no certificate"):
+    plots.bound_vs_risk(results)

@@ -17,19 +17,8 @@ from pacbayes.study.config import StudyConfig
 from pacbayes.study.view import SCHEMA, study_view
 from pacbayes.training import trainer as tr
 
-# Three buckets and sizes, two base replicas, a third seed at one corner (unequal seeds), DFT,
-# the stronger base and the certified arm: every kind of cell.
-MICRO = dict(
-  test_per_slice=4, arms=(("tilted", (("easy", (4.0, 2.0, 1.0)), ("medium", (1.0, 1.0, 1.0)),
-                                      ("hard", (1.0, 2.0, 4.0)))),),
-  sizes=(8, 16, 32), seeds=(0, 1), seeds_at=(("hard", 8, (0, 1, 2)),), num_bases=2,
-  hidden_size=16, intermediate_size=32,
-  num_layers=1, num_heads=2, pretrain_steps=3, strong_pretrain_steps=2, pretrain_examples=32,
-  pretrain_batch_size=4, ft_batch_size=4, ft_epochs=0.5, ft_min_steps=2, ft_warmup=1,
-  dft_sizes=(8, 32), strong_sizes=(16,), strong_buckets=("easy", "medium", "hard"),
-  mc_chunk_size=4, sigma_grid=(0.01, 0.1), sigma_subset=4, eval_batch_size=8,
-  generate_batch_size=8, certified_sizes=(32,), certified_steps=(1,),
-)
+# The micro preset: three buckets and sizes, two base replicas, a third seed at one corner
+# (unequal seeds), DFT, the stronger base and the certified arm: every kind of cell.
 
 
 def _without_times(x):
@@ -45,7 +34,7 @@ def _without_times(x):
 # `choose_sigma` rightly warns about; the warning is not what this test checks.
 @pytest.mark.filterwarnings("ignore:sigma_p = .* point of the prior grid")
 def test_micro_study_is_reproducible_and_resumes(tmp_path, monkeypatch):
-  cfg = StudyConfig.preset("quick", **MICRO)
+  cfg = StudyConfig.preset("micro")
   first = study.run_study(cfg, tmp_path / "a", progress=False, workers=1)
   second = study.run_study(cfg, tmp_path / "b", progress=False, workers=2)
   a = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -74,13 +63,22 @@ def test_micro_study_is_reproducible_and_resumes(tmp_path, monkeypatch):
   assert np.isnan(view.items["correct"][0, view.index(("base", "sft", "easy", 8)), 2]).all()
   assert np.isnan(view.scalars["bound"]).all()
   assert set(view.p_tests) == {"uniform", "hard"}
+  # the certified arm's main-budget cells reuse the main cells' checkpoints: 30 main trainings
+  # and the 6 shorter budgets, no more
+  assert len(list((tmp_path / "a" / "cache" / "cells").glob("*.npz"))) == 30 + 6
   # the certified arm: per (bucket, seed) at n=32, the main budget and a shorter one, certified
   assert len(a["certified"]) == 2 * 3
   for c in a["certified"]:
     assert [b["steps"] for b in c["budgets"]] == [1, 4]
     assert c["chosen_steps"] in (1, 4) and all(0 <= b["bound"] for b in c["budgets"])
-  lines = [v.line() for v in theory.judge(a)]
-  assert all(line.split()[0] in ("PASS", "FAIL", "INCONCLUSIVE") for line in lines)
+  verdicts = theory.judge(a)
+  assert all(v.line().split()[0] in ("PASS", "FAIL", "INCONCLUSIVE") for v in verdicts)
+  assert any("certified-arm" in v.claim for v in verdicts)  # the bound reads the certified arm
+  assert any("hard-tilted" in v.claim for v in verdicts)  # G_ext on the second test mixture
+  # the power block: this run's design (3 seeds at hard n=8), a power per judged claim
+  block = a["power"]
+  assert block["design"]["seeds_at"]["hard@8"] == 3 and block["reps"] == cfg.power_reps
+  assert block["power"] and all(0 <= p["pass"] <= 1 for p in block["power"].values())
 
   def boom(*args, **kwargs):
     raise AssertionError("train called on a cached study")
@@ -89,4 +87,4 @@ def test_micro_study_is_reproducible_and_resumes(tmp_path, monkeypatch):
   study.run_study(cfg, tmp_path / "a", progress=False)
   again = json.loads((tmp_path / "a" / "results.json").read_text())
   assert _without_times(again) == _without_times(b)
-  assert second["preset"] == "quick"
+  assert second["preset"] == "micro"
