@@ -11,7 +11,7 @@ import os
 import pytest
 
 from pacbayes.cli.main import main
-from tests.test_bound_command import build, successor_rows, write_jsonl
+from tests.helpers.bound_pairs import build, successor_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")

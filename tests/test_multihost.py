@@ -264,9 +264,6 @@ def test_bound_two_processes_match_one(inputs, bounds):
   assert two["raw_terms"]["g_gen"] == pytest.approx(one["raw_terms"]["g_gen"], rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pacbayes/cli/bound.py writes --out and prints 'report written' on every process; only "
-    "process 0 should (see the issue 17 multi-host report)"))
 def test_bound_only_process_zero_writes(bounds):
   bounds["two"].check()
   assert "report written" in bounds["two"].stdout[0]

@@ -22,7 +22,7 @@ from pacbayes.pipeline import shift_terms as bound_shift
 from pacbayes.pipeline.config import BoundConfig
 from pacbayes.pipeline.load import load_training_set
 from pacbayes.posterior.sigma import DEFAULT_SIGMA_GRID, plan_sigma
-from tests.test_bound_command import build, config, successor_rows, write_jsonl
+from tests.helpers.bound_pairs import build, config, successor_rows, write_jsonl
 
 # ------------------------------------------------------------- certify_params on a toy
 

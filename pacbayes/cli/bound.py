@@ -239,7 +239,9 @@ def run(args) -> int:
   except ValueError as e:
     raise CommandError(flag_message(str(e))) from None
   print(cert.to_table())
-  if args.out:
+  import jax  # noqa: PLC0415  (already loaded by the pipeline; here for the process index)
+
+  if args.out and jax.process_index() == 0:  # one writer in a multi-host job
     cert.to_json(args.out)
     print(f"report written to {args.out}")
   check = cert.extra.get("shift_check") or {}
