@@ -150,7 +150,8 @@ def launch(command: list[str], folder: Path, *, processes: int, done: str) -> La
 
 def test_sharding_helpers_across_processes(tmp_path):
   """`pacbayes.core.sharding` on a mesh whose devices belong to two processes."""
-  run = launch([sys.executable, str(REPO / "tests" / "multihost_worker.py")], tmp_path,
+  # -P: the script's folder (tests/, whose select/ would shadow the stdlib) is not on sys.path.
+  run = launch([sys.executable, "-P", str(REPO / "tests" / "multihost_worker.py")], tmp_path,
                processes=PROCESSES, done="RESULT ")
   run.check()
   results = [json.loads(out.split("RESULT ", 1)[1].splitlines()[0]) for out in run.stdout]
