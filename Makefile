@@ -21,12 +21,13 @@ lock:
 run: $(BIN)/pacbayes
 	$(BIN)/pacbayes lab --preset quick --out experiments/results/quick --figures figures
 
+# Two pytest workers (pytest-xdist): the 2-core build machine runs a compile-bound test on each.
 test: $(BIN)/pacbayes
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # Everything but the tests marked slow (subprocesses, two-process runs, torch parity).
 test-fast: $(BIN)/pacbayes
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 lint: $(BIN)/pacbayes
 	$(BIN)/ruff check pacbayes tests experiments benchmarks
