@@ -139,10 +139,12 @@ def bench_choose_sigma(loss_fn, params, data, old_seconds: float) -> None:
       for x, k in zip(leaves, keys, strict=True)])
   n = len(data["input_ids"])
   t0 = time.perf_counter()
+  target = perturb.BoundTarget(
+      sigma_grid=tuple(np.geomspace(1e-4, 1e-1, 7)), sq_distance=perturb.sq_distance(params, prior),
+      num_params=perturb.count_perturbed(params), num_mc=n, delta_mc=0.025, delta_pb=0.025)
   choice = perturb.choose_sigma(
-      loss_fn, params, data, key=jax.random.key(3), sigma_grid=list(np.geomspace(1e-4, 1e-1, 7)),
-      sq_distance=perturb.sq_distance(params, prior), num_params=perturb.count_perturbed(params),
-      num_mc=n, delta_mc=0.025, delta_pb=0.025, batch_size=32, draws_per_step=2)
+      loss_fn, params, data, key=jax.random.key(3), target=target,
+      mc=perturb.MonteCarloOptions(batch_size=32, draws_per_step=2))
   secs = time.perf_counter() - t0
   print(f"choose_sigma (bound): sigma_q={choice.sigma_q:.4g} sigma_p={choice.sigma_p:.4g} "
         f"subset bound {choice.bound:.4f} in {secs:.1f}s, {len(choice.trace)} evaluations "

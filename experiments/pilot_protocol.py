@@ -35,11 +35,14 @@ ARM = ("tilted", (("easiest", (16.0, 4.0, 1.0, 0.0)), ("easy", (4.0, 2.0, 1.0, 0
                   ("hard", (1.0, 2.0, 4.0, 0.0))))
 
 
-def pilot_config(quick_check: bool):
+def pilot_config(quick_check: bool, **design):
+  """The pilot's StudyConfig; `design` overrides (the headroom pilot: pretrain_ops,
+  pretrain_steps, ft_lr, test_ops and arms over ops 1-3)."""
   from pacbayes.study.config import StudyConfig
 
   over = dict(seed=7, test_ops=(1, 4), arms=(ARM,), sizes=(200, 3200), seeds=SEEDS,
               strong_sizes=(), dft_sizes=(), certified_sizes=(), ft_lr=LR)
+  over.update(design)
   if quick_check:  # a seconds-long run of the script's code path (tiny model and budgets)
     over.update(test_per_slice=8, pretrain_steps=3, pretrain_examples=64, hidden_size=16,
                 intermediate_size=32, num_layers=1, num_heads=2, generate_batch_size=8)
@@ -112,6 +115,7 @@ def held_out(study, bucket: str, size: int):
   """512 fresh rows of a bucket's mixture (its own seed purpose: never a pool row)."""
   from pacbayes.data import synthetic
   from pacbayes.data.dataset import Dataset
+  from pacbayes.data.rows import EncodeOptions
   from pacbayes.study import studydata
   from pacbayes.study.config import seq_length
 
@@ -119,7 +123,8 @@ def held_out(study, bucket: str, size: int):
   b_idx = c.bucket_names.index(bucket)
   rows = synthetic.generate_dataset(size, c.mixture("tilted", bucket),
                                     seed=studydata.seed_seq(c, 9, b_idx), modulus=c.modulus)
-  return studydata.arrays(Dataset.from_rows(rows, pad_length=seq_length(c.test_ops[1])))
+  return studydata.arrays(Dataset.from_rows(rows, options=EncodeOptions(
+    pad_length=seq_length(c.test_ops[1]))))
 
 
 def choose(cells: list[dict]) -> dict[str, dict]:
@@ -153,7 +158,8 @@ def pilot_results(study, cells: list[dict], chosen: dict) -> dict:
                  "sq_distance": p["sq_distance"], "items": p["items"],
                  "accuracy_by_slice": p["accuracy_by_slice"]})
   uniform = {str(k): (1.0 / 3 if k <= 3 else 0.0) for k in ops}
-  hard = {str(k): w / 14.0 for k, w in zip(ops, (1.0, 4.0, 9.0, 0.0), strict=True)}
+  sq = [float(k * k) if k <= 3 else 0.0 for k in ops]
+  hard = {str(k): w / sum(sq) for k, w in zip(ops, sq, strict=True)}
   base = study.base_info["base"]
   return {"schema": SCHEMA, "preset": "pilot", "config": c.to_dict(),
           "test_mixture": uniform, "test_mixtures": {"uniform": uniform, "hard": hard},
@@ -190,10 +196,31 @@ def power_block(results: dict) -> dict:
 
 
 def main(argv=None) -> int:
+  global CELLS, SNAPSHOTS, SEEDS
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default="experiments/results/pilot")
   parser.add_argument("--quick-check", action="store_true")
+  parser.add_argument("--headroom", choices=("op1", "weak"),
+                      help="the headroom pilot: test ops 1-3, buckets easy/hard, a base that "
+                           "knows op 1 only ('op1': pretraining on ops 1-1) or ops 1-2 weakly "
+                           "('weak': 300 pretraining steps); snapshots include epoch 0 (the "
+                           "base itself)")
+  parser.add_argument("--seeds", type=int, default=len(SEEDS))
+  parser.add_argument("--lr", type=float, default=LR, help="fine-tuning learning rate")
+  parser.add_argument("--base-ops", default=None,
+                      help="with --headroom: pretraining op range 'lo,hi' (overrides its base)")
   args = parser.parse_args(argv)
+  design = {"ft_lr": args.lr}
+  SEEDS = tuple(range(args.seeds))
+  if args.headroom:
+    design = dict(test_ops=(1, 3), seeds=SEEDS, arms=(("tilted", (
+      ("easy", (4.0, 2.0, 1.0)), ("hard", (1.0, 2.0, 4.0)))),))
+    design.update({"op1": dict(pretrain_ops=(1, 1)),
+                   "weak": dict(pretrain_steps=300)}[args.headroom])
+    if args.base_ops:
+      design["pretrain_ops"] = tuple(int(x) for x in args.base_ops.split(","))
+    CELLS = [("easy", 200), ("hard", 200), ("easy", 3200), ("hard", 3200)]
+    SNAPSHOTS = {200: (1, 2, 4, 8, 16), 3200: (1, 2, 3, 6)}
   from pacbayes.core.precision import enable_x64_globally
 
   enable_x64_globally()
@@ -201,13 +228,20 @@ def main(argv=None) -> int:
   from pacbayes.study.runner import Study
 
   start, load0 = time.perf_counter(), os.getloadavg()
-  study = Study(pilot_config(args.quick_check), args.out, progress=False)
+  study = Study(pilot_config(args.quick_check, **design), args.out, progress=False)
   t = time.perf_counter()
   study.pretrain("base")
   base_s = time.perf_counter() - t
   print(f"base: {study.base_info['base']['accuracy_by_slice']} ({base_s:.0f}s)", flush=True)
   vals = {b: held_out(study, b, 16 if args.quick_check else 512) for b in
           study.config.bucket_names}
+  from pacbayes.study import evaluate as ev
+  from pacbayes.study.grid import Cell
+
+  base_params = study.prior(Cell("tilted", "base", "sft", study.config.bucket_names[0], 1, 0, 1))
+  base_val = {b: float(ev.row_losses(study.seq_fn, base_params, v).mean())
+              for b, v in vals.items()}
+  print(f"base held-out in-bucket sequence error (epoch 0): {base_val}", flush=True)
   cells = []
   for seed in SEEDS:
     for bucket, n in CELLS:
@@ -226,9 +260,10 @@ def main(argv=None) -> int:
   results = pilot_results(study, cells, chosen)
   out = {
     "what": __doc__.splitlines()[0], "master_seed": study.config.seed, "seeds": list(SEEDS),
-    "lr": LR, "snapshots": {str(k): list(v) for k, v in SNAPSHOTS.items()},
+    "lr": args.lr, "headroom": args.headroom,
+    "snapshots": {str(k): list(v) for k, v in SNAPSHOTS.items()},
     "base": {k: v for k, v in study.base_info["base"].items()},
-    "base_pretrain_s": base_s, "chosen": chosen,
+    "base_pretrain_s": base_s, "base_val_seq_error": base_val, "chosen": chosen,
     "cells": [{**c, "curve": [{k: v for k, v in p.items() if k != "items"} for p in c["curve"]]}
               for c in cells],
     "power": power_block(results),

@@ -34,8 +34,8 @@ _EXPORTS = {
     "pacbayes.losses": ("sequence_error",),
     "pacbayes.pipeline.run": ("certify_params", "run_bound"),
     "pacbayes.core.sharding": ("make_mesh", "maybe_initialize_distributed"),
-    "pacbayes.shift.report": ("importance_weighted_gap", "shift_report", "tv_classifier",
-                              "tv_discrete"),
+    "pacbayes.shift": ("importance_weighted_gap", "shift_report", "tv_classifier",
+                       "tv_discrete"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

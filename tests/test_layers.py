@@ -86,3 +86,47 @@ def test_importing_the_package_changes_no_jax_flag():
       [sys.executable, "-c", "import pacbayes, jax; from pacbayes import certify, mc_risk; "
        "print(jax.config.jax_enable_x64)"], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------- size limits
+
+MAX_PARAMETERS = 10  # of a public function or method (self / cls, *args and **kwargs not counted)
+MAX_LINES = 500  # of a module
+
+
+def _public_functions(tree: ast.Module):
+  """(qualified name, node, is_method) of every public function and method of public classes."""
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+      yield node.name, node, False
+    elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+      for item in node.body:
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not (
+            item.name.startswith("_")):
+          yield f"{node.name}.{item.name}", item, True
+
+
+def _num_parameters(node: ast.FunctionDef | ast.AsyncFunctionDef, is_method: bool) -> int:
+  args = node.args
+  named = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+  static = any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list)
+  if is_method and not static and named and named[0].arg in ("self", "cls"):
+    named = named[1:]
+  return len(named)
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
+def test_public_functions_take_at_most_ten_parameters(module, path):
+  tree = ast.parse(path.read_text(), str(path))
+  bad = [f"{path.name}:{node.lineno} {name} takes {n} parameters"
+         for name, node, is_method in _public_functions(tree)
+         if (n := _num_parameters(node, is_method)) > MAX_PARAMETERS]
+  assert not bad, ("group related keywords into a frozen options dataclass:\n"
+                   + "\n".join(bad))
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
+def test_modules_are_at_most_500_lines(module, path):
+  lines = len(path.read_text().splitlines())
+  assert lines <= MAX_LINES, (f"{path.relative_to(ROOT.parent)} has {lines} lines (at most "
+                              f"{MAX_LINES}): move a topic to a module of its own")

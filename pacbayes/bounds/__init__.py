@@ -5,20 +5,14 @@ The binary kl and its inverses, the PAC-Bayes bounds (float64 JAX, scoped: see
 (NumPy / SciPy).
 """
 
-from pacbayes.bounds.binary_kl import (
-  as_float64,
-  check_at_least,
-  check_interval,
-  kl_bernoulli,
-  kl_inv_lower,
-  kl_inv_upper,
-)
+from pacbayes.bounds.binary_kl import kl_bernoulli, kl_inv_lower, kl_inv_upper
 from pacbayes.bounds.btrain import (
   B_TRAIN_METHODS,
   b_train_upper,
   maurer_budget,
   maurer_upper,
 )
+from pacbayes.bounds.checks import as_float64, check_at_least, check_interval
 from pacbayes.bounds.concentration import clopper_pearson_lower
 from pacbayes.bounds.delta import (
   KIND_PARTS,
@@ -38,7 +32,6 @@ from pacbayes.bounds.extrapolation import (
   per_slice_bounds,
   slice_mc_upper,
   slice_values,
-  training_slices,
   weighted_loss_bound,
   weighted_value,
 )
@@ -56,6 +49,8 @@ from pacbayes.bounds.mixture import (
   mixture_bounds,
   mixture_shift_bound,
   mixture_shift_formula,
+  training_columns,
+  training_slices,
   uniform_mixture,
   worst_case_mean,
 )
@@ -139,6 +134,7 @@ __all__ = [
   "slice_mc_upper",
   "slice_values",
   "split_delta",
+  "training_columns",
   "training_slices",
   "uniform_mixture",
   "weighted_loss_bound",

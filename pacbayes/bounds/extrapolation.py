@@ -16,8 +16,7 @@ draw per chunk, the last ``M K - n`` slots filler rows drawn uniformly from S).
 Confidence accounting: every kind carries the delta it spends (``delta_parts``); the
 certificate adds them all, so the minimum over the kinds computed is valid on the
 intersection of their events (`pacbayes.certificate.core.certify`). The shares come from one
-`pacbayes.bounds.delta.DeltaPlan`; B_train is `pacbayes.bounds.btrain.maurer_upper` (both names
-stay importable from here for `pacbayes.bounds`).
+`pacbayes.bounds.delta.DeltaPlan`; B_train is `pacbayes.bounds.btrain.maurer_upper`.
 """
 
 from __future__ import annotations
@@ -30,17 +29,12 @@ import numpy as np
 
 from pacbayes.bounds import pac as bounds
 from pacbayes.bounds.btrain import maurer_upper
-from pacbayes.bounds.delta import split_delta
 from pacbayes.bounds.kinds import KIND_CERTIFIED, KIND_ESTIMATE
 from pacbayes.bounds.mixture import (
     MixtureBounds,
-    check_mixture,
     difficulty_key,
-    load_mixture,
-    mixture_bounds,
-    mixture_shift_bound,
-    mixture_shift_formula,
-    uniform_mixture,
+    training_columns,
+    training_slices,
     worst_case_mean,
 )
 
@@ -51,26 +45,14 @@ __all__ = [
   "KIND_TV",
   "NAMES",
   "ExtrapolationBound",
-  "MixtureBounds",
   "SliceBound",
-  "check_mixture",
   "detect_scheme",
-  "difficulty_key",
-  "load_mixture",
   "loss_weights",
-  "maurer_upper",
-  "mixture_bounds",
-  "mixture_shift_bound",
-  "mixture_shift_formula",
   "per_slice_bounds",
   "slice_mc_upper",
   "slice_values",
-  "split_delta",
-  "training_slices",
-  "uniform_mixture",
   "weighted_loss_bound",
   "weighted_value",
-  "worst_case_mean",
 ]
 
 KIND_MIXTURE = "certified under mixture shift"
@@ -190,18 +172,6 @@ def _slots(slot_losses: Any, slot_rows: Any, difficulty: Any):
   return np.clip(loss, 0.0, 1.0), rows.astype(np.int64), diff, scheme
 
 
-def _support_index(diff: np.ndarray, mix: MixtureBounds) -> np.ndarray:
-  index = {d: i for i, d in enumerate(mix.support)}
-  out = np.empty(diff.size, np.int64)
-  for i, d in enumerate(diff.tolist()):
-    j = index.get(d)
-    if j is None:
-      raise ValueError(f"difficulty[{i}]: value {d!r} is not in the mixture support "
-                       f"{list(mix.support)}")
-    out[i] = j
-  return out
-
-
 # ------------------------------------------------------------------------- weighted loss
 
 
@@ -245,8 +215,7 @@ def weighted_loss_bound(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: 
     term); docs/THEORY.md §1 (weighted-loss refinement).
   """
   loss, rows, diff, scheme = _slots(slot_losses, slot_rows, difficulty)
-  col = _support_index(diff, mix)
-  _check_in_training_support(col, diff, mix)
+  col = training_columns(diff, mix)
   v, c, rule = loss_weights(mix)
   per_slot = v[col[rows]] * loss  # [M, K]
   x = per_slot.mean(axis=1)  # [M]
@@ -297,16 +266,6 @@ def weighted_value(emp_weighted: Any, num_mc: int, n: int, mix: MixtureBounds, *
   return mix.m_out + c * b_w, mc_up, b_w
 
 
-def _check_in_training_support(col: np.ndarray, diff: np.ndarray, mix: MixtureBounds) -> None:
-  """A row of S on a value whose exact p_train is 0 contradicts the stated mixture: refuse."""
-  if mix.train_exact:
-    outside = np.flatnonzero(~np.isin(col, training_slices(mix)))
-    if outside.size:
-      i = int(outside[0])
-      raise ValueError(f"difficulty[{i}]: value {float(diff[i])!r} has p_train = 0 in the "
-                       "training mixture")
-
-
 def _check_share(value: float, name: str) -> None:
   if not (isinstance(value, (int, float)) and 0.0 < float(value) < 1.0):
     raise ValueError(f"{name}: expected a value in (0, 1), got {value!r}")
@@ -351,13 +310,6 @@ def slice_mc_upper(slot_losses: Any, slot_rows: Any, members: Any, delta: float
   sum_sq = float(np.sum((counts[used] / n_d) ** 2))
   up = np.minimum(np.asarray(bounds.hoeffding_upper(mean, sum_sq, delta)), 1.0)
   return mean, up, "hoeffding"
-
-
-def training_slices(mix: MixtureBounds) -> list[int]:
-  """Support indices that get a slice bound, fixed before S is seen (see `per_slice_bounds`)."""
-  if mix.train_exact:
-    return [i for i, lo in enumerate(mix.train_lower) if lo > 0]
-  return list(range(len(mix.support)))
 
 
 def slice_values(mc_upper: Any, n_d: Any, *, kl: float, grid_size: int = 1,
@@ -419,9 +371,8 @@ def per_slice_bounds(slot_losses: Any, slot_rows: Any, difficulty: Any, mix: Mix
   loss, rows, diff, scheme = _slots(slot_losses, slot_rows, difficulty)
   _check_share(delta_mc, "delta_mc")
   _check_share(delta_pb, "delta_pb")
-  col = _support_index(diff, mix)
+  col = training_columns(diff, mix)
   slices = training_slices(mix)
-  _check_in_training_support(col, diff, mix)
   k = len(slices)
   d_mc, d_pb = delta_mc / k, delta_pb / k
   stats = []

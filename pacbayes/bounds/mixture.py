@@ -4,7 +4,7 @@ Setting (docs/THEORY.md §1, "Tighter, still honest"): train and test examples c
 pool and differ only in their mixtures ``p_train(d)``, ``p_test(d)`` over a discrete
 difficulty ``d``: ``D(z) = sum_d p(d) D(z | d)`` with the same ``D(z | d)`` on both sides, so
 the risk of any fixed weights is ``R = sum_d p(d) R_d``. Everything here is host-side NumPy
-on a handful of numbers; the public names are re-exported by `pacbayes.bounds.extrapolation`.
+on a handful of numbers; the public names are re-exported by `pacbayes.bounds`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ __all__ = [
   "mixture_bounds",
   "mixture_shift_bound",
   "mixture_shift_formula",
+  "training_columns",
+  "training_slices",
   "uniform_mixture",
   "worst_case_mean",
 ]
@@ -361,6 +363,43 @@ def worst_case_mean(values: Any, mix: MixtureBounds) -> Any:
     take = np.clip(np.minimum(u_sorted, 1.0 - before), 0.0, None)
     out = np.sum(take * v_sorted, axis=-1)
   return float(out) if np.ndim(out) == 0 else out
+
+
+def training_slices(mix: MixtureBounds) -> list[int]:
+  """Support indices that can hold training mass, fixed before any row is seen: those with
+  ``p_train(d) > 0`` when p_train is exact, every support value when it is estimated."""
+  if mix.train_exact:
+    return [i for i, lo in enumerate(mix.train_lower) if lo > 0]
+  return list(range(len(mix.support)))
+
+
+def training_columns(difficulty: Any, mix: MixtureBounds) -> np.ndarray:
+  """[n] int64 index into ``mix.support`` of the difficulty of each row drawn from D_train.
+
+  Args:
+    difficulty: [n] difficulty of each row (of S, or of held-out training rows).
+    mix: the mixtures.
+
+  Raises:
+    ValueError: a value outside the support, or one whose exact ``p_train`` is 0 (a training
+      row there contradicts the stated mixture).
+  """
+  diff = np.asarray(difficulty, dtype=np.float64).reshape(-1)
+  index = {d: i for i, d in enumerate(mix.support)}
+  col = np.empty(diff.size, np.int64)
+  for i, d in enumerate(diff.tolist()):
+    j = index.get(d)
+    if j is None:
+      raise ValueError(f"difficulty[{i}]: value {d!r} is not in the mixture support "
+                       f"{list(mix.support)}")
+    col[i] = j
+  if mix.train_exact:
+    outside = np.flatnonzero(~np.isin(col, training_slices(mix)))
+    if outside.size:
+      i = int(outside[0])
+      raise ValueError(f"difficulty[{i}]: value {float(diff[i])!r} has p_train = 0 in the "
+                       "training mixture")
+  return col
 
 
 def mixture_shift_formula(b_train: Any, mix: MixtureBounds) -> Any:

@@ -15,14 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from pacbayes.bounds.binary_kl import (
-  as_float64,
-  check_at_least,
-  check_interval,
-  kl_bernoulli,
-  kl_inv_lower,
-  kl_inv_upper,
-)
+from pacbayes.bounds.binary_kl import kl_bernoulli, kl_inv_lower, kl_inv_upper
+from pacbayes.bounds.checks import as_float64, check_at_least, check_interval
 from pacbayes.core.precision import with_float64
 
 __all__ = [
@@ -54,11 +48,22 @@ def _log_confidence(n: jax.Array, delta: jax.Array) -> jax.Array:
 # PAC-Bayes bounds on the true risk of a posterior Q, for a loss in [0, 1].
 
 
-def _check_bound_args(emp_risk, kl, n, delta, emp_name="emp_risk") -> None:
-  check_interval(emp_name, emp_risk, 0.0, 1.0)
+def _check_delta(delta: ArrayLike) -> None:
+  check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+
+
+def _bound_args(emp_risk: ArrayLike, kl: ArrayLike, n: ArrayLike, delta: ArrayLike, *,
+                lam: ArrayLike | None = None) -> list[jax.Array]:
+  """The arguments of a PAC-Bayes bound checked (emp_risk in [0, 1], kl >= 0, n >= 1, delta and
+  then lam, when given, in the open (0, 1) and (0, 2)) and cast to broadcast float64 arrays."""
+  check_interval("emp_risk", emp_risk, 0.0, 1.0)
   check_at_least("kl", kl, 0.0)
   check_at_least("n", n, 1.0)
-  check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+  _check_delta(delta)
+  if lam is None:
+    return as_float64(emp_risk, kl, n, delta)
+  check_interval("lam", lam, 0.0, 2.0, open_lo=True, open_hi=True)
+  return as_float64(emp_risk, kl, n, delta, lam)
 
 
 @with_float64
@@ -95,8 +100,7 @@ def maurer(
     Maurer, "A note on the PAC Bayesian theorem", arXiv:cs/0411099, 2004, Theorem 5.
     Langford & Seeger, "Bounds for averaging classifiers", CMU-CS-01-102, 2001.
   """
-  _check_bound_args(emp_risk, kl, n, delta)
-  emp_risk, kl, n, delta = as_float64(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _bound_args(emp_risk, kl, n, delta)
   return kl_inv_upper(emp_risk, (kl + _log_confidence(n, delta)) / n)
 
 
@@ -112,10 +116,7 @@ def mcallester(
   Since kl(q || p) >= 2 (p - q)^2 this is never below :func:`maurer`.
 
   Args:
-    emp_risk: empirical risk(s) in [0, 1].
-    kl: KL(Q || P) in nats, >= 0.
-    n: sample size(s), >= 1.
-    delta: confidence parameter(s) in (0, 1).
+    emp_risk, kl, n, delta: as in :func:`maurer`.
 
   Returns:
     float64 bound (not clipped: values above 1 are vacuous).
@@ -128,8 +129,7 @@ def mcallester(
     Maurer, "A note on the PAC Bayesian theorem", 2004 (the ln(2 sqrt(n) / delta) term).
     Perez-Ortiz et al., "Tighter risk certificates for neural networks", JMLR 22, 2021, eq. (4).
   """
-  _check_bound_args(emp_risk, kl, n, delta)
-  emp_risk, kl, n, delta = as_float64(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _bound_args(emp_risk, kl, n, delta)
   return emp_risk + jnp.sqrt((kl + _log_confidence(n, delta)) / (2.0 * n))
 
 
@@ -156,10 +156,7 @@ def catoni(
   data are seen.
 
   Args:
-    emp_risk: empirical risk(s) in [0, 1].
-    kl: KL(Q || P) in nats, >= 0.
-    n: sample size(s), >= 1.
-    delta: confidence parameter(s) in (0, 1).
+    emp_risk, kl, n, delta: as in :func:`maurer`.
     grid: the k values of C (> 0, finite) searched; default 2^(j/2), j = -8..8.
 
   Returns:
@@ -175,11 +172,10 @@ def catoni(
     Catoni, "PAC-Bayesian supervised classification: the thermodynamics of statistical
     learning", IMS Lecture Notes 56, 2007, Theorem 1.2.6.
   """
-  _check_bound_args(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _bound_args(emp_risk, kl, n, delta)
   grid_arr = np.asarray(grid, dtype=np.float64).reshape(-1)
   if grid_arr.size == 0 or not np.all(np.isfinite(grid_arr) & (grid_arr > 0)):
     raise ValueError(f"grid must be a non-empty sequence of finite values > 0, got {grid!r}")
-  emp_risk, kl, n, delta = as_float64(emp_risk, kl, n, delta)
   k = grid_arr.size
   cs = jnp.asarray(grid_arr).reshape((k,) + (1,) * emp_risk.ndim)
   expo = cs * emp_risk[None] + ((kl + jnp.log(k) - jnp.log(delta)) / n)[None]
@@ -200,10 +196,7 @@ def fquad(
   below :func:`maurer`, and it equals :func:`flamb` at :func:`flamb_optimal_lam`.
 
   Args:
-    emp_risk: empirical risk(s) in [0, 1].
-    kl: KL(Q || P) in nats, >= 0.
-    n: sample size(s), >= 1.
-    delta: confidence parameter(s) in (0, 1).
+    emp_risk, kl, n, delta: as in :func:`maurer`.
 
   Returns:
     float64 bound (not clipped at 1).
@@ -215,8 +208,7 @@ def fquad(
     Perez-Ortiz, Rivasplata, Shawe-Taylor & Szepesvari, "Tighter risk certificates for neural
     networks", JMLR 22(227), 2021, Section 3 (f_quad).
   """
-  _check_bound_args(emp_risk, kl, n, delta)
-  emp_risk, kl, n, delta = as_float64(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _bound_args(emp_risk, kl, n, delta)
   half_b = (kl + _log_confidence(n, delta)) / (2.0 * n)
   return (jnp.sqrt(emp_risk + half_b) + jnp.sqrt(half_b)) ** 2
 
@@ -235,10 +227,7 @@ def flamb(
       + \frac{\mathrm{KL}(Q\|P) + \ln(2\sqrt{n}/\delta)}{n\,\lambda\,(1 - \lambda/2)}.
 
   Args:
-    emp_risk: empirical risk(s) in [0, 1].
-    kl: KL(Q || P) in nats, >= 0.
-    n: sample size(s), >= 1.
-    delta: confidence parameter(s) in (0, 1).
+    emp_risk, kl, n, delta: as in :func:`maurer`.
     lam: lambda(s) in (0, 2).
 
   Returns:
@@ -252,9 +241,7 @@ def flamb(
     Theorem 3.
     Perez-Ortiz et al., "Tighter risk certificates for neural networks", JMLR 22, 2021 (f_lambda).
   """
-  _check_bound_args(emp_risk, kl, n, delta)
-  check_interval("lam", lam, 0.0, 2.0, open_lo=True, open_hi=True)
-  emp_risk, kl, n, delta, lam = as_float64(emp_risk, kl, n, delta, lam)
+  emp_risk, kl, n, delta, lam = _bound_args(emp_risk, kl, n, delta, lam=lam)
   b = (kl + _log_confidence(n, delta)) / n
   return (emp_risk + b / lam) / (1.0 - 0.5 * lam)
 
@@ -276,10 +263,7 @@ def flamb_optimal_lam(
   flamb(lam*) = (b / 2) (1 + s)^2 = fquad exactly.
 
   Args:
-    emp_risk: empirical risk(s) in [0, 1].
-    kl: KL(Q || P) in nats, >= 0.
-    n: sample size(s), >= 1.
-    delta: confidence parameter(s) in (0, 1).
+    emp_risk, kl, n, delta: as in :func:`maurer`.
 
   Returns:
     float64 lambda in (0, 1].
@@ -290,8 +274,7 @@ def flamb_optimal_lam(
   References:
     Thiemann, Igel, Wintenberger & Seldin, "A strongly quasiconvex PAC-Bayesian bound", ALT 2017.
   """
-  _check_bound_args(emp_risk, kl, n, delta)
-  emp_risk, kl, n, delta = as_float64(emp_risk, kl, n, delta)
+  emp_risk, kl, n, delta = _bound_args(emp_risk, kl, n, delta)
   b = (kl + _log_confidence(n, delta)) / n
   return 2.0 / (jnp.sqrt(1.0 + 2.0 * emp_risk / b) + 1.0)
 
@@ -335,7 +318,7 @@ def mc_sample_bound(
   """
   check_interval("mean", mean, 0.0, 1.0)
   check_at_least("num_samples", num_samples, 1.0)
-  check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+  _check_delta(delta)
   mean, num_samples, delta = as_float64(mean, num_samples, delta)
   return kl_inv_upper(mean, -jnp.log(delta) / num_samples)
 
@@ -381,6 +364,6 @@ def hoeffding_upper(
     Theorem 2.
   """
   check_at_least("sum_sq_ranges", sum_sq_ranges, 0.0)
-  check_interval("delta", delta, 0.0, 1.0, open_lo=True, open_hi=True)
+  _check_delta(delta)
   total, sum_sq_ranges, delta = as_float64(total, sum_sq_ranges, delta)
   return total + jnp.sqrt(0.5 * sum_sq_ranges * -jnp.log(delta))

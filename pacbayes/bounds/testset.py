@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from pacbayes.bounds import mixture as mixtures
 from pacbayes.bounds import pac
 from pacbayes.bounds.mixture import MixtureBounds, difficulty_key, worst_case_mean
 from pacbayes.core.precision import float64_scope
@@ -226,7 +227,7 @@ def slice_holdout_bounds(losses: Any, difficulty: Any, mix: MixtureBounds,
 
   Slices: the support values that can hold training mass, fixed before the held-out rows are
   seen (those with ``p_train(d) > 0`` when p_train is exact, every support value when it is
-  estimated; `pacbayes.bounds.extrapolation.training_slices`), K of them. Given the rows'
+  estimated; `pacbayes.bounds.mixture.training_slices`), K of them. Given the rows'
   difficulties, the ``m_d`` held-out rows of slice d are i.i.d. from ``D_d``, so
   `holdout_bound` at ``delta / K`` bounds ``R_d``; a union bound makes the K statements hold
   together with probability ``>= 1 - delta``. A slice without rows gets ``B_d = 1``, and so
@@ -256,23 +257,8 @@ def slice_holdout_bounds(losses: Any, difficulty: Any, mix: MixtureBounds,
   if diff.size != arr.size:
     raise ValueError(f"difficulty: expected {arr.size} values (one per held-out row), got "
                      f"{diff.size}")
-  index = {d: i for i, d in enumerate(mix.support)}
-  col = np.empty(diff.size, np.int64)
-  for i, d in enumerate(diff.tolist()):
-    j = index.get(d)
-    if j is None:
-      raise ValueError(f"difficulty[{i}]: value {d!r} is not in the mixture support "
-                       f"{list(mix.support)}")
-    col[i] = j
-  if mix.train_exact:
-    slices = [i for i, lo in enumerate(mix.train_lower) if lo > 0]
-    outside = np.flatnonzero(~np.isin(col, slices))
-    if outside.size:
-      i = int(outside[0])
-      raise ValueError(f"difficulty[{i}]: value {float(diff[i])!r} has p_train = 0 in the "
-                       "training mixture")
-  else:
-    slices = list(range(len(mix.support)))
+  col = mixtures.training_columns(diff, mix)
+  slices = mixtures.training_slices(mix)
   per = delta / len(slices)
   out: list[HoldoutBound | None] = []
   values = np.ones(len(mix.support))

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pacbayes.bounds import extrapolation as ext
+from pacbayes.bounds import mixture as mixtures
 from pacbayes.bounds import pac as bounds
 from pacbayes.bounds.btrain import b_train_upper, maurer_budget
 from pacbayes.bounds.delta import DeltaPlan
@@ -45,7 +46,7 @@ class ShiftInputs:
     g_ext_kind: kind of ``g_ext``: `extrapolation.KIND_TV`, `KIND_ESTIMATE` or "none" (or the
       v1 word "certified under difficulty shift", the TV kind). Its delta is the plan's "tv"
       part (none: an exact TV spends nothing).
-    mixture: the train/test difficulty mixtures (`extrapolation.mixture_bounds`) for the
+    mixture: the train/test difficulty mixtures (`mixture.mixture_bounds`) for the
       mixture-shift kind, or None; its delta is the plan's "mixture" part.
     difficulty: [n] difficulty of each row of S, for the weighted and per-slice kinds (the
       route computes those the delta plan has parts for), or None.
@@ -55,7 +56,7 @@ class ShiftInputs:
 
   g_ext: float = 0.0
   g_ext_kind: str = ext.KIND_NONE
-  mixture: ext.MixtureBounds | None = None
+  mixture: mixtures.MixtureBounds | None = None
   difficulty: Any = None
   extrapolation: tuple[ext.ExtrapolationBound, ...] = ()
 
@@ -130,7 +131,7 @@ def _check_inputs(emp_risk, num_mc, kl, n, shift: ShiftInputs) -> tuple:
   for k in kinds:
     require(isinstance(k, ext.ExtrapolationBound),
             f"extrapolation: expected ExtrapolationBound values; got {type(k).__name__}.")
-  require(shift.mixture is None or isinstance(shift.mixture, ext.MixtureBounds),
+  require(shift.mixture is None or isinstance(shift.mixture, mixtures.MixtureBounds),
           f"mixture must be a MixtureBounds; got {type(shift.mixture).__name__}.")
   require(not kinds or shift.mixture is not None,
           "extrapolation kinds need the `mixture` they were computed with (its delta counts).")
@@ -196,7 +197,7 @@ def certify(
   Extrapolation kinds (each spends the parts of ``deltas`` it names, `DeltaPlan.spent_by`):
   "tv" / "estimate" from ``shift.g_ext`` (value ``B_train + g_ext``, delta the plan's "tv"
   part, none when the TV is exact); "mixture_shift" when ``shift.mixture`` is given
-  (``extrapolation.mixture_shift_bound(B_train, mixture)``, its "mixture" part spent once
+  (``mixture.mixture_shift_bound(B_train, mixture)``, its "mixture" part spent once
   for every kind that uses it); and the precomputed ``shift.extrapolation`` kinds
   ("weighted", "per_slice"). The choice of the minimum is fixed in advance (min over all
   certified kinds computed) and every computed kind is paid for, so the minimum holds on the
@@ -268,9 +269,9 @@ def certify(
   if mixture is not None:
     computed.append(ext.ExtrapolationBound(
       name="mixture_shift", kind=ext.KIND_MIXTURE,
-      value=ext.mixture_shift_bound(b_train, mixture), delta=0.0, uses_b_train=True,
+      value=mixtures.mixture_shift_bound(b_train, mixture), delta=0.0, uses_b_train=True,
       details={"m_out": mixture.m_out, "w_max": mixture.w_max,
-               "formula": ext.mixture_shift_formula(b_train, mixture)}))
+               "formula": mixtures.mixture_shift_formula(b_train, mixture)}))
   computed += kinds
   certified = [k for k in computed if k.certified]
   pool = certified or [k for k in computed if k.kind == ext.KIND_ESTIMATE]
@@ -283,7 +284,7 @@ def certify(
   def whole(b: float) -> float:
     """The bound the same choice rule gives when B_train is ``b`` (for other methods)."""
     values = [b + k.value - b_train if k.name in ("tv", "estimate")
-              else ext.mixture_shift_bound(b, mixture) if k.name == "mixture_shift"
+              else mixtures.mixture_shift_bound(b, mixture) if k.name == "mixture_shift"
               else k.value for k in pool]
     return min(values) if values else b
 

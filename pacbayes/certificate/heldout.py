@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pacbayes.bounds import testset
-from pacbayes.bounds.extrapolation import split_delta
+from pacbayes.bounds.delta import split_delta
 from pacbayes.bounds.mixture import MixtureBounds, mixture_shift_bound
 from pacbayes.core import jsonio
 from pacbayes.core.atomic import write_text

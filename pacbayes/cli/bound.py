@@ -202,7 +202,7 @@ _FLAGS = {
     "exclude": "--exclude", "chunk_size": "--chunk-size", "num_draws": "--draws",
     "draws_per_step": "--draws-per-step", "max_memory": "--max-memory",
     "batch_size": "--batch-size", "alpha": "--alpha", "seed": "--seed", "delta": "--delta",
-    "measure_rows": "--measure-rows", "measure_steps": "--measure-steps",
+    "measure_rows": "--measure-rows", "measure_steps": "--measure-steps", "space": "--space",
 }
 _NAME = re.compile(r"(?<![\w-])(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) +
                    r")(?=[:=\[]|$)")

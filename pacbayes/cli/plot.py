@@ -7,7 +7,8 @@ import os
 
 from pacbayes.cli.common import CommandError, check_input_file, check_output_path
 
-# The report keys `plots.report_terms` draws; each must be a finite number.
+# The report keys `plots.report_terms` draws; each must be a finite number (g_gen / g_ext may be
+# null when their status says "saturated" / "vacuous": the figure then draws no term bars).
 REPORT_TERMS = ("emp_risk", "epsilon", "g_gen", "g_ext", "bound")
 
 
@@ -131,4 +132,16 @@ def run(args) -> int:
     raise CommandError(f"{args.results[0]}: --kind {kind}: malformed results ({e})") from None
   plots.save_figure(fig, args.out)
   print(f"figure written to {args.out}")
+  if not lab:
+    print_statuses(loaded, args.results)
   return 0
+
+
+def print_statuses(reports: list, paths: list[str]) -> None:
+  """One line per vacuous or saturated report: how the figure draws it, and what it means."""
+  from pacbayes.study.report_figure import report_status
+
+  for report, path in zip(reports, paths, strict=True):
+    status, meaning = report_status(report)
+    if status != "ok":
+      print(f"{path}: {status} ({meaning}): drawn as a marked column, no term bars")

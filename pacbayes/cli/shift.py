@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-  from pacbayes.shift import report as shift
+  from pacbayes import shift
 
   embedding = args.feature == "embedding"
   if embedding and not args.model:
@@ -48,8 +48,8 @@ def run(args) -> int:
   check_input_file(args.train, "--train")
   check_input_file(args.test, "--test")
   check_output_path(args.out, "--out", inputs=(args.train, args.test, args.model))
-  extra = ({"model_dir": args.model, "max_length": args.max_length,
-            "batch_size": args.batch_size} if embedding else {})
+  extra = ({"model_dir": args.model, "features": shift.FeatureOptions(
+      max_length=args.max_length, batch_size=args.batch_size)} if embedding else {})
   if args.support is not None:
     extra["support"] = args.support
   report = shift.shift_report(args.train, args.test, feature=args.feature, delta=args.delta,

@@ -12,12 +12,14 @@ from pacbayes.data.difficulty import difficulty_values as difficulty_values
 from pacbayes.data.jsonl import DataError as DataError
 from pacbayes.data.jsonl import read_jsonl as read_jsonl
 from pacbayes.data.jsonl import read_jsonl_with_lines as read_jsonl_with_lines
+from pacbayes.data.rows import EncodeOptions as EncodeOptions
 from pacbayes.data.tokenize import load_tokenizer as load_tokenizer
 
 __all__ = [
   "Buckets",
   "DataError",
   "Dataset",
+  "EncodeOptions",
   "assign_buckets",
   "bucket_by_quantiles",
   "completion_lengths",

@@ -42,7 +42,7 @@ from pacbayes.data.difficulty import completion_lengths as completion_lengths
 from pacbayes.data.difficulty import difficulty_values as difficulty_values
 from pacbayes.data.jsonl import DataError as DataError
 from pacbayes.data.jsonl import read_jsonl_with_lines
-from pacbayes.data.rows import DEFAULT_OVERFLOW_HINT, encode_rows
+from pacbayes.data.rows import DEFAULT_OVERFLOW_HINT, EncodeOptions, encode_rows
 
 _BATCH_EXTRAS = ("prompt_lengths", "index", "difficulty")
 
@@ -156,14 +156,9 @@ class Dataset:
     tokenizer: Any = None,
     tokenizer_dir: str | os.PathLike | None = None,
     vocab_size: int | None = None,
-    max_length: int | None = None,
-    pad_id: int = 0,
-    pad_length: int | None = None,
-    on_overflow: str = "truncate",
-    add_eos: bool = True,
+    options: EncodeOptions | None = None,
     source: str = "<memory>",
     line_numbers: Sequence[int] | None = None,
-    overflow_hint: str = DEFAULT_OVERFLOW_HINT,
   ) -> Dataset:
     """Builds a dataset from in-memory rows (same formats and checks as `load_dataset`).
 
@@ -171,16 +166,15 @@ class Dataset:
       rows: dicts in one of the row formats of the module docstring.
       tokenizer: a loaded ``transformers`` tokenizer for string rows.
       tokenizer_dir: or a local folder to load it from (ignored when ``tokenizer`` is given).
-      vocab_size: when given, every token id must lie in ``[0, vocab_size)``.
-      max_length: rows longer than this are truncated (or refused, see ``on_overflow``).
-      pad_id: the id written on padding positions.
-      pad_length: pad every row to exactly this length (default: the longest row).
-      on_overflow: ``"truncate"`` or ``"error"`` for rows longer than ``max_length``.
-      add_eos: append the tokenizer's EOS to string completions.
+      vocab_size: when given, every token id (and ``options.pad_id``) must lie in
+        ``[0, vocab_size)``.
+      options: the `pacbayes.data.rows.EncodeOptions`: ``max_length`` (longer rows are
+        truncated, or refused under ``on_overflow="error"``), ``pad_id``, ``pad_length``
+        (default: the longest row), ``on_overflow``, ``add_eos`` (append the tokenizer's EOS
+        to string completions) and ``overflow_hint``. None: the defaults (no maximum
+        length, pad id 0, truncate, EOS appended).
       source: a label used in error messages and kept in ``Dataset.source``.
       line_numbers: the line number of each row in ``source`` (default 1, 2, ...).
-      overflow_hint: how to ask for truncation, ending the message that refuses a long row
-        (a command names its flag, e.g. "use --max-length N --truncate").
 
     Returns:
       The `Dataset`.
@@ -190,6 +184,7 @@ class Dataset:
         ``on_overflow="error"``, or holds strings but the tokenizer folder holds no tokenizer;
         the message is ``"source:line: what is wrong"``.
     """
+    options = EncodeOptions() if options is None else options
     arrays = encode_rows(
       rows,
       source=source,
@@ -197,15 +192,10 @@ class Dataset:
       tokenizer=tokenizer,
       tokenizer_dir=tokenizer_dir,
       vocab_size=vocab_size,
-      max_length=max_length,
-      pad_id=pad_id,
-      pad_length=pad_length,
-      on_overflow=on_overflow,
-      add_eos=add_eos,
-      overflow_hint=overflow_hint,
+      options=options,
     )
     fields = {f.name: getattr(arrays, f.name) for f in dataclasses.fields(arrays)}
-    return cls(**fields, source=source, pad_id=pad_id)
+    return cls(**fields, source=source, pad_id=options.pad_id)
 
 
 def load_dataset(
@@ -236,7 +226,7 @@ def load_dataset(
       several datasets share one compiled shape.
     on_overflow: ``"truncate"`` or ``"error"``.
     add_eos: append the tokenizer's EOS to string completions.
-    overflow_hint: see `Dataset.from_rows`.
+    overflow_hint: see `pacbayes.data.rows.EncodeOptions`.
 
   Returns:
     The `Dataset`, with ``source`` the path and ``line_numbers`` the file lines.
@@ -252,8 +242,9 @@ def load_dataset(
   rows, lines = read_jsonl_with_lines(path)
   return Dataset.from_rows(
     rows, source=path, line_numbers=lines, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
-    vocab_size=vocab_size, max_length=max_length, pad_id=pad_id, pad_length=pad_length,
-    on_overflow=on_overflow, add_eos=add_eos, overflow_hint=overflow_hint)
+    vocab_size=vocab_size, options=EncodeOptions(
+      max_length=max_length, pad_id=pad_id, pad_length=pad_length, on_overflow=on_overflow,
+      add_eos=add_eos, overflow_hint=overflow_hint))
 
 
 

@@ -1,8 +1,9 @@
 """JSONL row formats -> token arrays: format checks, tokenisation, truncation, masks.
 
 The row formats, masks and truncation rules are those of `pacbayes.data.dataset` (its module
-docstring states them); `encode_rows` does the work and `pacbayes.data.dataset.Dataset`
-holds the result. Every error names ``file:line``.
+docstring states them); `encode_rows` does the work, with its settings (length, padding,
+overflow, EOS) in one `EncodeOptions`, and `pacbayes.data.dataset.Dataset` holds the result.
+Every error names ``file:line``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,36 @@ _INT32_MAX = 2**31 - 1
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model", "sentencepiece.bpe.model", "tekken.json")
 DEFAULT_OVERFLOW_HINT = "pass on_overflow='truncate' to cut such rows"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeOptions:
+  """How rows become fixed-length token arrays: length, padding, overflow, EOS.
+
+  The settings are checked by `encode_rows` (which knows the vocabulary ``pad_id`` must lie
+  in), so a bad value is refused with the same message wherever the options were made.
+
+  Attributes:
+    max_length: rows longer than this many tokens are truncated on the right (or refused,
+      see ``on_overflow``); None: no limit. At least 2 (one input, one target).
+    pad_id: the id written on padding positions (masks make its value irrelevant to
+      losses); in ``[0, vocab_size)``.
+    pad_length: pad every row to exactly this length (default: the longest row), so that
+      several datasets share one compiled shape.
+    on_overflow: ``"truncate"`` (counted in ``num_truncated``) or ``"error"`` for rows
+      longer than ``max_length``.
+    add_eos: append the tokenizer's EOS to string completions.
+    overflow_hint: how to ask for truncation, ending the message that refuses a long row
+      under ``on_overflow="error"`` (a command names its flag, e.g. "use --max-length N
+      --truncate").
+  """
+
+  max_length: int | None = None
+  pad_id: int = 0
+  pad_length: int | None = None
+  on_overflow: str = "truncate"
+  add_eos: bool = True
+  overflow_hint: str = DEFAULT_OVERFLOW_HINT
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,20 +160,15 @@ def encode_rows(
   tokenizer: Any,
   tokenizer_dir: str | os.PathLike | None,
   vocab_size: int | None,
-  max_length: int | None,
-  pad_id: int,
-  pad_length: int | None,
-  on_overflow: str,
-  add_eos: bool,
-  overflow_hint: str = DEFAULT_OVERFLOW_HINT,
+  options: EncodeOptions | None = None,
 ) -> RowArrays:
   """Checks, tokenises, truncates and pads rows (arguments as `Dataset.from_rows`).
 
   Args:
-    rows, source, line_numbers, tokenizer, tokenizer_dir, vocab_size, max_length, pad_id,
-      pad_length, on_overflow, add_eos: see `pacbayes.data.dataset.Dataset.from_rows`.
-    overflow_hint: the end of the message refusing a row longer than ``max_length`` under
-      ``on_overflow="error"``: how to ask for truncation (a command names its flag here).
+    rows, source, line_numbers, tokenizer, tokenizer_dir, vocab_size: see
+      `pacbayes.data.dataset.Dataset.from_rows`.
+    options: the `EncodeOptions` (maximum length, padding, overflow, EOS, overflow hint);
+      None: the defaults.
 
   Returns:
     The `RowArrays`.
@@ -153,6 +179,12 @@ def encode_rows(
       holds no tokenizer (naming the folder and the files looked for).
     ValueError: a bad setting (naming the argument).
   """
+  options = EncodeOptions() if options is None else options
+  if not isinstance(options, EncodeOptions):
+    raise ValueError(f"options: expected an EncodeOptions, got {type(options).__name__}")
+  max_length, pad_id, pad_length = options.max_length, options.pad_id, options.pad_length
+  on_overflow, add_eos = options.on_overflow, options.add_eos
+  overflow_hint = options.overflow_hint
   if not rows:
     raise DataError(f"{source}: no rows")
   lines = list(range(1, len(rows) + 1)) if line_numbers is None else list(line_numbers)

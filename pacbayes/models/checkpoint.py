@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any
@@ -19,6 +20,7 @@ from pacbayes.core.tensorio import (
   is_float_dtype,
   iter_tensors,
   read_tensors,
+  row_blocks,
   weight_files,
   write_safetensors,
   write_tensors,
@@ -82,9 +84,12 @@ def load_pretrained(path: str | os.PathLike, *,
   table = param_table(config)
   pset = classify_tensors(config, tensors, str(path))
   if pset.tied_duplicate is not None:
-    embed = np.asarray(tensors[pset.parameters[embedding_name(config)]], np.float64)
-    head = np.asarray(tensors[pset.tied_duplicate], np.float64)
-    if head.shape != embed.shape or not np.array_equal(head, embed):
+    # Compared as stored (no float64 copies of a [V, D] matrix); equal values in two stored
+    # dtypes still compare equal because NumPy promotes both to a common type row by row.
+    embed = tensors[pset.parameters[embedding_name(config)]]
+    head = tensors.pop(pset.tied_duplicate)
+    if head.shape != embed.shape or not all(
+        np.array_equal(head[r0:r1], embed[r0:r1]) for r0, r1 in row_blocks(embed.shape)):
       raise ValueError(f"{path}: tie_word_embeddings is true but {pset.tied_duplicate!r} differs "
                        f"from {embedding_name(config)!r}")
 
@@ -93,8 +98,16 @@ def load_pretrained(path: str | os.PathLike, *,
   slots = dict(nnx.to_flat_state(abstract_state))
   dtype_np = _model_dtype(config)
   filled: dict[NnxPath, Any] = {}
+  # Each tensor is a memory map of its file bytes: its pages stay resident while a reference
+  # lives, so every map is dropped as soon as its last table entry has copied it (peak RSS
+  # near the model plus one tensor, not the model plus the whole file).
+  uses = collections.Counter(pset.parameters[entry.hf_name] for entry in table)
   for entry in table:
-    array = tensors[pset.parameters[entry.hf_name]]
+    name = pset.parameters[entry.hf_name]
+    array = tensors[name]
+    uses[name] -= 1
+    if not uses[name]:
+      del tensors[name]
     if not is_float_dtype(array.dtype):
       raise ValueError(f"{path}: parameter {entry.hf_name!r} has dtype {array.dtype}; expected "
                        "a floating-point dtype")
@@ -114,6 +127,8 @@ def load_pretrained(path: str | os.PathLike, *,
         raise ValueError(f"{path}: parameter {entry.hf_name!r} holds a non-finite value (NaN or "
                          f"infinite, after casting to {config.dtype})")
       filled[nnx_path] = slot.replace(value=jnp.asarray(value))
+      del value, part
+    del array, parts
   unfilled = [p for p in slots if p not in filled]
   if unfilled:  # a table bug, not a user error
     raise RuntimeError(f"parameters not covered by the load table: {unfilled}")

@@ -109,7 +109,7 @@ def _held_out_mixture(config: Any, split: HeldOutSplit, test_difficulty: Any,
   difficulties. The support: --difficulty-support, else the exact test mixture's keys when
   they cover every training value; without one, no per-slice / mixture-shift value.
   """
-  from pacbayes.bounds import extrapolation as ex
+  from pacbayes.bounds import mixture as mixtures
 
   diff = split.all_difficulty
   if diff is None or (config.test_mixture is None and test_difficulty is None):
@@ -119,11 +119,12 @@ def _held_out_mixture(config: Any, split: HeldOutSplit, test_difficulty: Any,
     if isinstance(config.test_mixture, str) and config.test_mixture == "uniform":
       values = config.difficulty_support or (None if test_difficulty is None else
                                              sorted({float(v) for v in test_difficulty}))
-      exact = None if values is None else ex.uniform_mixture(list(values))
+      exact = None if values is None else mixtures.uniform_mixture(list(values))
     elif isinstance(config.test_mixture, (str, os.PathLike)):
-      exact = ex.load_mixture(os.fspath(config.test_mixture), support=config.difficulty_support)
+      exact = mixtures.load_mixture(os.fspath(config.test_mixture),
+                                    support=config.difficulty_support)
     else:
-      exact = ex.check_mixture(config.test_mixture, name="test_mixture")
+      exact = mixtures.check_mixture(config.test_mixture, name="test_mixture")
   support = config.difficulty_support
   if support is None and exact is not None and {float(v) for v in diff} <= set(exact):
     support = tuple(sorted(exact))
@@ -131,7 +132,7 @@ def _held_out_mixture(config: Any, split: HeldOutSplit, test_difficulty: Any,
     return None, None, ("held-out: no per-slice or test-mixture value: the difficulty "
                         "support is not fixed in advance (--difficulty-support, or an exact "
                         "--test-mixture covering every training value)")
-  mix = ex.mixture_bounds(
+  mix = mixtures.mixture_bounds(
       test_mixture=exact, test_difficulty=None if exact is not None else test_difficulty,
       train_difficulty=diff, support=list(support), delta=delta)
   return mix, split.heldout.difficulty, ""

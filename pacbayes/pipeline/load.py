@@ -223,6 +223,7 @@ def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length:
   from pacbayes.data import tokenize
   from pacbayes.data.dataset import Dataset
   from pacbayes.data.jsonl import read_jsonl_with_lines
+  from pacbayes.data.rows import EncodeOptions
 
   context = int(config.max_position_embeddings)
   if max_length is not None and max_length > context:
@@ -239,7 +240,8 @@ def load_training_set(path: str, *, tokenizer_dir: str, config: Any, max_length:
   try:
     return Dataset.from_rows(
         rows, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, vocab_size=config.vocab_size,
-        max_length=limit, on_overflow="error" if max_length is None else "truncate",
+        options=EncodeOptions(max_length=limit, on_overflow="error" if max_length is None
+                              else "truncate"),
         source=path, line_numbers=lines)
   except DataError as e:
     text = str(e)

@@ -98,9 +98,8 @@ def plan_from_keywords(**kw: Any) -> CertifyPlan:
 
 def certify_params(loss_fn: draws.LossFn, prior_params: Any, posterior_params: Any,
                    dataset: Any, *, key: jax.Array, plan: CertifyPlan | None = None,
-                   mask: Any = None, include: Any = None, exclude: Any = None,
-                   name_of: Callable[[str], str] | None = None, mesh: Any = None,
-                   **keywords: Any) -> Certificate:
+                   mask: Any = None, name_of: Callable[[str], str] | None = None,
+                   mesh: Any = None, **keywords: Any) -> Certificate:
   """The two-gap certificate of in-memory prior and posterior parameters (the one route).
 
   Args:
@@ -110,8 +109,8 @@ def certify_params(loss_fn: draws.LossFn, prior_params: Any, posterior_params: A
     key: PRNG key.
     plan: the `CertifyPlan`; or None and the plan's settings as `**keywords`
       (`plan_from_keywords`), not both.
-    mask: bool pytree of perturbed leaves; or `include` / `exclude` leaf-path globs
-      (`posterior.draws.perturbation_mask`).
+    mask: bool pytree of perturbed leaves (default every floating leaf); from leaf-path globs,
+      `posterior.draws.perturbation_mask(posterior_params, include, exclude)`.
     name_of: maps a leaf path to the name shown in messages.
     mesh: optional ('data', 'fsdp') mesh.
 
@@ -122,7 +121,7 @@ def certify_params(loss_fn: draws.LossFn, prior_params: Any, posterior_params: A
     raise ValueError(f"plan and {sorted(keywords)}: give the plan or its keywords, not both")
   plan = plan_from_keywords(**keywords) if plan is None else plan
   if mask is None:
-    mask = draws.perturbation_mask(posterior_params, include, exclude)
+    mask = draws.perturbation_mask(posterior_params)
   return certify_posterior(loss_fn, prior_params, posterior_params, _as_arrays(dataset), plan,
                            key=key, mask=mask, name_of=name_of, mesh=mesh)
 
@@ -167,7 +166,7 @@ def run_bound(config: BoundConfig) -> Certificate:
     loss_options,
     model_loss,
   )
-  from pacbayes.posterior.kl import check_sigmas
+  from pacbayes.posterior.sigma_checks import check_sigmas
 
   c = config
   progress = c.progress
@@ -308,15 +307,15 @@ def _attach(cert: Certificate, c: BoundConfig, loss_fn: Any, pair: Any, mask: An
 
 def _exact_test_mixture(c: BoundConfig) -> dict[float, float] | None:
   """The exact --test-mixture as {difficulty: p} (None for "uniform" without a support)."""
-  from pacbayes.bounds import extrapolation as ex
+  from pacbayes.bounds import mixture as mixtures
 
   m = c.test_mixture
   if isinstance(m, str) and m == "uniform":
-    return None if c.difficulty_support is None else ex.uniform_mixture(
+    return None if c.difficulty_support is None else mixtures.uniform_mixture(
         list(c.difficulty_support))
   if isinstance(m, (str, os.PathLike)):
-    return ex.load_mixture(os.fspath(m), support=c.difficulty_support)
-  return ex.check_mixture(m, name="test_mixture")
+    return mixtures.load_mixture(os.fspath(m), support=c.difficulty_support)
+  return mixtures.check_mixture(m, name="test_mixture")
 
 
 def _listed(patterns: Any) -> Any:

@@ -3,7 +3,7 @@
 Two stages. `plan_shift` runs before any model is loaded: it fixes the feature behind g_ext
 (by the rule of `bound_inputs.choose_shift_feature`), reads the test difficulties strictly
 (file and line for a bad row), and reads the test mixture. `measure_shift` then computes what
-the certificate needs: the difficulty mixtures (`pacbayes.bounds.extrapolation.mixture_bounds`), the
+the certificate needs: the difficulty mixtures (`pacbayes.bounds.mixture.mixture_bounds`), the
 certified TV over difficulty, or a domain-classifier estimate; and, whenever a certified kind
 rests on the one-pool assumption and test rows exist, the cross-check below.
 
@@ -11,7 +11,7 @@ One-pool cross-check. The certified kinds assume that train and test draw from o
 differ only in the mixture over difficulty; then TV(D_test, D_train) = TV(p_test(d),
 p_train(d)) <= U, the certified upper value over difficulty. A domain classifier on hashed
 n-grams gives a lower bound L on TV(D_test, D_train) that needs no assumption (HPLB,
-`pacbayes.shift.report.tv_classifier`). If L > U, both cannot hold: with probability >= 1 - delta
+`pacbayes.shift.tv_classifier`). If L > U, both cannot hold: with probability >= 1 - delta
 (delta/2 for L, delta/2 for U) the assumption is false, and the term is reported REFUTED. The
 check only ever withdraws a claim, so its confidence is not taken from the certificate's
 delta.
@@ -88,10 +88,10 @@ def plan_shift(train_path: str, test_path: str | None, *, train_difficulty: np.n
 
   Raises:
     ValueError: naming the argument, file and line (see `bound_inputs.choose_shift_feature`,
-      `bound_inputs.read_difficulty`, `pacbayes.bounds.extrapolation.load_mixture`); a test
+      `bound_inputs.read_difficulty`, `pacbayes.bounds.mixture.load_mixture`); a test
       difficulty outside the support or with no mass under the given mixture.
   """
-  from pacbayes.bounds import extrapolation as ex
+  from pacbayes.bounds import mixture as mixtures
 
   support = _check_support(difficulty_support)
   feature = bi.choose_shift_feature(
@@ -126,21 +126,21 @@ def plan_shift(train_path: str, test_path: str | None, *, train_difficulty: np.n
   if test_mixture is not None:
     if isinstance(test_mixture, str) and test_mixture == "uniform":
       if support is not None:
-        mixture = ex.uniform_mixture(list(support))
+        mixture = mixtures.uniform_mixture(list(support))
         source = f"uniform over the given difficulty support ({len(support)} values)"
       elif test_values is not None:
         seen = sorted({float(v) for v in test_values})
-        mixture = ex.uniform_mixture(seen)
+        mixture = mixtures.uniform_mixture(seen)
         source = (f"uniform over the {len(seen)} difficulty values seen in {test_path} (the "
                   "observed support, not fixed in advance)")
       else:
         raise ValueError("test_mixture: 'uniform' needs difficulty_support or a test file "
                          "whose rows carry difficulty, to fix the values it spreads over")
     elif isinstance(test_mixture, (str, os.PathLike)):
-      mixture = ex.load_mixture(os.fspath(test_mixture), support=support)
+      mixture = mixtures.load_mixture(os.fspath(test_mixture), support=support)
       source = f"given exactly in {os.fspath(test_mixture)}"
     else:
-      mixture = ex.check_mixture(test_mixture, name="test_mixture")
+      mixture = mixtures.check_mixture(test_mixture, name="test_mixture")
       source = "given exactly (a mapping)"
     if support is not None:
       outside = sorted(d for d, p in mixture.items() if p > 0 and d not in support)
@@ -175,8 +175,8 @@ def check_one_pool(train_path: str, test_path: str, tv_upper: float, *, delta: f
     A JSON-ready dict: `feature`, `tv_lower` (None when the check could not run), `tv_upper`,
     `delta`, `refuted` (bool), `reason` (one sentence).
   """
+  from pacbayes import shift
   from pacbayes.shift import features
-  from pacbayes.shift import report as shift
 
   out: dict[str, Any] = {"feature": "ngram", "tv_upper": float(tv_upper), "delta": delta,
                          "tv_lower": None, "refuted": False}
@@ -208,7 +208,7 @@ class ShiftMeasure:
   """What the certificate needs from the shift side.
 
   Attributes:
-    mixture: `pacbayes.bounds.extrapolation.MixtureBounds` (difficulty feature), else None.
+    mixture: `pacbayes.bounds.mixture.MixtureBounds` (difficulty feature), else None.
     tv: the TV term's value (certified upper value over difficulty, or a classifier
       estimate), or None without a test side.
     tv_kind: the kind word of `tv` (`pacbayes.bounds.extrapolation.KIND_TV` or `KIND_ESTIMATE`).
@@ -247,8 +247,9 @@ def measure_shift(plan: ShiftPlan, train_path: str, train_difficulty: np.ndarray
   Returns:
     A `ShiftMeasure`.
   """
+  from pacbayes import shift
   from pacbayes.bounds import extrapolation as ex
-  from pacbayes.shift import report as shift
+  from pacbayes.bounds import mixture as mixtures
 
   info: dict[str, Any] = {"feature": plan.feature, "rule": plan.rule}
   if plan.feature is None:
@@ -256,8 +257,9 @@ def measure_shift(plan: ShiftPlan, train_path: str, train_difficulty: np.ndarray
   if plan.test_path is not None:
     info["test"] = plan.test_path
   if plan.feature != "difficulty":
-    extra = {"model_dir": model_dir, "max_length": max_length} if (
-        plan.feature == "embedding") else {}
+    extra = {}
+    if plan.feature == "embedding":
+      extra = {"model_dir": model_dir, "features": shift.FeatureOptions(max_length=max_length)}
     report = shift.shift_report(train_path, plan.test_path, feature=plan.feature,
                                 delta=delta_tv, seed=seed, **extra)
     tv = min(1.0, max(0.0, float(report["g_ext"])))
@@ -267,7 +269,7 @@ def measure_shift(plan: ShiftPlan, train_path: str, train_difficulty: np.ndarray
   support = list(plan.support) if plan.support is not None else None
   # Mixture confidence values need a support fixed in advance (values never seen still get
   # an upper value); without one only the TV kind is available.
-  mix = None if support is None else ex.mixture_bounds(
+  mix = None if support is None else mixtures.mixture_bounds(
       test_mixture=plan.mixture, test_difficulty=None if plan.mixture else plan.test_difficulty,
       train_difficulty=train_difficulty, support=support, delta=delta_mixture)
   res = shift.tv_discrete(
@@ -326,21 +328,22 @@ class ShiftTerms:
 
 def _exact_train(config: Any, plan: ShiftPlan, train_difficulty: np.ndarray | None):
   """(MixtureBounds, support) when the training mixture is given exactly, else (None, None)."""
-  from pacbayes.bounds import extrapolation as ex
+  from pacbayes.bounds import mixture as mixtures
 
   if config.train_mixture is None:
     return None, None
   if plan.feature != "difficulty" or plan.mixture is None:
     raise ValueError("train_mixture: needs the difficulty feature and an exact test mixture")
   source = config.train_mixture
-  train = (ex.load_mixture(os.fspath(source), support=plan.support)
+  train = (mixtures.load_mixture(os.fspath(source), support=plan.support)
            if isinstance(source, (str, os.PathLike))
-           else ex.check_mixture(source, name="train_mixture"))
+           else mixtures.check_mixture(source, name="train_mixture"))
   off = sorted({float(v) for v in train_difficulty} - {d for d, p in train.items() if p > 0})
   if off:
     raise ValueError(f"{config.train}: difficulty {off[0]:g} has no mass under the given "
                      "training mixture (train_mixture)")
-  mix = ex.mixture_bounds(test_mixture=plan.mixture, train_mixture=train, support=plan.support)
+  mix = mixtures.mixture_bounds(test_mixture=plan.mixture, train_mixture=train,
+                                support=plan.support)
   return mix, tuple(mix.support)
 
 

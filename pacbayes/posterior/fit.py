@@ -202,7 +202,7 @@ class PosteriorFit:
     history: [steps] objective values (noisy minibatch estimates of the bound).
     objective: "maurer" or "fquad".
     mask: the perturbation mask used; pass it on with `sigma` (to `mc_risk` or
-      `pacbayes.pipeline.run.certify_params` via the same include/exclude).
+      `pacbayes.pipeline.run.certify_params` as its mask).
   """
 
   sigma: Any

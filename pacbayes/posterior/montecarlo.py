@@ -292,8 +292,7 @@ def mc_risk(
     mask: Any = None,
     mesh: Mesh | None = None,
     unperturbed: bool = False,
-    progress: bool = False,
-    desc: str | None = None,
+    progress: bool | str = False,
     **fields: Any,
 ) -> MCRisk:
   r"""Monte-Carlo estimate of E_{theta~Q}[R_S(theta)] for Q = N(params, diag(sigma^2)).
@@ -345,8 +344,8 @@ def mc_risk(
     mask: pytree of bools (`perturbation_mask`); default all floating leaves.
     mesh: optional ('data', 'fsdp') mesh: draws (or rows) along 'data', params on 'fsdp'.
     unperturbed: also compute R_S at `params` (one extra pass).
-    progress: show a tqdm bar (examples scored, examples/s), left in the log when done.
-    desc: label of the bar (default "MC risk (scheme, M=...)").
+    progress: show a tqdm bar (examples scored, examples/s), left in the log when done; a
+      string shows it with that label (default "MC risk (scheme, M=...)").
 
   Returns:
     An `MCRisk`.
@@ -403,8 +402,8 @@ def mc_risk(
   group = min(group, m_total)
 
   slot_losses = np.zeros((m_total, steps * b), np.float64)
-  label = desc or f"MC risk ({scheme}, M={m_total})"
-  bar = progress_bar(m_total * k_slots, label, progress)
+  label = progress if isinstance(progress, str) else f"MC risk ({scheme}, M={m_total})"
+  bar = progress_bar(m_total * k_slots, label, bool(progress))
 
   def collect(first: int, pending: list) -> None:
     for s, out, rows in pending:
@@ -444,7 +443,7 @@ def mc_risk(
   base = rows_base = None
   if unperturbed:
     rows_base = row_losses(loss_fn, params, arrays, batch_size=batch_size, mesh=mesh,
-                           progress=progress)
+                           progress=bool(progress))
     base = float(rows_base.sum() / n)
   return MCRisk(
       mean=float(draws.mean()), draws=draws, num_samples=m_total, scheme=scheme,

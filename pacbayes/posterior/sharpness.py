@@ -183,7 +183,7 @@ def sharpness_measure(
 
   def risk(sigma: float) -> float:
     out = mc_risk(loss_fn, params, data, key=key, sigma=sigma, options=mc, mask=mask,
-                  progress=progress, desc=f"sharpness: risk at sigma {sigma:.3g}")
+                  progress=progress and f"sharpness: risk at sigma {sigma:.3g}")
     trace.append((sigma, out.mean))
     num_draws[0] = out.num_samples
     return out.mean

@@ -169,7 +169,7 @@ class BoundTarget:
 
 @dataclasses.dataclass(frozen=True)
 class SearchOptions:
-  """The sizes of the sigma search (see `choose_sigma`).
+  """The sizes of the sigma search (see `choose_sigma`), or the sigma_q that replaces it.
 
   Attributes:
     subset_size: rows of S used (None: all).
@@ -178,6 +178,8 @@ class SearchOptions:
     tol: an interval is split only when its lower bound is at least `tol` below the best
       bound found (bound units).
     min_ratio: smallest sigma_q / sigma_p searched (> 0, < 1).
+    sigma_q: a fixed posterior sigma: no search, one risk evaluation, and only sigma_p is
+      chosen (None: sigma_q is searched).
   """
 
   subset_size: int | None = 256
@@ -185,6 +187,7 @@ class SearchOptions:
   max_evals: int = 12
   tol: float = 5e-3
   min_ratio: float = 1e-4
+  sigma_q: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +236,6 @@ def choose_sigma(
     *,
     key: jax.Array,
     target: BoundTarget,
-    sigma_q: float | None = None,
     search: SearchOptions | None = None,
     mc: MonteCarloOptions | None = None,
     mask: Any = None,
@@ -265,8 +267,8 @@ def choose_sigma(
   sigma_q is scored against every grid point; the smallest bound wins, ties (within 1e-12)
   toward the smaller KL, except between vacuous bounds (1 after clipping): then the smaller
   sigma_q wins, so that a tie of bounds that say nothing never picks a posterior whose noise
-  destroys the model. With `sigma_q` given: one risk evaluation, then the grid point of
-  the smallest bound.
+  destroys the model. With `search.sigma_q` given: one risk evaluation, then the grid point
+  of the smallest bound.
 
   Validity: sigma_q may depend on S (PAC-Bayes holds for all Q at once); sigma_p is one of k
   grid points fixed in advance, which costs ln k: the caller's certificate must use
@@ -281,8 +283,8 @@ def choose_sigma(
     key: PRNG key for the subset and the search's noise (not the certificate's).
     target: the grid, ||w_q - w_p||^2, d, n, M, the delta shares and the method of the
       final certificate (`BoundTarget`).
-    sigma_q: a fixed posterior sigma (then only sigma_p is chosen).
-    search: subset size, draws per evaluation, evaluations, tolerance (`SearchOptions`).
+    search: subset size, draws per evaluation, evaluations, tolerance, or a fixed sigma_q
+      (`SearchOptions`).
     mc: batch size and draws per step of the risk evaluations (`MonteCarloOptions`; its
       scheme and sizes are the search's own: `search.num_draws` full passes of the subset).
     mask, mesh: as in `mc_risk`.
@@ -316,6 +318,7 @@ def choose_sigma(
     if not (isinstance(v, (int, float)) and 0 < v < 1):
       raise ValueError(f"{name}: expected a value in (0, 1), got {v!r}")
   min_ratio, tol, subset_size = search.min_ratio, search.tol, search.subset_size
+  sigma_q = search.sigma_q
   if not (0 < min_ratio < 1):
     raise ValueError(f"min_ratio: expected a value in (0, 1), got {min_ratio!r}")
   if not (isinstance(tol, (int, float)) and 0 <= tol < 1):

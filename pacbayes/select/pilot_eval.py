@@ -57,11 +57,12 @@ def tokenise(rows: Sequence[dict[str, Any]], lines: Sequence[int], *, source: st
              base_dir: str, config: Any, max_length: int | None):
   """A `pacbayes.data.dataset.Dataset` of rows for the base (its tokenizer and vocabulary)."""
   from pacbayes.data.dataset import Dataset
+  from pacbayes.data.rows import EncodeOptions
 
   pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
   return Dataset.from_rows(list(rows), source=source, line_numbers=list(lines),
                            tokenizer_dir=base_dir, vocab_size=config.vocab_size,
-                           max_length=max_length, pad_id=pad_id)
+                           options=EncodeOptions(max_length=max_length, pad_id=pad_id))
 
 
 def make_target(data: Any, weights_I: np.ndarray) -> Target:

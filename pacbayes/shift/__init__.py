@@ -1,22 +1,23 @@
 """Distribution shift between training and test rows.
 
-TV over difficulty, n-gram features and the domain classifier.
+TV over difficulty, n-gram features and the domain classifier. Each name is imported from the
+module that defines it.
 """
 
+from pacbayes.bounds.concentration import clopper_pearson_lower
+from pacbayes.bounds.kinds import KIND_CERTIFIED, KIND_DIAGNOSTIC, KIND_ESTIMATE, KIND_LOWER
 from pacbayes.shift.classifier import (
-  KIND_CERTIFIED,
-  KIND_DIAGNOSTIC,
-  KIND_ESTIMATE,
-  KIND_LOWER,
+  ClassifierOptions,
   ClassifierTVResult,
   ShiftError,
   check_delta,
-  clopper_pearson_lower,
   tv_classifier,
   tv_lower_from_heldout,
 )
+from pacbayes.shift.discrete import TVResult, log_two_pow_k_minus_two, tv_discrete, weissman_epsilon
 from pacbayes.shift.features import (
   FeatureError,
+  FeatureOptions,
   checkpoint_embeddings,
   cot_length,
   difficulty,
@@ -28,19 +29,17 @@ from pacbayes.shift.features import (
 from pacbayes.shift.report import (
   FEATURES,
   GapEstimate,
-  TVResult,
   format_shift_table,
   importance_weighted_gap,
-  log_two_pow_k_minus_two,
   shift_report,
-  tv_discrete,
-  weissman_epsilon,
 )
 
 __all__ = [
+  "ClassifierOptions",
   "ClassifierTVResult",
   "FEATURES",
   "FeatureError",
+  "FeatureOptions",
   "GapEstimate",
   "KIND_CERTIFIED",
   "KIND_DIAGNOSTIC",

@@ -15,7 +15,10 @@ import optax
 from pacbayes.bounds.concentration import clopper_pearson_lower
 from pacbayes.bounds.kinds import KIND_CERTIFIED, KIND_DIAGNOSTIC, KIND_ESTIMATE, KIND_LOWER
 
-# The error and the delta check are shared with pacbayes.shift.report, which re-exports them.
+# The KIND_* words and clopper_pearson_lower are pacbayes.bounds names, importable from here too.
+__all__ = ["KIND_CERTIFIED", "KIND_DIAGNOSTIC", "KIND_ESTIMATE", "KIND_LOWER", "ClassifierOptions",
+           "ClassifierTVResult", "ShiftError", "check_delta", "clopper_pearson_lower",
+           "tv_classifier", "tv_lower_from_heldout"]
 
 
 class ShiftError(ValueError):
@@ -28,10 +31,6 @@ def check_delta(delta: float, name: str = "delta") -> float:
   if not 0.0 < delta < 1.0:
     raise ShiftError(f"{name} must lie in (0, 1), got {delta}")
   return delta
-
-# ---------------------------------------------------------------------------------------------
-# Domain classifier: estimate, HPLB-style lower bound, density ratio.
-# ---------------------------------------------------------------------------------------------
 
 
 def tv_lower_from_heldout(
@@ -300,35 +299,85 @@ class ClassifierTVResult:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassifierOptions:
+  """How `tv_classifier` splits the rows and fits its domain classifier.
+
+  Attributes:
+    model: "logistic" (L2 logistic regression, full-batch L-BFGS) or "mlp" (one hidden
+      GELU layer, Adam on balanced minibatches).
+    test_fraction: held-out share of each side, in (0, 1).
+    steps: optimiser steps (None: 100 for logistic, 500 for mlp); for logistic the most
+      L-BFGS iterations, stopping earlier once the gradient norm falls below `tol`.
+    l2: L2 penalty on the weights (features are standardised, loss is a mean); None: 1e-4
+      for logistic, 1e-2 for mlp.
+    hidden: MLP width.
+    batch_size: MLP minibatch size (half from each side).
+    learning_rate: MLP Adam learning rate.
+    calibrate: fit Platt scaling for the density ratio on the held-out split.
+    tol: gradient-norm tolerance of the logistic fit.
+
+  Raises:
+    ShiftError: a setting out of range, naming it.
+  """
+
+  model: str = "logistic"
+  test_fraction: float = 0.5
+  steps: int | None = None
+  l2: float | None = None
+  hidden: int = 64
+  batch_size: int = 1024
+  learning_rate: float = 1e-2
+  calibrate: bool = True
+  tol: float = 1e-5
+
+  def __post_init__(self):
+    if self.model not in ("logistic", "mlp"):
+      raise ShiftError(f"model must be 'logistic' or 'mlp', got {self.model!r}")
+    if not 0.0 < self.test_fraction < 1.0:
+      raise ShiftError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+    if self.fit_steps < 1:
+      raise ShiftError(f"steps must be >= 1, got {self.steps}")
+    if self.penalty < 0:
+      raise ShiftError(f"l2 must be >= 0, got {self.l2}")
+    if self.model == "mlp" and (self.batch_size < 2 or self.hidden < 1):
+      raise ShiftError(f"batch_size must be >= 2 and hidden >= 1, got {self.batch_size}, "
+                       f"{self.hidden}")
+
+  @property
+  def fit_steps(self) -> int:
+    """`steps`, or the model's default."""
+    return int(self.steps if self.steps is not None else
+               100 if self.model == "logistic" else 500)
+
+  @property
+  def penalty(self) -> float:
+    """`l2`, or the model's default."""
+    return self.l2 if self.l2 is not None else 1e-4 if self.model == "logistic" else 1e-2
+
+
 def tv_classifier(
     x_train: Any,
     x_test: Any,
     delta: float,
     seed: int,
     *,
-    model: str = "logistic",
-    test_fraction: float = 0.5,
-    steps: int | None = None,
-    l2: float | None = None,
-    hidden: int = 64,
-    batch_size: int = 1024,
-    learning_rate: float = 1e-2,
-    calibrate: bool = True,
-    tol: float = 1e-5,
+    options: ClassifierOptions | None = None,
 ) -> ClassifierTVResult:
   """Estimates TV(D_test, D_train) with a domain classifier, and bounds it from below.
 
   Each side is split at random (stratified: `test_fraction` of each side is held out). A
-  classifier is fit on the fit split to tell test rows (label 1) from train rows (label 0),
-  with class-balanced weights and features standardised on the fit split. On the held-out
-  split, with tpr / tnr the accuracies on test / train rows, `estimate = max(0, tpr + tnr - 1)`
-  = `2 * BA - 1`, and `lower` is the HPLB-style bound of `tv_lower_from_heldout` (valid for
-  any classifier, however poor, because it is fixed before the held-out split is seen).
+  classifier (`options.model`) is fit on the fit split to tell test rows (label 1) from train
+  rows (label 0), with class-balanced weights and features standardised on the fit split. On
+  the held-out split, with tpr / tnr the accuracies on test / train rows,
+  `estimate = max(0, tpr + tnr - 1)` = `2 * BA - 1`, and `lower` is the HPLB-style bound of
+  `tv_lower_from_heldout` (valid for any classifier, however poor, because it is fixed before
+  the held-out split is seen).
 
   The density ratio `r(x) = dD_test/dD_train (x)` comes from the classifier's odds; class
   balancing removes the prior (equivalently `r = (n_train/n_test) eta/(1 - eta)` with the
-  empirical-prior posterior eta). With `calibrate`, a positive-or-negative scale and a shift
-  of the logit (Platt scaling) are fit on the held-out split; this never changes the
+  empirical-prior posterior eta). With `calibrate`, a positive-or-negative scale and a
+  shift of the logit (Platt scaling) are fit on the held-out split; this never changes the
   classifier used for `estimate` and `lower`.
 
   Args:
@@ -336,45 +385,21 @@ def tv_classifier(
     x_test: features of test examples, [n_test, D].
     delta: failure probability of `lower`, in (0, 1).
     seed: integer seed; the call is deterministic given it (jax.random.key(seed)).
-    model: "logistic" (L2 logistic regression, full-batch L-BFGS) or "mlp" (one hidden
-      GELU layer, Adam on balanced minibatches).
-    test_fraction: held-out share of each side, in (0, 1).
-    steps: optimiser steps (default 100 for logistic, 500 for mlp); for logistic the most
-      L-BFGS iterations, stopping earlier once the gradient norm falls below `tol`.
-    l2: L2 penalty on the weights (features are standardised, loss is a mean); default
-      1e-4 for logistic, 1e-2 for mlp.
-    hidden: MLP width.
-    batch_size: MLP minibatch size (half from each side).
-    learning_rate: MLP Adam learning rate.
-    calibrate: fit Platt scaling for the density ratio on the held-out split.
-    tol: gradient-norm tolerance of the logistic fit.
+    options: the split and the classifier (`ClassifierOptions`; default logistic regression).
 
   Returns:
     A `ClassifierTVResult` (`upper` is None, `kind` is "estimate").
 
   Raises:
     ShiftError: empty sides or too few rows, mismatched feature dimensions, NaN or infinite
-      features, features constant over both sides, or bad settings.
+      features, or features constant over both sides (`ClassifierOptions` checks the settings).
 
   References:
     Michel, Näf & Meinshausen (2020), arXiv:2005.06006 (HPLB). Sugiyama, Suzuki &
     Kanamori (2012), "Density ratio estimation in machine learning" (classifier odds).
   """
   delta = check_delta(delta)
-  if model not in ("logistic", "mlp"):
-    raise ShiftError(f"model must be 'logistic' or 'mlp', got {model!r}")
-  if not 0.0 < test_fraction < 1.0:
-    raise ShiftError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-  if steps is None:
-    steps = 100 if model == "logistic" else 500
-  if l2 is None:
-    l2 = 1e-4 if model == "logistic" else 1e-2
-  if int(steps) < 1:
-    raise ShiftError(f"steps must be >= 1, got {steps}")
-  if l2 < 0:
-    raise ShiftError(f"l2 must be >= 0, got {l2}")
-  if model == "mlp" and (batch_size < 2 or hidden < 1):
-    raise ShiftError(f"batch_size must be >= 2 and hidden >= 1, got {batch_size}, {hidden}")
+  opts = ClassifierOptions() if options is None else options
   x0 = _check_features(x_train, "x_train")
   x1 = _check_features(x_test, "x_test")
   if x0.shape[1] != x1.shape[1]:
@@ -395,7 +420,7 @@ def tv_classifier(
   splits = []
   for k, x in ((k_split0, x0), (k_split1, x1)):
     n = x.shape[0]
-    n_hold = min(n - 1, max(1, int(round(n * test_fraction))))
+    n_hold = min(n - 1, max(1, int(round(n * opts.test_fraction))))
     perm = np.asarray(jax.random.permutation(k, n))
     splits.append((np.sort(perm[n_hold:]), np.sort(perm[:n_hold])))
   (fit0, hold0), (fit1, hold1) = splits
@@ -412,16 +437,18 @@ def tv_classifier(
   z0 = jnp.asarray((xf0 - mean[None, :]) / scale[None, :])
   z1 = jnp.asarray((xf1 - mean[None, :]) / scale[None, :])
 
-  if model == "logistic":
+  if opts.model == "logistic":
     z = jnp.concatenate([z0, z1])
     y = jnp.concatenate([jnp.zeros((len(fit0),), jnp.float32),
                          jnp.ones((len(fit1),), jnp.float32)])
     wt = jnp.concatenate([jnp.full((len(fit0),), 0.5 / len(fit0), jnp.float32),
                           jnp.full((len(fit1),), 0.5 / len(fit1), jnp.float32)])
-    params, _ = _fit_logistic(z, y, wt, jnp.float32(l2), jnp.float32(tol), int(steps))
+    params, _ = _fit_logistic(z, y, wt, jnp.float32(opts.penalty), jnp.float32(opts.tol),
+                              opts.fit_steps)
   else:
-    params, _ = _fit_mlp(k_fit, z0, z1, jnp.float32(l2), jnp.float32(learning_rate),
-                         int(steps), int(batch_size), int(hidden))
+    params, _ = _fit_mlp(k_fit, z0, z1, jnp.float32(opts.penalty),
+                         jnp.float32(opts.learning_rate), opts.fit_steps, int(opts.batch_size),
+                         int(opts.hidden))
   params = jax.tree.map(np.asarray, params)
 
   f0 = np.asarray(_standardised_logits(params, mean, scale, x0[hold0]), dtype=np.float64)
@@ -432,7 +459,7 @@ def tv_classifier(
   tpr = correct1 / len(hold1)
   lower = float(tv_lower_from_heldout(correct1, len(hold1), correct0, len(hold0), delta))
 
-  if calibrate:
+  if opts.calibrate:
     labels = np.concatenate([np.zeros(len(f0)), np.ones(len(f1))])
     a, b = _fit_platt(np.concatenate([f0, f1]), labels)
   else:
@@ -455,7 +482,7 @@ def tv_classifier(
       num_heldout_test=len(hold1),
       delta=delta,
       seed=int(seed),
-      model=model,
+      model=opts.model,
       calibration=(a, b),
       params=params,
       mean=mean,
@@ -463,10 +490,3 @@ def tv_classifier(
       heldout_train=hold0,
       heldout_test=hold1,
   )
-
-
-
-__all__ = [
-    "ClassifierTVResult", "KIND_CERTIFIED", "KIND_DIAGNOSTIC", "KIND_ESTIMATE", "KIND_LOWER",
-    "ShiftError", "check_delta", "clopper_pearson_lower", "tv_classifier", "tv_lower_from_heldout",
-]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -22,6 +23,22 @@ from pacbayes.models import load_pretrained
 
 class FeatureError(ValueError):
   """A feature that cannot be computed; the message names the file/row or argument."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOptions:
+  """How feature vectors are computed for a shift estimate (`pacbayes.shift.report.shift_report`).
+
+  Attributes:
+    ngram_dim: hashed n-gram dimension (`hashed_ngrams`).
+    max_length: the embedding pass truncates longer rows; None: the model's
+      `max_position_embeddings` (`checkpoint_embeddings`, which checks it).
+    batch_size: rows per compiled forward pass of the embedding (`checkpoint_embeddings`).
+  """
+
+  ngram_dim: int = 2**12
+  max_length: int | None = None
+  batch_size: int = 32
 
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -356,6 +373,6 @@ def checkpoint_embeddings(
 
 
 __all__ = [
-    "FeatureError", "checkpoint_embeddings", "cot_length", "difficulty", "embed_with",
-    "hashed_ngrams", "mean_hidden_states", "read_rows",
+    "FeatureError", "FeatureOptions", "checkpoint_embeddings", "cot_length", "difficulty",
+    "embed_with", "hashed_ngrams", "mean_hidden_states", "read_rows",
 ]

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from pacbayes.bounds import extrapolation as ext
+from pacbayes.bounds import mixture as mixtures
 from pacbayes.bounds.delta import DeltaPlan
 from pacbayes.certificate.core import ShiftInputs
 from pacbayes.certificate.route import CertifyPlan, certify_posterior
@@ -30,8 +31,18 @@ __all__ = ["certify_cell", "cell_plan"]
 def cell_plan(difficulty: np.ndarray, *, train_mixture: Mapping[int, float],
               test_mixture: Mapping[int, float], delta: float, sigma_grid,
               chunk_size: int, subset_size: int, batch_size: int) -> CertifyPlan:
-  """The `CertifyPlan` of a study cell (arguments as `certify_cell`)."""
-  mix = ext.mixture_bounds(test_mixture={float(k): p for k, p in test_mixture.items()},
+  """The `CertifyPlan` of a study cell (the sequence error; both mixtures known by design).
+
+  Args:
+    difficulty: [n] op count of each row of S.
+    train_mixture, test_mixture: op count -> probability, known by design.
+    delta: total failure probability, split equally over the parts the kinds spend.
+    sigma_grid: prior scales fixed in advance.
+    chunk_size: rows per posterior draw (one-pass chunk scheme).
+    subset_size: rows of S used to choose sigma_q.
+    batch_size: rows per forward pass.
+  """
+  mix = mixtures.mixture_bounds(test_mixture={float(k): p for k, p in test_mixture.items()},
                            train_mixture={float(k): p for k, p in train_mixture.items()})
   return CertifyPlan(
       sigma=SigmaPlan(None, tuple(float(s) for s in sigma_grid), "sigma_grid"),
@@ -43,32 +54,21 @@ def cell_plan(difficulty: np.ndarray, *, train_mixture: Mapping[int, float],
 
 
 def certify_cell(loss_fn: Callable, prior: Any, posterior: Any, data: Mapping[str, np.ndarray],
-                 difficulty: np.ndarray, *, train_mixture: Mapping[int, float],
-                 test_mixture: Mapping[int, float], key: jax.Array, delta: float,
-                 sigma_grid, chunk_size: int, subset_size: int,
-                 batch_size: int) -> dict[str, Any]:
+                 plan: CertifyPlan, *, key: jax.Array) -> dict[str, Any]:
   """Certificate of one cell as a JSON-ready dict (`Certificate.to_dict()` plus the choice).
 
   Args:
     loss_fn: sequence error `loss(params, batch) -> [B]` in the weight space.
     prior: the base's weights (prior mean); posterior: the fine-tuned weights.
-    data: the training set S ([n, L] arrays); difficulty: [n] op count of each row.
-    train_mixture, test_mixture: op count -> probability, known by design.
+    data: the training set S ([n, L] arrays).
+    plan: the cell's `CertifyPlan` (`cell_plan`).
     key: PRNG key (split into the sigma-choice and the certificate keys).
-    delta: total failure probability, split equally over the parts the kinds spend.
-    sigma_grid: prior scales fixed in advance.
-    chunk_size: rows per posterior draw (one-pass chunk scheme).
-    subset_size: rows of S used to choose sigma_q.
-    batch_size: rows per forward pass.
 
   Returns:
     The certificate dict with "sigma_choice" ({sigma_q, sigma_p, how, subset_bound,
     grid_position}; subset_bound is the search's bound, or the best possible bound when the
     grid was futile and the search was skipped) and "sq_distance".
   """
-  plan = cell_plan(difficulty, train_mixture=train_mixture, test_mixture=test_mixture,
-                   delta=delta, sigma_grid=sigma_grid, chunk_size=chunk_size,
-                   subset_size=subset_size, batch_size=batch_size)
   cert = certify_posterior(loss_fn, prior, posterior, data, plan, key=key)
   out = cert.to_dict()
   search = cert.extra.get("sigma_search", {})

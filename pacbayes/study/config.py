@@ -4,7 +4,7 @@ Difficulty is the operation count k of a synthetic problem. The test set covers 
 1-3 with `test_per_slice` problems per k, scored under two mixtures of the same items: uniform
 (the primary) and hard-tilted (k^2), so TV(bucket, test) differs between buckets. Op count 4 is
 left out: it stayed at chance (0.165-0.232) in every cell of the issue-10 design, trained on it
-or not (docs/THEORY.md §8; experiments/results/pilot). Training buckets are mixtures over the
+or not (docs/THEORY.md §8). Training buckets are mixtures over the
 same op counts with full support, leaning easy or hard (easiest 16,4,1 / easy 4,2,1 / medium
 1,1,1 / hard 1,2,4), so the mixture-shift term is finite and a bucket's data is learnable; the
 "disjoint" arm (the paper's design: op ranges that do not overlap) is there for comparison.
@@ -128,8 +128,9 @@ class StudyConfig:
   headroom_min: float = 0.1
   tuned: str = (
     "issue 20 pilot (experiments/pilot_protocol.py; master seed 7, not a study seed; "
-    "fine-tuning seed 0, seed 1 partly; log /tmp/w20/pilot.log, cache in "
-    "experiments/results/pilot): lr 1e-3 (a third of the pretraining lr, not tuned); epochs "
+    "fine-tuning seed 0, seed 1 partly; its log and pilot.json were left in a temporary "
+    "folder and not kept; experiments/results/pilot_headroom/ has the later pilots): lr 1e-3 "
+    "(a third of the pretraining lr, not tuned); epochs "
     "read off the held-out in-bucket sequence error (512 fresh rows per bucket) at snapshots "
     "2/4/8/16 epochs (n=200) and 1/2/3 (n=3200): at n=200 it is lowest at 2 epochs in every "
     "bucket (easiest 0.051, easy 0.156, hard 0.582 on seed 0) and later epochs only forget "
@@ -333,7 +334,8 @@ def is_close_mixture(a: dict[int, float], b: dict[int, float]) -> bool:
   return set(a) == set(b) and all(math.isclose(a[k], b[k]) for k in a)
 
 
-# How the presets were chosen (issue 20; the numbers are in experiments/results/pilot/pilot.json):
+# How the presets were chosen (issue 20; the first pilot's numbers are quoted in `tuned`, its file
+# was not kept; experiments/results/pilot_headroom/ holds the later pilots):
 # - Protocol: a fixed number of epochs per cell instead of a fixed step count (600 steps were 96
 #   epochs at n = 200, an over-training collapse, and 6 at n = 3200, under-fit), at lr 1e-3,
 #   a third of the pretraining lr (not tuned), with a minimum step count for small n; the epochs

@@ -14,6 +14,7 @@ from flax import nnx
 from pacbayes import losses
 from pacbayes.data import synthetic
 from pacbayes.data.dataset import Dataset
+from pacbayes.data.rows import EncodeOptions
 from pacbayes.models.generate import greedy_generate
 from pacbayes.posterior import perturb
 
@@ -79,7 +80,8 @@ def make_slice_set(rows: Sequence[Mapping[str, Any]], mixture: Mapping[int, floa
   for r in rows:
     by_ops.setdefault(int(r["difficulty"]), []).append(r)
   slices = {
-    k: Dataset.from_rows(rs, pad_length=pad_length, source=f"<test slice ops={k}>")
+    k: Dataset.from_rows(rs, options=EncodeOptions(pad_length=pad_length),
+                         source=f"<test slice ops={k}>")
     for k, rs in sorted(by_ops.items())
   }
   return SliceSet(slices=slices, mixture={int(k): float(p) for k, p in mixture.items()})

@@ -21,10 +21,10 @@ import numpy as np
 from flax import nnx
 
 from pacbayes.models import ModelConfig, build_model
-from pacbayes.posterior import perturb
+from pacbayes.posterior.draws import sq_distance
 from pacbayes.study import cache, power, studydata
 from pacbayes.study import evaluate as ev
-from pacbayes.study.cellcert import certify_cell
+from pacbayes.study.cellcert import cell_plan, certify_cell
 from pacbayes.study.config import PRESETS, StudyConfig
 from pacbayes.study.grid import BASES, Cell, bases_needed, certified_cells, grid_cells
 from pacbayes.study.records import (
@@ -293,11 +293,11 @@ class Study:
     cert = None
     if cell.certified or c.certify_main:
       test_mix = {k: p for k, p in c.test_mixture().items() if p > 0}
-      cert = certify_cell(self.seq_fn, prior, params, data, difficulty,
-                          train_mixture=c.mixture(cell.arm, cell.bucket),
-                          test_mixture=test_mix, key=self.fkey(30, *ids), delta=c.delta,
-                          sigma_grid=c.sigma_grid, chunk_size=c.mc_chunk_size,
-                          subset_size=c.sigma_subset, batch_size=c.eval_batch_size)
+      plan = cell_plan(difficulty, train_mixture=c.mixture(cell.arm, cell.bucket),
+                       test_mixture=test_mix, delta=c.delta, sigma_grid=c.sigma_grid,
+                       chunk_size=c.mc_chunk_size, subset_size=c.sigma_subset,
+                       batch_size=c.eval_batch_size)
+      cert = certify_cell(self.seq_fn, prior, params, data, plan, key=self.fkey(30, *ids))
     # sigma_q is null when the certificate route skipped the search (no sigma certifies below
     # 0.99): there is no posterior to measure E_Q[R_test] under
     sigma_q = None if cert is None else cert["sigma_choice"]["sigma_q"]
@@ -318,7 +318,7 @@ class Study:
       "in_bucket_seq_error": float(sum(p * by[str(k)] for k, p in mix.items())),
       "train_seq_error": float(train_seq.mean()),
       "sq_distance": (cert["sq_distance"] if cert is not None
-                      else float(perturb.sq_distance(params, prior))),
+                      else float(sq_distance(params, prior))),
       "train_time_s": train_info["time_s"],
       "final_train_loss": train_info["final_loss"],
       "eval_time_s": time.perf_counter() - t,

@@ -34,7 +34,7 @@ squares: V_I and the flips on N - K (items), each cell's max(s_c^2, F[c]) on S_c
 with >= 2 seeds counts with S_c - 1 even when its excess is 0: with 2-3 seeds s_c^2 falls below
 F[c] often although sigma_seed is large, and giving such a cell the items' df made a one-sided
 2.5% test reject 3.9% of the time at 2 seeds when one cell's seed sd is 0.065 and the others'
-0.02 (this rule: 2.9%; 3.2% at 3 seeds, the worst two-cell contrast; tests/test_stats.py holds
+0.02 (this rule: 2.9%; 3.2% at 3 seeds, the worst two-cell contrast; tests/study/test_stats.py holds
 every verdict at the nominal level + 3 Monte-Carlo s.e.). A contrast of per-seed
 values only (no items) is the plain Welch sum of s_c^2 / S_c.
 

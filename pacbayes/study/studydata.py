@@ -16,6 +16,7 @@ import numpy as np
 
 from pacbayes.data import synthetic
 from pacbayes.data.dataset import Dataset
+from pacbayes.data.rows import EncodeOptions
 from pacbayes.study import evaluate as ev
 from pacbayes.study.config import StudyConfig, seq_length
 
@@ -59,7 +60,7 @@ def build_data(config: StudyConfig) -> StudyData:
         rows = synthetic.generate_dataset(max(config.sizes), mix,
                                           seed=seed_seq(config, 2, a_idx, b_idx, seed),
                                           modulus=config.modulus)
-        pools[(arm, bucket, seed)] = Dataset.from_rows(rows, pad_length=pad,
+        pools[(arm, bucket, seed)] = Dataset.from_rows(rows, options=EncodeOptions(pad_length=pad),
                                                        source=f"<{arm} {bucket} seed {seed}>")
         diff[(arm, bucket, seed)] = np.array([int(r["difficulty"]) for r in rows])
   return StudyData(test=test, test_keys=frozenset(r["key"] for r in test_rows), pools=pools,
@@ -75,5 +76,5 @@ def pretrain_corpus(config: StudyConfig, which: str, exclude: frozenset[str], *,
   rows = synthetic.generate_dataset(config.pretrain_examples, list(range(lo, hi + 1)),
                                     seed=seed_seq(config, *parts), modulus=config.modulus,
                                     exclude=exclude)
-  return Dataset.from_rows(rows, pad_length=seq_length(hi),
+  return Dataset.from_rows(rows, options=EncodeOptions(pad_length=seq_length(hi)),
                            source=f"<pretraining {which} r{replica}>")

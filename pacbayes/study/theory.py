@@ -12,7 +12,7 @@ n; 2: the inverted U; 3: the G_gen and G_ext lines; the stronger base; DFT) are 
 their decisions are Holm's step-down at 5% (two-sided p; Holm 1979) over the family's lines of
 one arm, and each of their lines gives its raw p and the Holm-adjusted one. Saturation and the
 bound are secondary (no correction). Every claim also works on simulated studies with R
-replicates (tests/test_stats.py, pacbayes/study/power.py).
+replicates (tests/study/test_stats.py, pacbayes/study/power.py).
 
 Which buckets: "hard - easy" below is `claim_pair`: the buckets named "hard" and "easy" when the
 arm has them (the paper's two ends; the full preset's "easiest" bucket exists so that claim 2
@@ -41,9 +41,10 @@ makes each FAIL:
                                 minus the base's own contrast < 0; FAIL: > 0. Judged on the
                                 primary (uniform) test mixture and, where the results have it,
                                 on the hard-tilted one, where TV(bucket, test) differs between
-                                the buckets (with a uniform test over symmetric tilts it does
-                                not, and the paper predicts no difference). The mixture terms
-                                (TV, w_max, m_out) are printed, not judged
+                                the buckets. Where the two TVs are equal (a uniform test over
+                                symmetric tilts) the paper predicts no difference: the line
+                                prints its numbers, is not judged and is not in Holm's family.
+                                The mixture terms (TV, w_max, m_out) are printed, not judged
   bound holds                   certificate >= measured E_Q[R_test] in every non-vacuous cell
                                 and seed, or every budget of the certified arm (Bonferroni),
                                 with non-vacuous counts (`pacbayes.study.bound_verdicts`)
@@ -334,13 +335,24 @@ def claim_g_ext_difficulty(view: StudyView, test_name: str = "") -> Verdict:
   note = "loss: sequence error; " + mixture_facts(view, (e, h))
   base_err = view.base_seq_error.get("base")
   if base_err is None:
-    return single(claim, ct, -1, note)
-  shift = float(np.dot(view.p_bucket[e] - view.p_bucket[h], base_err))
-  claim += ", minus the base's own contrast"
-  note = (f"raw contrast {ct.estimate[0]:+.4f} [{ct.lo[0]:+.4f}, {ct.hi[0]:+.4f}], the base's "
-          f"{shift:+.4f} (design: the slices' unequal risk); " + note)
-  v = single(claim, ct.shifted(shift), -1, note)
-  return dataclasses.replace(v, test=v.test + "; base value fixed")
+    v = single(claim, ct, -1, note)
+  else:
+    shift = float(np.dot(view.p_bucket[e] - view.p_bucket[h], base_err))
+    claim += ", minus the base's own contrast"
+    note = (f"raw contrast {ct.estimate[0]:+.4f} [{ct.lo[0]:+.4f}, {ct.hi[0]:+.4f}], the "
+            f"base's {shift:+.4f} (design: the slices' unequal risk); " + note)
+    v = single(claim, ct.shifted(shift), -1, note)
+    v = dataclasses.replace(v, test=v.test + "; base value fixed")
+  tv = [0.5 * float(np.abs(view.p_bucket[b] - view.p_test).sum()) for b in (e, h)]
+  if math.isclose(tv[0], tv[1], rel_tol=0.0, abs_tol=1e-9):
+    # G_ext = O(TV(D_test, D_train)) predicts no difference at equal TV: such a line cannot
+    # fail (or pass) the claim, so it is printed with its numbers and kept out of Holm.
+    return _not_judged(view, claim, (
+      f"not a test of the claim: TV({e}, test) = TV({h}, test) = {tv[0]:.3f}, where the paper "
+      f"predicts no difference; measured {v.estimate[0]:+.4f} [{v.lo[0]:+.4f}, "
+      f"{v.hi[0]:+.4f}] (what the fine-tunes gain or forget on the test slices, not "
+      f"extrapolation); {v.note}"))
+  return v
 
 
 # ------------------------------------------------------------------------------ base, DFT

@@ -220,6 +220,7 @@ def _load_data(cfg: FinetuneConfig, config: Any) -> tuple[Any, dict[str, Any] | 
   from pacbayes.data import tokenize
   from pacbayes.data.dataset import Dataset
   from pacbayes.data.jsonl import DataError, read_jsonl_with_lines
+  from pacbayes.data.rows import EncodeOptions
 
   rows, lines = read_jsonl_with_lines(cfg.train)
   tokenizer = None
@@ -246,7 +247,7 @@ def _load_data(cfg: FinetuneConfig, config: Any) -> tuple[Any, dict[str, Any] | 
   pad_id = config.pad_token_id if isinstance(config.pad_token_id, int) else 0
   data = Dataset.from_rows(rows, source=cfg.train, line_numbers=lines, tokenizer=tokenizer,
                            tokenizer_dir=cfg.model, vocab_size=config.vocab_size,
-                           max_length=cfg.max_length, pad_id=pad_id)
+                           options=EncodeOptions(max_length=cfg.max_length, pad_id=pad_id))
   return data, holdout
 
 

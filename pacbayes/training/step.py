@@ -63,6 +63,55 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def release_free_memory() -> bool:
+  """Hands the C heap's free pages back to the OS (glibc `malloc_trim(0)`); False elsewhere.
+
+  XLA's compiler (LLVM) allocates its scratch through `malloc` in many small blocks; once
+  freed, glibc keeps them in its arenas, where they still count in the resident set and are
+  not reused for the large buffers a compiled step allocates (those are `mmap`-ed). Measured
+  on a SmolLM2-135M-shaped LoRA fine-tune (CPU): about 0.3 GB kept after compiling the LoRA
+  initialisation and the step, i.e. 0.6x the float32 model on top of the step's own peak.
+  """
+  import ctypes
+  import sys
+
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+  except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+    return False
+
+
+_COMPILED: set[tuple[int, tuple]] = set()  # (id(step), argument shapes) compiled by `compile_step`
+COMPILE_AHEAD_BYTES = 2**26  # smaller arguments (the study's small decoders): not worth a trace
+
+
+def compile_step(step: Callable, *args: Any, min_bytes: int = COMPILE_AHEAD_BYTES) -> bool:
+  """Compiles `step` for `args` ahead of its first call, then `release_free_memory`.
+
+  The compiler's freed scratch is handed back before the step's buffers are allocated, so it
+  does not add to the run's peak memory. The call that follows reuses the compiled program
+  (JAX's compilation cache; the function is traced once more). Done once per step and shape,
+  and only when the arguments (weights, frozen base, optimiser state, batch) hold at least
+  `min_bytes`; a step that is not a `jax.jit` function (a test's wrapper) is left alone.
+
+  Returns:
+    True when it compiled here.
+  """
+  lower = getattr(step, "lower", None)
+  leaves = jax.tree.leaves(args)
+  shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in leaves)
+  key = (id(step), shapes)
+  if (lower is None or key in _COMPILED
+      or sum(getattr(x, "nbytes", 8) for x in leaves) < min_bytes):
+    return False
+  lower(*args).compile()
+  _COMPILED.add(key)
+  release_free_memory()
+  return True
+
+
 @functools.lru_cache(maxsize=64)
 def make_train_step(apply_fn: ApplyFn, method: str, b1: float, b2: float, weight_decay: float,
                     grad_clip: float, *, grad_accum: int = 1, eps: float = 1e-8,

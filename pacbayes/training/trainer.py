@@ -44,6 +44,7 @@ from pacbayes.training.config import (
 from pacbayes.training.step import (
   ApplyFn,
   all_finite,
+  compile_step,
   make_train_step,
   model_apply,
   rematerialise,
@@ -158,7 +159,9 @@ def train(
   checkpoint replays exactly the remaining steps. The statistics are read back at syncs
   (about every `SYNC_SECONDS`, at most `MAX_SYNC_STEPS` steps apart, and before every
   checkpoint); the progress bar counts the steps finished at the last sync and shows the
-  token cross-entropy (and the DFT objective beside it), and tokens/s.
+  token cross-entropy (and the DFT objective beside it), and tokens/s. The step is compiled
+  before its first call and the compiler's freed scratch handed back to the OS
+  (`pacbayes.training.step.compile_step`), so that it does not add to the run's peak memory.
 
   Args:
     apply_fn: apply(params, input_ids, attention_mask) -> logits, e.g. from `model_apply`
@@ -227,6 +230,8 @@ def train(
       tokens += int(host["attention_mask"].sum())
       batch = shd.shard_batch(host, mesh, batch_axis) if mesh is not None else {
         k: jnp.asarray(v) for k, v in host.items()}
+      if i == start_step:  # compile first, then hand the compiler's scratch back to the OS
+        compile_step(step, params, opt_state, batch, lrs[i], *extra)
       params, opt_state, stats = step(params, opt_state, batch, lrs[i], *extra)
       syncs.pending.append((i, stats))
       last = i == config.steps - 1

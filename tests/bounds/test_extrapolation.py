@@ -9,8 +9,11 @@ import pytest
 from scipy import optimize, stats
 
 from pacbayes.bounds import extrapolation as ex
+from pacbayes.bounds import mixture as mixtures
 from pacbayes.bounds import pac as bounds
-from tests.mp_reference import mp_inv_upper
+from pacbayes.bounds.btrain import maurer_upper
+from pacbayes.bounds.delta import split_delta
+from tests.helpers.mp_reference import mp_inv_upper
 
 # ---------------------------------------------------------------------------------------------
 # Independent references.
@@ -41,7 +44,7 @@ SUPPORT = (1.0, 2.0, 3.0, 4.0)
 
 
 def exact(p_test, p_train):
-  return ex.mixture_bounds(test_mixture=dict(zip(SUPPORT, p_test, strict=True)),
+  return mixtures.mixture_bounds(test_mixture=dict(zip(SUPPORT, p_test, strict=True)),
                            train_mixture=dict(zip(SUPPORT, p_train, strict=True)))
 
 
@@ -50,16 +53,16 @@ def exact(p_test, p_train):
 
 
 def test_mixture_helpers_and_errors(tmp_path):
-  assert ex.uniform_mixture([3, 1, 2]) == {1.0: 1 / 3, 2.0: 1 / 3, 3.0: 1 / 3}
-  assert ex.check_mixture({"1": 0.25, 2: 0.75}) == {1.0: 0.25, 2.0: 0.75}
+  assert mixtures.uniform_mixture([3, 1, 2]) == {1.0: 1 / 3, 2.0: 1 / 3, 3.0: 1 / 3}
+  assert mixtures.check_mixture({"1": 0.25, 2: 0.75}) == {1.0: 0.25, 2.0: 0.75}
   path = tmp_path / "mix.json"
   path.write_text(json.dumps({"1": 0.5, "3": 0.5}))
-  assert ex.load_mixture(str(path)) == {1.0: 0.5, 3.0: 0.5}
-  assert ex.load_mixture("uniform", support=[1, 2]) == {1.0: 0.5, 2.0: 0.5}
+  assert mixtures.load_mixture(str(path)) == {1.0: 0.5, 3.0: 0.5}
+  assert mixtures.load_mixture("uniform", support=[1, 2]) == {1.0: 0.5, 2.0: 0.5}
   with pytest.raises(ValueError, match="needs the difficulty support"):
-    ex.load_mixture("uniform")
+    mixtures.load_mixture("uniform")
   with pytest.raises(ValueError, match=r"mix.json: key '3' is not in the support"):
-    ex.load_mixture(str(path), support=[1, 2])
+    mixtures.load_mixture(str(path), support=[1, 2])
   for text, match in [("{\"1\": 0.5, \"x\": 0.5}", r"mix.json: key 'x': expected a number"),
                       ("{\"1\": null}", r"mix.json: key '1': expected a number, got None"),
                       ("{\"1\": 0.7}", "mix.json: probabilities must sum to 1"),
@@ -68,9 +71,9 @@ def test_mixture_helpers_and_errors(tmp_path):
                       ("{\"1\": 1", r"mix.json:1: not valid JSON")]:
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
-      ex.load_mixture(str(path))
+      mixtures.load_mixture(str(path))
   with pytest.raises(ValueError, match="missing.json: cannot read"):
-    ex.load_mixture(str(tmp_path / "missing.json"))
+    mixtures.load_mixture(str(tmp_path / "missing.json"))
 
 
 def test_mixture_bounds_exact_and_sampled():
@@ -79,22 +82,22 @@ def test_mixture_bounds_exact_and_sampled():
   assert mix.m_out == pytest.approx(0.7) and mix.w_max == pytest.approx(0.4)
   assert mix.tv == pytest.approx(0.7)
   with pytest.raises(ValueError, match="both mixtures are exact"):
-    ex.mixture_bounds(test_mixture={1: 1.0}, train_mixture={1: 1.0}, delta=0.1)
+    mixtures.mixture_bounds(test_mixture={1: 1.0}, train_mixture={1: 1.0}, delta=0.1)
   with pytest.raises(ValueError, match="support: required"):
-    ex.mixture_bounds(test_difficulty=[1, 2], train_mixture={1: 1.0}, delta=0.1)
+    mixtures.mixture_bounds(test_difficulty=[1, 2], train_mixture={1: 1.0}, delta=0.1)
   with pytest.raises(ValueError, match=r"test_difficulty\[1\]: difficulty 7.0 is not in"):
-    ex.mixture_bounds(test_difficulty=[1, 7], train_mixture={1: 1.0}, support=[1, 2],
+    mixtures.mixture_bounds(test_difficulty=[1, 7], train_mixture={1: 1.0}, support=[1, 2],
                       delta=0.1)
   with pytest.raises(ValueError, match=r"train_difficulty\[0\]: difficulty must be a finite"):
-    ex.mixture_bounds(test_mixture={1: 1.0}, train_difficulty=[float("nan")], support=[1],
+    mixtures.mixture_bounds(test_mixture={1: 1.0}, train_difficulty=[float("nan")], support=[1],
                       delta=0.1)
   with pytest.raises(ValueError, match="give exactly one"):
-    ex.mixture_bounds(test_mixture={1: 1.0}, test_difficulty=[1], train_mixture={1: 1.0})
+    mixtures.mixture_bounds(test_mixture={1: 1.0}, test_difficulty=[1], train_mixture={1: 1.0})
   # Sampled sides: one-sided Clopper-Pearson at delta / (sides * k), from scipy directly.
   rng = np.random.default_rng(0)
   test = rng.choice([1, 2, 3], size=300, p=[0.2, 0.3, 0.5])
   train = rng.choice([1, 2], size=200, p=[0.6, 0.4])
-  mix = ex.mixture_bounds(test_difficulty=test, train_difficulty=train, support=SUPPORT,
+  mix = mixtures.mixture_bounds(test_difficulty=test, train_difficulty=train, support=SUPPORT,
                           delta=0.08)
   level = 0.08 / 8
   for i, d in enumerate(SUPPORT):
@@ -129,8 +132,8 @@ def test_mixture_shift_matches_brute_force_sum_over_slices():
   m_out = sum(pt for pt, pr in zip(p_test, p_train, strict=True) if pr == 0)
   assert e_test <= m_out + weighted + 1e-12
   assert m_out + weighted <= m_out + mix.w_max * e_train + 1e-12
-  assert ex.mixture_shift_formula(e_train, mix) == pytest.approx(m_out + mix.w_max * e_train)
-  value = ex.mixture_shift_bound(e_train, mix)
+  assert mixtures.mixture_shift_formula(e_train, mix) == pytest.approx(m_out + mix.w_max * e_train)
+  value = mixtures.mixture_shift_bound(e_train, mix)
   assert e_test <= value <= m_out + mix.w_max * e_train + 1e-12
   assert value == pytest.approx(lp_worst_case(p_test, p_train, e_train), abs=1e-9)
 
@@ -146,39 +149,39 @@ def test_mixture_shift_is_the_lp_optimum_and_never_looser_than_tv():
     if p_train.sum() == 0:
       continue
     p_train /= p_train.sum()
-    mix = ex.mixture_bounds(test_mixture=dict(zip(support, p_test, strict=True)),
+    mix = mixtures.mixture_bounds(test_mixture=dict(zip(support, p_test, strict=True)),
                             train_mixture=dict(zip(support, p_train, strict=True)))
     r = rng.random(k) * (rng.random(k) < 0.8)  # true slice risks
     b = float(p_train @ r) + float(rng.random()) * 0.3  # any upper value of R_train
-    value = ex.mixture_shift_bound(b, mix)
+    value = mixtures.mixture_shift_bound(b, mix)
     tv = 0.5 * np.abs(p_test - p_train).sum()
     assert value <= b + tv  # the TV bound, exactly as the certificate forms it
-    assert value <= ex.mixture_shift_formula(b, mix)
+    assert value <= mixtures.mixture_shift_formula(b, mix)
     assert value >= p_test @ r - 1e-12  # valid whenever b >= R_train
     assert value == pytest.approx(min(lp_worst_case(p_test, p_train, b), b + tv), abs=1e-9)
-    looser_formula += ex.mixture_shift_formula(b, mix) > b + tv + 1e-12
+    looser_formula += mixtures.mixture_shift_formula(b, mix) > b + tv + 1e-12
   assert looser_formula > 0  # the raw formula alone would sometimes exceed B + TV
   # Vectorised over b, equal to the scalar calls.
   bs = np.linspace(0.0, 1.0, 7)
-  np.testing.assert_allclose(ex.mixture_shift_bound(bs, mix),
-                             [ex.mixture_shift_bound(float(x), mix) for x in bs], rtol=0,
+  np.testing.assert_allclose(mixtures.mixture_shift_bound(bs, mix),
+                             [mixtures.mixture_shift_bound(float(x), mix) for x in bs], rtol=0,
                              atol=0)
   with pytest.raises(ValueError, match="b_train"):
-    ex.mixture_shift_bound(-0.1, mix)
+    mixtures.mixture_shift_bound(-0.1, mix)
 
 
 def test_worst_case_mean_exact_and_box():
   mix = exact((0.1, 0.2, 0.3, 0.4), (0.25,) * 4)
   vals = np.array([0.5, 0.2, 0.9, 0.1])
-  assert ex.worst_case_mean(vals, mix) == pytest.approx(vals @ (0.1, 0.2, 0.3, 0.4))
-  boxed = ex.MixtureBounds(support=SUPPORT, test_upper=(0.5, 0.5, 0.5, 0.5),
+  assert mixtures.worst_case_mean(vals, mix) == pytest.approx(vals @ (0.1, 0.2, 0.3, 0.4))
+  boxed = mixtures.MixtureBounds(support=SUPPORT, test_upper=(0.5, 0.5, 0.5, 0.5),
                            train_lower=(0.2, 0.2, 0.2, 0.2), test_exact=False, train_exact=True,
                            delta=0.01, method="test")
   # Greedy: 0.5 on the 0.9 slice, 0.5 on the 0.5 slice.
-  assert ex.worst_case_mean(vals, boxed) == pytest.approx(0.5 * 0.9 + 0.5 * 0.5)
+  assert mixtures.worst_case_mean(vals, boxed) == pytest.approx(0.5 * 0.9 + 0.5 * 0.5)
   res = optimize.linprog(-vals, A_eq=[np.ones(4)], b_eq=[1], bounds=[(0, 0.5)] * 4)
-  assert ex.worst_case_mean(vals, boxed) == pytest.approx(-res.fun)
-  np.testing.assert_allclose(ex.worst_case_mean(np.stack([vals, vals[::-1]]), boxed),
+  assert mixtures.worst_case_mean(vals, boxed) == pytest.approx(-res.fun)
+  np.testing.assert_allclose(mixtures.worst_case_mean(np.stack([vals, vals[::-1]]), boxed),
                              [0.7, 0.7])
 
 
@@ -295,10 +298,10 @@ def test_slot_layout_and_input_errors():
                            delta_mc=0.01, delta_pb=0.0)
   assert ex.detect_scheme(np.tile(np.arange(3), (2, 1)), 3) == "passes"
   assert ex.detect_scheme(np.array([[0, 1], [2, 0]]), 3) == "chunk"
-  parts = ex.split_delta(0.05, ["mc", "pb", "x"], {"x": 2.0})
+  parts = split_delta(0.05, ["mc", "pb", "x"], {"x": 2.0})
   assert math.fsum(parts.values()) == 0.05 and parts["x"] == pytest.approx(0.025)
   with pytest.raises(ValueError, match="not among the parts"):
-    ex.split_delta(0.05, ["mc"], {"pb": 1.0})
+    split_delta(0.05, ["mc"], {"pb": 1.0})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,10 +340,10 @@ def test_coverage_of_mixture_shift_weighted_and_per_slice_bounds():
   emp = losses.mean(axis=1)
 
   # Mixture shift on the B_train event: B_train = Maurer(MC upper) (KL = 0, k = 1).
-  b_train = ex.maurer_upper(bounds.mc_sample_bound(emp, N, d_mc), 0.0, N, d_pb)
-  fails = ex.mixture_shift_bound(b_train, mix) < e_test
+  b_train = maurer_upper(bounds.mc_sample_bound(emp, N, d_mc), 0.0, N, d_pb)
+  fails = mixtures.mixture_shift_bound(b_train, mix) < e_test
   assert not _rate_above(fails, delta), fails.mean()
-  anti = ex.mixture_shift_bound(emp, mix) < e_test  # plug-in: no confidence terms
+  anti = mixtures.mixture_shift_bound(emp, mix) < e_test  # plug-in: no confidence terms
   assert _rate_above(anti, delta), anti.mean()
 
   # Weighted loss.
@@ -352,15 +355,15 @@ def test_coverage_of_mixture_shift_weighted_and_per_slice_bounds():
   assert _rate_above(mix.m_out + c * emp_w < e_test, delta)
 
   # Per slice (chunk size 1: each slice's n_d draws are its own kl sample).
-  k = len(ex.training_slices(mix))
+  k = len(mixtures.training_slices(mix))
   onehot = idx[..., None] == np.arange(4)  # [T, n, 4]
   n_d = onehot.sum(axis=1)
   mean_d = np.where(n_d > 0, (onehot * losses[..., None]).sum(axis=1) / np.maximum(n_d, 1), 0.0)
   up = np.asarray(bounds.mc_sample_bound(mean_d, np.maximum(n_d, 1), d_mc / k))
   b_d = ex.slice_values(up, n_d, kl=0.0, delta_pb=d_pb / k)
-  fails = ex.worst_case_mean(b_d, mix) < e_test
+  fails = mixtures.worst_case_mean(b_d, mix) < e_test
   assert not _rate_above(fails, delta), fails.mean()
-  anti = ex.worst_case_mean(mean_d, mix) < e_test
+  anti = mixtures.worst_case_mean(mean_d, mix) < e_test
   assert _rate_above(anti, delta), anti.mean()
 
   # The vectorised path is the library's slot path: same numbers on a few trials.
@@ -368,7 +371,7 @@ def test_coverage_of_mixture_shift_weighted_and_per_slice_bounds():
     got = ex.per_slice_bounds(losses[t][:, None], np.arange(N)[:, None],
                               np.array(SUPPORT)[idx[t]], mix, kl=0.0, delta_mc=d_mc,
                               delta_pb=d_pb)
-    assert got.value == pytest.approx(float(ex.worst_case_mean(b_d[t], mix)), abs=1e-13)
+    assert got.value == pytest.approx(float(mixtures.worst_case_mean(b_d[t], mix)), abs=1e-13)
     got = ex.weighted_loss_bound(losses[t][:, None], np.arange(N)[:, None],
                                  np.array(SUPPORT)[idx[t]], mix, kl=0.0, delta_mc=d_mc,
                                  delta_pb=d_pb)
@@ -383,7 +386,7 @@ def test_coverage_with_estimated_mixtures():
   e_test = float(P_TEST @ RISKS)
   d_mc, d_pb, d_mix = 0.03, 0.03, 0.04
   emp = losses.mean(axis=1)
-  b_train = ex.maurer_upper(bounds.mc_sample_bound(emp, N, d_mc), 0.0, N, d_pb)
+  b_train = maurer_upper(bounds.mc_sample_bound(emp, N, d_mc), 0.0, N, d_pb)
   fails = np.zeros(TRIALS, bool)
   anti = np.zeros(TRIALS, bool)
   # Per slice: with p_train estimated every support value is a slice (K = 4), chunk size 1.
@@ -395,21 +398,21 @@ def test_coverage_with_estimated_mixtures():
   slice_fails = np.zeros(TRIALS, bool)
   weighted_fails = np.zeros(TRIALS, bool)
   for t in range(TRIALS):
-    mix = ex.mixture_bounds(test_difficulty=np.array(SUPPORT)[test_idx[t]],
+    mix = mixtures.mixture_bounds(test_difficulty=np.array(SUPPORT)[test_idx[t]],
                             train_difficulty=np.array(SUPPORT)[idx[t]], support=SUPPORT,
                             delta=d_mix)
-    fails[t] = ex.mixture_shift_bound(b_train[t], mix) < e_test
-    slice_fails[t] = ex.worst_case_mean(b_d[t], mix) < e_test
+    fails[t] = mixtures.mixture_shift_bound(b_train[t], mix) < e_test
+    slice_fails[t] = mixtures.worst_case_mean(b_d[t], mix) < e_test
     if t < 400:  # the weighted bound through the library's slot path (weights per trial)
       got = ex.weighted_loss_bound(losses[t][:, None], np.arange(N)[:, None],
                                    np.array(SUPPORT)[idx[t]], mix, kl=0.0, delta_mc=d_mc,
                                    delta_pb=d_pb)
       weighted_fails[t] = got.value < e_test
     # Anti-conservative: plug-in mixtures (empirical frequencies as if exact).
-    plug = ex.mixture_bounds(
+    plug = mixtures.mixture_bounds(
       test_mixture=dict(zip(SUPPORT, np.bincount(test_idx[t], minlength=4) / 400, strict=True)),
       train_mixture=dict(zip(SUPPORT, np.bincount(idx[t], minlength=4) / N, strict=True)))
-    anti[t] = ex.mixture_shift_bound(emp[t], plug) < e_test
+    anti[t] = mixtures.mixture_shift_bound(emp[t], plug) < e_test
   assert not _rate_above(fails, d_mc + d_pb + d_mix), fails.mean()
   assert _rate_above(anti, d_mc + d_pb + d_mix), anti.mean()
   assert not _rate_above(slice_fails, d_mc + d_pb + d_mix), slice_fails.mean()

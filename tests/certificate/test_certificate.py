@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from pacbayes.bounds import extrapolation as ext
+from pacbayes.bounds import mixture as mixtures
 from pacbayes.bounds.delta import DeltaPlan
 from pacbayes.certificate import core as certm
 from pacbayes.certificate import report as reportm
 from pacbayes.certificate.core import G_EXT_KINDS, METHODS, Certificate, Record, ShiftInputs
 from pacbayes.certificate.core import certify as certify_new
-from tests.mp_reference import mp_inv_upper
+from tests.helpers.mp_reference import mp_inv_upper
 
 RECORD_KEYS = ("sigma_q", "sigma_p", "num_params", "loss", "loss_options", "extra", "notes")
 
@@ -330,7 +331,7 @@ V1_REPORT = {  # a cell of the committed quick study (experiments/results/quick)
 
 
 def mixture_example():
-  return ext.mixture_bounds(test_mixture=ext.uniform_mixture([1, 2, 3, 4]),
+  return mixtures.mixture_bounds(test_mixture=mixtures.uniform_mixture([1, 2, 3, 4]),
                             train_mixture={1: 0.5, 2: 0.5})
 
 
@@ -344,7 +345,7 @@ def test_b_train_flags_and_kinds_side_by_side():
   by_name = {k["name"]: k for k in c.extrapolation}
   assert set(by_name) == {"tv", "mixture_shift"}
   assert by_name["tv"]["value"] == c.b_train + mix.tv
-  assert by_name["mixture_shift"]["value"] == ext.mixture_shift_bound(c.b_train, mix)
+  assert by_name["mixture_shift"]["value"] == mixtures.mixture_shift_bound(c.b_train, mix)
   assert by_name["mixture_shift"]["value"] <= by_name["tv"]["value"]
   assert c.g_ext_name == "mixture_shift" and c.g_ext_kind == ext.KIND_MIXTURE
   assert c.bound == pytest.approx(by_name["mixture_shift"]["value"], abs=1e-15)
@@ -390,7 +391,7 @@ def test_certify_with_shift_computes_the_kinds_the_plan_pays_for():
   with pytest.raises(ValueError, match="slot arrays"):
     certify_with_shift(0.1, n, 15.0, n, deltas=plan, shift=shift)
   # Estimated test mixture: the plan's mixture part pays for it.
-  mix_s = ext.mixture_bounds(test_difficulty=rng.choice([1, 2, 3, 4], 500),
+  mix_s = mixtures.mixture_bounds(test_difficulty=rng.choice([1, 2, 3, 4], 500),
                              train_mixture={1: 0.5, 2: 0.5}, support=[1, 2, 3, 4], delta=0.01)
   plan3 = DeltaPlan((("mc", 0.01), ("pb", 0.01), ("mixture", 0.01), ("slice_mc", 0.01),
                      ("slice_pb", 0.01)))

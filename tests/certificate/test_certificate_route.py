@@ -19,7 +19,7 @@ from pacbayes.cli import bound as bound_cmd
 from pacbayes.cli.main import main
 from pacbayes.pipeline.config import COMMAND_ONLY, RENAMED, BoundConfig
 from pacbayes.pipeline.load import load_pair, load_training_set, model_loss
-from pacbayes.study.cellcert import certify_cell
+from pacbayes.study.cellcert import cell_plan, certify_cell
 from tests.helpers.bound_pairs import build, config
 
 TRAIN_MIX = {1: 1 / 3, 2: 1 / 3, 3: 1 / 3}  # train.jsonl cycles difficulty 1, 2, 3
@@ -55,10 +55,9 @@ def test_cli_and_study_give_identical_certificates(pair, tmp_path, capsys):
   train = load_training_set(pair["train"], tokenizer_dir=pair["posterior"], config=config(),
                             max_length=None, chat_template=False)
   data = {k: getattr(train, k) for k in ("input_ids", "attention_mask", "loss_mask")}
-  study = certify_cell(loss_fn, p.params_p, p.params_q, data, train.difficulty,
-                       train_mixture=TRAIN_MIX, test_mixture=TEST_MIX,
-                       key=jax.random.key(SEED), delta=DELTA, sigma_grid=GRID,
-                       chunk_size=CHUNK, subset_size=256, batch_size=8)
+  plan = cell_plan(train.difficulty, train_mixture=TRAIN_MIX, test_mixture=TEST_MIX,
+                   delta=DELTA, sigma_grid=GRID, chunk_size=CHUNK, subset_size=256, batch_size=8)
+  study = certify_cell(loss_fn, p.params_p, p.params_q, data, plan, key=jax.random.key(SEED))
 
   # Paths, timings, the command's own remarks, and the uncertified measures and estimates that
   # only the command computes (they sit beside the certificate, not in it).

@@ -129,11 +129,12 @@ value, grad = jax.jit(jax.value_and_grad(objective))(log_s)
 record("traced_value", value)
 record("traced_grad", grad)
 # The shift classifier: float32 by design, the same numbers whatever the flag.
-from pacbayes.shift.classifier import tv_classifier
+from pacbayes.shift.classifier import ClassifierOptions, tv_classifier
 x_train = rng.normal(size=(120, 3)).astype(np.float32)
 x_test = (rng.normal(size=(100, 3)) + [0.8, 0.0, 0.3]).astype(np.float32)
 for model in ("logistic", "mlp"):
-  res = tv_classifier(x_train, x_test, 0.05, 3, model=model, steps=30, batch_size=64)
+  opts = ClassifierOptions(model=model, steps=30, batch_size=64)
+  res = tv_classifier(x_train, x_test, 0.05, 3, options=opts)
   for field in ("estimate", "lower", "plugin_tv"):
     record(f"tv_classifier_{model}.{field}", getattr(res, field))
   record(f"tv_classifier_{model}.w", res.params["w1" if model == "mlp" else "w"])

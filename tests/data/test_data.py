@@ -9,6 +9,7 @@ import pytest
 from pacbayes.data import (
     DataError,
     Dataset,
+    EncodeOptions,
     completion_lengths,
     iterate_batches,
     load_dataset,
@@ -223,9 +224,26 @@ def test_file_errors(tmp_path):
                  tokenizer_dir=tmp_path / "nope")
 
 
+def test_encode_options_match_load_dataset_keywords(tmp_path):
+  rows = [{"input_ids": [3, 4, 5, 6, 7]}, {"prompt_ids": [3], "completion_ids": [4, 5]}]
+  path = write_jsonl(tmp_path / "d.jsonl", rows)
+  options = EncodeOptions(max_length=4, pad_id=2, pad_length=6)
+  ds = Dataset.from_rows(rows, options=options, source=str(path))
+  ref = load_dataset(path, max_length=4, pad_id=2, pad_length=6)
+  for name in ("input_ids", "attention_mask", "loss_mask", "prompt_lengths"):
+    np.testing.assert_array_equal(getattr(ds, name), getattr(ref, name))
+  assert ds.pad_id == ref.pad_id == 2 and ds.num_truncated == ref.num_truncated == 1
+  assert Dataset.from_rows(rows).max_length == 5  # None: the defaults (no limit)
+  with pytest.raises(ValueError, match="options: expected an EncodeOptions"):
+    Dataset.from_rows(rows, options={"max_length": 4})
+  with pytest.raises(DataError, match="use --max-length"):
+    Dataset.from_rows(rows, options=EncodeOptions(max_length=4, on_overflow="error",
+                                                  overflow_hint="use --max-length"))
+
+
 def test_iterate_batches_fixed_shape_and_weights():
   rows = [{"input_ids": list(range(1, 3 + i))} for i in range(5)]
-  ds = Dataset.from_rows(rows, pad_id=0)
+  ds = Dataset.from_rows(rows, options=EncodeOptions(pad_id=0))
   batches = list(iterate_batches(ds, 2))
   assert len(batches) == num_batches(ds, 2) == 3
   for b in batches:

@@ -163,8 +163,8 @@ def choose(params, data, grid, setting, *, subset_size=256, sigma_q=None,
   """`choose_sigma` with the target's fields as keywords (FAST Monte-Carlo sizes)."""
   target = perturb.BoundTarget(sigma_grid=tuple(grid), **dict(setting, **target))
   return perturb.choose_sigma(zero_one, params, data, key=jax.random.key(seed), target=target,
-                              sigma_q=sigma_q,
-                              search=perturb.SearchOptions(subset_size=subset_size),
+                              search=perturb.SearchOptions(subset_size=subset_size,
+                                                           sigma_q=sigma_q),
                               mc=perturb.MonteCarloOptions(**FAST))
 
 

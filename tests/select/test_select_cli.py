@@ -21,9 +21,9 @@ from pacbayes.select import predict
 from pacbayes.select.offline import StudyQuery, load_study_results, select_from_results
 from pacbayes.select.predict import SelectOptions
 from pacbayes.select.validate import Case, applicable_groups, pool, validate_case
-from tests.lab_fixtures import make_results
+from tests.helpers.lab_results import make_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # SFT accuracy at n = 200, 800, 3200 (rows) for easy, medium, hard: "easy" leads at the pilots,
 # "hard" climbs fastest and is best at 3200.

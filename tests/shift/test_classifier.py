@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from pacbayes import shift
 from pacbayes.shift import classifier
-from pacbayes.shift import report as shift
 from pacbayes.shift.classifier import (
+  ClassifierOptions,
   ShiftError,
   clopper_pearson_lower,
   tv_classifier,
@@ -109,7 +110,7 @@ def test_contamination_gives_epsilon_times_tv():
   n, eps = 4000, 0.3
   x0 = rng.standard_normal((n, 1))
   x1 = rng.standard_normal((n, 1)) + 4.0 * (rng.random((n, 1)) < eps)
-  res = tv_classifier(x0, x1, 0.05, 0, model="mlp")
+  res = tv_classifier(x0, x1, 0.05, 0, options=ClassifierOptions(model="mlp"))
   assert res.estimate == pytest.approx(eps * gaussian_tv(4.0), abs=0.05)
 
 
@@ -134,8 +135,8 @@ def test_deterministic_for_a_seed():
   np.testing.assert_array_equal(a.density_ratio(x0), b.density_ratio(x0))
   c = tv_classifier(x0, x1, 0.05, 8)
   assert not np.array_equal(a.params["w"], c.params["w"])
-  m1 = tv_classifier(x0, x1, 0.05, 3, model="mlp", steps=50)
-  m2 = tv_classifier(x0, x1, 0.05, 3, model="mlp", steps=50)
+  m1 = tv_classifier(x0, x1, 0.05, 3, options=ClassifierOptions(model="mlp", steps=50))
+  m2 = tv_classifier(x0, x1, 0.05, 3, options=ClassifierOptions(model="mlp", steps=50))
   np.testing.assert_array_equal(m1.params["w1"], m2.params["w1"])
 
 
@@ -177,4 +178,4 @@ def test_density_ratio_calibration_known_ratio():
 def test_tv_classifier_bad_input(x0, x1, kwargs, match):
   delta = kwargs.pop("delta", 0.05)
   with pytest.raises(ShiftError, match=match):
-    tv_classifier(x0, x1, delta, 0, **kwargs)
+    tv_classifier(x0, x1, delta, 0, options=ClassifierOptions(**kwargs))

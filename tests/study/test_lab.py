@@ -10,6 +10,7 @@ from flax import nnx
 import pacbayes  # noqa: F401  (x64 on)
 from pacbayes.data import synthetic
 from pacbayes.data.dataset import Dataset
+from pacbayes.data.rows import EncodeOptions
 from pacbayes.models import ModelConfig, build_model
 from pacbayes.study import cache, studydata, subspace
 from pacbayes.study import evaluate as ev
@@ -30,7 +31,8 @@ def _rows(n, ops, seed=0):
 
 
 def _train_arrays(n=16, ops=(1, 2)):
-  ds = Dataset.from_rows(_rows(n, list(ops)), pad_length=seq_length(max(ops)), source="t")
+  ds = Dataset.from_rows(_rows(n, list(ops)), options=EncodeOptions(
+    pad_length=seq_length(max(ops))), source="t")
   return studydata.arrays(ds)
 
 

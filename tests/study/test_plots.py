@@ -106,10 +106,17 @@ def _line(ax, label):
   return next(ln for ln in ax.get_lines() if ln.get_label() == label)
 
 
-def test_saturated_and_vacuous_terms_are_markers_not_bars():
-  """The issue's case: hard is saturated (g_gen fills the gap to 1), easy is informative;
-  the reports come hard-first and are drawn by training difficulty."""
-  hard = _report(0.3, 0.02, 0.6793, 0.0004, train={3: 0.5, 4: 0.5}, saturated=True)
+def _centres(container):
+  return [p.get_x() + p.get_width() / 2 for p in container.patches]
+
+
+def test_vacuous_and_saturated_reports_draw_no_term_bars():
+  """The issue's case: hard is saturated (g_gen fills the gap to 1), easy is informative,
+  `vac` is vacuous on the test mixture; the reports come hard-first and are drawn by training
+  difficulty. Neither hard nor vac draws a term bar, not even emp_risk or epsilon: each is one
+  marked, unfilled column whose meaning is written in it and under the figure."""
+  hard = _report(0.3, 0.02, 0.6793, 0.0004, train={3: 0.5, 4: 0.5}, saturated=True,
+                 kl_per_n=3.85)
   easy = _report(0.05, 0.01, 0.03, 0.2, train={1: 0.5, 2: 0.5})
   vac = _report(0.1, 0.01, 0.2, 0.0, train={2: 1.0})
   vac["g_ext"], vac["g_ext_status"], vac["bound"] = None, "vacuous", 1.02
@@ -119,31 +126,86 @@ def test_saturated_and_vacuous_terms_are_markers_not_bars():
   assert [t.get_text() for t in ax.get_xticklabels()] == ["1.50", "2.00", "3.50"]
   assert ax.get_xlabel() == "mean training difficulty"
   heights, hatches = _bars(ax)
-  assert heights["emp_risk"] == pytest.approx([0.05, 0.1, 0.3])
-  assert heights["g_gen"] == pytest.approx([0.03, 0.2, 0.0])  # hard: no g_gen bar
-  assert heights["g_ext"] == pytest.approx([0.2, 0.0, 0.0])  # vacuous and saturated: none
+  for term, easy_value in (("emp_risk", 0.05), ("epsilon", 0.01), ("g_gen", 0.03),
+                           ("g_ext", 0.2)):
+    assert heights[term] == pytest.approx([easy_value, 0.0, 0.0]), term
   assert all(h == "" for h in hatches["g_ext"])
-  tops = [sum(heights[t][i] for t in heights) for i in range(3)]
-  assert tops == pytest.approx([0.29, 0.31, 0.32]) and max(tops) < 0.5  # nothing fills to 1
-  assert list(_line(ax, report_figure.SATURATED_LABEL).get_xdata()) == [2]
-  assert list(_line(ax, report_figure.VACUOUS_LABEL).get_xdata()) == [1]
+  columns = {c.get_label(): c for c in ax.containers}
+  vac_col, sat_col = columns[report_figure.VACUOUS_LABEL], columns[report_figure.SATURATED_LABEL]
+  assert _centres(vac_col) == [1] and heights[report_figure.VACUOUS_LABEL] == [1.0]
+  assert _centres(sat_col) == [2]
+  assert heights[report_figure.SATURATED_LABEL] == pytest.approx([0.9997])
+  assert hatches[report_figure.VACUOUS_LABEL] == [report_figure.VACUOUS_HATCH]
+  assert hatches[report_figure.SATURATED_LABEL] == [report_figure.SATURATED_HATCH]
+  for col in (vac_col, sat_col):  # unfilled: an outline, never a coloured value
+    assert col.patches[0].get_facecolor()[3] == 0.0
+  # No marker lines any more, so nothing is drawn twice at one x.
+  assert not [ln for ln in ax.get_lines() if ln.get_label() in (
+      report_figure.VACUOUS_LABEL, report_figure.SATURATED_LABEL)]
   texts = [t.get_text() for t in ax.texts]
-  assert texts == ["0.290", "vacuous", "0.9997 (saturated)"]  # never "1.000" below 1
+  assert texts[-3:] == ["0.290", "vacuous", "saturated"]  # on top, one per report
+  inside = " | ".join(texts[:-3])
+  assert "1.02 >= 1" in inside and "B_train 0.310" in inside and "training mixture only" in inside
+  assert "0.9997" in inside and "KL/n = 3.85" in inside and "not the risk" in inside
+  note = " ".join(t.get_text() for t in fig.texts)
+  assert report_figure.VACUOUS_MEANING in note and report_figure.SATURATED_MEANING in note
+  assert "emp_risk and epsilon are not drawn as bars" in note
   assert "certified" in ax.get_title() and "uncertified" in axm.get_title()
-  risk = _line(axm, "fine-tune risk on S")
+  risk = _line(axm, report_figure.RISK_ON_S)
   assert list(risk.get_ydata()) == pytest.approx([0.025, 0.05, 0.15])
   assert risk.get_markerfacecolor() == "none"  # measures: open markers, not bars
   assert not axm.containers
 
 
-def test_estimate_g_ext_is_hatched_and_measures_are_plotted():
-  r = _report(0.1, 0.01, 0.05, 0.1, g_ext_status="estimate")
-  r["extra"]["measures"] = {"g_gen_sharpness": {"value": 0.42, "kind": "measure (uncertified)"}}
-  fig = plots.report_terms([r], labels=["only"])
-  ax, axm = fig.axes
-  _, hatches = _bars(ax)
-  assert hatches["g_ext"] == [report_figure.ESTIMATE_HATCH]
-  assert list(_line(axm, "g_gen_sharpness").get_ydata()) == [0.42]
+def test_report_status_in_words():
+  ok = _report(0.05, 0.01, 0.03, 0.2)
+  assert report_figure.report_status(ok) == ("ok", "")
+  sat = dict(ok, g_gen=None, g_gen_status="saturated", raw_terms={"g_gen": 0.95}, bound=1.0)
+  status, meaning = report_figure.report_status(sat)
+  assert status == "vacuous" and "g_gen saturated" in meaning
+  from pacbayes.certificate.heldout import heldout_certificate
+
+  held = heldout_certificate([1.0] * 3, zero_one=True).to_dict()
+  assert report_figure.report_status(held)[0] == "vacuous"
+
+
+def test_measures_have_their_own_scales_and_the_train_risk_is_drawn_once():
+  """A sharpness measure of ~15 goes to a log axis of its own, so the risks (0.04 .. 0.39)
+  keep the linear [0, 1] axis; the fine-tune's risk on S, written twice by `bound`
+  (unperturbed_risk and measures.finetune_risk_train), is one line with one marker a report."""
+  reports = []
+  for i, (sharp, tv) in enumerate(((15.3, 0.24), (18.2, 0.07))):
+    r = _report(0.04, 0.13, 0.8, 0.0, train={1 + i: 1.0}, saturated=True)
+    r["extra"]["unperturbed_risk"] = 0.04 + i / 100
+    r["extra"]["measures"] = {
+        "finetune_risk_train": {"value": 0.04 + i / 100, "group": "estimate"},
+        "finetune_risk_test": {"value": 0.10, "group": "estimate"},
+        "base_risk_test": {"value": 0.39, "group": "estimate"},
+        "g_ext_tv_difficulty": {"value": tv, "group": "measure"},
+        "g_gen_sharpness": {"value": sharp, "group": "measure"}}
+    reports.append(r)
+  fig = plots.report_terms(reports)
+  ax, axm, twin = fig.axes
+  linear = {ln.get_label(): list(ln.get_ydata()) for ln in axm.get_lines()}
+  logged = {ln.get_label(): list(ln.get_ydata()) for ln in twin.get_lines()}
+  assert set(linear) == {report_figure.RISK_ON_S, "finetune_risk_test", "base_risk_test",
+                         "g_ext_tv_difficulty"}
+  assert set(logged) == {"g_gen_sharpness (log axis, right)"}
+  assert logged["g_gen_sharpness (log axis, right)"] == pytest.approx([15.3, 18.2])
+  assert twin.get_yscale() == "log" and axm.get_yscale() == "linear"
+  lo, hi = axm.get_ylim()
+  assert -0.05 <= lo <= 0.0 and 1.0 <= hi <= 1.1  # the risks' own scale, not 0 .. 18
+  assert (0.39 - 0.04) / (hi - lo) > 0.3
+  assert "measure (uncertified)" in axm.get_ylabel()
+  assert "measure (uncertified)" in twin.get_ylabel() and "log" in twin.get_ylabel()
+  # (c): the risk on S once, however many keys hold it.
+  assert linear[report_figure.RISK_ON_S] == pytest.approx([0.04, 0.05])
+  assert "finetune_risk_train" not in linear
+  values = [y for ys in (*linear.values(), *logged.values()) for y in ys]
+  assert sum(v == pytest.approx(0.04) for v in values) == 1
+  legend = fig.legends[0]  # under the panels, hiding no marker
+  assert legend.get_title().get_text() == "measures (uncertified)"
+  assert sorted(t.get_text() for t in legend.get_texts()) == sorted([*linear, *logged])
 
 
 def test_difficulty_from_slices_and_file_names_without_it(tmp_path):
@@ -156,6 +218,11 @@ def test_difficulty_from_slices_and_file_names_without_it(tmp_path):
   ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
   assert ticks == ["report 0", "bare.json"] and "no training difficulty" in \
       fig.axes[0].get_xlabel()
+  # Equal mean difficulties (e.g. one fine-tune against two test mixtures): file names.
+  twins = [dict(with_slices, _path=str(tmp_path / f"{m}.json")) for m in ("uniform", "tilted")]
+  fig = plots.report_terms(twins)
+  ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+  assert ticks == ["uniform.json", "tilted.json"] and "some equal" in fig.axes[0].get_xlabel()
 
 
 @pytest.mark.parametrize("change,word", [({"space": "weights"}, "posterior spaces"),
@@ -200,7 +267,7 @@ def test_heldout_certificate_is_a_certified_bar(tmp_path):
   assert list(_line(axm, "fine-tune risk (held-out rows)").get_ydata()) == [0.1]
 
 
-def test_a_real_saturated_report_reads_back_as_saturated(tmp_path):
+def test_a_real_saturated_report_reads_back_as_saturated(tmp_path, capsys):
   """`certify` on the issue's numbers (KL 1,154 nats, n = 300): its JSON through the figure."""
   from pacbayes.bounds.mixture import mixture_bounds
   from pacbayes.certificate.core import ShiftInputs, certify
@@ -212,10 +279,15 @@ def test_a_real_saturated_report_reads_back_as_saturated(tmp_path):
   cert.to_json(path)
   out = tmp_path / "hard.png"
   assert main(["plot", str(path), "--out", str(out)]) == 0
+  shown = capsys.readouterr().out.splitlines()
+  assert shown[0] == f"figure written to {out}"
+  assert len(shown) == 2 and shown[1].startswith(f"{path}: ")  # the status, in words
+  assert "drawn as a marked column, no term bars" in shown[1]
   fig = plots.report_terms([plots.load_results(path)])
   heights, _ = _bars(fig.axes[0])
-  assert heights["g_gen"] == [0.0] and heights["g_ext"] == [0.0]
-  assert heights["emp_risk"][0] + heights["epsilon"][0] < 0.5
+  # No term bar at all (emp_risk and epsilon included): one marked column.
+  assert set(heights) <= {report_figure.VACUOUS_LABEL, report_figure.SATURATED_LABEL}
+  assert len(heights) == 1 and list(heights.values())[0] == [pytest.approx(min(cert.bound, 1))]
   assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["3.50"]
 
 

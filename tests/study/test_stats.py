@@ -25,7 +25,7 @@ BUCKETS = ("easy", "medium", "hard")
 TILT = {"easy": [8, 4, 2, 1], "medium": [1, 1, 1, 1], "hard": [1, 2, 4, 8]}
 R = 400
 ALPHA = theory.ALPHA
-FULL = pathlib.Path(__file__).resolve().parents[1] / "experiments/results/full/results.json"
+FULL = pathlib.Path(__file__).resolve().parents[2] / "experiments/results/full/results.json"
 # Accuracy and item flip variance (seeds x items residual mean square) by test slice, averaged
 # over the base/sft cells of experiments/results/full/results.json (printed by
 # experiments/power_design.py); slice 1's 1.00 is capped at 0.95 so seed effects show on it.

@@ -10,8 +10,8 @@ import pytest
 
 from pacbayes.study import theory
 from pacbayes.study.view import ResultsError, study_view
-from tests import lab_fixtures
-from tests.lab_fixtures import GOOD, make_results
+from tests.helpers import lab_results
+from tests.helpers.lab_results import GOOD, make_results
 
 NUM = r"[+-]\d\.\d{4}"
 LINE = re.compile(rf"^(PASS|FAIL|INCONCLUSIVE) +\S.*: ({NUM} \[{NUM}, {NUM}\]|not judged) \(.+\)")
@@ -97,10 +97,11 @@ def test_cells_with_different_seed_sets_are_judged_with_their_own_seeds():
 def test_every_primary_line_states_its_holm_decision_and_binding_df():
   verdicts = theory.judge(make_results(**GOOD, seeds=(0, 1, 2)))
   primary = [v for v in verdicts if theory.family_of(v.claim) and np.isfinite(v.estimate[0])]
-  assert len(primary) == 13
+  # 12: the uniform-test G_ext line is not judged (the fixture's tilts have equal TV)
+  assert len(primary) == 12
   for v in primary:
     assert re.search(r"t on \d+\.\d df", v.line()), v.line()
-    assert "Holm-adjusted" in v.line() and "over 13 primary tests" in v.line(), v.line()
+    assert "Holm-adjusted" in v.line() and "over 12 primary tests" in v.line(), v.line()
   for v in verdicts:
     if v.claim.startswith(("saturation", "bound")):
       assert "Holm" not in v.line()
@@ -152,15 +153,29 @@ def test_vacuous_certificates_are_not_judged():
   assert _by_prefix(theory.judge(res), "bound")[0].word == "FAIL"
 
 
+def test_g_ext_at_equal_tv_is_printed_not_judged():
+  # symmetric tilts around a uniform test: TV(easy, test) = TV(hard, test), so G_ext = O(TV)
+  # predicts no difference and the line can neither pass nor fail the claim
+  res = make_results(GOOD["acc"])
+  v = _by_prefix(theory.judge(res), "G_ext")[0]
+  assert v.word == "INCONCLUSIVE" and np.isnan(v.estimate).all() and v.holm is None
+  assert "not a test of the claim" in v.line() and "measured " in v.line()
+  # a test mixture that tilts toward hard ops makes the TVs differ: judged, in Holm's family
+  res["test_mixture"] = {"1": 0.1, "2": 0.2, "3": 0.3, "4": 0.4}
+  v = _by_prefix(theory.judge(res), "G_ext")[0]
+  assert np.isfinite(v.estimate).all() and v.holm is not None
+
+
 def test_g_ext_removes_the_part_the_mixtures_fix():
   res = make_results(GOOD["acc"])
+  res["test_mixture"] = {"1": 0.1, "2": 0.2, "3": 0.3, "4": 0.4}  # unequal TV: judged
   raw = _by_prefix(theory.judge(res), "G_ext")[0]
   assert "minus the base" not in raw.claim
   err = {"1": 0.0, "2": 0.2, "3": 0.8, "4": 1.0}
   res["bases"]["base"]["seq_error_by_slice"] = err
   did = _by_prefix(theory.judge(res), "G_ext")[0]
-  p = {b: np.array(w, float) / sum(w) for b, w in lab_fixtures.MIXTURES.items()}
-  shift = float(np.dot(p["easy"] - p["hard"], [err[str(k)] for k in lab_fixtures.OPS]))
+  p = {b: np.array(w, float) / sum(w) for b, w in lab_results.MIXTURES.items()}
+  shift = float(np.dot(p["easy"] - p["hard"], [err[str(k)] for k in lab_results.OPS]))
   assert shift == pytest.approx((2 * 0.2 - 2 * 0.8 - 7 * 1.0) / 15)
   assert "minus the base's own contrast" in did.claim
   np.testing.assert_allclose(did.estimate, raw.estimate - shift)

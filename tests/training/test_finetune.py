@@ -21,7 +21,7 @@ from pacbayes.training.finetune import FinetuneConfig, finetune
 torch = pytest.importorskip("torch")
 tf = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = 48
 
 
@@ -83,6 +83,7 @@ def torch_step(base_dir, train_file, *, method, lr, weight_decay, grad_clip):
   return {k: v.detach().numpy() for k, v in model.state_dict().items()}, float(loss.detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "dft"])
 def test_one_step_equals_torch_adamw(setup, tmp_path, method):
   out = tmp_path / "out"
@@ -119,6 +120,7 @@ def _logits_ours(model, ids):
   return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, ids))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_outputs_load_in_transformers_and_peft_with_same_logits(setup, tmp_path, model_type):
   peft = pytest.importorskip("peft")
@@ -199,6 +201,7 @@ def _weights(folder):
   return load_file(str(Path(folder) / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_kill_resume_and_eight_devices_match_one(setup, tmp_path):
   args = ["--model", str(setup["llama"]), "--train", str(setup["train"]), "--lora-rank", "4",
           "--lora-targets", "q_proj,v_proj,up_proj", "--steps", "40", "--batch-size", "8",
@@ -317,6 +320,7 @@ def test_checkpoints_of_another_run_are_refused(tmp_path):
     Checkpointer(str(tmp_path / "ck"), 2, {"seed": 2})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sft", "dft"])
 def test_one_lora_step_equals_peft_torch_step(setup, tmp_path, method):
   """Same init (our recorded A0, B0 = 0 copied into peft), same batch, same AdamW."""

@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 
+import pacbayes.bounds as ex
 from pacbayes import bounds
-from pacbayes import extrapolation as ex
 
 RESULTS = "experiments/results/quick_lab1/results.json"
 DELTA = 0.05

@@ -71,42 +71,24 @@ def generate_dataset(
   ops: OpsSpec,
   *,
   seed: int | np.random.SeedSequence,
-  modulus: int = DEFAULT_MODULUS,
-  num_distractors: int = 0,
-  exclude: Iterable[str] = (),
-  unique: bool = False,
   row_format: str = "ids",
+  **draw: Any,
 ) -> list[dict[str, Any]]:
   """Generates JSONL rows of synthetic problems, deterministically from ``seed``.
 
   Args:
-    num_examples: number of rows.
-    ops: the op-count distribution: an int, a sequence of ints (uniform; ``range(2, 9)``
-      works) or a dict ``{op_count: weight}`` (normalised). Each row draws its op count
-      independently, so the rows are i.i.d. from the mixture.
-    seed: seed (or `numpy.random.SeedSequence`) of ``numpy.random.default_rng``.
-    modulus: arithmetic modulus in [2, 10].
-    num_distractors: unneeded statements added to every prompt (default none, so the prompt
-      holds exactly the difficulty's statements).
-    exclude: problem keys (`Problem.key`, the rows' ``key``) never to emit, e.g. a test
-      set's keys when generating its training set; rejected draws are redrawn.
-    unique: also never emit a key twice within this dataset.
+    num_examples, ops, seed: as in `pacbayes.data.synthetic.problems.generate_problems` (the
+      rows are i.i.d. from the op-count mixture).
     row_format: ``"ids"`` or ``"text"``, see `problem_to_row`.
+    **draw: the other keywords of `generate_problems`: ``modulus``, ``num_distractors``,
+      ``exclude`` (e.g. a test set's keys when generating its training set), ``unique``.
 
   Returns:
     Rows as made by `problem_to_row`.
   """
   if row_format not in ROW_FORMATS:
     raise ValueError(f"row_format: expected one of {ROW_FORMATS}, got {row_format!r}")
-  problems = generate_problems(
-    num_examples,
-    ops,
-    seed=seed,
-    modulus=modulus,
-    num_distractors=num_distractors,
-    exclude=exclude,
-    unique=unique,
-  )
+  problems = generate_problems(num_examples, ops, seed=seed, **draw)
   tokenizer = SyntheticTokenizer()
   return [problem_to_row(p, row_format=row_format, tokenizer=tokenizer) for p in problems]
 

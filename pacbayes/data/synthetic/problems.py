@@ -349,10 +349,25 @@ def generate_problems(
   unique: bool = False,
   max_tries_factor: int = 100,
 ) -> list[Problem]:
-  """Draws problems with i.i.d. op counts from a mixture.
+  """Draws problems with i.i.d. op counts from a mixture, deterministically from ``seed``.
 
-  Arguments as in `pacbayes.data.synthetic.datasets.generate_dataset`; `max_tries_factor`
-  bounds the draws (times ``num_examples``) spent avoiding ``exclude`` and repeats.
+  Args:
+    num_examples: number of problems.
+    ops: the op-count distribution: an int, a sequence of ints (uniform; ``range(2, 9)``
+      works) or a dict ``{op_count: weight}`` (normalised). Each problem draws its op count
+      independently, so the problems are i.i.d. from the mixture.
+    seed: seed (or `numpy.random.SeedSequence`) of ``numpy.random.default_rng``.
+    modulus: arithmetic modulus in [2, 10].
+    num_distractors: unneeded statements added to every prompt (default none, so the prompt
+      holds exactly the difficulty's statements).
+    exclude: problem keys (`Problem.key`) never to emit, e.g. a test set's keys when
+      generating its training set; rejected draws are redrawn.
+    unique: also never emit a key twice within this call.
+    max_tries_factor: bounds the draws (times ``num_examples``) spent avoiding ``exclude``
+      and repeats.
+
+  Returns:
+    The problems, in the order drawn.
   """
   if not isinstance(num_examples, int | np.integer) or num_examples < 0:
     raise ValueError(f"num_examples: expected an int >= 0, got {num_examples!r}")
