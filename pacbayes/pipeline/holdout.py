@@ -104,12 +104,15 @@ def _held_out_mixture(config: Any, split: HeldOutSplit, test_difficulty: Any,
                       delta: float) -> tuple[Any, Any, str]:
   """(MixtureBounds or None, held-out difficulties or None, note) for the test mixture.
 
-  The training side is estimated from every row of the training file (all are i.i.d. from
-  the training mixture); the test side is the exact --test-mixture, else the --test rows'
-  difficulties. The support: --difficulty-support, else the exact test mixture's keys when
-  they cover every training value; without one, no per-slice / mixture-shift value.
+  The training side is the exact --train-mixture when one is given (with an exact
+  --test-mixture: then no delta goes to the mixtures), else estimated from every row of the
+  training file (all are i.i.d. from the training mixture); the test side is the exact
+  --test-mixture, else the --test rows' difficulties. The support: --difficulty-support,
+  else the exact test mixture's keys when they cover every training value; without one, no
+  per-slice / mixture-shift value.
   """
   from pacbayes.bounds import mixture as mixtures
+  from pacbayes.pipeline.shift_terms import exact_train_mixture
 
   diff = split.all_difficulty
   if diff is None or (config.test_mixture is None and test_difficulty is None):
@@ -132,6 +135,12 @@ def _held_out_mixture(config: Any, split: HeldOutSplit, test_difficulty: Any,
     return None, None, ("held-out: no per-slice or test-mixture value: the difficulty "
                         "support is not fixed in advance (--difficulty-support, or an exact "
                         "--test-mixture covering every training value)")
+  if config.train_mixture is not None and exact is not None:
+    train = exact_train_mixture(config, support, diff)
+    mix = mixtures.mixture_bounds(test_mixture=exact, train_mixture=train,
+                                  support=list(support))
+    return mix, split.heldout.difficulty, ("held-out: training and test mixtures given "
+                                           "exactly: no delta spent on the mixtures")
   mix = mixtures.mixture_bounds(
       test_mixture=exact, test_difficulty=None if exact is not None else test_difficulty,
       train_difficulty=diff, support=list(support), delta=delta)
@@ -154,8 +163,9 @@ def heldout_block(config: Any, split: HeldOutSplit, losses: np.ndarray,
   """
   from pacbayes.certificate.heldout import heldout_certificate
 
-  # With a mixture, a third of delta to its estimates, the rest split evenly between the
-  # training-mixture bound and the per-slice bounds (heldout_certificate).
+  # With an estimated mixture, a third of delta to its estimates, the rest split evenly
+  # between the training-mixture bound and the per-slice bounds (heldout_certificate); an
+  # exact one spends nothing.
   mix, diff, note = _held_out_mixture(config, split, test_difficulty, config.delta / 3)
   notes = [note] if note else []
   cert = heldout_certificate(

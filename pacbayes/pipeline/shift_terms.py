@@ -326,6 +326,29 @@ class ShiftTerms:
     return self.inputs.g_ext_kind
 
 
+def exact_train_mixture(config: Any, support: Any, train_difficulty: Any) -> dict[float, float]:
+  """The exact training mixture `config.train_mixture` (a file or a mapping), checked.
+
+  One reader for the PAC-Bayes side (`shift_terms`) and the held-out certificate
+  (`pacbayes.pipeline.holdout`).
+
+  Raises:
+    ValueError: a bad mixture, or a difficulty of the training file (`train_difficulty`, [n])
+      with no mass under it, naming the file.
+  """
+  from pacbayes.bounds import mixture as mixtures
+
+  source = config.train_mixture
+  train = (mixtures.load_mixture(os.fspath(source), support=support)
+           if isinstance(source, (str, os.PathLike))
+           else mixtures.check_mixture(source, name="train_mixture"))
+  off = sorted({float(v) for v in train_difficulty} - {d for d, p in train.items() if p > 0})
+  if off:
+    raise ValueError(f"{config.train}: difficulty {off[0]:g} has no mass under the given "
+                     "training mixture (train_mixture)")
+  return train
+
+
 def _exact_train(config: Any, plan: ShiftPlan, train_difficulty: np.ndarray | None):
   """(MixtureBounds, support) when the training mixture is given exactly, else (None, None)."""
   from pacbayes.bounds import mixture as mixtures
@@ -334,14 +357,7 @@ def _exact_train(config: Any, plan: ShiftPlan, train_difficulty: np.ndarray | No
     return None, None
   if plan.feature != "difficulty" or plan.mixture is None:
     raise ValueError("train_mixture: needs the difficulty feature and an exact test mixture")
-  source = config.train_mixture
-  train = (mixtures.load_mixture(os.fspath(source), support=plan.support)
-           if isinstance(source, (str, os.PathLike))
-           else mixtures.check_mixture(source, name="train_mixture"))
-  off = sorted({float(v) for v in train_difficulty} - {d for d, p in train.items() if p > 0})
-  if off:
-    raise ValueError(f"{config.train}: difficulty {off[0]:g} has no mass under the given "
-                     "training mixture (train_mixture)")
+  train = exact_train_mixture(config, plan.support, train_difficulty)
   mix = mixtures.mixture_bounds(test_mixture=plan.mixture, train_mixture=train,
                                 support=plan.support)
   return mix, tuple(mix.support)

@@ -168,3 +168,23 @@ def test_row_format_warning(tmp_path):
   assert line.startswith("warning:") and "without" not in line and "'chat_template'" in line
   assert check_row_format(str(tmp_path), chat_template=True) is None
   assert check_row_format(str(tmp_path / "absent"), chat_template=False) is None
+
+
+def test_exact_training_mixture_spends_no_delta_on_the_mixtures(world, tmp_path):
+  # --train-mixture with an exact --test-mixture: the held-out certificate's mixture is exact
+  # (delta 0), so the whole delta goes to the held-out and per-slice bounds, half each; an
+  # estimated training mixture charges a third of delta first.
+  (tmp_path / "train_mix.json").write_text(json.dumps({"1": 0.5, "2": 0.5}))
+  test = ["--held-out", "--loss", "sequence_error", "--test-mixture",
+          str(world / "mixture.json")]
+  assert _bound(world, world / "held", tmp_path / "exact.json", *test,
+                "--train-mixture", str(tmp_path / "train_mix.json")) == 0
+  assert _bound(world, world / "held", tmp_path / "est.json", *test) == 0
+  exact = json.loads((tmp_path / "exact.json").read_text())["heldout"]
+  est = json.loads((tmp_path / "est.json").read_text())["heldout"]
+  parts, est_parts = dict(exact["delta_parts"]), dict(est["delta_parts"])
+  assert parts["mixture"] == 0.0 and est_parts["mixture"] > 0.0
+  assert parts["heldout"] == pytest.approx(0.025) and parts["slices"] == pytest.approx(0.025)
+  assert exact["delta"] == pytest.approx(0.05) == pytest.approx(est["delta"])
+  assert exact["bound_train"] <= est["bound_train"]  # more delta, same rows: never looser
+  assert any("given exactly" in n for n in exact["notes"])
