@@ -121,6 +121,9 @@ def run(args) -> int:
         check_heldout_report(report, path)
       else:
         check_bound_report(report, path)
+        block = report.get("heldout")
+        if isinstance(block, dict) and plots.is_heldout_report(block):
+          check_heldout_report(block, f"{path}: key 'heldout'")
   try:
     if lab:
       fig = plots.LAB_FIGURES[kind](lab[0], base=args.base, method=args.method)

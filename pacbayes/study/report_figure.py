@@ -39,7 +39,7 @@ from pacbayes.study.view import ResultsError  # noqa: E402
 __all__ = ["ESTIMATE_HATCH", "HELDOUT_HATCH", "HELDOUT_SCHEMA", "LOG_AXIS_LABEL", "RISK_ON_S",
            "SATURATED_HATCH", "SATURATED_LABEL", "SATURATED_MEANING", "TERMS", "UNIT_AXIS_LABEL",
            "VACUOUS_HATCH", "VACUOUS_LABEL", "VACUOUS_MEANING", "is_heldout_report",
-           "mean_difficulty", "report_status", "report_terms"]
+           "mean_difficulty", "report_status", "report_terms", "with_heldout_columns"]
 
 HELDOUT_SCHEMA = "pacbayes.certificate.heldout/1"
 TERMS = ("emp_risk", "epsilon", "g_gen", "g_ext")
@@ -66,6 +66,23 @@ _MEASURE_MARKERS = "sD^v<>p*"
 def is_heldout_report(report: Mapping[str, Any]) -> bool:
   """True for a held-out certificate (schema ``pacbayes.certificate.heldout/1``)."""
   return report.get("schema") == HELDOUT_SCHEMA
+
+
+def with_heldout_columns(reports: Sequence[Mapping[str, Any]],
+                         labels: Sequence[str] | None = None):
+  """Each bound report's ``heldout`` block (`pacbayes bound --held-out`) as its own held-out
+  certificate right after it, named ``<file> [held-out]``; (reports, labels) as lists."""
+  out, out_labels = [], None if labels is None else []
+  for i, report in enumerate(reports):
+    out.append(report)
+    if out_labels is not None:
+      out_labels.append(labels[i])
+    block = report.get("heldout") if not is_heldout_report(report) else None
+    if isinstance(block, Mapping) and is_heldout_report(block):
+      out.append({**block, "_path": f"{_name(report, i)} [held-out]"})
+      if out_labels is not None:
+        out_labels.append(f"{labels[i]} [held-out]")
+  return out, out_labels
 
 
 def _name(report: Mapping[str, Any], i: int) -> str:
@@ -275,7 +292,8 @@ def report_terms(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | N
 
   Args:
     reports: bound reports (`Certificate.to_dict()`, or the keys emp_risk, epsilon, g_gen,
-      g_ext, bound) and/or held-out certificates.
+      g_ext, bound) and/or held-out certificates; a bound report's own ``heldout`` block
+      is drawn as a held-out column right after it (`with_heldout_columns`).
     labels: x tick labels (default: the mean training difficulty when every report carries
       one, sorted by it; otherwise the file names).
     allow_mixed: draw reports of different spaces or sigmas (the figure then says so)
@@ -292,6 +310,7 @@ def report_terms(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | N
     raise ResultsError("no reports to plot")
   if labels is not None and len(labels) != len(reports):
     raise ResultsError(f"labels: {len(labels)} given for {len(reports)} reports")
+  reports, labels = with_heldout_columns(reports, labels)
   names = [_name(r, i) for i, r in enumerate(reports)]
   mixed = _check_mixing(reports, names, allow_mixed)
   order, ticks, xlabel = _order(reports, labels, names)

@@ -267,6 +267,28 @@ def test_heldout_certificate_is_a_certified_bar(tmp_path):
   assert list(_line(axm, "fine-tune risk (held-out rows)").get_ydata()) == [0.1]
 
 
+def test_a_bound_reports_heldout_block_is_its_own_column(tmp_path):
+  # `bound --held-out` writes the held-out certificate inside the report: plot draws it as a
+  # held-out column right after its report, named after the file
+  from pacbayes.certificate.heldout import heldout_certificate
+
+  cert = heldout_certificate([0.0] * 90 + [1.0] * 10, zero_one=True)
+  rep = tmp_path / "pb.json"
+  rep.write_text(json.dumps({**_report(0.1, 0.01, 0.05, 0.1), "heldout": cert.to_dict()}))
+  out = tmp_path / "h.png"
+  assert main(["plot", str(rep), "--out", str(out)]) == 0
+  fig = plots.report_terms([plots.load_results(rep)])
+  heights, hatches = _bars(fig.axes[0])
+  assert heights["held-out test-set bound"] == pytest.approx([0.0, cert.bound_train])
+  assert hatches["held-out test-set bound"][1] == report_figure.HELDOUT_HATCH
+  assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["pb.json",
+                                                                   "pb.json [held-out]"]
+  bad = json.loads(rep.read_text())
+  bad["heldout"]["bound_train"] = "x"
+  rep.write_text(json.dumps(bad))
+  assert main(["plot", str(rep), "--out", str(tmp_path / "b.png")]) == 2
+
+
 def test_a_real_saturated_report_reads_back_as_saturated(tmp_path, capsys):
   """`certify` on the issue's numbers (KL 1,154 nats, n = 300): its JSON through the figure."""
   from pacbayes.bounds.mixture import mixture_bounds
