@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from pacbayes.bounds.testset import holdout_bound
-from pacbayes.core import jsonio
+from pacbayes.study.plots import ResultsError, is_lab_results, load_results
 from pacbayes.study.stats import decode_u8
 
 
@@ -64,8 +64,11 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path)
   args = parser.parse_args(argv)
   try:
-    results = jsonio.read_json(args.results)
-  except ValueError as e:
+    results = load_results(args.results)
+    if not is_lab_results(results):
+      raise ResultsError(f"{args.results}: not a lab results file (`pacbayes lab`'s "
+                         "results.json)")
+  except ResultsError as e:
     print(f"heldout_cells: {e}", file=sys.stderr)
     return 2
   out = cell_bounds(results)
@@ -78,7 +81,7 @@ def main(argv=None):
           f"certify a gain over their base's measured error; median bound - measured "
           f"{slack:.3f}")
   if args.out:
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    args.out.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
   return 0
 
 

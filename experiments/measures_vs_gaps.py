@@ -33,7 +33,7 @@ import sys
 import numpy as np
 from scipy import stats
 
-from pacbayes.core import jsonio
+from pacbayes.study.plots import ResultsError, is_lab_results, load_results
 
 
 def _mixture(weights):
@@ -98,6 +98,9 @@ def tau_with_interval(x, y, *, reps=2000, seed=0):
   """Kendall tau-b of (x, y) and a 95% percentile bootstrap interval over pairs."""
   x, y = np.asarray(x, float), np.asarray(y, float)
   tau = float(stats.kendalltau(x, y).statistic)
+  if not np.isfinite(tau):  # a constant measure or gap (e.g. one TV value): no ranking
+    return {"tau": None, "ci95": [None, None], "pairs": int(len(x)), "bootstrap_reps": 0,
+            "note": "undefined: the measure or the gap is constant over these cells"}
   rng = np.random.default_rng(seed)
   boots = []
   for _ in range(reps):
@@ -139,12 +142,18 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path)
   args = parser.parse_args(argv)
   try:
-    results = jsonio.read_json(args.results)
-  except ValueError as e:
+    results = load_results(args.results)
+    if not is_lab_results(results):
+      raise ResultsError(f"{args.results}: not a lab results file (`pacbayes lab`'s "
+                         "results.json)")
+  except ResultsError as e:
     print(f"measures_vs_gaps: {e}", file=sys.stderr)
     return 2
   out = analyse(results)
   def show(label, t):
+    if t["tau"] is None:
+      print(f"{label}: Kendall tau undefined over {t['pairs']} pairs ({t['note']})")
+      return
     print(f"{label}: Kendall tau {t['tau']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] "
           f"over {t['pairs']} pairs")
   show("g_gen (||dw||^2/n vs in-bucket - train)", out["g_gen"])
@@ -154,7 +163,7 @@ def main(argv=None):
     show(f"g_ext {name} mixture, raw", t["raw"])
     show(f"g_ext {name} mixture, minus the base's", t["vs_base"])
   if args.out:
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    args.out.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
   return 0
 
 

@@ -10,8 +10,10 @@ def add_parser(sub) -> None:
   lab.add_argument("--preset", default="quick", choices=("quick", "smoke", "micro", "full"),
                    help="quick: `make run` (claim 1, <= 15 min on 2 idle cores); full: every "
                         "claim (hours); smoke/micro: check the pipeline (decide nothing)")
-  lab.add_argument("--out", default="experiments/results/quick")
-  lab.add_argument("--figures", default="figures", help="folder for figures ('' for none)")
+  lab.add_argument("--out", default=None,
+                   help="results folder (default: experiments/results/<preset>)")
+  lab.add_argument("--figures", default=None,
+                   help="folder for figures (default: <out>/figures; '' for none)")
   lab.add_argument("--seed", type=seed("--seed"), default=None)
   lab.add_argument("--workers", type=bounded_int("--workers", 0, 64), default=1,
                    help="worker processes, each single-threaded (default 1); results.json does "
@@ -33,6 +35,10 @@ def run(args) -> int:
   # On a GPU, the parent and a worker each hold a client: without this, the first to start
   # would take 75% of the device's memory (JAX's default) and the other could not start.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  if args.out is None:
+    args.out = os.path.join("experiments", "results", args.preset)
+  if args.figures is None:
+    args.figures = os.path.join(args.out, "figures")
   check_output_folder(args.out, "--out")
   check_output_folder(args.figures, "--figures")
   config = StudyConfig.preset(args.preset)
