@@ -386,9 +386,10 @@ def run_study(config: StudyConfig, out_dir: str | os.PathLike, *, progress: bool
       for i, cell in enumerate(todo):
         on_cell(i, study.run_cell(cell))
     else:
-      study.log(f"{workers} worker process(es): the base ({config.pretrain_steps} steps), the "
-                f"stronger base ({config.strong_pretrain_steps} more), then {len(todo)} cells "
-                f"(cached ones are read back)")
+      strong = (f"the stronger base ({config.strong_pretrain_steps} more), "
+                if "strong" in study.needed else "")
+      study.log(f"{workers} worker process(es): the base ({config.pretrain_steps} steps), "
+                f"{strong}then {len(todo)} cells (cached ones are read back)")
       run_tasks(Study, config, out_dir, todo, workers=workers, on_base=on_base, on_cell=on_cell)
   finally:
     bar.close()
