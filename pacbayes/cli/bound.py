@@ -182,6 +182,11 @@ def check_args(args) -> None:
       raise CommandError("--train-mixture needs --test-mixture (both mixtures exact)")
     check_input_file(args.train_mixture, "--train-mixture")
   check_input_file(args.train, "--train")
+  for flag, folder in (("--prior", args.prior), ("--posterior", args.posterior)):
+    if not os.path.isdir(folder):
+      raise CommandError(f"{flag} {folder}: no such folder (a Hugging Face checkpoint folder"
+                         + (", or a PEFT LoRA adapter folder" if flag == "--posterior" else "")
+                         + ")")
   if args.held_out:
     if not os.path.isfile(os.path.join(args.posterior, "holdout.json")):
       raise CommandError(f"--held-out: {args.posterior} has no holdout.json (no rows were kept "

@@ -104,7 +104,8 @@ def _locate_duplicate(text: str) -> tuple[str, int] | None:
   return found[0] if found else None
 
 
-def loads(text: str | bytes, *, where: str, first_line: int = 1, allow_nan: bool = False) -> Any:
+def loads(text: str | bytes, *, where: str, first_line: int = 1, allow_nan: bool = False,
+          row: bool = False) -> Any:
   """Parses JSON text strictly (see the module docstring).
 
   Args:
@@ -112,6 +113,8 @@ def loads(text: str | bytes, *, where: str, first_line: int = 1, allow_nan: bool
     where: the file (or label) for messages.
     first_line: the file line of the text's first line (a JSONL row: its line number).
     allow_nan: accept `NaN` and `Infinity` (only for files the project wrote itself).
+    row: the text is one line of a JSONL file (a value cut short there is said to be one
+      that does not fit on its line, not a truncated file).
 
   Returns:
     The parsed value.
@@ -136,7 +139,11 @@ def loads(text: str | bytes, *, where: str, first_line: int = 1, allow_nan: bool
                     "only the last; refusing to guess)") from None
   except json.JSONDecodeError as e:
     line = first_line - 1 + e.lineno
-    reason = "the file ends early (truncated?)" if e.pos >= len(text.rstrip()) else e.msg
+    reason = e.msg
+    if e.pos >= len(text.rstrip()):
+      reason = ("the line ends inside a JSON value: a truncated row, or JSON spread over "
+                "several lines (JSONL holds one whole object per line)" if row else
+                "the file ends early (truncated?)")
     raise JSONError(f"{where}:{line}: not valid JSON ({reason}, column {e.colno})") from None
   except _Constant as c:
     found = re.search(r"(?<![\w\"])" + re.escape(c.name) + r"(?![\w\"])", text)

@@ -68,7 +68,7 @@ def _parse(f, path: str) -> tuple[list[dict[str, Any]], list[int]]:
       if not line.strip():
         continue
       try:  # repeated keys, NaN/Infinity, bad syntax: one line naming file:line
-        row = loads(line.rstrip("\r\n"), where=path, first_line=lineno)
+        row = loads(line.rstrip("\r\n"), where=path, first_line=lineno, row=True)
       except JSONError as e:
         raise DataError(str(e)) from None
       if not isinstance(row, dict):

@@ -64,3 +64,14 @@ def test_field_defaults_and_missing():
   assert field({"k": None}, "k", "str", where="c.json", nullable=True) is None
   with pytest.raises(JSONError, match="key 'k' is missing"):
     field({}, "k", "int", where="c.json")
+
+
+def test_a_jsonl_row_cut_short_is_said_to_be_a_row(tmp_path):
+  # a JSON file spread over lines, read as JSONL: its first line ends inside the object
+  from pacbayes.data.jsonl import read_jsonl
+
+  p = tmp_path / "results.json"
+  p.write_text('{\n  "schema": "x"\n}\n')
+  with pytest.raises(ValueError, match=r"results.json:1: not valid JSON \(the line ends inside "
+                                       r"a JSON value: a truncated row, or JSON spread over"):
+    list(read_jsonl(p))

@@ -122,6 +122,8 @@ def _cases(p, tmp):
       ("test_missing", ["--test", str(tmp / "nope.jsonl")], "--test", {}),
       ("train_folder", [], "--train", {"train": p["folder"]}),
       ("posterior_is_file", [], "train.jsonl", {"posterior": p["train"]}),
+      ("prior_missing", [], "--prior", {"prior": str(tmp / "nobase")}),
+      ("posterior_missing", [], "--posterior", {"posterior": str(tmp / "nosft")}),
       ("architecture", [], "different architectures", {"posterior": p["wide"]}),
       ("chat_template_without_tokenizer", ["--chat-template"], "tokenizer", {}),
   ]
@@ -144,7 +146,7 @@ def test_hostile_input(files, tmp_path, capsys, case):
   _, extra, expected, override = cases[case]
   out = override.get("out", str(tmp_path / "report.json"))
   out_existed = os.path.exists(out)
-  args = ["bound", "--prior", files["prior"],
+  args = ["bound", "--prior", override.get("prior", files["prior"]),
           "--posterior", override.get("posterior", files["posterior"]),
           "--train", override.get("train", files["train"]), "--quiet", "--out", out, *extra]
   before = _snapshot(files)
