@@ -27,7 +27,8 @@ import sys
 import numpy as np
 
 from pacbayes.bounds.testset import holdout_bound
-from pacbayes.study.plots import ResultsError, is_lab_results, load_results
+from pacbayes.select.offline import load_study_results
+from pacbayes.study.plots import ResultsError
 from pacbayes.study.stats import decode_u8
 
 
@@ -64,10 +65,7 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path)
   args = parser.parse_args(argv)
   try:
-    results = load_results(args.results)
-    if not is_lab_results(results):
-      raise ResultsError(f"{args.results}: not a lab results file (`pacbayes lab`'s "
-                         "results.json)")
+    results = load_study_results(args.results)
   except ResultsError as e:
     print(f"heldout_cells: {e}", file=sys.stderr)
     return 2

@@ -33,7 +33,8 @@ import sys
 import numpy as np
 from scipy import stats
 
-from pacbayes.study.plots import ResultsError, is_lab_results, load_results
+from pacbayes.select.offline import load_study_results
+from pacbayes.study.plots import ResultsError
 
 
 def _mixture(weights):
@@ -142,10 +143,7 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path)
   args = parser.parse_args(argv)
   try:
-    results = load_results(args.results)
-    if not is_lab_results(results):
-      raise ResultsError(f"{args.results}: not a lab results file (`pacbayes lab`'s "
-                         "results.json)")
+    results = load_study_results(args.results)
   except ResultsError as e:
     print(f"measures_vs_gaps: {e}", file=sys.stderr)
     return 2

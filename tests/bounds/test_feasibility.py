@@ -3,9 +3,7 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import mpmath
-import numpy as np
 import pytest
 
 from pacbayes.bounds.btrain import maurer_upper
@@ -15,6 +13,7 @@ from pacbayes.certificate import route
 from pacbayes.certificate.core import certify
 from pacbayes.pipeline import run as pipeline
 from pacbayes.posterior.kl import isotropic_kl
+from tests.helpers.toy import toy, zero_one
 
 
 @pytest.mark.parametrize("sq, d, n, grid", [
@@ -62,18 +61,6 @@ def test_refusals():
 
 
 # ------------------------------------------------------------------------ through the route
-
-
-def zero_one(params, batch):
-  margin = batch["y"] * (batch["x"] @ params["w"])
-  return (margin <= 0).astype(jnp.float32)
-
-
-def toy(n=64, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, 4)).astype(np.float32)
-  w = rng.normal(size=(4,)).astype(np.float32)
-  return {"w": jnp.asarray(w)}, {"x": x, "y": np.sign(x @ w).astype(np.float32)}
 
 
 FAST = dict(chunk_size=8, batch_size=8, progress=False)

@@ -23,20 +23,9 @@ from pacbayes.pipeline.config import BoundConfig
 from pacbayes.pipeline.load import load_training_set
 from pacbayes.posterior.sigma import DEFAULT_SIGMA_GRID, plan_sigma
 from tests.helpers.bound_pairs import build, config, successor_rows, write_jsonl
+from tests.helpers.toy import toy, zero_one
 
 # ------------------------------------------------------------- certify_params on a toy
-
-
-def zero_one(params, batch):
-  margin = batch["y"] * (batch["x"] @ params["w"])
-  return (margin <= 0).astype(jnp.float32)
-
-
-def toy(n=64, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, 4)).astype(np.float32)
-  w = rng.normal(size=(4,)).astype(np.float32)
-  return {"w": jnp.asarray(w)}, {"x": x, "y": np.sign(x @ w).astype(np.float32)}
 
 
 FAST = dict(chunk_size=8, batch_size=8, progress=False, mesh=None)

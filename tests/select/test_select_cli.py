@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacbayes.cli import main as cli_main
-from pacbayes.cli import select as select_command
 from pacbayes.select import predict
 from pacbayes.select.offline import StudyQuery, load_study_results, select_from_results
 from pacbayes.select.predict import SelectOptions
@@ -45,17 +43,6 @@ def results_file(tmp_path):
   return str(path)
 
 
-@pytest.fixture
-def cli(monkeypatch):
-  if select_command not in cli_main.COMMANDS:
-    monkeypatch.setattr(cli_main, "COMMANDS", cli_main.COMMANDS + (select_command,))
-
-  def run(*argv):
-    try:
-      return cli_main.main(["select", *map(str, argv)])
-    except SystemExit as e:  # argparse's refusals
-      return e.code
-  return run
 
 
 def _digest(path):

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacbayes.cli import main as cli_main
-from pacbayes.cli import select as select_command
 from pacbayes.data.synthetic.datasets import generate_dataset, write_jsonl
 from pacbayes.data.synthetic.problems import completion_length, prompt_length
 from pacbayes.data.synthetic.tokenizer import VOCAB_SIZE
@@ -62,17 +60,6 @@ def setup(tmp_path_factory):
           "test": str(root / "test.jsonl"), "rows": pool}
 
 
-@pytest.fixture
-def cli(monkeypatch):
-  if select_command not in cli_main.COMMANDS:
-    monkeypatch.setattr(cli_main, "COMMANDS", cli_main.COMMANDS + (select_command,))
-
-  def run(*argv):
-    try:
-      return cli_main.main(["select", *map(str, argv)])
-    except SystemExit as e:
-      return e.code
-  return run
 
 
 def test_online_end_to_end_and_rerun(cli, setup, tmp_path, capsys):
