@@ -213,6 +213,30 @@ def sequence_error_fn(apply_fn: Callable) -> Callable:
   return loss_fn
 
 
+def token_nll_fn(apply_fn: Callable) -> Callable:
+  """loss(params, batch) -> [B] summed cross-entropy (nats) of each row's target tokens.
+
+  The early-stopping score of the study's cells is the sum over the validation rows of this,
+  divided by their target-token count (`mean_token_nll`): the SFT objective, held out.
+  """
+
+  def loss_fn(params, batch):
+    logits_BxLxV = apply_fn(params, batch["input_ids"], batch["attention_mask"])
+    logp_BxT = losses.target_log_probs(logits_BxLxV, batch["input_ids"])
+    return -(logp_BxT * losses.target_mask(batch["loss_mask"])).sum(axis=-1)
+
+  return loss_fn
+
+
+def mean_token_nll(nll_fn: Callable, params: Any, data: Mapping[str, np.ndarray], *,
+                   batch_size: int = 128) -> float:
+  """Mean cross-entropy per target token (nats) of `params` on `data` ([N, L] arrays), with
+  `nll_fn = token_nll_fn(apply)`: sum over rows of the summed NLL over the target-token count."""
+  total = row_losses(nll_fn, params, data, batch_size=batch_size).sum()
+  count = float(np.asarray(data["loss_mask"])[:, 1:].sum())
+  return float(total / max(count, 1.0))
+
+
 def error_loss_fn(apply_fn: Callable) -> Callable:
   """loss(params, batch) -> [B] token error on the target tokens, for `pacbayes.posterior.perturb`.
 

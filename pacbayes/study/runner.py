@@ -45,12 +45,13 @@ METHODS = {"sft": "ce", "dft": "dft"}
 # Bumped whenever a change alters cached numbers, so stale cache entries are never reused.
 # 5: one certificate route (sigma_p chosen on the full grid; schema-3 certificates with null
 # saturated terms), fixed epochs, two test mixtures, per-slice gains against the base replica.
-CACHE_VERSION = 5
+# 6: early stopping on a validation part of S (the base a candidate), lr 3e-3, 6 epochs.
+CACHE_VERSION = 6
 # What valid cache entries look like (`cache.read_json` treats anything else as stale).
 BASE_ENTRY = {"pretrain_ops": list, "steps": int, "accuracy": float, "accuracy_by_slice": dict,
               "test_seq_error": float, "seq_error_by_slice": dict,
               "items": {"correct": str, "seq_error": str}}
-TRAIN_ENTRY = {"time_s": float, "final_loss": float}
+TRAIN_ENTRY = {"time_s": float, "final_loss": float, "stopped_at": int, "val_curve": list}
 CELL_ENTRY = {"v": int, "accuracy": float, "accuracy_by_slice": dict, "train_seq_error": float,
               "sq_distance": float, "items": {"correct": str, "seq_error": str}}
 
@@ -82,6 +83,7 @@ class Study:
     self.num_params = int(sum(np.size(x) for x in jax.tree.leaves(self.init_params)))
     self.apply = tr.model_apply(self.graphdef, self.rest)
     self.seq_fn = ev.sequence_error_fn(self.apply)
+    self.nll_fn = ev.token_nll_fn(self.apply)
     self.data = studydata.build_data(config)
     self.bases: dict[str, list[Any]] = {}  # name -> params of each replica
     self.base_info: dict[str, Any] = {}
@@ -198,7 +200,7 @@ class Study:
                             weight_decay=0.01, method="ce")
       key = self.fkey(10, BASES.index(which), *([replica] if replica else []))
       res = tr.train(self.apply, init, studydata.arrays(ds), tcfg, key=key,
-                     progress=self.progress, desc=f"pretrain {which} r{replica}")
+                     progress=self.progress and f"pretrain {which} r{replica}")
       params = res.params
       cache.save_params(ckpt, params)
       info = None
@@ -237,7 +239,15 @@ class Study:
     return studydata.arrays(pool.subset(np.arange(cell.n))), difficulty
 
   def train_cell(self, cell: Cell) -> tuple[Any, dict[str, Any]]:
-    """The fine-tuned weights of a cell (cached) and {"time_s", "final_loss"} of its training."""
+    """The fine-tuned weights of a cell (cached) and its training record: {"time_s",
+    "final_loss", "stopped_at", "val_curve"}.
+
+    With a validation part (`StudyConfig.ft_val_fraction`), the cell trains on the first
+    n_train rows of S and keeps the snapshot with the lowest held-out token cross-entropy
+    among step 0 (its base), the end of each epoch and the budget (`StudyConfig.check_steps`);
+    ties go to the earlier snapshot. `val_curve` lists [step, score] pairs; without a
+    validation part it is empty and `stopped_at` is the budget.
+    """
     c = self.config
     # a certified-arm cell at the main budget reuses the main cell's checkpoint (the weights
     # do not depend on whether they are certified: `train_fields` has no such field)
@@ -250,15 +260,33 @@ class Study:
     if params is not None and info is not None:
       return params, info
     data, _ = self.cell_data(cell)
+    n_train = cell.n - c.n_val(cell.n)
+    train_rows = {k: v[:n_train] for k, v in data.items()}
+    val_rows = {k: v[n_train:] for k, v in data.items()}
+    checks = c.check_steps(cell.n, cell.steps)
+    best = {"step": 0, "params": prior, "score": float("inf")}
+    curve: list[list[float]] = []
+
+    def score(step: int, params: Any) -> None:
+      value = ev.mean_token_nll(self.nll_fn, params, val_rows, batch_size=c.eval_batch_size)
+      curve.append([step, value])
+      if value < best["score"]:
+        best.update(step=step, params=params, score=value)
+
+    if checks:
+      score(0, prior)
     tcfg = tr.TrainConfig(steps=cell.steps, batch_size=c.ft_batch_size, learning_rate=c.ft_lr,
                           warmup_steps=min(c.ft_warmup, cell.steps - 1),
                           weight_decay=c.ft_weight_decay, method=METHODS[cell.method])
-    res = tr.train(self.apply, prior, data, tcfg, key=self.fkey(20, *cell.ids(c)),
-                   progress=self.progress, desc=cell.tag)
-    info = {"time_s": res.time_s, "final_loss": float(np.mean(res.losses[-10:]))}
-    cache.save_params(ckpt, res.params)
+    res = tr.train(self.apply, prior, train_rows, tcfg, key=self.fkey(20, *cell.ids(c)),
+                   progress=self.progress and cell.tag,
+                   monitor=tr.Monitor(checks, score) if checks else None)
+    chosen = best["params"] if checks else res.params
+    info = {"time_s": res.time_s, "final_loss": float(np.mean(res.losses[-10:])),
+            "stopped_at": best["step"] if checks else cell.steps, "val_curve": curve}
+    cache.save_params(ckpt, chosen)
     cache.write_json(info_path, info)
-    return res.params, info
+    return chosen, info
 
   def train_fields(self, cell: Cell) -> dict[str, Any]:
     """What a cell's fine-tuned weights depend on (the cache key of its checkpoint)."""
@@ -268,7 +296,7 @@ class Study:
       "method": cell.method,
       "arm": cell.arm, "mixture": c.mixture(cell.arm, cell.bucket), "n": cell.n,
       "seed": cell.seed, "steps": cell.steps, "ids": list(cell.ids(c)),
-      "ft": [c.ft_batch_size, c.ft_lr, c.ft_warmup, c.ft_weight_decay],
+      "ft": [c.ft_batch_size, c.ft_lr, c.ft_warmup, c.ft_weight_decay, c.ft_val_fraction],
       "test": [c.test_per_slice, list(c.test_ops)],
     }
 
@@ -302,14 +330,19 @@ class Study:
     # 0.99): there is no posterior to measure E_Q[R_test] under
     sigma_q = None if cert is None else cert["sigma_choice"]["sigma_q"]
     evaluation = self.evaluate(params, key=self.fkey(40, *ids), sigma=sigma_q)
-    train_seq = ev.row_losses(self.seq_fn, params, data, batch_size=c.eval_batch_size)
+    n_train = cell.n - c.n_val(cell.n)  # the rows it trained on (the rest chose its step)
+    train_seq = ev.row_losses(self.seq_fn, params, {k: v[:n_train] for k, v in data.items()},
+                              batch_size=c.eval_batch_size)
     mix = c.mixture(cell.arm, cell.bucket)
     by = evaluation["seq_error_by_slice"]
     replica = c.base_replica(cell.seed)
     result = {
       "v": CACHE_VERSION, "arm": cell.arm, "base": cell.base, "method": cell.method,
       "bucket": cell.bucket, "n": cell.n, "seed": cell.seed, "ft_steps": cell.steps,
-      "epochs": cell.steps * c.ft_batch_size / cell.n, "base_replica": replica,
+      "epochs": cell.steps * c.ft_batch_size / (cell.n - c.n_val(cell.n)),
+      "stopped_at": train_info["stopped_at"],
+      "stopped_epochs": train_info["stopped_at"] * c.ft_batch_size / (cell.n - c.n_val(cell.n)),
+      "val_curve": train_info["val_curve"], "n_val": c.n_val(cell.n), "base_replica": replica,
       "certified_arm": cell.certified,
       **{k: v for k, v in evaluation.items()},
       **against_base(evaluation["items"]["correct"], self.base_items[cell.base][replica],

@@ -379,12 +379,12 @@ def _finetune(cfg: FinetuneConfig, steps_out: list[int]) -> FinetuneResult:
 
       apply = tr.rematerialise(apply) if cfg.remat else apply
       init = lr.init_lora(layout, key=key_init)
-      result = tr.train(apply, init, arrays, tcfg, key=key_order, progress=cfg.progress,
-                        desc=desc, frozen=base, mesh=mesh, checkpointer=ckpt)
+      result = tr.train(apply, init, arrays, tcfg, key=key_order, progress=cfg.progress and desc,
+                        frozen=base, mesh=mesh, checkpointer=ckpt)
     else:
       apply = tr.model_apply(graphdef, rest, remat=cfg.remat)
-      result = tr.train(apply, base, arrays, tcfg, key=key_order, progress=cfg.progress,
-                        desc=desc, mesh=mesh, checkpointer=ckpt)
+      result = tr.train(apply, base, arrays, tcfg, key=key_order, progress=cfg.progress and desc,
+                        mesh=mesh, checkpointer=ckpt)
   finally:
     ckpt.close()
   _check_finite(result.params, f"--out {cfg.out}")

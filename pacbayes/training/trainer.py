@@ -14,9 +14,10 @@ names stay importable from here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import jax
@@ -51,7 +52,7 @@ from pacbayes.training.step import (
 )
 
 __all__ = [
-  "BATCH_KEYS", "METHODS", "ApplyFn", "Checkpointer", "TrainConfig", "TrainResult",
+  "BATCH_KEYS", "METHODS", "ApplyFn", "Checkpointer", "Monitor", "TrainConfig", "TrainResult",
   "TrainingDiverged", "all_finite", "batch_indices", "check_arrays", "dft_token_weights",
   "learning_rates", "make_loss_fn", "make_optimizer", "make_train_step", "model_apply",
   "rematerialise", "target_log_probs", "target_mask", "token_loss", "token_loss_sum", "train",
@@ -63,6 +64,18 @@ BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
 # then counts finished steps, and dispatch stays asynchronous between syncs.
 SYNC_SECONDS = 1.0
 MAX_SYNC_STEPS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitor:
+  """Looks at the parameters during training: `fn(step, params)` after each step count in
+  `at` (steps done, 1..config.steps), e.g. to score snapshots for early stopping.
+
+  `fn` runs synchronously between steps; it may keep `params` (arrays are immutable).
+  """
+
+  at: Collection[int]
+  fn: Callable[[int, Any], None]
 
 
 def batch_indices(num_rows: int, batch_size: int, steps: int, *, key: jax.Array) -> np.ndarray:
@@ -144,11 +157,11 @@ def train(
   config: TrainConfig,
   *,
   key: jax.Array,
-  progress: bool = True,
-  desc: str = "train",
+  progress: bool | str = True,
   frozen: Any = None,
   mesh: Any = None,
   checkpointer: Checkpointer | None = None,
+  monitor: Monitor | None = None,
 ) -> TrainResult:
   """Trains `params` on `data` with AdamW (see `TrainConfig`) and returns the new params.
 
@@ -171,14 +184,14 @@ def train(
     data: dict with "input_ids", "attention_mask", "loss_mask" arrays of shape [N, L].
     config: optimisation settings.
     key: PRNG key for the batch order.
-    progress: show a tqdm bar.
-    desc: label of the progress bar.
+    progress: show a tqdm bar (labelled "train"); a string: show one with that label.
     frozen: arrays the model needs but that are not trained (e.g. the base of a LoRA).
     mesh: a `jax.sharding.Mesh` with axes ('data', 'fsdp') (`pacbayes.core.sharding.make_mesh`):
       params, frozen arrays and optimiser state are split along 'fsdp', batches along 'data'.
       None: default device placement.
     checkpointer: resume from its newest intact checkpoint and save every
       `checkpointer.every` steps (only finite states are saved).
+    monitor: called with the parameters after the steps it lists (`Monitor`).
 
   Returns:
     A `TrainResult` with the trained parameters and the per-step losses.
@@ -214,7 +227,9 @@ def train(
       params, opt_state = state["params"], state["opt_state"]
       losses = np.array(state["losses"], dtype=np.float64)
       ce = np.array(state["ce_losses"], dtype=np.float64)
-  bar = _progress(config.steps, desc, progress)
+  bar = _progress(config.steps, progress if isinstance(progress, str) else "train",
+                  bool(progress))
+  watch = frozenset(monitor.at) if monitor is not None else frozenset()
   if bar is not None and start_step:
     bar.update(start_step)
   syncs = _Syncs(config, losses, ce, bar, checkpointer)
@@ -234,6 +249,8 @@ def train(
         compile_step(step, params, opt_state, batch, lrs[i], *extra)
       params, opt_state, stats = step(params, opt_state, batch, lrs[i], *extra)
       syncs.pending.append((i, stats))
+      if i + 1 in watch:
+        monitor.fn(i + 1, params)
       last = i == config.steps - 1
       save = checkpointer is not None and not last and (i + 1) % checkpointer.every == 0
       if syncs.due() or last or save:
@@ -257,11 +274,11 @@ def train(
 
 
 def train_model(model: nnx.Module, data: Mapping[str, np.ndarray], config: TrainConfig, *,
-                key: jax.Array, progress: bool = True, desc: str = "train") -> TrainResult:
+                key: jax.Array, progress: bool | str = True) -> TrainResult:
   """Convenience wrapper: splits `model`, trains all its parameters, writes them back."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   result = train(model_apply(graphdef, rest), params, data, config, key=key,
-                 progress=progress, desc=desc)
+                 progress=progress)
   nnx.update(model, result.params)
   return result
 

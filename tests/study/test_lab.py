@@ -256,6 +256,7 @@ def test_study_config_checks_and_presets():
 
 def test_fixed_epochs_and_seeds_per_corner():
   cfg = StudyConfig(ft_epochs=3.0, ft_min_steps=50, ft_batch_size=32, sizes=(100, 200, 3200),
+                    ft_val_fraction=0.0,
                     certified_sizes=(), seeds=(0, 1),
                     seeds_at=(("*", 200, (0, 1, 2, 3)), ("hard", 200, (5,)),
                               ("easy", 3200, ())))
