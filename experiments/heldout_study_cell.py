@@ -251,7 +251,7 @@ def main(argv=None) -> int:
 
   # The quick preset with one fine-tuning seed: the base's cache key does not depend on the
   # seeds (only the pools built here do), so this is the quick study's base replica 0.
-  config = StudyConfig.preset("quick").replace(seeds=(SEED,))
+  config = StudyConfig.preset("quick").replace(seeds=(SEED,), seeds_at=())
   start = time.perf_counter()
   study = Study(config, args.results, progress=True)
   summary["study_setup_seconds"] = round(time.perf_counter() - start, 1)

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
   dst = os.path.join(args.out, "cache", "bases")
   if os.path.isdir(src) and not os.path.isdir(dst):
     shutil.copytree(src, dst)
-  config = StudyConfig.preset("quick", seeds=tuple(range(args.seeds)), ft_lr=args.lr,
+  config = StudyConfig.preset("quick", seeds=tuple(range(args.seeds)), seeds_at=(),
+                              ft_lr=args.lr,
                               ft_epochs=args.epochs, power_reps=0, certified_sizes=())
   res = run_study(config, args.out, progress=False)
   base_acc = {b["replica"]: b["accuracy"] for b in res["bases"]["base"]["replicas"]}

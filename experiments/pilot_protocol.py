@@ -40,7 +40,7 @@ def pilot_config(quick_check: bool, **design):
   pretrain_steps, ft_lr, test_ops and arms over ops 1-3)."""
   from pacbayes.study.config import StudyConfig
 
-  over = dict(seed=7, test_ops=(1, 4), arms=(ARM,), sizes=(200, 3200), seeds=SEEDS,
+  over = dict(seed=7, test_ops=(1, 4), arms=(ARM,), sizes=(200, 3200), seeds=SEEDS, seeds_at=(),
               strong_sizes=(), dft_sizes=(), certified_sizes=(), ft_lr=LR)
   over.update(design)
   if quick_check:  # a seconds-long run of the script's code path (tiny model and budgets)

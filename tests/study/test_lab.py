@@ -237,8 +237,9 @@ def test_study_config_checks_and_presets():
   with pytest.raises(ValueError, match="mc_chunk_size"):
     StudyConfig(sizes=(8, 16), dft_sizes=(), strong_sizes=(), certified_sizes=())
   cells = grid_cells(quick)
-  # per seed: 2 buckets x 2 sizes SFT (no DFT, no stronger base in quick)
-  assert len(cells) == len(quick.seeds) * 4
+  # 2 buckets x (12 seeds at n=200 + 6 at 3200), SFT (no DFT, no stronger base in quick)
+  assert len(cells) == 2 * (len(quick.seeds_for("easy", 200)) + len(quick.seeds_for("easy", 3200)))
+  assert (len(quick.seeds_for("hard", 200)), len(quick.seeds_for("hard", 3200))) == (12, 6)
   assert len({c.tag for c in cells}) == len(cells)
   assert {c.steps for c in cells} == {quick.ft_steps_for(n) for n in quick.sizes}
   cert = certified_cells(quick)
@@ -283,7 +284,7 @@ def test_fixed_epochs_and_seeds_per_corner():
 
 
 def test_pools_are_seeded_per_seed_and_follow_their_mixture():
-  cfg = StudyConfig.preset("quick", test_per_slice=2, sizes=(400,), dft_sizes=(),
+  cfg = StudyConfig.preset("quick", test_per_slice=2, sizes=(400,), seeds_at=(), dft_sizes=(),
                            strong_sizes=(), certified_sizes=(), seeds=(0, 1))
   data = studydata.build_data(cfg)
   d0, d1 = data.difficulty[("tilted", "hard", 0)], data.difficulty[("tilted", "hard", 1)]
