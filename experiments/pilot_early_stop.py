@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def power_table(path: str, reps: int) -> int:
   """Prints P(claim 1 PASS) for quick designs at the pilot's estimates (see the docstring)."""
-  from pacbayes.study import power
   from pacbayes.select.offline import load_study_results
+  from pacbayes.study import power
   from pacbayes.study.view import study_view
 
   view = study_view(load_study_results(path))
