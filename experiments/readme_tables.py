@@ -60,16 +60,20 @@ def main(argv=None) -> int:
   groups = defaultdict(list)
   for c in res["cells"]:
     groups[(c["arm"], c["base"], c["method"], c["bucket"], c["n"])].append(c)
-  print("\n| arm | base | method | bucket | n | accuracy (mean over seeds) | seeds | "
-        "hard-tilted test | gain vs base by op count | forgot by op count |\n"
-        "|---|---|---|---|---|---|---|---|---|---|")
+  base_acc = [r["accuracy"] for r in res["bases"]["base"].get("replicas", [res["bases"]["base"]])]
+  print("\n| arm | base | method | bucket | n | accuracy (mean over seeds) | minus its base | "
+        "seeds | hard-tilted test | kept step / budget (median) | gain vs base by op count | "
+        "forgot by op count |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
   for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], k[4],
                                            res["arms"][k[0]]["order"].index(k[3]))):
     cs = groups[key]
     acc = np.array([c["accuracy"] for c in cs])
     hard = np.mean([c.get("accuracy_by_mixture", {}).get("hard", np.nan) for c in cs])
-    print(f"| {' | '.join(map(str, key))} | {acc.mean():.3f} | "
-          f"{' '.join(f'{a:.3f}' for a in acc)} | {hard:.3f} | "
+    own = np.mean([c["accuracy"] - base_acc[c.get("base_replica", 0) % len(base_acc)]
+                   for c in cs]) if key[1] == "base" else np.nan
+    kept = np.median([c.get("stopped_at", c["ft_steps"]) for c in cs])
+    print(f"| {' | '.join(map(str, key))} | {acc.mean():.3f} | {own:+.3f} | "
+          f"{' '.join(f'{a:.3f}' for a in acc)} | {hard:.3f} | {kept:.0f} / {cs[0]['ft_steps']} | "
           f"{_by_slice(cs, 'gain_by_slice')} | {_by_slice(cs, 'forgot_by_slice')} |")
   certs = [b for c in res["certified"] for b in c["budgets"]]
   print(f"\nnon-vacuous certificates (sequence error, certified arm): "

@@ -100,7 +100,8 @@ def _subset_bound(cell: Mapping[str, Any]) -> float:
 
 
 def summary_table(results: Mapping[str, Any]) -> str:
-  """Plain text: bases, then one line per cell (accuracy, risks, certificate terms)."""
+  """Plain text: bases, then one line per cell (the step early stopping kept out of the
+  budget, accuracy, risks, per-slice gains), then the certified arm."""
   lines = [f"preset {results['preset']}: {len(results['cells'])} cells + "
            f"{len(results.get('certified', []))} certified-arm cells in "
            f"{results['runtime_s']:.0f}s; test mixture "
@@ -109,14 +110,15 @@ def summary_table(results: Mapping[str, Any]) -> str:
     lines.append(f"{name:>6} (pretrain ops {b['pretrain_ops'][0]}-{b['pretrain_ops'][1]}, "
                  f"{b['steps']} steps): acc {b['accuracy']:.3f} "
                  f"{fmt_slices(b['accuracy_by_slice'])} seq error {b['test_seq_error']:.3f}")
-  lines.append(f"{'arm':>12} {'base':>6} {'meth':>4} {'bucket':>7} {'n':>5} {'s':>2} {'step':>5} "
-               f"{'acc':>6} {'accHrd':>6} {'seqErr':>6} {'R_S':>6}  accuracy by slice; gain "
-               "against the base replica by slice")
+  lines.append(f"{'arm':>12} {'base':>6} {'meth':>4} {'bucket':>7} {'n':>5} {'s':>2} "
+               f"{'kept/budget':>11} {'acc':>6} {'accHrd':>6} {'seqErr':>6} {'R_S':>6}  "
+               "accuracy by slice; gain against the base replica by slice")
   for c in results["cells"]:
     gain = c.get("gain_by_slice", {})
     lines.append(
       f"{c['arm']:>12} {c['base']:>6} {c['method']:>4} {c['bucket']:>7} {c['n']:>5} "
-      f"{c['seed']:>2} {c['ft_steps']:>5} {c['accuracy']:6.3f} "
+      f"{c['seed']:>2} {str(c.get('stopped_at', c['ft_steps'])) + '/' + str(c['ft_steps']):>11} "
+      f"{c['accuracy']:6.3f} "
       f"{c.get('accuracy_by_mixture', {}).get('hard', float('nan')):6.3f} "
       f"{c['test_seq_error']:6.3f} {c['train_seq_error']:6.3f}  "
       f"{fmt_slices(c['accuracy_by_slice'])}; "
