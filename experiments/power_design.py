@@ -114,8 +114,10 @@ def main(argv=None) -> int:
               "claims), item model of pacbayes.study.power",
     "assumed": {"keys": [list(k) for k in assume.keys], "acc_by_slice": assume.acc_CxK.tolist(),
                 "flip_by_slice": assume.flip_CxK.tolist(), "seed_sd": assume.seed_sd_C.tolist(),
-                "log_sq_distance": assume.log_dist_C.tolist(),
-                "log_sq_distance_sd": assume.log_dist_sd_C.tolist(), "rho": assume.rho},
+                "log_sq_distance": [v if np.isfinite(v) else None
+                                    for v in assume.log_dist_C.tolist()],
+                "log_sq_distance_sd": [v if np.isfinite(v) else None
+                                       for v in assume.log_dist_sd_C.tolist()], "rho": assume.rho},
     "measured_effects": measured, "designs": rows, "easier_bucket": easier,
     "runtime_s": time.time() - t0}}
   os.makedirs(args.out, exist_ok=True)

@@ -191,9 +191,10 @@ def assume_from_view(view: StudyView, source: str, rho: float = 0.5) -> Assumpti
     flip.append(phi)
     sd.append(float(np.sqrt(max(0.0, q.var(ddof=1) - f))))
     dist = view.scalars["sq_distance"][0, c]
-    lnd = np.log(dist[np.isfinite(dist)])
-    ld.append(float(lnd.mean()))
-    lds.append(float(lnd.std(ddof=1)))
+    moved = dist[np.isfinite(dist) & (dist > 0)]  # seeds that kept their base have no ln
+    lnd = np.log(moved)
+    ld.append(float(lnd.mean()) if lnd.size else float("nan"))
+    lds.append(float(lnd.std(ddof=1)) if lnd.size >= 2 else float("nan"))
   return Assumptions(keys=tuple(view.keys), acc_CxK=np.array(acc), flip_CxK=np.array(flip),
                      seed_sd_C=np.array(sd), log_dist_C=np.array(ld),
                      log_dist_sd_C=np.array(lds), p_test=np.asarray(view.p_test),
@@ -313,6 +314,10 @@ def design_of_view(view: StudyView, name: str) -> Design:
                 items_per_slice=int(counts.min()))
 
 
+def _or_null(x: np.ndarray) -> list[float | None]:
+  return [float(v) if np.isfinite(v) else None for v in np.asarray(x, dtype=np.float64)]
+
+
 def power_block(view: StudyView, name: str, options: PowerOptions) -> dict[str, object]:
   """results.json's "power" block: the run's own design, its measured per-cell effects and
   variances as the assumed truth (`assume_from_view`), and the power per claim of that design
@@ -339,8 +344,9 @@ def power_block(view: StudyView, name: str, options: PowerOptions) -> dict[str, 
     "design": design.describe(), "cost": design.cost(assume),
     "assumed": {"keys": [list(k) for k in assume.keys], "acc_by_slice": assume.acc_CxK.tolist(),
                 "flip_by_slice": assume.flip_CxK.tolist(), "seed_sd": assume.seed_sd_C.tolist(),
-                "log_sq_distance": assume.log_dist_C.tolist(),
-                "log_sq_distance_sd": assume.log_dist_sd_C.tolist(), "rho": assume.rho},
+                # null: every seed (or all but one) of the cell kept its base
+                "log_sq_distance": _or_null(assume.log_dist_C),
+                "log_sq_distance_sd": _or_null(assume.log_dist_sd_C), "rho": assume.rho},
     "measured_effects": measured,
     "power": table,
   }

@@ -142,6 +142,31 @@ def _scalar_contrast(view: StudyView, terms, field: str, transform=None,
   return contrast(a, B=B, alpha=alpha)
 
 
+def _log_moved(B: np.ndarray) -> np.ndarray:
+  """ln ||w - w_base||^2 of the seeds that moved; NaN (left out) where early stopping kept the
+  base (||dw||^2 = 0: no KL, and its logarithm is -inf)."""
+  B = np.asarray(B, dtype=np.float64)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.log(np.where(B > 0, B, np.nan))
+
+
+def _ln_distance_line(view: StudyView, claim: str, pairs, sign: int, at: str,
+                      null: float = 0.0) -> Verdict:
+  """The ln ||dw||^2 contrast over `pairs` ((key, weight) of base/sft cells) on the seeds that
+  moved; the line counts the seeds left out because their cell kept the base, and is not
+  judged when some cell kept the base in every seed."""
+  idx = [view.index(k) for k, _ in pairs]
+  dist = view.scalars["sq_distance"][0, idx]
+  kept = int(np.sum(dist == 0))
+  note = at + (f"; {kept} seed(s) that kept their base (||dw||^2 = 0) left out" if kept else "")
+  try:
+    c = _scalar_contrast(view, pairs, "sq_distance", _log_moved)
+  except ValueError:
+    return _not_judged(view, claim, f"a cell kept its base in every seed (||dw||^2 = 0, no "
+                                    f"logarithm); {at}")
+  return single(claim, c, sign, note, null=null)
+
+
 def claim_pair(view: StudyView) -> tuple[str, str]:
   """(hard, easy): the two buckets claim 1 and the other hard-vs-easy contrasts compare.
 
@@ -269,10 +294,9 @@ def claim_g_gen_difficulty(view: StudyView) -> list[Verdict]:
   pairs = []
   for n in sizes:
     pairs += [(("base", "sft", h, n), 1 / len(sizes)), (("base", "sft", e, n), -1 / len(sizes))]
-  dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
   gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
   at = f"n in {sizes}"
-  return [single(c1, dist, +1, at),
+  return [_ln_distance_line(view, c1, pairs, +1, at),
           single(c2, gap, +1, f"loss: sequence error of the weights; {at}")]
 
 
@@ -292,9 +316,8 @@ def claim_g_gen_size(view: StudyView) -> list[Verdict]:
     ns = view.sizes(bucket=b)
     pairs += [(("base", "sft", b, n), cj / len(buckets))
               for n, cj in zip(ns, slope_weights(np.log(ns)), strict=True)]
-  dist = _scalar_contrast(view, pairs, "sq_distance", np.log)
   gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
-  return [single(c1, dist, -1, null=1.0),
+  return [_ln_distance_line(view, c1, pairs, -1, "slopes averaged over the buckets", null=1.0),
           single(c2, gap, -1, "loss: sequence error of the weights")]
 
 
