@@ -1,26 +1,55 @@
-"""Peak memory and time of the Monte-Carlo pass against the same pass without perturbation.
+"""Peak memory and speed of the Monte-Carlo pass: noise in the forward pass, a whole perturbed
+copy, and no noise at all.
 
 Model: a SmolLM2-135M-shaped Llama with random weights (hidden 576, 30 layers, 9 query / 3
 key-value heads, MLP 1536, vocab 49152, tied embeddings, float32; about 135M parameters,
-0.54 GB). Data: `--rows` random token rows of `--length` tokens, token error on every token.
+0.50 GiB). Data: `--rows` random token rows of `--length` tokens, token error on every token.
 
-Two workers, each in its own subprocess so that each peak RSS is its own:
-  plain:     `pacbayes.posterior.montecarlo.empirical_risk` over the rows (`--chunk`-row batches);
-  perturbed: `pacbayes.posterior.montecarlo.mc_risk`, chunk scheme, one posterior draw per chunk of
-             `--chunk` rows (batch = chunk, draws_per_step = 1), sigma = 1e-3.
-Each worker builds the model, runs its pass once (compile) and times a second run. The
-parent prints both and the ratios perturbed / plain (goal: <= 1.5 for peak RSS and time).
+Three workers, each in its own subprocess so that each peak RSS is its own:
+  plain:   `pacbayes.posterior.montecarlo.empirical_risk` over the rows (`--chunk`-row batches);
+  copy:    `mc_risk(..., noise="copy")`, today's path before issue 18: chunk scheme, one posterior
+           draw per chunk of `--chunk` rows (batch = chunk, draws_per_step = 1), sigma = 1e-3;
+           each draw's whole perturbed copy is made leaf by leaf, then the plain program runs;
+  forward: the same `mc_risk` with the default noise ("auto" = "forward" for a model's loss):
+           the noise is made inside the forward pass, one stage (embedding, block, final norm,
+           tied head) at a time, so no whole perturbed copy exists.
+Each worker records its RSS after importing JAX (the runtime baseline) and after building the
+model, runs its pass once (compile) and times a second run. The parent prints, for each, the
+peak RSS, peak RSS / model bytes (the issue's goal: <= 2x for the perturbed pass) and
+tokens/s of the second run, then the ratios forward / copy. The two perturbed paths draw the
+same noise (same key per leaf; equal losses: tests/posterior/test_forward_noise.py); the risk
+is printed too, though with random weights the token error is 1 on every path.
 
 Run: `python benchmarks/bench_memory.py [--rows 16] [--length 128] [--chunk 8]`.
 
-Measured 2026-11-30 (jax 0.10.2 CPU, 2 cores shared by ~15 busy processes, defaults):
-  plain 1.09 GiB peak, perturbed 1.85 GiB (1.70x; goal 1.5x); time 0.77x (noise of the
-  shared machine; the noise costs ~10 s per draw of 135M parameters unloaded). The extra
-  0.76 GiB is the one perturbed copy (0.50 GiB) plus the noise transients of the largest
-  leaf (the 49152 x 576 embedding) and allocator slack. With the older fused step
-  (draws_per_step > 1 path, noise inside the vmapped step) it was 3.43 GiB (3.14x) and a
-  700 s compile. Under 1.5x at this size needs the noise made layer by layer inside the
-  model's forward pass (no full perturbed copy), which needs a hook in pacbayes.models.
+Measured 2026-12-02 (jax 0.10.2 CPU, 2 cores shared with a running study; `uptime` load
+average 5.6 before and 6.2 after the first run, 6.2 and 5.6 around the second; nice -n 19).
+Model 0.501 GiB (134.5M float32 parameters); runtime baseline 0.25 GiB (Python, JAX, Flax and
+pacbayes imported, the CPU backend up); 0.80 GiB once the model is built.
+  defaults (16 rows x 128 tokens, chunk = batch = 8, 2 draws; logits of a batch 0.19 GiB):
+    plain    peak 1.09 GiB = 2.18x model   312 tokens/s
+    copy     peak 1.91 GiB = 3.82x model   192 tokens/s
+    forward  peak 1.39 GiB = 2.77x model   190 tokens/s
+    forward / copy: peak RSS 0.73x (-0.52 GiB), tokens/s 0.99x
+  --rows 8 --chunk 1 (one row per draw, the certificate's default; 8 draws; logits 0.02 GiB):
+    plain    peak 0.96 GiB = 1.92x model   324 tokens/s
+    copy     peak 1.90 GiB = 3.80x model    50 tokens/s
+    forward  peak 1.43 GiB = 2.85x model    45 tokens/s
+    forward / copy: peak RSS 0.75x (-0.48 GiB), tokens/s 0.89x
+The goal of <= 2x the model's bytes is missed by 0.39 GiB (defaults) and 0.43 GiB (chunk 1);
+the plain pass with no noise at all is at 2.18x and 1.92x. Above the weights sit the runtime
+baseline (0.25 GiB, 0.5x the model by itself), the float32 logits of a batch (0.19 GiB at the
+defaults) and, for the perturbed passes, the draw of the largest leaf, the tied 49152 x 576
+embedding table: its perturbed copy (0.105 GiB, kept for the head) and the temporaries of
+JAX's normal draw on CPU, where threefry runs as a rolled loop carrying uint32 arrays of the
+table's size: `perturb_leaf` of the table needs 0.32 GiB of temporaries beside its output
+(`Compiled.memory_analysis`), 0.43 GiB in all, paid by both perturbed paths. The compiled
+stage programs add ~0.07 GiB (XLA's CPU code is ~6 MiB per normal draw; a block has 9). The
+time of both perturbed paths is the noise (135M normal draws per draw on 2 busy cores).
+Tried and dropped: the noise in one program for the whole pass (a stage transform traced
+under one `jax.jit`) peaked at 2.60 GiB (5.2x): XLA kept 1.5 GiB of compiled code for its 272
+normal draws, and scheduled every stage's noise first, `jax.lax.optimization_barrier`
+notwithstanding (removed by XLA's CPU pipeline before scheduling).
 """
 
 from __future__ import annotations
@@ -37,6 +66,11 @@ SMOLLM2_135M = dict(
   model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
   num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
   max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True)
+KINDS = ("plain", "copy", "forward")
+
+
+def _rss() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _worker(kind: str, rows: int, length: int, chunk: int) -> dict:
@@ -50,6 +84,8 @@ def _worker(kind: str, rows: int, length: int, chunk: int) -> dict:
   from pacbayes.models import ModelConfig, build_model
   from pacbayes.posterior import montecarlo
 
+  jnp.zeros(1).block_until_ready()  # the backend is up: the runtime baseline
+  runtime_rss = _rss()
   config = ModelConfig(**SMOLLM2_135M)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(0)
@@ -59,29 +95,41 @@ def _worker(kind: str, rows: int, length: int, chunk: int) -> dict:
                        .astype(leaf.dtype))
 
   params = jax.tree.map(fill, abstract)
-  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-  built_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  leaves = jax.tree.leaves(params)
+  model_bytes = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in leaves)
+  num_params = sum(int(np.size(x)) for x in leaves)
+  built_rss = _rss()
   ids = rng.integers(0, config.vocab_size, (rows, length)).astype(np.int32)
   data = {"input_ids": ids, "attention_mask": np.ones_like(ids),
           "loss_mask": np.ones_like(ids)}
   loss_fn = losses.model_loss_fn(graphdef, loss="token_error")
+  noise = {"copy": "copy", "forward": "auto"}.get(kind)
 
   def run():
     if kind == "plain":
-      return montecarlo.empirical_risk(loss_fn, params, data, batch_size=chunk)
-    return montecarlo.mc_risk(loss_fn, params, data, key=jax.random.key(0), sigma=1e-3,
-                              scheme="chunk", chunk_size=chunk, batch_size=chunk,
-                              draws_per_step=1).mean
+      return montecarlo.empirical_risk(loss_fn, params, data, batch_size=chunk), "none"
+    r = montecarlo.mc_risk(loss_fn, params, data, key=jax.random.key(0), sigma=1e-3,
+                           scheme="chunk", chunk_size=chunk, batch_size=chunk,
+                           draws_per_step=1, noise=noise)
+    return r.mean, r.noise
 
   start = time.perf_counter()
   run()
   first = time.perf_counter() - start
   start = time.perf_counter()
-  value = run()
+  value, used = run()
   steady = time.perf_counter() - start
-  return {"kind": kind, "num_params": num_params, "risk": float(value), "first_s": first,
-          "steady_s": steady, "built_rss": built_rss,
-          "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+  return {"kind": kind, "noise": used, "num_params": num_params, "model_bytes": model_bytes,
+          "risk": float(value), "first_s": first, "steady_s": steady,
+          "tokens_per_s": rows * length / steady, "runtime_rss": runtime_rss,
+          "built_rss": built_rss, "peak_rss": _rss()}
+
+
+def _load() -> str:
+  try:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "load: unknown"
 
 
 def main() -> None:
@@ -89,30 +137,45 @@ def main() -> None:
   parser.add_argument("--rows", type=int, default=16)
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--chunk", type=int, default=8)
-  parser.add_argument("--worker", choices=["plain", "perturbed"], help=argparse.SUPPRESS)
+  parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     print(json.dumps(_worker(args.worker, args.rows, args.length, args.chunk)))
     return
   env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+  load_before = _load()
   results = {}
-  for kind in ("plain", "perturbed"):
+  for kind in KINDS:
     out = subprocess.run(
         [sys.executable, __file__, "--worker", kind, "--rows", str(args.rows), "--length",
          str(args.length), "--chunk", str(args.chunk)], env=env, check=True,
         capture_output=True, text=True)
     results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
   gib = 2.0**30
-  p, q = results["plain"], results["perturbed"]
-  print(f"SmolLM2-135M-shaped Llama, {p['num_params'] / 1e6:.1f}M parameters (float32), "
-        f"{args.rows} rows x {args.length} tokens, chunk/batch {args.chunk}, "
-        f"{-(-args.rows // args.chunk)} posterior draws")
-  for r in (p, q):
-    print(f"  {r['kind']:<10} peak RSS {r['peak_rss'] / gib:6.2f} GiB (after build "
-          f"{r['built_rss'] / gib:5.2f})  first run {r['first_s']:7.2f} s  second run "
-          f"{r['steady_s']:7.2f} s  risk {r['risk']:.4f}")
-  print(f"  ratio perturbed / plain: peak RSS {q['peak_rss'] / p['peak_rss']:.2f}x, "
-        f"time {q['steady_s'] / p['steady_s']:.2f}x (goal <= 1.5x each)")
+  p, c, f = results["plain"], results["copy"], results["forward"]
+  model = p["model_bytes"]
+  logits = args.chunk * args.length * SMOLLM2_135M["vocab_size"] * 4
+  print(f"SmolLM2-135M-shaped Llama, {p['num_params'] / 1e6:.1f}M parameters (float32, "
+        f"{model / gib:.3f} GiB), {args.rows} rows x {args.length} tokens, chunk/batch "
+        f"{args.chunk}, {-(-args.rows // args.chunk)} posterior draws; logits of a batch "
+        f"{logits / gib:.2f} GiB")
+  print(f"  load before: {load_before}")
+  for r in (p, c, f):
+    print(f"  {r['kind']:<8} peak RSS {r['peak_rss'] / gib:5.2f} GiB = "
+          f"{r['peak_rss'] / model:4.2f}x model (runtime {r['runtime_rss'] / gib:4.2f}, built "
+          f"{r['built_rss'] / gib:4.2f})  tokens/s {r['tokens_per_s']:7.1f} (second run "
+          f"{r['steady_s']:6.2f} s, first {r['first_s']:6.2f} s)  noise {r['noise']:<7} "
+          f"risk {r['risk']:.6f}")
+  print(f"  forward / copy: peak RSS {f['peak_rss'] / c['peak_rss']:.2f}x "
+        f"({(f['peak_rss'] - c['peak_rss']) / gib:+.2f} GiB), tokens/s "
+        f"{f['tokens_per_s'] / c['tokens_per_s']:.2f}x; forward / plain: peak RSS "
+        f"{f['peak_rss'] / p['peak_rss']:.2f}x, tokens/s "
+        f"{f['tokens_per_s'] / p['tokens_per_s']:.2f}x")
+  over = (f["peak_rss"] - 2 * model) / gib
+  verdict = "met" if over <= 0 else f"missed by {over:.2f} GiB"
+  print(f"  goal peak RSS <= 2x model ({2 * model / gib:.2f} GiB): forward {verdict}; "
+        f"plain pass {p['peak_rss'] / model:.2f}x")
+  print(f"  load after:  {_load()}")
 
 
 if __name__ == "__main__":

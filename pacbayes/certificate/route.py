@@ -181,9 +181,15 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
   """The two-gap certificate (docs/THEORY.md §1) of Q = N(posterior, sigma_q^2 I) against
   P = N(prior, sigma_p^2 I) on the leaves selected by ``mask``; see the module docstring.
 
+  The prior mean is needed only for the checks, ||w_q - w_p||^2 and (diagonal posterior) the
+  KL of every grid point, all computed before the sigma search and the Monte-Carlo pass;
+  given as a function that loads it, it is loaded then and released before them, so no
+  prior copy sits beside the posterior while the Monte Carlo runs (`pacbayes bound`).
+
   Args:
     loss_fn: `(params, batch) -> [B]` losses in [0, 1].
-    prior: prior mean (e.g. the base model's `nnx.Param` state).
+    prior: prior mean (e.g. the base model's `nnx.Param` state), or a function of no
+      arguments that returns it (called once).
     posterior: posterior mean, same structure.
     data: the training set S: a mapping of arrays with n rows.
     plan: the `CertifyPlan`.
@@ -207,6 +213,7 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
   if shift.difficulty is not None and shift.mixture is None:
     raise ValueError("difficulty: per-slice bounds need a mixture (MixtureBounds)")
   arrays, n = draws.check_data(data)
+  prior = prior() if callable(prior) else prior
   _check_same_structure(prior, posterior)
   mask = draws.perturbation_mask(posterior) if mask is None else mask
   _check_unperturbed_equal(prior, posterior, mask, name_of)
@@ -215,6 +222,12 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
   grid = plan.sigma.grid
   sq_dist = draws.sq_distance(posterior, prior, mask)
   num_params = draws.count_perturbed(posterior, mask)
+  # A diagonal posterior's KL needs the prior mean: computed now, for every grid point; the
+  # isotropic KL needs only sq_dist. The prior is not used after this.
+  diagonal_kls = [float(gaussian_kl(_masked(posterior, mask), _masked(prior, mask),
+                                    _masked(plan.diagonal_sigma, mask), sp))
+                  for sp in grid] if diagonal else None
+  del prior
   feas: Feasibility | None = None
   if not diagonal:
     feas = best_possible_bound(sq_dist, num_params, n, plan.deltas["pb"], grid,
@@ -249,18 +262,18 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
   risk = mc_risk(loss_fn, posterior, arrays, key=key_mc, sigma=s_q, options=mc, mask=mask,
                  mesh=mesh, unperturbed=True, progress=plan.progress)
   details.update(chunk_size=risk.chunk_size, num_fillers=risk.num_fillers,
-                 draws_per_step=risk.draws_per_step, unperturbed_risk=risk.unperturbed,
+                 draws_per_step=risk.draws_per_step, mc_noise=risk.noise,
+                 unperturbed_risk=risk.unperturbed,
                  unperturbed_by_slice=_by_slice(risk.unperturbed_rows, shift.difficulty),
                  mc_seconds=round(risk.seconds, 3))
   if shift.difficulty is not None:
     details["mc_by_slice"] = _by_slice(risk.slot_losses.reshape(-1)[:n], shift.difficulty) \
         if risk.scheme == "chunk" else _by_slice(risk.slot_losses.mean(axis=0), shift.difficulty)
-  mu_q, mu_p = _masked(posterior, mask), _masked(prior, mask)
   per_grid, best = [], None
   extra = {**details, "sigma_grid": list(grid), "sigma_grid_source": plan.sigma.grid_source,
            **dict(plan.extra)}
-  for sp in grid:
-    kl = (float(gaussian_kl(mu_q, mu_p, _masked(s_q, mask), sp)) if diagonal
+  for j, sp in enumerate(grid):
+    kl = (diagonal_kls[j] if diagonal
           else float(isotropic_kl(sq_dist, num_params, s_q, sp)))
     record = Record(sigma_q=None if diagonal else s_q, sigma_p=sp, num_params=num_params,
                     loss=plan.loss_name, loss_options=plan.loss_options, extra=extra,

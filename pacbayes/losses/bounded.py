@@ -244,9 +244,58 @@ def get_loss(name: str, **options: Any) -> Callable[..., jax.Array]:
   return functools.partial(fn, **options) if options else fn
 
 
+class ModelLoss:
+  """``loss_fn(params, batch) -> [B]`` of a split NNX model, with a hook into its forward pass.
+
+  ``loss_fn(params, batch)`` merges ``(graphdef, params, *state)`` and applies the loss to
+  ``model(batch["input_ids"], batch["attention_mask"])``; ``batch`` also holds ``loss_mask``
+  (all [B, L]). `with_runner` gives the same loss of the staged pass, whose stages run through
+  a `pacbayes.models.transformer.StageRunner` (`pacbayes.models.Decoder`): the Monte-Carlo
+  risk uses it to make each posterior draw one stage at a time, inside the forward pass
+  (`pacbayes.posterior.steps.forward_draw_step`). Hashed by identity, so compiled steps are
+  cached per loss.
+
+  Attributes:
+    graphdef: the model's graph definition.
+    state: the non-parameter state (a tuple, may be empty).
+    loss: ``(logits [B, L, V], input_ids [B, L], loss_mask [B, L]) -> [B]``.
+  """
+
+  def __init__(self, graphdef: Any, state: tuple, loss: Callable[..., jax.Array]):
+    self.graphdef, self.state, self.loss = graphdef, tuple(state), loss
+
+  def __call__(self, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    return self.with_runner(params, batch, None)
+
+  @property
+  def accepts_runner(self) -> bool:
+    """Whether the model's forward pass takes a stage runner (``runner=``)."""
+    nodes = getattr(self.graphdef, "nodes", None)
+    model_type = getattr(nodes[0], "type", None) if nodes else None
+    return bool(getattr(model_type, "accepts_stage_runner", False))
+
+  def with_runner(self, params: Any, batch: dict[str, jax.Array],
+                  runner: Callable[..., Any] | None) -> jax.Array:
+    """Per-example losses [B] of the pass staged through ``runner`` (None: the plain pass).
+
+    Raises:
+      ValueError: a runner for a model whose forward pass does not take one.
+    """
+    from flax import nnx
+
+    model = nnx.merge(self.graphdef, params, *self.state)
+    if runner is None:
+      logits = model(batch["input_ids"], batch["attention_mask"])
+    elif not self.accepts_runner:
+      raise ValueError(f"runner: {type(model).__name__} does not take a stage runner")
+    else:
+      logits = model(batch["input_ids"], batch["attention_mask"], runner=runner)
+    return self.loss(logits, batch["input_ids"], batch["loss_mask"])
+
+
 def model_loss_fn(
   graphdef: Any, *state: Any, loss: str | Callable[..., jax.Array] = "token_error", **options
-) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
+) -> ModelLoss:
   """Binds a split NNX model to a loss: ``loss_fn(params, batch) -> [B]`` (for perturbations).
 
   Args:
@@ -256,16 +305,9 @@ def model_loss_fn(
     **options: options for a named loss.
 
   Returns:
-    A pure function of ``(params, batch)``, jit- and vmap-able, where ``batch`` has
-    ``input_ids``, ``attention_mask`` and ``loss_mask``.
+    A `ModelLoss`: a pure function of ``(params, batch)``, jit- and vmap-able, where ``batch``
+    has ``input_ids``, ``attention_mask`` and ``loss_mask``; its ``with_runner`` runs the
+    staged forward pass.
   """
   fn = get_loss(loss, **options) if isinstance(loss, str) else loss
-
-  def loss_fn(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-    from flax import nnx
-
-    model = nnx.merge(graphdef, params, *state)
-    logits = model(batch["input_ids"], batch["attention_mask"])
-    return fn(logits, batch["input_ids"], batch["loss_mask"])
-
-  return loss_fn
+  return ModelLoss(graphdef, state, fn)

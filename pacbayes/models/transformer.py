@@ -10,6 +10,14 @@ import numpy as np
 from flax import nnx
 
 from pacbayes.models.config import ModelConfig
+from pacbayes.models.stages import (
+  EmbedStage,
+  HeadStage,
+  ModuleStage,
+  StageRunner,
+  embed_tokens,
+  head_logits,
+)
 
 # A finite "minus infinity": fully masked rows then give a uniform softmax, not NaN.
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -251,7 +259,26 @@ class Decoder(nnx.Module):
       /{kernel, bias (if configured)}.
   `pacbayes.models.params.param_table(config)` maps each to its Hugging Face name
   (`hf_name_of_path`, `select_parameters`).
+
+  Staged pass (`model(input_ids, attention_mask, runner=runner)`, a `StageRunner`): the pass is
+  cut into stages, each run as ``runner(prefix, params, apply, *inputs)``, which returns
+  ``apply(params2, *inputs)`` for parameters ``params2`` like ``params`` (plain: ``params``):
+    "" -- {"embed": [V, D], "pos_embed": [P, D] (gpt2)}: input_ids, positions [B, L] -> x;
+    "layers/i" -- block i's `nnx.Param` state: x [B, L, D] -> x, for i = 0 .. n_layers - 1;
+    "final_norm" -- the final norm's `nnx.Param` state: x -> normed x;
+    "" -- {"lm_head": [D, V]}, or {} when tied: normed x -> logits [B, L, V].
+  A leaf's name, ``prefix + "/" + (its '/'-joined path in params)`` (no "/" after an empty
+  prefix), is its `pacbayes.posterior.draws.leaf_paths` name in ``nnx.split(model, nnx.Param,
+  ...)``. A tied embedding is handed over once: the first stage also returns the table it was
+  given, which the head then uses (as an input). Each ``apply`` is pure, hashable and equal
+  for stages of one kind (all blocks share one), so a runner can compile each kind once
+  (`jax.jit(apply)`) and run the stages one after another, as the Monte-Carlo risk does to
+  make a posterior draw one stage at a time (`pacbayes.posterior.steps.forward_draw_step`).
+  Under `jax.jit` the stages trace into one program. Without a runner: the plain pass.
   """
+
+  # `__call__` takes `runner=` (see `pacbayes.losses.ModelLoss`).
+  accepts_stage_runner = True
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -276,16 +303,8 @@ class Decoder(nnx.Module):
 
   def _run(self, input_ids_BxT, positions_BxT, mask_BxTxS, caches=None, write_pos_B=None):
     """Runs the blocks; returns final normed hidden [B, T, D] and per-layer keys/values."""
-    config = self.config
-    embed_VxD = self.embed[...]
-    x_BxTxD = jnp.take(embed_VxD, input_ids_BxT, axis=0)
-    if self.pos_embed is not None:
-      pos_PxD = self.pos_embed[...]
-      clipped_BxT = jnp.clip(positions_BxT, 0, pos_PxD.shape[0] - 1)
-      x_BxTxD = x_BxTxD + jnp.take(pos_PxD, clipped_BxT, axis=0)
-      rope = None
-    else:
-      rope = rope_cos_sin(positions_BxT, rope_inv_freq(config))
+    x_BxTxD = embed_tokens(self._tables(), input_ids_BxT, positions_BxT)
+    rope = self._rope(positions_BxT)
     kvs = []
     for i, layer in enumerate(self.layers):
       cache = None if caches is None else caches[i]
@@ -293,14 +312,45 @@ class Decoder(nnx.Module):
       kvs.append(kv)
     return self.final_norm(x_BxTxD), kvs
 
-  def _logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+  def _tables(self) -> dict[str, jax.Array]:
+    """The input tables: {"embed": [V, D]} and, with learned positions, "pos_embed" [P, D]."""
+    tables = {"embed": self.embed[...]}
+    if self.pos_embed is not None:
+      tables["pos_embed"] = self.pos_embed[...]
+    return tables
+
+  def _rope(self, positions_BxT: jax.Array):
+    """(cos, sin) [B, T, Dh] for rotary models, None with learned positions (GPT-2)."""
+    if self.pos_embed is not None:
+      return None
+    return rope_cos_sin(positions_BxT, rope_inv_freq(self.config))
+
+  def _head(self) -> dict[str, jax.Array]:
+    """The output table: {"embed": [V, D]} when tied, else {"lm_head": [D, V]}."""
     if self.lm_head is None:
-      embed_VxD = self.embed[...]
-      return jnp.einsum("btd,vd->btv", hidden_BxTxD.astype(embed_VxD.dtype), embed_VxD,
-                        preferred_element_type=jnp.float32)
-    head_DxV = self.lm_head[...]
-    return jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(head_DxV.dtype), head_DxV,
-                      preferred_element_type=jnp.float32)
+      return {"embed": self.embed[...]}
+    return {"lm_head": self.lm_head[...]}
+
+  def _logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    return head_logits(self._head(), hidden_BxTxD)
+
+  def _staged(self, input_ids, attention_mask, runner: StageRunner) -> jax.Array:
+    """The full-sequence logits [B, L, V], one stage at a time through `runner`."""
+    input_ids_BxL, positions_BxL, mask_BxLxL = self._prefill_inputs(input_ids, attention_mask)
+    tied = self.lm_head is None
+    x_BxLxD = runner("", self._tables(), EmbedStage(tied), input_ids_BxL, positions_BxL)
+    if tied:  # the table as the first stage used it, for the logits
+      x_BxLxD, embed_VxD = x_BxLxD
+    rope = self._rope(positions_BxL)
+    for i, layer in enumerate(self.layers):
+      graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+      x_BxLxD = runner(f"layers/{i}", params, ModuleStage(graphdef, True), rest, x_BxLxD,
+                       rope, mask_BxLxL)
+    graphdef, params, rest = nnx.split(self.final_norm, nnx.Param, ...)
+    x_BxLxD = runner("final_norm", params, ModuleStage(graphdef, False), rest, x_BxLxD)
+    if tied:
+      return runner("", {}, HeadStage(), x_BxLxD, embed_VxD)
+    return runner("", self._head(), HeadStage(), x_BxLxD)
 
   @staticmethod
   def _prefill_mask(input_ids_BxL, attention_mask_BxL):
@@ -328,7 +378,8 @@ class Decoder(nnx.Module):
     return hidden_BxLxD.astype(jnp.float32)
 
   def __call__(self, input_ids: jax.typing.ArrayLike,
-               attention_mask: jax.typing.ArrayLike | None = None) -> jax.Array:
+               attention_mask: jax.typing.ArrayLike | None = None, *,
+               runner: StageRunner | None = None) -> jax.Array:
     """Next-token logits.
 
     Args:
@@ -336,10 +387,14 @@ class Decoder(nnx.Module):
       attention_mask: optional [B, L], 1 for real tokens and 0 for padding (left or right);
         positions follow the mask (`positions_from_mask`), so a padded row gives the logits
         of the row alone on its real tokens (padding positions hold unspecified values).
+      runner: optional `StageRunner` that runs each stage of the pass (see the class
+        docstring); None is the plain pass.
 
     Returns:
       [B, L, V] float32 logits; logits[:, t] predicts input_ids[:, t + 1].
     """
+    if runner is not None:
+      return self._staged(input_ids, attention_mask, runner)
     hidden_BxLxD, _ = self.prefill_hidden(input_ids, attention_mask)
     return self._logits(hidden_BxLxD)
 
@@ -347,6 +402,10 @@ class Decoder(nnx.Module):
     """Full-sequence pass: final normed hidden [B, L, D] (model dtype) and per-layer
     keys/values ([B, L, K, Dh] each). Positions follow `attention_mask` (`positions_from_mask`;
     0..L-1 without a mask)."""
+    return self._run(*self._prefill_inputs(input_ids, attention_mask))
+
+  def _prefill_inputs(self, input_ids, attention_mask):
+    """Checked input ids [B, L] int32, their positions [B, L] and the causal mask [B, L, L]."""
     input_ids_BxL = jnp.asarray(input_ids, jnp.int32)
     if input_ids_BxL.ndim != 2:
       raise ValueError(f"input_ids: expected [batch, length], got shape {input_ids_BxL.shape}")
@@ -362,8 +421,7 @@ class Decoder(nnx.Module):
         raise ValueError(f"attention_mask: expected shape {(b, seq_len)} like input_ids, got "
                          f"{mask_BxL.shape}")
       positions_BxL = positions_from_mask(mask_BxL)
-    return self._run(input_ids_BxL, positions_BxL,
-                     self._prefill_mask(input_ids_BxL, attention_mask))
+    return input_ids_BxL, positions_BxL, self._prefill_mask(input_ids_BxL, attention_mask)
 
   def prefill(self, input_ids_BxP: jax.Array, attention_mask_BxP: jax.Array):
     """Forward over a padded prompt; returns logits [B, P, V] and per-layer keys/values."""

@@ -131,6 +131,18 @@ def _cast_notes(side: str, folder: str, counts: dict[str, int], eval_dtype: str)
   return []
 
 
+def load_prior_params(prior_dir: str, *, dtype: str) -> Any:
+  """The prior folder's `nnx.Param` state in the evaluation `dtype`, as `load_pair` and
+  `load_lora_pair` read it (read again by `pacbayes bound` for the base's test risk, after
+  the certificate has released the first copy)."""
+  from flax import nnx
+
+  from pacbayes.models import load_pretrained
+
+  model, _ = load_pretrained(prior_dir, dtype=dtype)
+  return nnx.split(model, nnx.Param, ...)[1]
+
+
 def load_lora_pair(base_dir: str, adapter_dir: str, *, dtype: str | None,
                    say=lambda text: None, accept_base: bool = False) -> LoadedPair:
   """The base checkpoint (prior mean) and a PEFT LoRA adapter merged into it (posterior mean).

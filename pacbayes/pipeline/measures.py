@@ -67,7 +67,9 @@ class MeasureInputs:
 
   Attributes:
     loss_fn: ``(params, batch) -> [B]`` losses in [0, 1].
-    params_q, params_p: the fine-tuned and base parameters (the route's posterior and prior).
+    params_q, params_p: the fine-tuned and base parameters (the route's posterior and prior);
+      params_p may be a function of no arguments that loads them, called only when the
+      base's risk on the test rows is measured.
     mask: the perturbed leaves.
     train: mapping of arrays of S (n rows); train_difficulty: [n] or None.
     test: mapping of arrays of the --test rows, or None; test_difficulty: [N_test] or None.
@@ -75,6 +77,8 @@ class MeasureInputs:
     train_risk: (mean, {slice: mean}) of the fine-tune's own risk on S when the certificate
       already measured it (with its per-slice values, or without difficulty), else None.
     shift_info, shift_check: the shift stage's details (`extra["shift"]`, the one-pool check).
+    sq_distance: ||w_q - w_p||^2 on the perturbed leaves when already known (the
+      certificate's); the sharpness measure then does not read params_p.
   """
 
   loss_fn: Callable
@@ -89,6 +93,11 @@ class MeasureInputs:
   train_risk: tuple[float, dict[str, float]] | None = None
   shift_info: Mapping[str, Any] | None = None
   shift_check: Mapping[str, Any] | None = None
+  sq_distance: float | None = None
+
+
+def _base_params(inputs: MeasureInputs) -> Any:
+  return inputs.params_p() if callable(inputs.params_p) else inputs.params_p
 
 
 def _risk(inputs: MeasureInputs, params: Any, data: Mapping[str, Any], config: Any,
@@ -123,10 +132,13 @@ def _sharpness(inputs: MeasureInputs, config: Any, say) -> dict[str, Any]:
   say(f"G_gen sharpness measure (uncertified): {rows} of the {n} rows of S, one posterior "
       f"draw per row, at most {2 + opts.num_steps} risk evaluations (sigma {opts.sigma_low:g} "
       f".. {opts.sigma_high:g}, rise <= {opts.max_rise:g}) ...")
-  m = sharpness_measure(inputs.loss_fn, inputs.params_q, inputs.params_p,
+  known = inputs.sq_distance
+  m = sharpness_measure(inputs.loss_fn, inputs.params_q,
+                        None if known is not None else _base_params(inputs),
                         _subset(inputs.train, rows, config.seed),
                         key=jax.random.fold_in(jax.random.key(config.seed), 0x5348),
-                        options=opts, mask=inputs.mask, n=n, progress=config.progress)
+                        options=opts, mask=inputs.mask, n=n, progress=config.progress,
+                        sq_dist=known)
   out = {**m.to_dict(), "group": "measure", "kind": MEASURE, "subset_rows": rows,
          "what": f"sqrt(KL / (2n)) at the largest sigma whose training risk (on {rows} rows) "
                  f"rises by <= {opts.max_rise:g}; sigma {m.sigma:.4g}, KL {m.kl:.4g} nats"}
@@ -194,9 +206,10 @@ def compute_measures(inputs: MeasureInputs, config: Any, say=lambda text: None
                                 "what": "the fine-tune's (unperturbed) risk on S"}
   if inputs.test is not None:
     test_name = os.path.basename(str(config.test))
-    for name, params, who in (("finetune_risk_test", inputs.params_q, "fine-tune"),
-                              ("base_risk_test", inputs.params_p, "base (--prior)")):
-      r = _risk(inputs, params, inputs.test, config, say, f"the {who}'s risk on {test_name}")
+    for name, base, who in (("finetune_risk_test", False, "fine-tune"),
+                            ("base_risk_test", True, "base (--prior)")):
+      r = _risk(inputs, _base_params(inputs) if base else inputs.params_q, inputs.test, config,
+                say, f"the {who}'s risk on {test_name}")
       out[name] = {"value": float(r.mean()), "by_slice": by_slice(r, inputs.test_difficulty),
                    "rows": int(r.size), "group": "estimate", "kind": ESTIMATE,
                    "what": f"the {who}'s risk on the {r.size} rows of {test_name}"}

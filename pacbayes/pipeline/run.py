@@ -264,16 +264,31 @@ def run_bound(config: BoundConfig) -> Certificate:
                       method=c.method, loss_name=c.loss, loss_options=options,
                       notes=(*pair.notes, *terms.notes, *early_notes), extra=extra,
                       progress=progress)
-  cert = certify_posterior(loss_fn, pair.params_p, pair.params_q, _as_arrays(train), cplan,
+  # The route reads the prior before its Monte Carlo only; handed over (full weights; the LoRA
+  # space's prior is the small adapter initialisation), no prior copy sits beside the
+  # posterior during it. The measures read it again only for the base's test risk.
+  prior = pair.params_p if c.space == "lora" else _hand_over_prior(pair)
+  cert = certify_posterior(loss_fn, prior, pair.params_q, _as_arrays(train), cplan,
                            key=jax.random.key(c.seed), mask=mask, name_of=name_of, mesh=mesh)
   # 5. The uncertified side (measures, risk estimates) and the held-out certificate.
   return _attach(cert, c, loss_fn, pair, mask, train, test, terms, split, echo)
+
+
+def _hand_over_prior(pair: Any) -> Callable[[], Any]:
+  """A function that returns the pair's prior parameters and drops the pair's reference."""
+
+  def take() -> Any:
+    params, pair.params_p = pair.params_p, None
+    return params
+
+  return take
 
 
 def _attach(cert: Certificate, c: BoundConfig, loss_fn: Any, pair: Any, mask: Any, train: Any,
             test: Any, terms: Any, split: Any, echo: Callable[[str], None]) -> Certificate:
   """The certificate with ``extra["measures"]`` and, with --held-out, ``extra["heldout"]``."""
   from pacbayes.pipeline import holdout
+  from pacbayes.pipeline.load import load_prior_params
   from pacbayes.pipeline.measures import MeasureInputs, compute_measures
   from pacbayes.posterior.montecarlo import row_losses
 
@@ -287,8 +302,12 @@ def _attach(cert: Certificate, c: BoundConfig, loss_fn: Any, pair: Any, mask: An
     test_mixture = dict(zip(mixture.support, mixture.test_upper, strict=True))
   elif isinstance(terms.info.get("tv"), Mapping) and c.test_mixture is not None:
     test_mixture = _exact_test_mixture(c)
+  params_p = pair.params_p
+  if params_p is None:  # handed over to the route and released: read again if needed
+    params_p = functools.partial(load_prior_params, c.prior, dtype=pair.config.dtype)
   inputs = MeasureInputs(
-      loss_fn=loss_fn, params_q=pair.params_q, params_p=pair.params_p, mask=mask,
+      loss_fn=loss_fn, params_q=pair.params_q, params_p=params_p, mask=mask,
+      sq_distance=cert.extra.get("sq_distance"),
       train=_as_arrays(train), train_difficulty=train.difficulty,
       test=None if test is None else _as_arrays(test),
       test_difficulty=None if test is None else test.difficulty, test_mixture=test_mixture,

@@ -43,15 +43,13 @@ from pacbayes.posterior.kl import (
   iter_safetensors,
 )
 from pacbayes.posterior.montecarlo import (
+  NOISE,
   SCHEMES,
   MCRisk,
   MonteCarloOptions,
-  draw_step,
   draws_per_step_for_memory,
   empirical_risk,
   mc_risk,
-  perturbed_copy,
-  plain_step,
   row_losses,
 )
 from pacbayes.posterior.sigma import (
@@ -65,9 +63,18 @@ from pacbayes.posterior.sigma import (
   subset_bound,
 )
 from pacbayes.posterior.sigma_checks import check_finite, check_sigma, check_sigmas
+from pacbayes.posterior.steps import (
+  StageNoise,
+  draw_step,
+  forward_draw_step,
+  forward_noise_supported,
+  perturbed_copy,
+  plain_step,
+)
 
 __all__ = [
   "DEFAULT_SIGMA_GRID",
+  "NOISE",
   "RANGE_TOL",
   "SCHEMES",
   "BoundTarget",
@@ -83,6 +90,7 @@ __all__ = [
   "SigmaChoice",
   "SigmaPlan",
   "SigmaSearch",
+  "StageNoise",
   "TensorKL",
   "ToleranceSearch",
   "check_data",
@@ -96,6 +104,8 @@ __all__ = [
   "draw_step",
   "draws_per_step_for_memory",
   "empirical_risk",
+  "forward_draw_step",
+  "forward_noise_supported",
   "gather",
   "gaussian_kl",
   "isotropic_kl",

@@ -2,22 +2,22 @@
 
 Randomness: the draw with index m uses `jax.random.fold_in(key_draws, m)` and within a draw
 each leaf gets its own key (`pacbayes.posterior.draws.perturb_leaves`). The noise is made on the
-device inside the compiled step, so no weight-sized array crosses the host, at most
-`draws_per_step` perturbed copies exist at a time, and the numbers do not depend on how
-many devices share the work or how draws are grouped into steps.
+device inside the compiled step, so no weight-sized array crosses the host, and the numbers do
+not depend on how many devices share the work or how draws are grouped into steps. For a
+model's loss the noise is made inside the forward pass, one stage at a time, so no perturbed
+copy of the whole model exists; otherwise at most `draws_per_step` perturbed copies exist at
+a time (the compiled steps: `pacbayes.posterior.steps`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
@@ -28,82 +28,25 @@ from pacbayes.posterior.draws import (
     check_data,
     check_range,
     gather,
-    leaf_keys,
+    leaf_paths,
     mask_leaves,
-    perturb_leaf,
-    perturb_leaves,
     positive_int,
     progress_bar,
     sigma_leaves,
 )
+from pacbayes.posterior.steps import (
+    draw_step,
+    forward_draw_step,
+    forward_noise_supported,
+    perturbed_copy,
+    plain_step,
+)
 
 SCHEMES = ("chunk", "passes")
+# Where a draw's noise is made (`MonteCarloOptions.noise`).
+NOISE = ("auto", "forward", "copy")
 # Posterior draws of the "passes" scheme when none are given.
 DEFAULT_PASSES = 20
-
-
-# -------------------------------------------------------------------------- compiled steps
-
-
-def _hashable(x: Any) -> bool:
-  try:
-    hash(x)
-    return True
-  except TypeError:
-    return False
-
-
-def _draw_step_impl(loss_fn: LossFn, treedef: Any, mask: tuple[bool, ...], shared_batch: bool):
-  def one_draw(leaves, sigmas, key, index, batch):
-    draw_key = jax.random.fold_in(key, index)
-    theta = jax.tree.unflatten(treedef, perturb_leaves(draw_key, leaves, sigmas, mask))
-    losses = loss_fn(theta, batch)
-    return jnp.reshape(losses, (batch["weight"].shape[0],))
-
-  in_axes = (None, None, None, 0, None if shared_batch else 0)
-  return jax.jit(jax.vmap(one_draw, in_axes=in_axes))
-
-
-_draw_step_cached = functools.lru_cache(maxsize=64)(_draw_step_impl)
-
-
-def draw_step(loss_fn: LossFn, treedef: Any, mask: tuple[bool, ...], shared_batch: bool):
-  """Compiled `(leaves, sigmas, key, draw_indices [G], batch) -> losses [G, B]`.
-
-  `jax.jit(jax.vmap(...))` over G draws of: perturb the masked leaves with the key
-  `fold_in(key, index)`, then `loss_fn`. With `shared_batch` every draw sees the same batch
-  [B, ...]; otherwise batch arrays are [G, B, ...]. Cached on (loss_fn, treedef, mask,
-  shared_batch) when they are hashable, so repeated calls reuse the compiled program.
-  """
-  if _hashable(loss_fn) and _hashable(treedef):
-    return _draw_step_cached(loss_fn, treedef, mask, shared_batch)
-  return _draw_step_impl(loss_fn, treedef, mask, shared_batch)
-
-
-@functools.lru_cache(maxsize=64)
-def _plain_step(loss_fn: LossFn):
-  return jax.jit(lambda params, batch: jnp.reshape(
-      loss_fn(params, batch), (batch["weight"].shape[0],)))
-
-
-def plain_step(loss_fn: LossFn):
-  """Compiled `(params, batch) -> losses [B]` without perturbation (cached when hashable)."""
-  return _plain_step(loss_fn) if _hashable(loss_fn) else _plain_step.__wrapped__(loss_fn)
-
-
-_perturb_leaf_jit = jax.jit(perturb_leaf)
-
-
-def perturbed_copy(key: jax.Array, index: int, leaves: list, sigmas: list,
-                   mask: tuple[bool, ...]) -> list:
-  """Leaves of draw `index` (key fold_in(key, index)), made one leaf at a time.
-
-  The same numbers as the draw made inside `draw_step`; only one leaf's noise exists at a
-  time beside the finished copy, and each leaf shape compiles once.
-  """
-  keys = leaf_keys(jax.random.fold_in(key, index), leaves)
-  return [_perturb_leaf_jit(k, x, s) if m else x
-          for x, s, k, m in zip(leaves, sigmas, keys, mask, strict=True)]
 
 
 # ------------------------------------------------------------------------------ options
@@ -121,6 +64,10 @@ class MonteCarloOptions:
     batch_size: rows per forward pass per draw.
     draws_per_step: draws evaluated together (memory: that many perturbed copies).
     max_memory: memory budget in bytes that sets `draws_per_step` instead.
+    noise: where a draw's noise is made: "forward" inside the model's forward pass, one
+      stage at a time (`pacbayes.posterior.steps.forward_draw_step`; no whole perturbed
+      copy), "copy" as a whole perturbed copy, "auto" (default) "forward" when the loss
+      supports it (`forward_noise_supported`) and "copy" otherwise; see `mc_risk`.
   """
 
   scheme: str = "chunk"
@@ -129,10 +76,13 @@ class MonteCarloOptions:
   batch_size: int = 32
   draws_per_step: int | None = None
   max_memory: int | None = None
+  noise: str = "auto"
 
   def __post_init__(self):
     if self.scheme not in SCHEMES:
       raise ValueError(f"scheme: expected one of {SCHEMES}, got {self.scheme!r}")
+    if self.noise not in NOISE:
+      raise ValueError(f"noise: expected one of {NOISE}, got {self.noise!r}")
     positive_int(self.batch_size, "batch_size")
     for name in ("num_draws", "chunk_size", "draws_per_step", "max_memory"):
       if getattr(self, name) is not None:
@@ -195,6 +145,7 @@ class MCRisk:
     unperturbed: R_S at the posterior mean, when asked for.
     seconds: wall time of the estimate.
     unperturbed_rows: [n] float64 loss of each row at the posterior mean, when asked for.
+    noise: where the noise was made, "forward" (in the forward pass) or "copy".
   """
 
   mean: float
@@ -210,6 +161,7 @@ class MCRisk:
   unperturbed: float | None = None
   seconds: float = 0.0
   unperturbed_rows: np.ndarray | None = None
+  noise: str = "copy"
 
   def upper(self, delta: float) -> float:
     """kl-inverse upper confidence bound on E_Q[R_S] at level 1 - delta."""
@@ -255,7 +207,8 @@ def draws_per_step_for_memory(
   (`Compiled.memory_analysis()`): `base` = argument bytes (parameters and batch), and each
   draw in flight adds one perturbed copy of the masked leaves plus the step's temporaries
   and outputs (its activations); G draws are taken to need base + G * per_draw. It is an
-  estimate of device memory, not a guarantee (the host process adds its own overhead).
+  estimate of device memory, not a guarantee (the host process adds its own overhead), and
+  a cautious one when the noise is made in the forward pass (one stage, not a whole copy).
 
   Args:
     loss_fn: the loss.
@@ -318,19 +271,29 @@ def mc_risk(
     Equal chunk sizes matter: unequal chunks would average means with the wrong weights.
     This scheme costs one pass over S (plus r < C rows) for M = ceil(n / C) draws.
 
-  Exactly the M draws asked for are computed. Memory and time:
-  * `draws_per_step` = 1 (default): draws one after another. Each draw's perturbed copy is
-    made once, one leaf at a time (`perturbed_copy`), and every batch of that draw runs the
-    same compiled program as the unperturbed pass (`plain_step`): memory is the mean, one
-    perturbed copy and one batch of activations, whatever M; the extra time is the noise,
-    once per draw.
-  * G > 1: draws go in groups of G through one `jax.jit(jax.vmap(...))` step that makes its
-    G draws' noise inside the step (the last group is smaller when G does not divide M; it
-    compiles once more): up to G perturbed copies and G batches of activations; in
-    "passes", and in "chunk" when C > `batch_size`, a draw's noise is made again in each of
-    its steps.
-  Draw m always uses fold_in(key_draws, m), whatever the grouping or the mesh, so the
-  result is the same on one device or many and for any G.
+  Exactly the M draws asked for are computed. Where the noise is made (`options.noise`):
+  "auto" (default) is "forward" when `loss_fn` comes from a model whose forward pass takes a
+  stage runner (`pacbayes.posterior.steps.forward_noise_supported`: a
+  `pacbayes.losses.model_loss_fn` of a `pacbayes.models.Decoder`, which is what `pacbayes
+  bound` passes for full checkpoints) and "copy" for any other loss function. Memory and time:
+  * "forward": draws go in groups of G = `draws_per_step` (default 1) through one
+    `jax.vmap` of the model's staged forward pass (`forward_draw_step`): each stage
+    (embedding, block, final norm, head) is a compiled program that makes that stage's
+    noise and runs it, so memory is the mean, G perturbed copies of one stage (the largest
+    is the embedding table) and G batches of activations, never a whole perturbed copy, and
+    one compiled program serves all blocks. The noise is made again in every forward pass:
+    once per draw in "chunk" with C <= `batch_size`, once per batch otherwise.
+  * "copy", G = 1: draws one after another. Each draw's perturbed copy is made once, one
+    leaf at a time (`perturbed_copy`), and every batch of that draw runs the same compiled
+    program as the unperturbed pass (`plain_step`): memory is the mean, one perturbed copy
+    and one batch of activations, whatever M; the extra time is the noise, once per draw.
+  * "copy", G > 1: draws go in groups of G through one `jax.jit(jax.vmap(...))` step that
+    perturbs every leaf of its G draws first (`draw_step`): up to G perturbed copies and G
+    batches of activations; in "passes", and in "chunk" when C > `batch_size`, a draw's
+    noise is made again in each of its steps.
+  The last group is smaller when G does not divide M (it compiles once more). Draw m always
+  uses fold_in(key_draws, m) and the same key per leaf (`leaf_keys`) on every path, so the
+  result is the same on one device or many, for any G and (to float round-off) either noise.
 
   Args:
     loss_fn: `loss_fn(params, batch) -> [B]` losses in [0, 1] (checked on the host).
@@ -352,7 +315,8 @@ def mc_risk(
 
   Raises:
     ValueError: bad scheme, sizes, sigma, data, a loss outside [0, 1], options that do not
-      apply to the scheme, or a `max_memory` too small for one draw.
+      apply to the scheme, a `max_memory` too small for one draw, or noise="forward" for a
+      loss that does not support it.
 
   References:
     Langford & Caruana, "(Not) Bounding the True Error", NeurIPS 2001.
@@ -363,6 +327,11 @@ def mc_risk(
   scheme, num_draws, chunk_size = opts.scheme, opts.num_draws, opts.chunk_size
   batch_size, draws_per_step, max_memory = opts.batch_size, opts.draws_per_step, opts.max_memory
   arrays, n = check_data(data)
+  forward = forward_noise_supported(loss_fn)
+  if opts.noise == "forward" and not forward:
+    raise ValueError("noise: 'forward' needs a loss from pacbayes.losses.model_loss_fn of a "
+                     "model whose forward pass takes a stage runner; use 'copy' or 'auto'")
+  forward = forward and opts.noise != "copy"
   mask_t = mask_leaves(mask, params)
   leaves, treedef = jax.tree.flatten(params)
   sigmas = sigma_leaves(sigma, params, mask_t)
@@ -413,7 +382,7 @@ def mc_risk(
       slot_losses[first:first + losses.shape[0], s * b:(s + 1) * b] = losses * weight
       bar.update(int(weight.sum()))
 
-  if group == 1:
+  if group == 1 and not forward:
     # One perturbed copy at a time, made once per draw and reused by all its batches.
     pstep = plain_step(loss_fn)
     for m in range(m_total):
@@ -428,7 +397,8 @@ def mc_risk(
       collect(m, pending)
       del theta
   else:
-    step = draw_step(loss_fn, treedef, mask_t, shared)
+    step = (forward_draw_step(loss_fn, treedef, tuple(leaf_paths(params)), mask_t, shared)
+            if forward else draw_step(loss_fn, treedef, mask_t, shared))
     for first in range(0, m_total, group):
       g = min(group, m_total - first)
       pending = []
@@ -449,7 +419,8 @@ def mc_risk(
       mean=float(draws.mean()), draws=draws, num_samples=m_total, scheme=scheme,
       num_examples=n, slot_losses=slot_losses, slot_rows=slot_rows, chunk_size=csize,
       num_fillers=fillers, draws_per_step=group, unperturbed=base,
-      seconds=time.perf_counter() - start, unperturbed_rows=rows_base)
+      seconds=time.perf_counter() - start, unperturbed_rows=rows_base,
+      noise="forward" if forward else "copy")
 
 
 def empirical_risk(

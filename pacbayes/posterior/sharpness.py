@@ -132,6 +132,7 @@ def sharpness_measure(
     mask: Any = None,
     n: int | None = None,
     progress: bool = False,
+    sq_dist: float | None = None,
 ) -> SharpnessMeasure:
   """The PAC-Bayes sharpness measure: sigma*, KL at sigma* and ``sqrt(KL / (2 n))``.
 
@@ -146,7 +147,7 @@ def sharpness_measure(
   Args:
     loss_fn: ``(params, batch) -> [B]`` losses in [0, 1].
     params: the fine-tuned weights w (pytree).
-    prior_params: the pretrained weights w_pre (same structure).
+    prior_params: the pretrained weights w_pre (same structure); may be None with `sq_dist`.
     data: training rows (a mapping of arrays; may be a subset of S).
     key: PRNG key of the draws (reused at every sigma).
     options: `SharpnessOptions` (default ``SharpnessOptions()``).
@@ -154,6 +155,8 @@ def sharpness_measure(
       floating leaves).
     n: training-set size for ``sqrt(KL / (2 n))`` (default: the rows of ``data``).
     progress: progress bars of the risk evaluations.
+    sq_dist: ``||w - w_pre||^2`` on the masked leaves when already known (e.g. the
+      certificate's ``extra["sq_distance"]``); then `prior_params` is not read.
 
   Returns:
     A `SharpnessMeasure` (uncertified).
@@ -174,7 +177,7 @@ def sharpness_measure(
   n = rows if n is None else int(n)
   if n < 1:
     raise ValueError(f"n: expected an integer >= 1, got {n!r}")
-  sq = sq_distance(params, prior_params, mask)
+  sq = sq_distance(params, prior_params, mask) if sq_dist is None else float(sq_dist)
   num_params = count_perturbed(params, mask)
   mc = opts.monte_carlo
   base = empirical_risk(loss_fn, params, data, batch_size=mc.batch_size, progress=progress)

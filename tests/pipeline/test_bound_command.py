@@ -139,6 +139,7 @@ def test_hf_name_selection_and_smoothed_nll_alpha(pair, tmp_path):
   assert rep["num_params"] == 3 * cfg.hidden_size * cfg.intermediate_size
   assert rep["loss_options"] == {"alpha": 0.05} and rep["method"] == "catoni"
   assert rep["extra"]["draws_per_step"] == 4
+  assert rep["extra"]["mc_noise"] == "forward"  # the noise is made inside the forward pass
   kl, _ = kl_closed_form(pair["prior"], pair["mlp_only"], 1e-3, 1e-3)
   assert rep["kl"] == pytest.approx(kl, rel=1e-9)
 
@@ -216,6 +217,7 @@ def test_lora_space_posterior(pair, tmp_path, capsys):
   assert main(args) == 0
   rep = json.loads(out.read_text())
   assert rep["extra"]["space"] == "lora"
+  assert rep["extra"]["mc_noise"] == "copy"  # a LoRA-space loss: whole perturbed copies
   assert rep["num_params"] == layout.num_params
   assert any("LoRA parameter space" in note for note in rep["notes"])
   d2 = sum(float(np.sum((np.asarray(lo[m][k], np.float64) - np.asarray(init[m][k],

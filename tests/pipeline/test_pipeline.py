@@ -72,6 +72,38 @@ def test_certify_params_fixed_sigma_is_reported_as_given():
   assert any("DEFAULT grid" in note for note in default.notes)
 
 
+def test_prior_given_as_a_loader_is_released_before_the_monte_carlo(monkeypatch):
+  """A prior handed over as a function (as `pacbayes bound` does) is called once, gives the
+  same certificate (isotropic and diagonal posteriors) and is no longer alive when the Monte
+  Carlo runs."""
+  import gc
+  import weakref
+
+  from pacbayes.certificate import route
+
+  post, data = toy()
+  refs, dead_at_mc = [], []
+  real = route.mc_risk
+
+  def spy(*args, **kw):
+    gc.collect()
+    dead_at_mc.append(refs[-1]() is None if refs else None)
+    return real(*args, **kw)
+
+  monkeypatch.setattr(route, "mc_risk", spy)
+  for sigma_q in (0.1, {"w": jnp.full_like(post["w"], 0.1)}):
+    refs.clear()
+    want = pipeline.certify_params(zero_one, {"w": post["w"] * 0.9}, post, data,
+                                   key=jax.random.key(0), sigma_q=sigma_q, sigma_prior=0.3,
+                                   **FAST)
+    holder = [{"w": post["w"] * 0.9}]
+    refs.append(weakref.ref(holder[0]["w"]))
+    got = pipeline.certify_params(zero_one, holder.pop, post, data, key=jax.random.key(0),
+                                  sigma_q=sigma_q, sigma_prior=0.3, **FAST)  # pop: once only
+    assert got.bound == want.bound and got.kl == want.kl and got.kl > 0
+  assert dead_at_mc == [None, True, None, True]
+
+
 def test_certify_params_refuses_bad_inputs():
   post, data = toy()
   prior = {"w": post["w"] * 0.9}
