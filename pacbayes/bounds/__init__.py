@@ -12,7 +12,13 @@ from pacbayes.bounds.btrain import (
   maurer_budget,
   maurer_upper,
 )
-from pacbayes.bounds.checks import as_float64, check_at_least, check_interval
+from pacbayes.bounds.checks import (
+  VACUOUS_TOL,
+  as_float64,
+  check_at_least,
+  check_interval,
+  is_vacuous,
+)
 from pacbayes.bounds.concentration import clopper_pearson_lower
 from pacbayes.bounds.delta import (
   KIND_PARTS,
@@ -77,6 +83,7 @@ from pacbayes.bounds.testset import (
 )
 
 __all__ = [
+  "VACUOUS_TOL",
   "B_TRAIN_METHODS",
   "DEFAULT_CATONI_GRID",
   "DeltaPlan",
@@ -100,6 +107,7 @@ __all__ = [
   "SliceBound",
   "SliceHoldoutBounds",
   "as_float64",
+  "is_vacuous",
   "b_train_upper",
   "best_possible_bound",
   "binomial_upper",

@@ -9,7 +9,16 @@ from jax.typing import ArrayLike
 
 from pacbayes.core.precision import with_float64
 
-__all__ = ["as_float64", "check_at_least", "check_interval"]
+__all__ = ["VACUOUS_TOL", "as_float64", "check_at_least", "check_interval", "is_vacuous"]
+
+# A bound on a [0, 1] loss within this of 1 is vacuous: a mixture of per-slice ceilings
+# sum_k p(k) * 1 rounds to 1 - 1 ulp (0.9999999999999999) and says nothing either.
+VACUOUS_TOL = 1e-9
+
+
+def is_vacuous(value: float) -> bool:
+  """True when a bound on a [0, 1] loss says nothing: value >= 1 - VACUOUS_TOL (NaN: True)."""
+  return not float(value) < 1.0 - VACUOUS_TOL
 
 
 def _concrete(name: str, value: ArrayLike) -> np.ndarray | None:

@@ -20,6 +20,7 @@ from scipy import stats
 
 from pacbayes.bounds import mixture as mixtures
 from pacbayes.bounds import pac
+from pacbayes.bounds.checks import is_vacuous
 from pacbayes.bounds.mixture import MixtureBounds, difficulty_key, worst_case_mean
 from pacbayes.core.precision import float64_scope
 
@@ -127,8 +128,8 @@ class HoldoutBound:
 
   @property
   def non_vacuous(self) -> bool:
-    """True when the bound is below 1."""
-    return self.value < 1.0
+    """True when the bound is below 1 (`checks.is_vacuous`)."""
+    return not is_vacuous(self.value)
 
   def to_dict(self) -> dict[str, Any]:
     return {**dataclasses.asdict(self), "non_vacuous": self.non_vacuous}

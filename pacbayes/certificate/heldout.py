@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pacbayes.bounds import testset
+from pacbayes.bounds.checks import is_vacuous
 from pacbayes.bounds.delta import split_delta
 from pacbayes.bounds.mixture import MixtureBounds, mixture_shift_bound
 from pacbayes.core import jsonio
@@ -207,7 +208,7 @@ class HeldOutCertificate:
   @property
   def non_vacuous(self) -> bool:
     """True when the headline bound (test mixture if given, else training mixture) is < 1."""
-    return (self.bound_train if self.bound_test is None else self.bound_test) < 1.0
+    return not is_vacuous(self.bound_train if self.bound_test is None else self.bound_test)
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready: every field, ``schema``, and the ``non_vacuous`` flags of each bound."""
@@ -218,9 +219,9 @@ class HeldOutCertificate:
     out["delta_parts"] = [[k, v] for k, v in self.delta_parts]
     out["notes"] = list(self.notes)
     out["non_vacuous"] = self.non_vacuous
-    out["bound_train_non_vacuous"] = self.bound_train < 1.0
+    out["bound_train_non_vacuous"] = not is_vacuous(self.bound_train)
     out["bound_test_non_vacuous"] = (None if self.bound_test is None
-                                     else self.bound_test < 1.0)
+                                     else not is_vacuous(self.bound_test))
     return json.loads(json.dumps(out, allow_nan=False))
 
   def to_json(self, path: str | os.PathLike | None = None, *, indent: int = 2) -> str:
@@ -233,7 +234,7 @@ class HeldOutCertificate:
   def to_table(self) -> str:
     """Plain text: the kind, the bounds with their flags, slices, delta parts, the statement."""
     def flag(v: float) -> str:
-      return "non-vacuous" if v < 1.0 else "VACUOUS (>= 1)"
+      return "VACUOUS (>= 1)" if is_vacuous(v) else "non-vacuous"
 
     lines = [f"{self.kind} ({self.method})",
              f"  held-out rows m = {self.m}, loss {self.loss}: measured risk {self.emp_risk:.4f}",

@@ -16,6 +16,7 @@ from typing import Any
 
 from pacbayes.bounds import extrapolation as ext
 from pacbayes.bounds.btrain import maurer_budget
+from pacbayes.bounds.checks import is_vacuous
 from pacbayes.certificate.schema import (
   REQUIRED_KEYS,
   check_report,
@@ -201,8 +202,9 @@ class Certificate:
 
   @property
   def vacuous(self) -> bool:
-    """True when the bound is 1 or more: for a loss in [0, 1] it then says nothing."""
-    return self.bound >= 1.0
+    """True when the bound is 1 or more (within `VACUOUS_TOL`): for a loss in [0, 1] it then
+    says nothing."""
+    return is_vacuous(self.bound)
 
   @property
   def non_vacuous(self) -> bool:
@@ -212,7 +214,7 @@ class Certificate:
   @property
   def b_train_non_vacuous(self) -> bool:
     """True when the in-distribution bound B_train is below 1."""
-    return self.b_train < 1.0
+    return not is_vacuous(self.b_train)
 
   # ------------------------------------------------------------------------------------------
   # Serialisation.
@@ -381,7 +383,8 @@ def uncertified_lines(measures: Mapping[str, Any]) -> str:
 def heldout_lines(block: Mapping[str, Any]) -> str:
   """Text lines of the held-out certificate (`HeldOutCertificate.to_dict()`)."""
   def flag(v: Any) -> str:
-    return "non-vacuous" if isinstance(v, (int, float)) and v < 1.0 else "VACUOUS (>= 1)"
+    return ("non-vacuous" if isinstance(v, (int, float)) and not is_vacuous(v)
+            else "VACUOUS (>= 1)")
 
   out = [f"CERTIFIED: {block.get('kind')} ({block.get('method')}); with probability >= "
          f"1 - {_num(block.get('delta'))}:",

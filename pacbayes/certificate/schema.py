@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pacbayes.bounds.btrain import maurer_budget
+from pacbayes.bounds.checks import is_vacuous
 
 __all__ = ["FIELD_TYPES", "REQUIRED_KEYS", "STATUS_KEYS", "V1_KEYS", "check_report",
            "convert_v1", "render_table", "restore_terms"]
@@ -173,7 +174,8 @@ def convert_v1(data: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def _flag(value: float) -> str:
-  return "VACUOUS (>= 1: says nothing about a [0, 1] loss)" if value >= 1.0 else "non-vacuous"
+  return ("VACUOUS (>= 1: says nothing about a [0, 1] loss)" if is_vacuous(value)
+          else "non-vacuous")
 
 
 def _num(value: float, status: str = "ok") -> str:

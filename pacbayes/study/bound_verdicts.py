@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from pacbayes.bounds.checks import VACUOUS_TOL
 from pacbayes.study.verdict import ALPHA, FAIL, INCONCLUSIVE, PASS, Verdict, not_judged
 from pacbayes.study.view import StudyView
 
@@ -39,13 +40,13 @@ def claim_bound_holds(view: StudyView, alpha: float = ALPHA) -> Verdict:
     xk = x[..., view.slice_of == k]
     sq += view.p_test[k] ** 2 * xk.var(axis=-1) / counts[k]
   with np.errstate(invalid="ignore"):
-    judged = (bound < 1.0) & np.isfinite(mean)
+    judged = (bound < 1.0 - VACUOUS_TOL) & np.isfinite(mean)
   m = judged.sum(axis=(1, 2))  # [R] cells judged per replicate
   z = sps.norm.ppf(1 - alpha / (2 * np.maximum(m, 1)))[:, None, None]
   lo, hi = mean - z * np.sqrt(sq), mean + z * np.sqrt(sq)
   with np.errstate(invalid="ignore"):
-    nonvac = int(np.sum(bound[0] < 1))
-    nonvac_in = int(np.sum(view.scalars["b_train"][0] < 1))
+    nonvac = int(np.sum(bound[0] < 1.0 - VACUOUS_TOL))
+    nonvac_in = int(np.sum(view.scalars["b_train"][0] < 1.0 - VACUOUS_TOL))
   note = (f"non-vacuous: {nonvac_in}/{m_all} in-bucket (B_train < 1), {nonvac}/{m_all} test "
           f"mixture (bound < 1); only those are judged (a bound >= 1 holds by construction); "
           f"estimate = smallest slack bound - risk")
@@ -89,9 +90,10 @@ def claim_certified_bound(results: Mapping[str, Any], alpha: float = ALPHA) -> V
   bound = np.array([x[1] for x in rows])
   risk = np.array([x[3] for x in rows])
   sd = np.array([x[4] for x in rows])
-  judged = (bound < 1.0) & np.isfinite(risk) & np.isfinite(sd)
-  note = (f"non-vacuous: {int(np.sum(np.array([x[2] for x in rows]) < 1))}/{len(rows)} "
-          f"in-bucket (B_train < 1), {int(np.sum(bound < 1))}/{len(rows)} test mixture "
+  judged = (bound < 1.0 - VACUOUS_TOL) & np.isfinite(risk) & np.isfinite(sd)
+  in_bucket = int(np.sum(np.array([x[2] for x in rows]) < 1.0 - VACUOUS_TOL))
+  note = (f"non-vacuous: {in_bucket}/{len(rows)} in-bucket (B_train < 1), "
+          f"{int(np.sum(bound < 1.0 - VACUOUS_TOL))}/{len(rows)} test mixture "
           f"(bound < 1) over every budget of the certified arm; only those are judged; "
           f"estimate = smallest slack bound - risk")
   m = int(judged.sum())

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from pacbayes.bounds.checks import is_vacuous
 from pacbayes.core import jsonio
 from pacbayes.core.atomic import write_atomic
 from pacbayes.study.report_figure import is_heldout_report, report_terms
@@ -253,9 +254,9 @@ def certified_vs_measured(results: Mapping[str, Any], *, n: int | None = None,
     slices = rec["slices"]
     if slices:  # a vacuous B_d (>= 1) is a marker on the line y = 1, never a point of the curve
       ds = [s["difficulty"] for s in slices]
-      ax.plot(ds, [s["bound"] if s["bound"] < 1.0 else np.nan for s in slices], "v-",
+      ax.plot(ds, [np.nan if is_vacuous(s["bound"]) else s["bound"] for s in slices], "v-",
               color="tab:red", label="certified B_d")
-      vac = [d for d, s in zip(ds, slices, strict=True) if s["bound"] >= 1.0]
+      vac = [d for d, s in zip(ds, slices, strict=True) if is_vacuous(s["bound"])]
       if vac:
         ax.plot(vac, [1.0] * len(vac), "kx", ls="none", label="B_d vacuous (>= 1)")
     q = rec["q_risk_by_slice"]
