@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from pacbayes.study.bound_verdicts import claim_bound_holds, claim_certified_bound
+from pacbayes.study.distance_verdicts import ln_distance_line
 from pacbayes.study.stats import (
   Contrast,
   ItemStats,
@@ -130,41 +131,6 @@ def _item_stats(view: StudyView, field: str) -> ItemStats:
   st = item_stats(arr, view.slice_of)
   _STATS_CACHE[key] = (arr, st)
   return st
-
-
-def _scalar_contrast(view: StudyView, terms, field: str, transform=None,
-                     alpha: float = ALPHA) -> Contrast:
-  idx = [view.index(k) for k, _ in terms]
-  a = np.array([t[1] for t in terms])
-  B = view.scalars[field][:, idx]
-  if transform is not None:
-    B = transform(B)
-  return contrast(a, B=B, alpha=alpha)
-
-
-def _log_moved(B: np.ndarray) -> np.ndarray:
-  """ln ||w - w_base||^2 of the seeds that moved; NaN (left out) where early stopping kept the
-  base (||dw||^2 = 0: no KL, and its logarithm is -inf)."""
-  B = np.asarray(B, dtype=np.float64)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.log(np.where(B > 0, B, np.nan))
-
-
-def _ln_distance_line(view: StudyView, claim: str, pairs, sign: int, at: str,
-                      null: float = 0.0) -> Verdict:
-  """The ln ||dw||^2 contrast over `pairs` ((key, weight) of base/sft cells) on the seeds that
-  moved; the line counts the seeds left out because their cell kept the base, and is not
-  judged when some cell kept the base in every seed."""
-  idx = [view.index(k) for k, _ in pairs]
-  dist = view.scalars["sq_distance"][0, idx]
-  kept = int(np.sum(dist == 0))
-  note = at + (f"; {kept} seed(s) that kept their base (||dw||^2 = 0) left out" if kept else "")
-  try:
-    c = _scalar_contrast(view, pairs, "sq_distance", _log_moved)
-  except ValueError:
-    return _not_judged(view, claim, f"a cell kept its base in every seed (||dw||^2 = 0, no "
-                                    f"logarithm); {at}")
-  return single(claim, c, sign, note, null=null)
 
 
 def claim_pair(view: StudyView) -> tuple[str, str]:
@@ -296,7 +262,7 @@ def claim_g_gen_difficulty(view: StudyView) -> list[Verdict]:
     pairs += [(("base", "sft", h, n), 1 / len(sizes)), (("base", "sft", e, n), -1 / len(sizes))]
   gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
   at = f"n in {sizes}"
-  return [_ln_distance_line(view, c1, pairs, +1, at),
+  return [ln_distance_line(view, c1, pairs, +1, at),
           single(c2, gap, +1, f"loss: sequence error of the weights; {at}")]
 
 
@@ -317,7 +283,7 @@ def claim_g_gen_size(view: StudyView) -> list[Verdict]:
     pairs += [(("base", "sft", b, n), cj / len(buckets))
               for n, cj in zip(ns, slope_weights(np.log(ns)), strict=True)]
   gap = _item_contrast(view, _gen_gap_terms(view, pairs), "seq_error", "train_seq_error", -1.0)
-  return [_ln_distance_line(view, c1, pairs, -1, "slopes averaged over the buckets", null=1.0),
+  return [ln_distance_line(view, c1, pairs, -1, "slopes averaged over the buckets", null=1.0),
           single(c2, gap, -1, "loss: sequence error of the weights")]
 
 

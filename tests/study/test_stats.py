@@ -178,21 +178,25 @@ def _committed():
 
 
 def test_power_of_claim_1_at_the_committed_effect_and_variances():
-  """Claim 1 (slope of hard - easy on ln n, measured +0.037) with the committed variances
-  (hard n = 200 seed sd 0.066): today's 3 seeds do not decide it; 10 seeds at the corners do.
-  Raw power (no Holm); experiments/power_design.py gives the Holm-adjusted table."""
+  """Claim 1 (slope of hard - easy on ln n, measured +0.035 in the committed full run, early
+  stopping) at that run's own per-cell estimates: its design (12 / 4 / 6 seeds at n = 200 /
+  800 / 3,200, 1024 items per slice) decides it, 2 seeds per corner often do not (0.43 when
+  measured). Raw power (no Holm); the Holm-adjusted power is results.json's "power" block."""
   assume = _committed()
   judge = lambda v: [theory.claim_best_moves_harder(v, with_bootstrap=False)]  # noqa: E731
-  today = power.power(assume, power.Design("full", BUCKETS, SIZES, seeds=3, extra_cells=False),
-                      power.PowerOptions(reps=2000, seed=1, judge=judge))
-  corners = power.power(assume, power.Design("corners", BUCKETS, (200, 3200), seeds=10,
-                                             extra_cells=False),
-                        power.PowerOptions(reps=1000, seed=2, judge=judge))
-  p_today = next(iter(today.values()))["pass"]
-  p_corners = next(iter(corners.values()))["pass"]
-  print(f"claim 1 power: full (3 seeds) {p_today:.3f}, corners 10 seeds {p_corners:.3f}")
-  assert 0.05 < p_today < 0.6
-  assert p_corners > 0.8
+  seeds_at = {("*", 200): 12, ("*", 800): 4, ("*", 3200): 6}
+  committed = power.power(assume, power.Design("committed", ("easy", "hard"), SIZES, seeds=12,
+                                               seeds_at=seeds_at, items_per_slice=1024,
+                                               extra_cells=False),
+                          power.PowerOptions(reps=1000, seed=1, judge=judge))
+  two = power.power(assume, power.Design("two seeds", ("easy", "hard"), (200, 3200), seeds=2,
+                                         items_per_slice=1024, extra_cells=False),
+                    power.PowerOptions(reps=1000, seed=1, judge=judge))
+  p_committed = next(iter(committed.values()))["pass"]
+  p_two = next(iter(two.values()))["pass"]
+  print(f"claim 1 power: committed design {p_committed:.3f}, 2 seeds per corner {p_two:.3f}")
+  assert p_committed > 0.95
+  assert 0.2 < p_two < 0.7
 
 
 def test_flip_noise_is_not_counted_twice():
