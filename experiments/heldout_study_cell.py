@@ -40,7 +40,6 @@ and after) and `README.md` (written from the numbers). Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -61,14 +60,6 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
   except OSError:
     return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def run(cmd: list[str], steps: list, name: str) -> tuple[int, str, str]:
@@ -123,6 +114,7 @@ def write_data(config, data_dir: str, rows: int) -> dict:
   """The training file (hard bucket), the study's test set, and the two test mixtures."""
   from pacbayes.data import synthetic
   from pacbayes.study import studydata
+  from pacbayes.training.ftio import sha256_file
 
   os.makedirs(data_dir, exist_ok=True)
   a_idx = [a for a, _ in config.arms].index(ARM)
@@ -156,7 +148,7 @@ def write_data(config, data_dir: str, rows: int) -> dict:
   return {"train": paths["train"], "test": paths["test"], "changed_train": changed,
           "rows": rows, "train_mixture": {str(k): v for k, v in mix.items()},
           "train_counts": counts, "test_rows": len(test), "test_per_slice": config.test_per_slice,
-          "mixtures": mixtures, "sha256": {k: sha256(v) for k, v in paths.items()}}
+          "mixtures": mixtures, "sha256": {k: sha256_file(v) for k, v in paths.items()}}
 
 
 def mixture_risk(by_slice: dict, mixture: dict) -> float:

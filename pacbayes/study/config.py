@@ -285,11 +285,15 @@ class StudyConfig:
     """Rows of S a cell of size n keeps out of training for early stopping (its last ones)."""
     return int(round(self.ft_val_fraction * n))
 
+  def n_train(self, n: int) -> int:
+    """Rows of S a cell of size n trains on: n - n_val(n) (its first ones)."""
+    return n - self.n_val(n)
+
   def ft_steps_for(self, n: int) -> int:
     """Step budget of a cell of size n: max(ft_min_steps, ceil(ft_epochs * n_train / batch)),
     n_train = n - n_val(n)."""
-    n_train = n - self.n_val(n)
-    return max(self.ft_min_steps, math.ceil(self.ft_epochs * n_train / self.ft_batch_size - 1e-9))
+    return max(self.ft_min_steps,
+               math.ceil(self.ft_epochs * self.n_train(n) / self.ft_batch_size - 1e-9))
 
   def check_steps(self, n: int, budget: int) -> tuple[int, ...]:
     """Steps (1..budget) after which a cell of size n scores its validation part: the end of
@@ -297,7 +301,7 @@ class StudyConfig:
     part (fixed epochs)."""
     if self.n_val(n) == 0:
       return ()
-    per_epoch = (n - self.n_val(n)) / self.ft_batch_size
+    per_epoch = self.n_train(n) / self.ft_batch_size
     ends = {math.ceil(e * per_epoch - 1e-9) for e in range(1, int(budget / per_epoch) + 1)}
     return tuple(sorted({s for s in ends if 1 <= s < budget} | {budget}))
 
@@ -337,7 +341,7 @@ class StudyConfig:
             "pretrain_lr": self.pretrain_lr, "ft_warmup": self.ft_warmup,
             "steps": {str(n): self.ft_steps_for(n) for n in self.sizes},
             "n_val": {str(n): self.n_val(n) for n in self.sizes},
-            "epochs": {str(n): self.ft_steps_for(n) * self.ft_batch_size / (n - self.n_val(n))
+            "epochs": {str(n): self.ft_steps_for(n) * self.ft_batch_size / self.n_train(n)
                        for n in self.sizes},
             "check_steps": {str(n): list(self.check_steps(n, self.ft_steps_for(n)))
                             for n in self.sizes}}

@@ -238,6 +238,13 @@ class Study:
     difficulty = self.data.difficulty[(cell.arm, cell.bucket, cell.seed)][:cell.n]
     return studydata.arrays(pool.subset(np.arange(cell.n))), difficulty
 
+  def train_val_rows(self, cell: Cell) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """S of a cell split into the rows it trains on (the first n_train) and its validation
+    part (the rest; empty without early stopping)."""
+    data, _ = self.cell_data(cell)
+    k = self.config.n_train(cell.n)
+    return {f: v[:k] for f, v in data.items()}, {f: v[k:] for f, v in data.items()}
+
   def train_cell(self, cell: Cell) -> tuple[Any, dict[str, Any]]:
     """The fine-tuned weights of a cell (cached) and its training record: {"time_s",
     "final_loss", "stopped_at", "val_curve"}.
@@ -259,10 +266,7 @@ class Study:
     info = cache.read_json(info_path, TRAIN_ENTRY)
     if params is not None and info is not None:
       return params, info
-    data, _ = self.cell_data(cell)
-    n_train = cell.n - c.n_val(cell.n)
-    train_rows = {k: v[:n_train] for k, v in data.items()}
-    val_rows = {k: v[n_train:] for k, v in data.items()}
+    train_rows, val_rows = self.train_val_rows(cell)
     checks = c.check_steps(cell.n, cell.steps)
     best = {"step": 0, "params": prior, "score": float("inf")}
     curve: list[list[float]] = []
@@ -330,8 +334,8 @@ class Study:
     # 0.99): there is no posterior to measure E_Q[R_test] under
     sigma_q = None if cert is None else cert["sigma_choice"]["sigma_q"]
     evaluation = self.evaluate(params, key=self.fkey(40, *ids), sigma=sigma_q)
-    n_train = cell.n - c.n_val(cell.n)  # the rows it trained on (the rest chose its step)
-    train_seq = ev.row_losses(self.seq_fn, params, {k: v[:n_train] for k, v in data.items()},
+    # on the rows it trained on (the rest chose its step)
+    train_seq = ev.row_losses(self.seq_fn, params, self.train_val_rows(cell)[0],
                               batch_size=c.eval_batch_size)
     mix = c.mixture(cell.arm, cell.bucket)
     by = evaluation["seq_error_by_slice"]
@@ -339,9 +343,9 @@ class Study:
     result = {
       "v": CACHE_VERSION, "arm": cell.arm, "base": cell.base, "method": cell.method,
       "bucket": cell.bucket, "n": cell.n, "seed": cell.seed, "ft_steps": cell.steps,
-      "epochs": cell.steps * c.ft_batch_size / (cell.n - c.n_val(cell.n)),
+      "epochs": cell.steps * c.ft_batch_size / c.n_train(cell.n),
       "stopped_at": train_info["stopped_at"],
-      "stopped_epochs": train_info["stopped_at"] * c.ft_batch_size / (cell.n - c.n_val(cell.n)),
+      "stopped_epochs": train_info["stopped_at"] * c.ft_batch_size / c.n_train(cell.n),
       "val_curve": train_info["val_curve"], "n_val": c.n_val(cell.n), "base_replica": replica,
       "certified_arm": cell.certified,
       **{k: v for k, v in evaluation.items()},

@@ -70,6 +70,7 @@ def test_a_cell_keeps_its_lowest_validation_snapshot(tmp_path):
   # the kept weights score what the curve says on the validation rows
   data, _ = study.cell_data(cell)
   val = {k: v[cell.n - study.config.n_val(cell.n):] for k, v in data.items()}
+  assert all(np.array_equal(val[k], study.train_val_rows(cell)[1][k]) for k in val)
   assert ev.mean_token_nll(study.nll_fn, params, val) == pytest.approx(best[1], rel=1e-6)
 
 
