@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from pacbayes.models.stages import StatsReduce, TokenStats, token_stats
+
 # The public losses check arguments eagerly, then run one jitted program per shape (eager
 # op-by-op dispatch is slow); inside a caller's jit the inner jit is simply inlined.
 
@@ -90,8 +92,13 @@ def _token_error(logits_BxLxV: jax.Array, input_ids_BxL: jax.Array,
                  loss_mask_BxL: jax.Array) -> jax.Array:
   logits_BxTxV, targets_BxT, mask_BxT = next_token_shift(logits_BxLxV, input_ids_BxL,
                                                          loss_mask_BxL)
-  predicted_BxT = jnp.argmax(logits_BxTxV, axis=-1)  # exact in any float dtype.
-  wrong_BxT = (predicted_BxT != targets_BxT).astype(jnp.float32)
+  return token_error_of_stats(token_stats(logits_BxTxV, targets_BxT), targets_BxT, mask_BxT)
+
+
+def token_error_of_stats(stats: TokenStats, targets_BxT: jax.Array,
+                         mask_BxT: jax.Array) -> jax.Array:
+  """`token_error` from the logits' `TokenStats` [B, T], targets [B, T] and mask [B, T]."""
+  wrong_BxT = (stats.argmax != targets_BxT).astype(jnp.float32)
   return _masked_mean(wrong_BxT, mask_BxT)
 
 
@@ -130,7 +137,14 @@ def _sequence_error(logits_BxLxV: jax.Array, input_ids_BxL: jax.Array,
                     loss_mask_BxL: jax.Array) -> jax.Array:
   logits_BxTxV, targets_BxT, mask_BxT = next_token_shift(logits_BxLxV, input_ids_BxL,
                                                          loss_mask_BxL)
-  wrong_BxT = (jnp.argmax(logits_BxTxV, axis=-1) != targets_BxT) & (mask_BxT > 0)
+  return sequence_error_of_stats(token_stats(logits_BxTxV, targets_BxT), targets_BxT,
+                                 mask_BxT)
+
+
+def sequence_error_of_stats(stats: TokenStats, targets_BxT: jax.Array,
+                            mask_BxT: jax.Array) -> jax.Array:
+  """`sequence_error` from the logits' `TokenStats` [B, T], targets [B, T] and mask [B, T]."""
+  wrong_BxT = (stats.argmax != targets_BxT) & (mask_BxT > 0)
   return jnp.any(wrong_BxT, axis=-1).astype(jnp.float32)
 
 
@@ -200,12 +214,17 @@ def smoothed_nll(
 def _smoothed_nll(logits_BxLxV, input_ids_BxL, loss_mask_BxL, alpha) -> jax.Array:
   logits_BxTxV, targets_BxT, mask_BxT = next_token_shift(logits_BxLxV, input_ids_BxL,
                                                          loss_mask_BxL)
-  vocab_size = logits_BxTxV.shape[-1]
-  logits_BxTxV = logits_BxTxV.astype(jnp.float32)  # bf16 logits lose too much in logsumexp.
-  lse_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-  target_logit_BxT = jnp.take_along_axis(
-    logits_BxTxV, targets_BxT[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  log_p_BxT = jnp.minimum(target_logit_BxT - lse_BxT, 0.0)
+  # float32 stats: bf16 logits lose too much in logsumexp.
+  return smoothed_nll_of_stats(token_stats(logits_BxTxV, targets_BxT), targets_BxT, mask_BxT,
+                               alpha)
+
+
+def smoothed_nll_of_stats(stats: TokenStats, targets_BxT: jax.Array, mask_BxT: jax.Array,
+                          alpha: float = 0.01) -> jax.Array:
+  """`smoothed_nll` from the logits' `TokenStats` [B, T], targets [B, T] and mask [B, T]."""
+  del targets_BxT  # read through stats.target_logit
+  vocab_size = stats.vocab_size
+  log_p_BxT = jnp.minimum(stats.target_logit - stats.lse, 0.0)
   alpha = jnp.asarray(alpha, jnp.float32)
   log_uniform = jnp.log(alpha) - math.log(vocab_size)
   log_p_smooth_BxT = jnp.logaddexp(jnp.log1p(-alpha) + log_p_BxT, log_uniform)
@@ -220,6 +239,25 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
   "smoothed_nll": smoothed_nll,
   "sequence_error": sequence_error,
 }
+# Each `LOSSES` entry as a function of the logits' `TokenStats`: ``(stats, targets [B, T],
+# mask [B, T], **options) -> [B]``, T = L - 1 after `next_token_shift`.
+_OF_STATS = {token_error: token_error_of_stats, smoothed_nll: smoothed_nll_of_stats,
+             sequence_error: sequence_error_of_stats}
+
+
+def loss_of_stats(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array] | None:
+  """The form of `loss` that reads `TokenStats` (see `_OF_STATS`), with its bound options,
+  for a `LOSSES` entry or `get_loss` result; None for any other function."""
+  fn, options = loss, {}
+  if isinstance(loss, functools.partial) and not loss.args:
+    fn, options = loss.func, dict(loss.keywords)
+  try:
+    form = _OF_STATS.get(fn)
+  except TypeError:  # unhashable
+    return None
+  if form is None:
+    return None
+  return functools.partial(form, **options) if options else form
 
 
 def get_loss(name: str, **options: Any) -> Callable[..., jax.Array]:
@@ -252,8 +290,10 @@ class ModelLoss:
   (all [B, L]). `with_runner` gives the same loss of the staged pass, whose stages run through
   a `pacbayes.models.transformer.StageRunner` (`pacbayes.models.Decoder`): the Monte-Carlo
   risk uses it to make each posterior draw one stage at a time, inside the forward pass
-  (`pacbayes.posterior.steps.forward_draw_step`). Hashed by identity, so compiled steps are
-  cached per loss.
+  (`pacbayes.posterior.steps.forward_draw_step`). For a `pacbayes.models.Decoder` both passes
+  apply the loss to one row's logits at a time (``reduce=``), so a batch's [B, L, V] logits
+  never exist whole; the loss must be per example (row b's loss reads row b only), as every
+  `LOSSES` entry is. Hashed by identity, so compiled steps are cached per loss.
 
   Attributes:
     graphdef: the model's graph definition.
@@ -284,13 +324,30 @@ class ModelLoss:
     from flax import nnx
 
     model = nnx.merge(self.graphdef, params, *self.state)
-    if runner is None:
+    if not self.accepts_runner:
+      if runner is not None:
+        raise ValueError(f"runner: {type(model).__name__} does not take a stage runner")
       logits = model(batch["input_ids"], batch["attention_mask"])
-    elif not self.accepts_runner:
-      raise ValueError(f"runner: {type(model).__name__} does not take a stage runner")
-    else:
-      logits = model(batch["input_ids"], batch["attention_mask"], runner=runner)
-    return self.loss(logits, batch["input_ids"], batch["loss_mask"])
+      return self.loss(logits, batch["input_ids"], batch["loss_mask"])
+    ids, loss_mask = batch["input_ids"], batch["loss_mask"]
+    of_stats = loss_of_stats(self.loss)
+    if of_stats is not None:  # the logits' statistics, streamed over the vocabulary
+      targets_BxT = jnp.asarray(ids)[:, 1:]
+      mask_BxT = jnp.asarray(loss_mask)[:, 1:].astype(jnp.float32)
+      if jnp.ndim(ids) != 2 or jnp.shape(loss_mask) != jnp.shape(ids):
+        raise ValueError(f"input_ids {jnp.shape(ids)} and loss_mask {jnp.shape(loss_mask)} "
+                         "must both have shape [B, L]")
+      return model(ids, batch["attention_mask"], runner=runner,
+                   reduce=self._stats_reduce(of_stats), reduce_args=(targets_BxT, mask_BxT))
+    # One row's logits at a time: the loss is per example, so row b's loss needs row b only.
+    return model(ids, batch["attention_mask"], runner=runner, reduce=self.loss,
+                 reduce_args=(ids, loss_mask))
+
+  def _stats_reduce(self, of_stats: Callable[..., jax.Array]) -> StatsReduce:
+    # One object per loss, so that compiled stages are cached across calls.
+    if getattr(self, "_reduce", None) is None:
+      self._reduce = StatsReduce(of_stats)
+    return self._reduce
 
 
 def model_loss_fn(

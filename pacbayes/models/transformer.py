@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -266,18 +267,21 @@ class Decoder(nnx.Module):
     "" -- {"embed": [V, D], "pos_embed": [P, D] (gpt2)}: input_ids, positions [B, L] -> x;
     "layers/i" -- block i's `nnx.Param` state: x [B, L, D] -> x, for i = 0 .. n_layers - 1;
     "final_norm" -- the final norm's `nnx.Param` state: x -> normed x;
-    "" -- {"lm_head": [D, V]}, or {} when tied: normed x -> logits [B, L, V].
+    "" -- {"lm_head": [D, V]}, or {"embed": [V, D]} when tied: normed x, reduce_args ->
+      logits [B, L, V] (or, with `reduce`, their rows' reductions).
   A leaf's name, ``prefix + "/" + (its '/'-joined path in params)`` (no "/" after an empty
   prefix), is its `pacbayes.posterior.draws.leaf_paths` name in ``nnx.split(model, nnx.Param,
-  ...)``. A tied embedding is handed over once: the first stage also returns the table it was
-  given, which the head then uses (as an input). Each ``apply`` is pure, hashable and equal
+  ...)``. A tied embedding is handed over twice, to the first stage (which reads only the
+  looked-up rows: `EmbedStage.row_leaves`) and to the head; a runner gives it the same
+  numbers both times (the Monte-Carlo risk draws its noise from the same key). Each ``apply``
+  is pure, hashable and equal
   for stages of one kind (all blocks share one), so a runner can compile each kind once
   (`jax.jit(apply)`) and run the stages one after another, as the Monte-Carlo risk does to
   make a posterior draw one stage at a time (`pacbayes.posterior.steps.forward_draw_step`).
   Under `jax.jit` the stages trace into one program. Without a runner: the plain pass.
   """
 
-  # `__call__` takes `runner=` (see `pacbayes.losses.ModelLoss`).
+  # `__call__` takes `runner=`, `reduce=` and `reduce_args=` (see `pacbayes.losses.ModelLoss`).
   accepts_stage_runner = True
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -334,13 +338,12 @@ class Decoder(nnx.Module):
   def _logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
     return head_logits(self._head(), hidden_BxTxD)
 
-  def _staged(self, input_ids, attention_mask, runner: StageRunner) -> jax.Array:
-    """The full-sequence logits [B, L, V], one stage at a time through `runner`."""
+  def _staged(self, input_ids, attention_mask, runner: StageRunner, reduce: Callable | None,
+              reduce_args: tuple) -> jax.Array:
+    """The full-sequence logits [B, L, V] (or their rows' reductions), one stage at a time
+    through `runner`."""
     input_ids_BxL, positions_BxL, mask_BxLxL = self._prefill_inputs(input_ids, attention_mask)
-    tied = self.lm_head is None
-    x_BxLxD = runner("", self._tables(), EmbedStage(tied), input_ids_BxL, positions_BxL)
-    if tied:  # the table as the first stage used it, for the logits
-      x_BxLxD, embed_VxD = x_BxLxD
+    x_BxLxD = runner("", self._tables(), EmbedStage(), input_ids_BxL, positions_BxL)
     rope = self._rope(positions_BxL)
     for i, layer in enumerate(self.layers):
       graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
@@ -348,9 +351,8 @@ class Decoder(nnx.Module):
                        rope, mask_BxLxL)
     graphdef, params, rest = nnx.split(self.final_norm, nnx.Param, ...)
     x_BxLxD = runner("final_norm", params, ModuleStage(graphdef, False), rest, x_BxLxD)
-    if tied:
-      return runner("", {}, HeadStage(), x_BxLxD, embed_VxD)
-    return runner("", self._head(), HeadStage(), x_BxLxD)
+    head = HeadStage(reduce, self.config.vocab_size)
+    return runner("", self._head(), head, x_BxLxD, reduce_args)
 
   @staticmethod
   def _prefill_mask(input_ids_BxL, attention_mask_BxL):
@@ -379,8 +381,9 @@ class Decoder(nnx.Module):
 
   def __call__(self, input_ids: jax.typing.ArrayLike,
                attention_mask: jax.typing.ArrayLike | None = None, *,
-               runner: StageRunner | None = None) -> jax.Array:
-    """Next-token logits.
+               runner: StageRunner | None = None, reduce: Callable | None = None,
+               reduce_args: tuple = ()) -> jax.Array:
+    """Next-token logits, or a reduction of each row's logits.
 
     Args:
       input_ids: [B, L] int token ids.
@@ -389,13 +392,24 @@ class Decoder(nnx.Module):
         of the row alone on its real tokens (padding positions hold unspecified values).
       runner: optional `StageRunner` that runs each stage of the pass (see the class
         docstring); None is the plain pass.
+      reduce: optional ``(logits [1, L, V], *rows of reduce_args) -> [1, ...]``, applied to
+        one row's logits at a time (`pacbayes.models.stages.head_rows`): the [B, L, V] logits
+        never exist whole, one row's [L, V] at a time (a loss of each row, for instance); or
+        a `pacbayes.models.stages.StatsReduce`, which reads the logits' `TokenStats`
+        streamed over the vocabulary (`head_stats`; no position's [V] logits exist whole).
+      reduce_args: [B, ...] arrays whose row b goes to `reduce` with row b's logits (with a
+        `StatsReduce`: the targets [B, L - 1] first).
 
     Returns:
-      [B, L, V] float32 logits; logits[:, t] predicts input_ids[:, t + 1].
+      [B, L, V] float32 logits (logits[:, t] predicts input_ids[:, t + 1]), or with `reduce`
+      its outputs stacked [B, ...].
     """
+    reduce_args = tuple(jnp.asarray(a) for a in reduce_args)
     if runner is not None:
-      return self._staged(input_ids, attention_mask, runner)
+      return self._staged(input_ids, attention_mask, runner, reduce, reduce_args)
     hidden_BxLxD, _ = self.prefill_hidden(input_ids, attention_mask)
+    if reduce is not None:
+      return HeadStage(reduce, self.config.vocab_size)(self._head(), hidden_BxLxD, reduce_args)
     return self._logits(hidden_BxLxD)
 
   def prefill_hidden(self, input_ids, attention_mask=None):

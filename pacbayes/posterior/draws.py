@@ -187,16 +187,85 @@ def sigma_leaves(sigma: Any, params: Any, mask: tuple[bool, ...]) -> list[jax.Ar
   return out
 
 
+# A leaf with more than BLOCKED_NOISE_MIN elements (and more than one row) is "row-keyed": row
+# j of its noise is drawn from the key fold_in(key, j), so that any rows can be drawn alone
+# (`perturb_rows`: an embedding stage draws only the rows it looks up), and the whole leaf is
+# drawn in blocks of about NOISE_BLOCK elements inside one `jax.lax.fori_loop`: JAX's normal
+# draw (threefry) holds several temporaries of the size it draws, 0.32 GiB for SmolLM2-135M's
+# 49152 x 576 embedding drawn at once, ~10 MiB in blocks (benchmarks/bench_memory.py).
+# Smaller leaves draw at once, as `jax.random.normal(key, shape)`.
+BLOCKED_NOISE_MIN = 1 << 22
+NOISE_BLOCK = 1 << 20
+
+
+def row_keyed(shape: Sequence[int]) -> bool:
+  """Whether a leaf of this shape draws its noise row by row (see `perturb_leaf`)."""
+  return len(shape) >= 1 and shape[0] > 1 and math.prod(shape) > BLOCKED_NOISE_MIN
+
+
+def _row_noise(key: jax.Array, rows: jax.Array, row_shape: tuple, dt: Any) -> jax.Array:
+  """Noise rows [*rows.shape, *row_shape] of a row-keyed leaf: row j from fold_in(key, j)."""
+  draw = lambda j: jax.random.normal(jax.random.fold_in(key, j), row_shape, dt)  # noqa: E731
+  flat = jax.vmap(draw)(jnp.reshape(rows, (-1,)))
+  return jnp.reshape(flat, (*jnp.shape(rows), *row_shape))
+
+
+def _sigma_rows(s: jax.Array, shape: tuple, rows: jax.Array) -> jax.Array:
+  """Sigma broadcastable to `shape`, taken at `rows` of axis 0: broadcastable to
+  [*rows.shape, *shape[1:]]."""
+  s = jnp.reshape(s, (1,) * (len(shape) - s.ndim) + s.shape)
+  if s.shape[0] == shape[0]:
+    return jnp.take(s, rows, axis=0)
+  return jnp.reshape(s, (1,) * (jnp.ndim(rows) - 1) + s.shape)
+
+
 def perturb_leaf(key: jax.Array, x: jax.Array, sigma: jax.Array) -> jax.Array:
   """x + sigma * eps for one leaf, eps ~ N(0, I) drawn from `key` in max(x.dtype, float32),
-  the sum rounded to x.dtype (see `sample_posterior`)."""
+  the sum rounded to x.dtype (see `sample_posterior`).
+
+  The one definition of a leaf's noise, used by every path (whole copies, draws inside the
+  forward pass, `perturb_rows`). A `row_keyed` leaf draws row j from fold_in(key, j), in
+  blocks of r = max(1, NOISE_BLOCK // row size) rows; block i covers rows [start_i, start_i +
+  r), start_i = min(i * r, rows - r) (the last block may overlap its predecessor and then
+  draws the same rows again, to the same numbers). Every entry is one independent N(0, 1)
+  draw either way; only the stream differs from a draw at once.
+  """
   x = jnp.asarray(x)
   dt = jnp.promote_types(x.dtype, jnp.float32)
-  eps = jax.random.normal(key, x.shape, dt)
   s = jnp.asarray(sigma).astype(dt)
-  if s.ndim and s.shape != x.shape:
-    s = jnp.broadcast_to(s, x.shape)
-  return (x.astype(dt) + s * eps).astype(x.dtype)
+  if not row_keyed(x.shape):
+    eps = jax.random.normal(key, x.shape, dt)
+    if s.ndim and s.shape != x.shape:
+      s = jnp.broadcast_to(s, x.shape)
+    return (x.astype(dt) + s * eps).astype(x.dtype)
+  rows = x.shape[0]
+  r = max(1, min(rows, NOISE_BLOCK // (x.size // rows)))
+
+  def block(i, out):
+    start = jnp.minimum(i * r, rows - r)
+    idx = start + jnp.arange(r)
+    x_b = jax.lax.dynamic_slice_in_dim(x, start, r, 0).astype(dt)
+    eps_b = _row_noise(key, idx, x.shape[1:], dt)
+    new = (x_b + _sigma_rows(s, x.shape, idx) * eps_b).astype(x.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(out, new, start, 0)
+
+  return jax.lax.fori_loop(0, -(-rows // r), block, jnp.zeros_like(x))
+
+
+def perturb_rows(key: jax.Array, x: jax.Array, sigma: jax.Array, rows: jax.Array) -> jax.Array:
+  """``perturb_leaf(key, x, sigma)[rows]`` ([*rows.shape, *x.shape[1:]]; rows int, in range).
+
+  For a `row_keyed` leaf only the taken rows are drawn (an embedding lookup of B x T tokens
+  draws B x T rows, not the table); otherwise the whole leaf is drawn, then taken.
+  """
+  x = jnp.asarray(x)
+  if not row_keyed(x.shape):
+    return jnp.take(perturb_leaf(key, x, sigma), rows, axis=0)
+  dt = jnp.promote_types(x.dtype, jnp.float32)
+  s = jnp.asarray(sigma).astype(dt)
+  eps = _row_noise(key, rows, x.shape[1:], dt)
+  return (jnp.take(x, rows, axis=0).astype(dt) + _sigma_rows(s, x.shape, rows) * eps
+          ).astype(x.dtype)
 
 
 def leaf_keys(key: jax.Array, leaves: Sequence[Any]) -> list[jax.Array]:
