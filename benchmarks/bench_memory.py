@@ -132,6 +132,22 @@ def _load() -> str:
     return "load: unknown"
 
 
+ALLOCATORS = (("glibc default", {}),
+              ("MALLOC_MMAP_THRESHOLD_=1048576", {"MALLOC_MMAP_THRESHOLD_": "1048576"}))
+
+
+def _run(args, extra_env: dict) -> dict:
+  env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **extra_env}
+  results = {}
+  for kind in KINDS:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, "--rows", str(args.rows), "--length",
+         str(args.length), "--chunk", str(args.chunk)], env=env, check=True,
+        capture_output=True, text=True)
+    results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+  return results
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", type=int, default=16)
@@ -142,40 +158,35 @@ def main() -> None:
   if args.worker:
     print(json.dumps(_worker(args.worker, args.rows, args.length, args.chunk)))
     return
-  env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-  load_before = _load()
-  results = {}
-  for kind in KINDS:
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, "--rows", str(args.rows), "--length",
-         str(args.length), "--chunk", str(args.chunk)], env=env, check=True,
-        capture_output=True, text=True)
-    results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
   gib = 2.0**30
-  p, c, f = results["plain"], results["copy"], results["forward"]
-  model = p["model_bytes"]
   logits = args.chunk * args.length * SMOLLM2_135M["vocab_size"] * 4
-  print(f"SmolLM2-135M-shaped Llama, {p['num_params'] / 1e6:.1f}M parameters (float32, "
-        f"{model / gib:.3f} GiB), {args.rows} rows x {args.length} tokens, chunk/batch "
-        f"{args.chunk}, {-(-args.rows // args.chunk)} posterior draws; logits of a batch "
-        f"{logits / gib:.2f} GiB")
-  print(f"  load before: {load_before}")
-  for r in (p, c, f):
-    print(f"  {r['kind']:<8} peak RSS {r['peak_rss'] / gib:5.2f} GiB = "
-          f"{r['peak_rss'] / model:4.2f}x model (runtime {r['runtime_rss'] / gib:4.2f}, built "
-          f"{r['built_rss'] / gib:4.2f})  tokens/s {r['tokens_per_s']:7.1f} (second run "
-          f"{r['steady_s']:6.2f} s, first {r['first_s']:6.2f} s)  noise {r['noise']:<7} "
-          f"risk {r['risk']:.6f}")
-  print(f"  forward / copy: peak RSS {f['peak_rss'] / c['peak_rss']:.2f}x "
-        f"({(f['peak_rss'] - c['peak_rss']) / gib:+.2f} GiB), tokens/s "
-        f"{f['tokens_per_s'] / c['tokens_per_s']:.2f}x; forward / plain: peak RSS "
-        f"{f['peak_rss'] / p['peak_rss']:.2f}x, tokens/s "
-        f"{f['tokens_per_s'] / p['tokens_per_s']:.2f}x")
-  over = (f["peak_rss"] - 2 * model) / gib
-  verdict = "met" if over <= 0 else f"missed by {over:.2f} GiB"
-  print(f"  goal peak RSS <= 2x model ({2 * model / gib:.2f} GiB): forward {verdict}; "
-        f"plain pass {p['peak_rss'] / model:.2f}x")
-  print(f"  load after:  {_load()}")
+  print(f"SmolLM2-135M-shaped Llama, {args.rows} rows x {args.length} tokens, chunk/batch "
+        f"{args.chunk}, {-(-args.rows // args.chunk)} posterior draws; whole logits of a batch "
+        f"would be {logits / gib:.2f} GiB")
+  for name, extra_env in ALLOCATORS:
+    load_before = _load()
+    results = _run(args, extra_env)
+    p, c, f = results["plain"], results["copy"], results["forward"]
+    model = p["model_bytes"]
+    print(f"allocator: {name}; {p['num_params'] / 1e6:.1f}M parameters (float32, "
+          f"{model / gib:.3f} GiB)")
+    print(f"  load before: {load_before}")
+    for r in (p, c, f):
+      print(f"  {r['kind']:<8} peak RSS {r['peak_rss'] / gib:5.2f} GiB = "
+            f"{r['peak_rss'] / model:4.2f}x model (runtime {r['runtime_rss'] / gib:4.2f}, built "
+            f"{r['built_rss'] / gib:4.2f})  tokens/s {r['tokens_per_s']:7.1f} (second run "
+            f"{r['steady_s']:6.2f} s, first {r['first_s']:6.2f} s)  noise {r['noise']:<7} "
+            f"risk {r['risk']:.6f}")
+    print(f"  forward / copy: peak RSS {f['peak_rss'] / c['peak_rss']:.2f}x "
+          f"({(f['peak_rss'] - c['peak_rss']) / gib:+.2f} GiB), tokens/s "
+          f"{f['tokens_per_s'] / c['tokens_per_s']:.2f}x; forward / plain: peak RSS "
+          f"{f['peak_rss'] / p['peak_rss']:.2f}x, tokens/s "
+          f"{f['tokens_per_s'] / p['tokens_per_s']:.2f}x")
+    over = (f["peak_rss"] - 2 * model) / gib
+    verdict = "met" if over <= 0 else f"missed by {over:.2f} GiB"
+    print(f"  goal peak RSS <= 2x model ({2 * model / gib:.2f} GiB): forward {verdict} "
+          f"({f['peak_rss'] / model:.2f}x); plain pass {p['peak_rss'] / model:.2f}x")
+    print(f"  load after:  {_load()}")
 
 
 if __name__ == "__main__":

@@ -152,20 +152,18 @@ def head_rows(table: dict[str, jax.Array], hidden_BxTxD: jax.Array, reduce: Call
   return jax.lax.map(row, (hidden_BxTxD, *reduce_args))
 
 
-def head_stats(table: dict[str, Any], hidden_BxTxD: jax.Array, reduce: StatsReduce,
-               reduce_args: tuple[jax.Array, ...]) -> jax.Array:
+def head_stats(table: dict[str, Any], vocab_size: int, hidden_BxTxD: jax.Array,
+               reduce: StatsReduce, reduce_args: tuple[jax.Array, ...]) -> jax.Array:
   """``reduce.fn(stats, *reduce_args)`` with the stats of the head's logits at positions
-  [:, :-1] against reduce_args[0]; table["embed"] may be an array or ``rows(ids) ->
+  [:, :-1] against reduce_args[0]; table["embed"] may be the [V, D] array or ``rows(ids) ->
   embed[ids]`` (a stage runner's rows)."""
   if "embed" in table:
     embed = table["embed"]
     rows = embed if callable(embed) else functools.partial(jnp.take, embed, axis=0)
-    vocab = table["vocab_size"] if callable(embed) else embed.shape[0]
   else:
     head_DxV = table["lm_head"]
     rows = lambda ids: jnp.moveaxis(jnp.take(head_DxV, ids, axis=1), 0, -1)  # noqa: E731
-    vocab = head_DxV.shape[1]
-  stats = streamed_token_stats(rows, vocab, hidden_BxTxD[:, :-1], reduce_args[0])
+  stats = streamed_token_stats(rows, vocab_size, hidden_BxTxD[:, :-1], reduce_args[0])
   return reduce.fn(stats, *reduce_args)
 
 
@@ -185,8 +183,7 @@ class HeadStage:
 
   def __call__(self, table, hidden_BxTxD, reduce_args):
     if isinstance(self.reduce, StatsReduce):
-      return head_stats({**table, "vocab_size": self.vocab_size}, hidden_BxTxD, self.reduce,
-                        tuple(reduce_args))
+      return head_stats(table, self.vocab_size, hidden_BxTxD, self.reduce, tuple(reduce_args))
     if self.reduce is None:
       return head_logits(table, hidden_BxTxD)
     return head_rows(table, hidden_BxTxD, self.reduce, tuple(reduce_args))

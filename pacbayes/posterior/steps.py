@@ -140,19 +140,21 @@ def _rows_stage(apply: Callable, by_rows: tuple[bool, ...]) -> Callable:
 class StageNoise:
   """A `pacbayes.models.transformer.StageRunner` that perturbs each stage as it runs.
 
-  Each stage runs as its own compiled program (one per kind of stage and mask pattern: every
-  block shares one) that first makes the stage's perturbed parameters, ``perturb_leaf(k_i,
-  w_i, sigma_i)`` on the masked leaves with k_i the key of `leaf_keys(fold_in(key, index),
-  leaves)` of the whole pytree, then runs the stage. So only one stage's perturbed parameters
-  exist at a time (a tied embedding is perturbed at both of its uses, with the same key, so
-  with the same noise; for a `row_keyed` leaf that a stage reads only through rows, declared
-  in its `row_leaves` (the embedding lookup, a tied head that streams the vocabulary), only
-  the rows read are drawn, never the whole perturbed table), the program order forces it with
-  no reliance on how XLA schedules one large program, and the numbers are those of a whole
-  perturbed copy made with the same keys. (One program holding every stage's noise was
-  measured on CPU and dropped: XLA keeps ~6 MiB of compiled code per normal draw, 1.5 GiB
-  for the 272 leaves of SmolLM2-135M, and it scheduled all the noise first despite
-  `jax.lax.optimization_barrier`, which XLA's CPU pipeline removes before scheduling.)
+  For each stage, the masked leaves are perturbed first, one compiled program per leaf shape
+  (`perturb_leaf` with k_i the key of `leaf_keys(fold_in(key, index), leaves)` of the whole
+  pytree: the programs of `perturbed_copy`, so the noise is that of a whole perturbed copy
+  made with the same keys), then the stage runs as its own compiled program (one per kind of
+  stage: every block shares one). So only one stage's perturbed parameters exist at a time,
+  in an order fixed by the programs rather than by how XLA schedules one large one. A
+  `row_keyed` leaf that a stage reads only through rows, declared in its `row_leaves` (the
+  embedding lookup, and a tied head that streams the vocabulary), is handed over as
+  ``rows(ids)`` (`perturb_rows`) and drawn inside the stage's program, only at the rows read:
+  no perturbed table exists. A tied embedding is perturbed at both of its uses with the same
+  key, so with the same noise. (Two designs were measured on CPU and dropped: one program
+  holding every stage's noise, where XLA kept ~6 MiB of compiled code per normal draw, 1.5
+  GiB for the 272 leaves of SmolLM2-135M, and scheduled all the noise first despite
+  `jax.lax.optimization_barrier`; and each stage's noise inside the stage's program, whose
+  compilation peaked ~0.1 GiB higher than the per-leaf programs.)
 
   Attributes:
     seen: indices of the leaves perturbed so far.
