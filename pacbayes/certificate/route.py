@@ -111,12 +111,47 @@ def _check_unperturbed_equal(prior: Any, posterior: Any, mask: Any,
   names = draws.leaf_paths(posterior)
   for name, a, b, m in zip(names, jax.tree.leaves(posterior), jax.tree.leaves(prior),
                            jax.tree.leaves(mask), strict=True):
-    if not m and not np.array_equal(np.asarray(a), np.asarray(b)):
-      shown = name_of(name) if name_of is not None else name
-      raise ValueError(
-          f"parameter {shown!r} differs between prior and posterior but is excluded from the "
-          "perturbation (include/exclude); its KL would be infinite. Perturb it, or keep it "
-          "equal in both checkpoints")
+    if not m:
+      _check_leaf_equal(name, a, b, name_of)
+
+
+def _check_leaf_equal(name: str, a: Any, b: Any, name_of: Callable[[str], str] | None) -> None:
+  if not np.array_equal(np.asarray(a), np.asarray(b)):
+    shown = name_of(name) if name_of is not None else name
+    raise ValueError(
+        f"parameter {shown!r} differs between prior and posterior but is excluded from the "
+        "perturbation (include/exclude); its KL would be infinite. Perturb it, or keep it "
+        "equal in both checkpoints")
+
+
+def streamed_prior_distance(prior: Any, posterior: Any, mask: Any,
+                            name_of: Callable[[str], str] | None = None) -> float:
+  """The checks and ||w_q - w_p||^2 (`draws.sq_distance`, same terms in the same order) with
+  the prior read one leaf at a time from ``prior.leaf(name)`` (a
+  `pacbayes.models.checkpoint.ParameterReader`; ``prior.names`` its leaves), so that no whole
+  prior sits beside the posterior.
+
+  Raises:
+    ValueError: as `certify_posterior` for a loaded prior (different parameters or shapes, a
+      moved but excluded parameter).
+  """
+  names = draws.leaf_paths(posterior)
+  if sorted(names) != sorted(prior.names):
+    missing = sorted(set(names) ^ set(prior.names))
+    raise ValueError("prior_params and posterior_params have different parameters"
+                     + (f" (e.g. {missing[0]!r} is in only one)" if missing else ""))
+  total = 0.0
+  for name, a, m in zip(names, jax.tree.leaves(posterior), jax.tree.leaves(mask), strict=True):
+    b = prior.leaf(name)
+    if np.shape(a) != np.shape(b):
+      raise ValueError(f"parameter {name!r}: posterior shape {np.shape(a)} differs from prior "
+                       f"shape {np.shape(b)}")
+    if m:
+      total += draws.leaf_sq_distance(a, b)
+    else:
+      _check_leaf_equal(name, a, b, name_of)
+    del b
+  return total
 
 
 def _masked(tree: Any, mask: Any) -> list[Any]:
@@ -189,7 +224,9 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
   Args:
     loss_fn: `(params, batch) -> [B]` losses in [0, 1].
     prior: prior mean (e.g. the base model's `nnx.Param` state), or a function of no
-      arguments that returns it (called once).
+      arguments that returns it (called once), or a reader of its leaves one at a time
+      (``prior.names``, ``prior.leaf(name)``: `pacbayes.models.checkpoint.ParameterReader`;
+      isotropic posteriors only), streamed through the checks and ||w_q - w_p||^2.
     posterior: posterior mean, same structure.
     data: the training set S: a mapping of arrays with n rows.
     plan: the `CertifyPlan`.
@@ -214,13 +251,19 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
     raise ValueError("difficulty: per-slice bounds need a mixture (MixtureBounds)")
   arrays, n = draws.check_data(data)
   prior = prior() if callable(prior) else prior
-  _check_same_structure(prior, posterior)
   mask = draws.perturbation_mask(posterior) if mask is None else mask
-  _check_unperturbed_equal(prior, posterior, mask, name_of)
   mc = plan.mc.with_defaults()
   diagonal = plan.diagonal_sigma is not None
   grid = plan.sigma.grid
-  sq_dist = draws.sq_distance(posterior, prior, mask)
+  if hasattr(prior, "leaf") and hasattr(prior, "names"):  # streamed, one leaf at a time
+    if diagonal:
+      raise ValueError("diagonal_sigma: a diagonal posterior's KL needs the prior loaded, "
+                       "not streamed")
+    sq_dist = streamed_prior_distance(prior, posterior, mask, name_of)
+  else:
+    _check_same_structure(prior, posterior)
+    _check_unperturbed_equal(prior, posterior, mask, name_of)
+    sq_dist = draws.sq_distance(posterior, prior, mask)
   num_params = draws.count_perturbed(posterior, mask)
   # A diagonal posterior's KL needs the prior mean: computed now, for every grid point; the
   # isotropic KL needs only sq_dist. The prior is not used after this.

@@ -16,6 +16,7 @@ from flax import nnx
 from pacbayes.core.jsonio import read_object
 from pacbayes.core.tensorio import (
   CONFIG_FILE,
+  SafetensorsFolder,
   checkpoint_folder,
   is_float_dtype,
   iter_tensors,
@@ -33,6 +34,7 @@ from pacbayes.models.transformer import Decoder, build_model
 # names stay importable from here.
 __all__ = [
   "Entry",
+  "ParameterReader",
   "folder_fingerprint",
   "iter_tensors",
   "load_config",
@@ -82,21 +84,10 @@ def load_pretrained(path: str | os.PathLike, *,
   config = load_config(path, dtype=dtype)
   tensors = read_tensors(path)
   table = param_table(config)
-  pset = classify_tensors(config, tensors, str(path))
-  if pset.tied_duplicate is not None:
-    # Compared as stored (no float64 copies of a [V, D] matrix); equal values in two stored
-    # dtypes still compare equal because NumPy promotes both to a common type row by row.
-    embed = tensors[pset.parameters[embedding_name(config)]]
-    head = tensors.pop(pset.tied_duplicate)
-    if head.shape != embed.shape or not all(
-        np.array_equal(head[r0:r1], embed[r0:r1]) for r0, r1 in row_blocks(embed.shape)):
-      raise ValueError(f"{path}: tie_word_embeddings is true but {pset.tied_duplicate!r} differs "
-                       f"from {embedding_name(config)!r}")
-
+  pset = _classified(path, config, tensors)
   abstract = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   slots = dict(nnx.to_flat_state(abstract_state))
-  dtype_np = _model_dtype(config)
   filled: dict[NnxPath, Any] = {}
   # Each tensor is a memory map of its file bytes: its pages stay resident while a reference
   # lives, so every map is dropped as soon as its last table entry has copied it (peak RSS
@@ -108,32 +99,97 @@ def load_pretrained(path: str | os.PathLike, *,
     uses[name] -= 1
     if not uses[name]:
       del tensors[name]
-    if not is_float_dtype(array.dtype):
-      raise ValueError(f"{path}: parameter {entry.hf_name!r} has dtype {array.dtype}; expected "
-                       "a floating-point dtype")
-    try:
-      parts = entry.load(array)
-    except ValueError as e:
-      raise ValueError(f"{path}: tensor {entry.hf_name!r} with shape {array.shape} cannot be "
-                       f"mapped ({e})") from e
-    for nnx_path, part in zip(entry.nnx_paths, parts, strict=True):
-      slot = slots[nnx_path]
-      if tuple(part.shape) != tuple(slot.shape):
-        raise ValueError(
-          f"{path}: tensor {entry.hf_name!r} has shape {tuple(array.shape)}, which does not "
-          f"match the config (expected {tuple(slot.shape)} for {'/'.join(map(str, nnx_path))})")
-      value = np.asarray(part).astype(dtype_np)
-      if not np.all(np.isfinite(value)):
-        raise ValueError(f"{path}: parameter {entry.hf_name!r} holds a non-finite value (NaN or "
-                         f"infinite, after casting to {config.dtype})")
-      filled[nnx_path] = slot.replace(value=jnp.asarray(value))
-      del value, part
-    del array, parts
+    for nnx_path, value in _entry_values(path, config, entry, array, slots):
+      filled[nnx_path] = slots[nnx_path].replace(value=jnp.asarray(value))
+      del value
+    del array
   unfilled = [p for p in slots if p not in filled]
   if unfilled:  # a table bug, not a user error
     raise RuntimeError(f"parameters not covered by the load table: {unfilled}")
   state = nnx.from_flat_state([(p, filled[p]) for p in slots])
   return nnx.merge(graphdef, state), config
+
+
+def _classified(path: Any, config: ModelConfig, tensors: dict[str, Any]) -> Any:
+  """`classify_tensors` of the folder; a redundant tied head is checked equal to the embedding
+  and removed from `tensors`."""
+  pset = classify_tensors(config, tensors, str(path))
+  if pset.tied_duplicate is not None:
+    # Compared as stored (no float64 copies of a [V, D] matrix); equal values in two stored
+    # dtypes still compare equal because NumPy promotes both to a common type row by row.
+    embed = tensors[pset.parameters[embedding_name(config)]]
+    head = tensors.pop(pset.tied_duplicate)
+    if head.shape != embed.shape or not all(
+        np.array_equal(head[r0:r1], embed[r0:r1]) for r0, r1 in row_blocks(embed.shape)):
+      raise ValueError(f"{path}: tie_word_embeddings is true but {pset.tied_duplicate!r} differs "
+                       f"from {embedding_name(config)!r}")
+  return pset
+
+
+def _entry_values(path: Any, config: ModelConfig, entry: Entry, array: np.ndarray,
+                  slots: dict[NnxPath, Any]) -> list[tuple[NnxPath, np.ndarray]]:
+  """The NNX arrays of one table entry from its stored array, in the config's dtype, each
+  checked for dtype, shape and finiteness (the one conversion of `load_pretrained` and
+  `ParameterReader`)."""
+  if not is_float_dtype(array.dtype):
+    raise ValueError(f"{path}: parameter {entry.hf_name!r} has dtype {array.dtype}; expected "
+                     "a floating-point dtype")
+  try:
+    parts = entry.load(array)
+  except ValueError as e:
+    raise ValueError(f"{path}: tensor {entry.hf_name!r} with shape {array.shape} cannot be "
+                     f"mapped ({e})") from e
+  out = []
+  for nnx_path, part in zip(entry.nnx_paths, parts, strict=True):
+    slot = slots[nnx_path]
+    if tuple(part.shape) != tuple(slot.shape):
+      raise ValueError(
+        f"{path}: tensor {entry.hf_name!r} has shape {tuple(array.shape)}, which does not "
+        f"match the config (expected {tuple(slot.shape)} for {'/'.join(map(str, nnx_path))})")
+    value = np.asarray(part).astype(_model_dtype(config))
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f"{path}: parameter {entry.hf_name!r} holds a non-finite value (NaN or "
+                       f"infinite, after casting to {config.dtype})")
+    out.append((nnx_path, value))
+  return out
+
+
+class ParameterReader:
+  """A checkpoint folder's `nnx.Param` leaves one at a time, exactly as `load_pretrained`
+  loads them (same table, cast and checks), without building the model: a leaf's tensor is
+  memory-mapped when asked for and released after, so reading every leaf in turn keeps about
+  one tensor resident (`pacbayes bound` streams the prior this way).
+
+  Attributes:
+    path: the folder; config: its `ModelConfig` (in the asked dtype); names: the leaves'
+      '/'-joined paths (those of `pacbayes.posterior.draws.leaf_paths` of the loaded model).
+
+  Raises:
+    ValueError: as `load_pretrained` (when opened, or for the leaf asked for).
+  """
+
+  def __init__(self, path: str | os.PathLike, *, dtype: str | None = None):
+    self.path = path
+    self.config = load_config(path, dtype=dtype)
+    self._folder = SafetensorsFolder(path)
+    tensors = {name: self._folder.memmap(name) for name in self._folder.names()}
+    self._pset = _classified(path, self.config, tensors)
+    del tensors
+    abstract = nnx.eval_shape(lambda: build_model(self.config, rngs=nnx.Rngs(0)))
+    self._slots = dict(nnx.to_flat_state(nnx.split(abstract)[1]))
+    self._entries = {"/".join(map(str, p)): e for e in param_table(self.config)
+                     for p in e.nnx_paths}
+    self.names = ["/".join(map(str, p)) for p in self._slots]
+
+  def leaf(self, name: str) -> np.ndarray:
+    """Leaf `name` ('/'-joined NNX path) as the loaded model would hold it (NumPy)."""
+    entry = self._entries.get(name)
+    if entry is None:
+      raise KeyError(f"{self.path}: no parameter {name!r}")
+    array = self._folder.memmap(self._pset.parameters[entry.hf_name])
+    values = dict(_entry_values(self.path, self.config, entry, array, self._slots))
+    del array
+    return next(v for p, v in values.items() if "/".join(map(str, p)) == name)
 
 
 def _tensors_to_save(model: Decoder, config: ModelConfig) -> dict[str, np.ndarray]:

@@ -61,7 +61,8 @@ class LoadedPair:
 
   Attributes:
     graphdef, rest: from `nnx.split(model_q, nnx.Param, ...)`.
-    params_q, params_p: the posterior's and the prior's `nnx.Param` state.
+    params_q, params_p: the posterior's and the prior's `nnx.Param` state (params_p: a
+      `ParameterReader` when loaded with `stream_prior`).
     config: the posterior's config (dtype = the evaluation dtype).
     notes: one-line notes on stored dtypes and casts, for the report and table.
     storage: JSON-ready stored-dtype details.
@@ -79,13 +80,16 @@ class LoadedPair:
 
 
 def load_pair(prior_dir: str, posterior_dir: str, *, dtype: str | None,
-              say=lambda text: None) -> LoadedPair:
+              say=lambda text: None, stream_prior: bool = False) -> LoadedPair:
   """Loads the prior and posterior folders in one evaluation dtype and states every cast.
 
   Args:
     prior_dir, posterior_dir: Hugging Face checkpoint folders.
     dtype: "float32", "bfloat16", or None (the posterior config's dtype).
     say: a callback for progress lines.
+    stream_prior: `params_p` is a `pacbayes.models.checkpoint.ParameterReader` of the prior
+      (its leaves read one at a time, as loaded, when the certificate route asks) instead of
+      the loaded parameters: only the posterior is ever held whole (`pacbayes bound`).
 
   Returns:
     A `LoadedPair`.
@@ -114,10 +118,16 @@ def load_pair(prior_dir: str, posterior_dir: str, *, dtype: str | None,
     notes += _cast_notes(side, folder, counts, eval_dtype)
   say(f"loading posterior {posterior_dir} ({eval_dtype}) ...")
   model_q, cfg_q = load_pretrained(posterior_dir, dtype=eval_dtype)
-  say(f"loading prior {prior_dir} ({eval_dtype}) ...")
-  model_p, _ = load_pretrained(prior_dir, dtype=eval_dtype)
   graphdef, params_q, rest = nnx.split(model_q, nnx.Param, ...)
-  _, params_p, _ = nnx.split(model_p, nnx.Param, ...)
+  if stream_prior:
+    from pacbayes.models.checkpoint import ParameterReader
+
+    say(f"opening prior {prior_dir} ({eval_dtype}; read one tensor at a time) ...")
+    params_p = ParameterReader(prior_dir, dtype=eval_dtype)
+  else:
+    say(f"loading prior {prior_dir} ({eval_dtype}) ...")
+    model_p, _ = load_pretrained(prior_dir, dtype=eval_dtype)
+    _, params_p, _ = nnx.split(model_p, nnx.Param, ...)
   details = {"prior": storage.prior_dtypes, "posterior": storage.posterior_dtypes,
              "evaluation_dtype": eval_dtype, "sixteen_bit": storage.sixteen_bit,
              "moved_share": storage.moved_share, "rounding_share": storage.rounding_share}

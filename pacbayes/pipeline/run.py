@@ -236,7 +236,7 @@ def run_bound(config: BoundConfig) -> Certificate:
       pair = load_lora_pair(c.prior, c.posterior, dtype=cfg_q.dtype, say=echo,
                             accept_base=c.accept_base)
     else:
-      pair = load_pair(c.prior, c.posterior, dtype=cfg_q.dtype, say=echo)
+      pair = load_pair(c.prior, c.posterior, dtype=cfg_q.dtype, say=echo, stream_prior=True)
     loss_fn = model_loss(pair.graphdef, pair.rest, c.loss, options)
     name_of = functools.partial(hf_name_of_path, pair.config)
   if pair.mask is not None and c.include is None and c.exclude is None:
@@ -264,9 +264,10 @@ def run_bound(config: BoundConfig) -> Certificate:
                       method=c.method, loss_name=c.loss, loss_options=options,
                       notes=(*pair.notes, *terms.notes, *early_notes), extra=extra,
                       progress=progress)
-  # The route reads the prior before its Monte Carlo only; handed over (full weights; the LoRA
-  # space's prior is the small adapter initialisation), no prior copy sits beside the
-  # posterior during it. The measures read it again only for the base's test risk.
+  # The route reads the prior before its Monte Carlo only: a full prior streamed one tensor at
+  # a time (`ParameterReader`), a LoRA pair's base handed over and released (the LoRA
+  # space's prior is the small adapter initialisation), so no prior copy sits beside the
+  # posterior. The measures load it again only for the base's test risk.
   prior = pair.params_p if c.space == "lora" else _hand_over_prior(pair)
   cert = certify_posterior(loss_fn, prior, pair.params_q, _as_arrays(train), cplan,
                            key=jax.random.key(c.seed), mask=mask, name_of=name_of, mesh=mesh)

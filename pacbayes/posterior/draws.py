@@ -138,9 +138,14 @@ def sq_distance(params: Any, prior_params: Any, mask: Any = None) -> float:
   total = 0.0
   for a, b, m in zip(leaves, p_leaves, mask_leaves(mask, params), strict=True):
     if m:
-      diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-      total += float(np.dot(diff.ravel(), diff.ravel()))
+      total += leaf_sq_distance(a, b)
   return total
+
+
+def leaf_sq_distance(a: Any, b: Any) -> float:
+  """||a - b||^2 of one leaf in float64 (the term of `sq_distance`; summed in leaf order)."""
+  diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  return float(np.dot(diff.ravel(), diff.ravel()))
 
 
 # ------------------------------------------------------------------------------ sigma, noise
