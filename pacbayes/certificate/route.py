@@ -36,6 +36,7 @@ from pacbayes.bounds.feasibility import FUTILE, Feasibility, best_possible_bound
 from pacbayes.certificate.core import METHODS, Record, ShiftInputs
 from pacbayes.certificate.report import Certificate
 from pacbayes.certificate.shift import certify_with_shift
+from pacbayes.core.memory import release_free_memory
 from pacbayes.posterior import draws
 from pacbayes.posterior.kl import gaussian_kl, isotropic_kl
 from pacbayes.posterior.montecarlo import MonteCarloOptions, mc_risk
@@ -260,6 +261,7 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
       raise ValueError("diagonal_sigma: a diagonal posterior's KL needs the prior loaded, "
                        "not streamed")
     sq_dist = streamed_prior_distance(prior, posterior, mask, name_of)
+    release_free_memory()
   else:
     _check_same_structure(prior, posterior)
     _check_unperturbed_equal(prior, posterior, mask, name_of)

@@ -146,7 +146,9 @@ def _entry_values(path: Any, config: ModelConfig, entry: Entry, array: np.ndarra
       raise ValueError(
         f"{path}: tensor {entry.hf_name!r} has shape {tuple(array.shape)}, which does not "
         f"match the config (expected {tuple(slot.shape)} for {'/'.join(map(str, nnx_path))})")
-    value = np.asarray(part).astype(_model_dtype(config))
+    # No copy when the stored dtype is the model's: a view of the file's bytes, which the
+    # caller copies (`load_pretrained`) or reads and drops (`ParameterReader`).
+    value = np.asarray(part).astype(_model_dtype(config), copy=False)
     if not np.all(np.isfinite(value)):
       raise ValueError(f"{path}: parameter {entry.hf_name!r} holds a non-finite value (NaN or "
                        f"infinite, after casting to {config.dtype})")

@@ -142,10 +142,21 @@ def sq_distance(params: Any, prior_params: Any, mask: Any = None) -> float:
   return total
 
 
+# Entries per block of `leaf_sq_distance`: its float64 temporaries stay at 8 MiB each.
+SQ_DISTANCE_BLOCK = 1 << 20
+
+
 def leaf_sq_distance(a: Any, b: Any) -> float:
-  """||a - b||^2 of one leaf in float64 (the term of `sq_distance`; summed in leaf order)."""
-  diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-  return float(np.dot(diff.ravel(), diff.ravel()))
+  """||a - b||^2 of one leaf (the term of `sq_distance`; summed in leaf order): upcast to
+  float64 in blocks of about SQ_DISTANCE_BLOCK entries (no float64 copy of the leaf), each
+  block's squared norm a float64 dot product, the blocks summed exactly (`math.fsum`)."""
+  a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
+  parts = []
+  for start in range(0, a.size, SQ_DISTANCE_BLOCK):
+    d = (a[start:start + SQ_DISTANCE_BLOCK].astype(np.float64)
+         - b[start:start + SQ_DISTANCE_BLOCK].astype(np.float64))
+    parts.append(float(np.dot(d, d)))
+  return math.fsum(parts)
 
 
 # ------------------------------------------------------------------------------ sigma, noise

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from pacbayes.core import sharding as shd
+from pacbayes.core.memory import release_free_memory
 from pacbayes.posterior.draws import (
     LossFn,
     check_data,
@@ -396,6 +397,8 @@ def mc_risk(
         pending.append((s, pstep(theta, batch), rows))
       collect(m, pending)
       del theta
+      if m == 0:
+        release_free_memory()  # the compiler's freed scratch, once the programs exist
   else:
     step = (forward_draw_step(loss_fn, treedef, tuple(leaf_paths(params)), mask_t, shared)
             if forward else draw_step(loss_fn, treedef, mask_t, shared))
@@ -406,6 +409,8 @@ def mc_risk(
         args, rows = run(first, g, s)
         pending.append((s, step(leaves, sigmas, *args), rows))
       collect(first, pending)
+      if first == 0:
+        release_free_memory()  # the compiler's freed scratch, once the programs exist
   bar.close()
 
   slot_losses = slot_losses[:, :k_slots]
@@ -455,6 +460,8 @@ def row_losses(
     batch = gather(arrays, idx)
     dev = shd.shard_batch(batch, mesh) if mesh is not None else batch
     pending.append((step(params, dev), batch["weight"]))
+    if j == 0:
+      release_free_memory()  # the compiler's freed scratch, once the program exists
   bar = progress_bar(n, "risk at the posterior mean (no noise)", progress)
   out = []
   for out_dev, w in pending:

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from pacbayes.core.memory import release_free_memory
 from pacbayes.losses import objective_sums, target_mask
 from pacbayes.training.config import TrainConfig, make_optimizer
 
@@ -63,32 +64,12 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def release_free_memory() -> bool:
-  """Hands the C heap's free pages back to the OS (glibc `malloc_trim(0)`); False elsewhere.
-
-  XLA's compiler (LLVM) allocates its scratch through `malloc` in many small blocks; once
-  freed, glibc keeps them in its arenas, where they still count in the resident set and are
-  not reused for the large buffers a compiled step allocates (those are `mmap`-ed). Measured
-  on a SmolLM2-135M-shaped LoRA fine-tune (CPU): about 0.3 GB kept after compiling the LoRA
-  initialisation and the step, i.e. 0.6x the float32 model on top of the step's own peak.
-  """
-  import ctypes
-  import sys
-
-  if not sys.platform.startswith("linux"):
-    return False
-  try:
-    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-  except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-    return False
-
-
 _COMPILED: set[tuple[int, tuple]] = set()  # (id(step), argument shapes) compiled by `compile_step`
 COMPILE_AHEAD_BYTES = 2**26  # smaller arguments (the study's small decoders): not worth a trace
 
 
 def compile_step(step: Callable, *args: Any, min_bytes: int = COMPILE_AHEAD_BYTES) -> bool:
-  """Compiles `step` for `args` ahead of its first call, then `release_free_memory`.
+  """Compiles `step` for `args` ahead of its first call, then `pacbayes.core.memory.release_free_memory`.
 
   The compiler's freed scratch is handed back before the step's buffers are allocated, so it
   does not add to the run's peak memory. The call that follows reuses the compiled program

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pacbayes.core.memory import release_free_memory
 from pacbayes.models import ModelConfig, build_model
 from pacbayes.training import step as st
 from pacbayes.training import trainer as tr
@@ -20,7 +21,7 @@ def test_compile_step_once_per_shape_and_same_numbers():
   assert st.compile_step(f, jnp.ones((5, 4)), y, min_bytes=0)  # a new shape
   np.testing.assert_array_equal(f(x, y), jnp.sin(x) @ y)
   assert not st.compile_step(lambda a: a, x, min_bytes=0)  # not a jax.jit function
-  assert isinstance(st.release_free_memory(), bool)
+  assert isinstance(release_free_memory(), bool)
 
 
 def test_train_is_unchanged_by_the_ahead_of_time_compile(monkeypatch):
