@@ -7,12 +7,17 @@ key-value heads, MLP 1536, vocab 49152, tied embeddings, float32; about 135M par
 
 Three workers, each in its own subprocess so that each peak RSS is its own:
   plain:   `pacbayes.posterior.montecarlo.empirical_risk` over the rows (`--chunk`-row batches);
-  copy:    `mc_risk(..., noise="copy")`, today's path before issue 18: chunk scheme, one posterior
+  copy:    `mc_risk(..., noise="copy")`, the path before issue 18: chunk scheme, one posterior
            draw per chunk of `--chunk` rows (batch = chunk, draws_per_step = 1), sigma = 1e-3;
            each draw's whole perturbed copy is made leaf by leaf, then the plain program runs;
   forward: the same `mc_risk` with the default noise ("auto" = "forward" for a model's loss):
            the noise is made inside the forward pass, one stage (embedding, block, final norm,
-           tied head) at a time, so no whole perturbed copy exists.
+           head) at a time: per-leaf noise programs, the embedding lookup drawing only the
+           looked-up rows of the row-keyed table, the tied head streaming the vocabulary
+           (`TokenStats`), so neither a perturbed copy nor a perturbed table nor [B, T, V]
+           logits exist.
+The three workers run twice: under glibc's default allocator and with
+`MALLOC_MMAP_THRESHOLD_=1048576` (freed blocks of 1 MiB or more go back to the OS at once).
 Each worker records its RSS after importing JAX (the runtime baseline) and after building the
 model, runs its pass once (compile) and times a second run. The parent prints, for each, the
 peak RSS, peak RSS / model bytes (the issue's goal: <= 2x for the perturbed pass) and
@@ -22,34 +27,28 @@ is printed too, though with random weights the token error is 1 on every path.
 
 Run: `python benchmarks/bench_memory.py [--rows 16] [--length 128] [--chunk 8]`.
 
-Measured 2026-12-02 (jax 0.10.2 CPU, 2 cores shared with a running study; `uptime` load
-average 5.6 before and 6.2 after the first run, 6.2 and 5.6 around the second; nice -n 19).
-Model 0.501 GiB (134.5M float32 parameters); runtime baseline 0.25 GiB (Python, JAX, Flax and
-pacbayes imported, the CPU backend up); 0.80 GiB once the model is built.
-  defaults (16 rows x 128 tokens, chunk = batch = 8, 2 draws; logits of a batch 0.19 GiB):
-    plain    peak 1.09 GiB = 2.18x model   312 tokens/s
-    copy     peak 1.91 GiB = 3.82x model   192 tokens/s
-    forward  peak 1.39 GiB = 2.77x model   190 tokens/s
-    forward / copy: peak RSS 0.73x (-0.52 GiB), tokens/s 0.99x
-  --rows 8 --chunk 1 (one row per draw, the certificate's default; 8 draws; logits 0.02 GiB):
-    plain    peak 0.96 GiB = 1.92x model   324 tokens/s
-    copy     peak 1.90 GiB = 3.80x model    50 tokens/s
-    forward  peak 1.43 GiB = 2.85x model    45 tokens/s
-    forward / copy: peak RSS 0.75x (-0.48 GiB), tokens/s 0.89x
-The goal of <= 2x the model's bytes is missed by 0.39 GiB (defaults) and 0.43 GiB (chunk 1);
-the plain pass with no noise at all is at 2.18x and 1.92x. Above the weights sit the runtime
-baseline (0.25 GiB, 0.5x the model by itself), the float32 logits of a batch (0.19 GiB at the
-defaults) and, for the perturbed passes, the draw of the largest leaf, the tied 49152 x 576
-embedding table: its perturbed copy (0.105 GiB, kept for the head) and the temporaries of
-JAX's normal draw on CPU, where threefry runs as a rolled loop carrying uint32 arrays of the
-table's size: `perturb_leaf` of the table needs 0.32 GiB of temporaries beside its output
-(`Compiled.memory_analysis`), 0.43 GiB in all, paid by both perturbed paths. The compiled
-stage programs add ~0.07 GiB (XLA's CPU code is ~6 MiB per normal draw; a block has 9). The
-time of both perturbed paths is the noise (135M normal draws per draw on 2 busy cores).
-Tried and dropped: the noise in one program for the whole pass (a stage transform traced
-under one `jax.jit`) peaked at 2.60 GiB (5.2x): XLA kept 1.5 GiB of compiled code for its 272
-normal draws, and scheduled every stage's noise first, `jax.lax.optimization_barrier`
-notwithstanding (removed by XLA's CPU pipeline before scheduling).
+Measured 2026-12-02 20:51 (jax 0.10.2 CPU, 2 cores, nothing else running; `uptime` load
+1.7-2.0), model 0.501 GiB (134.5M float32 parameters), runtime baseline 0.25 GiB, 0.78 GiB
+once the model is built; defaults (16 rows x 128 tokens, chunk = batch = 8, 2 draws):
+  glibc default:        plain 0.89 GiB = 1.77x, 817 tokens/s; copy 1.52 GiB = 3.04x, 487
+                        tokens/s; forward 0.99 GiB = 1.98x, 477 tokens/s;
+                        forward / copy: peak 0.65x, tokens/s 0.98x (other runs the same day:
+                        1.03x, 1.05x, 1.06x: equal within this machine's noise).
+  MALLOC_MMAP_THRESHOLD_: plain 1.75x, copy 2.95x, forward 0.93 GiB = 1.85x; tokens/s about
+                        15% lower on every path (page faults of fresh mappings), forward / copy
+                        0.93x.
+The goal (<= 2x the model's bytes for the perturbed pass, no loss of tokens/s) is met, by
+0.01 GiB under the default allocator. Earlier the same day, before the row-keyed noise and the
+streamed vocabulary, forward was at 2.77x: the tied table's perturbed copy kept for the head
+(0.105 GiB), JAX's normal draw of the 49152 x 576 table at once (0.32 GiB of threefry
+temporaries), a batch's [8, 128, 49152] logits (0.19 GiB) and the compilation of each block's
+nine normal draws inside the block's program (~0.1 GiB). What remains above the weights: the
+runtime (0.25 GiB: Python, JAX, SciPy), the compiled programs' code (~0.1 GiB) and one stage's
+temporaries. Tried and dropped: the noise in one program for the whole pass (a stage transform
+traced under one `jax.jit`) peaked at 2.60 GiB (5.2x): XLA kept 1.5 GiB of compiled code for
+its 272 normal draws, and scheduled every stage's noise first, `jax.lax.optimization_barrier`
+notwithstanding (removed by XLA's CPU pipeline before scheduling); `malloc_trim` after every
+stage (1.06 GiB then, 0.94x tokens/s).
 """
 
 from __future__ import annotations

@@ -126,7 +126,8 @@ def _check_leaf_equal(name: str, a: Any, b: Any, name_of: Callable[[str], str] |
 
 
 def streamed_prior_distance(prior: Any, posterior: Any, mask: Any,
-                            name_of: Callable[[str], str] | None = None) -> float:
+                            name_of: Callable[[str], str] | None = None,
+                            progress: bool = False) -> float:
   """The checks and ||w_q - w_p||^2 (`draws.sq_distance`, same terms in the same order) with
   the prior read one leaf at a time from ``prior.leaf(name)`` (a
   `pacbayes.models.checkpoint.ParameterReader`; ``prior.names`` its leaves), so that no whole
@@ -142,7 +143,10 @@ def streamed_prior_distance(prior: Any, posterior: Any, mask: Any,
     raise ValueError("prior_params and posterior_params have different parameters"
                      + (f" (e.g. {missing[0]!r} is in only one)" if missing else ""))
   total = 0.0
+  bar = draws.progress_bar(len(names), "prior: ||w_q - w_p||^2, one tensor at a time", progress,
+                           unit="tensor")
   for name, a, m in zip(names, jax.tree.leaves(posterior), jax.tree.leaves(mask), strict=True):
+    bar.update(1)
     b = prior.leaf(name)
     if np.shape(a) != np.shape(b):
       raise ValueError(f"parameter {name!r}: posterior shape {np.shape(a)} differs from prior "
@@ -152,6 +156,7 @@ def streamed_prior_distance(prior: Any, posterior: Any, mask: Any,
     else:
       _check_leaf_equal(name, a, b, name_of)
     del b
+  bar.close()
   return total
 
 
@@ -260,7 +265,7 @@ def certify_posterior(loss_fn: draws.LossFn, prior: Any, posterior: Any,
     if diagonal:
       raise ValueError("diagonal_sigma: a diagonal posterior's KL needs the prior loaded, "
                        "not streamed")
-    sq_dist = streamed_prior_distance(prior, posterior, mask, name_of)
+    sq_dist = streamed_prior_distance(prior, posterior, mask, name_of, plan.progress)
     release_free_memory()
   else:
     _check_same_structure(prior, posterior)

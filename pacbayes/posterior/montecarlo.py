@@ -40,7 +40,6 @@ from pacbayes.posterior.steps import (
     forward_draw_step,
     forward_noise_supported,
     perturbed_copy,
-    plain_pass_step,
     plain_step,
 )
 
@@ -452,7 +451,7 @@ def row_losses(
   """
   arrays, n = check_data(data)
   b = positive_int(batch_size, "batch_size")
-  step = plain_pass_step(loss_fn, params)
+  step = plain_step(loss_fn)
   params = shd.shard_params(params, mesh)
   pending = []
   for j in range(math.ceil(n / b)):

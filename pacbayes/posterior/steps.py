@@ -122,35 +122,6 @@ def _plain_stage(apply: Callable) -> Callable:
   return jax.jit(apply)
 
 
-# Parameters of more bytes than this run their unperturbed pass stage by stage when the loss
-# can (`plain_pass_step`); smaller models (the study's) keep one program, whose dispatch is
-# cheaper than one per stage.
-STAGED_PLAIN_MIN_BYTES = 1 << 26
-
-
-class PlainStages:
-  """A `pacbayes.models.transformer.StageRunner` that runs each stage unperturbed, as its own
-  compiled program (one per kind of stage: every block shares one)."""
-
-  def __call__(self, prefix: str, params: Any, apply: Callable, *inputs: Any) -> Any:
-    del prefix
-    return _plain_stage(apply)(params, *inputs)
-
-
-def plain_pass_step(loss_fn: LossFn, params: Any):
-  """`(params, batch) -> losses [B]` without perturbation: `plain_step`, or for a loss with
-  `forward_noise_supported` and parameters over STAGED_PLAIN_MIN_BYTES the staged pass
-  (`PlainStages`): the same losses to float round-off, compiled per kind of stage rather than
-  as one whole-model program, whose compilation peaked ~0.08 GiB higher on a
-  SmolLM2-135M-shaped model on CPU (and whose code stayed resident beside the stages')."""
-  size = sum(int(np.size(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
-  if not (forward_noise_supported(loss_fn) and size > STAGED_PLAIN_MIN_BYTES):
-    return plain_step(loss_fn)
-  runner = PlainStages()
-  return lambda p, batch: jnp.reshape(loss_fn.with_runner(p, batch, runner),
-                                      (batch["weight"].shape[0],))
-
-
 @functools.lru_cache(maxsize=256)
 def _rows_stage(apply: Callable, by_rows: tuple[bool, ...]) -> Callable:
   """Compiled `(params, sigmas, keys, *inputs) -> apply(params2, *inputs)`: params2 is params

@@ -241,22 +241,3 @@ def test_streamed_token_stats_equal_the_stats_of_whole_logits():
   np.testing.assert_allclose(got.lse, want.lse, rtol=1e-6, atol=1e-5)
   np.testing.assert_allclose(got.target_logit, want.target_logit, rtol=1e-6, atol=1e-5)
   assert got.vocab_size == v
-
-
-@pytest.mark.parametrize("kw", [dict(tie_word_embeddings=True), dict(model_type="qwen2")],
-                         ids=["llama_tied", "qwen2"])
-def test_staged_plain_pass_gives_the_losses_of_one_program(monkeypatch, kw):
-  """Over STAGED_PLAIN_MIN_BYTES, a model's unperturbed pass runs stage by stage
-  (`plain_pass_step`): the losses of the one-program pass, to round-off."""
-  config = tiny_config(**kw)
-  _, graphdef, params, rest = split(config, seed=3)
-  loss_fn = losses.model_loss_fn(graphdef, rest, loss="smoothed_nll", alpha=0.1)
-  data = token_rows(config.vocab_size, rows=5)
-  want = montecarlo.row_losses(loss_fn, params, data, batch_size=2)
-  assert steps.plain_pass_step(loss_fn, params) is steps.plain_step(loss_fn)  # small: one program
-  monkeypatch.setattr(steps, "STAGED_PLAIN_MIN_BYTES", 0)
-  assert steps.plain_pass_step(loss_fn, params) is not steps.plain_step(loss_fn)
-  got = montecarlo.row_losses(loss_fn, params, data, batch_size=2)
-  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-  generic = lambda p, b: loss_fn(p, b)  # noqa: E731  (not a ModelLoss: one program)
-  assert steps.plain_pass_step(generic, params) is steps.plain_step(generic)
