@@ -138,8 +138,9 @@ def main() -> None:
         runs = [run_bound(name, path, files, tmp, args, extra_env) for name, path in trees]
         for r in runs:
           print(f"  {r['name']:<18} peak RSS {r['peak_rss'] / gib:6.3f} GiB "
-                f"({r['peak_rss'] / model_bytes:4.2f}x model)  Monte Carlo {r['tokens_per_s']:7.1f} "
-                f"tokens/s ({r['mc_s']:6.1f} s)  wall {r['wall_s']:6.1f} s  bound {r['bound']}")
+                f"({r['peak_rss'] / model_bytes:4.2f}x model)  Monte Carlo "
+                f"{r['tokens_per_s']:7.1f} tokens/s ({r['mc_s']:6.1f} s)  wall "
+                f"{r['wall_s']:6.1f} s  bound {r['bound']}")
         if len(runs) == 2:
           new, old = runs
           print(f"  current / baseline: peak RSS {new['peak_rss'] / old['peak_rss']:.2f}x, "

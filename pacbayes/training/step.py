@@ -69,7 +69,8 @@ COMPILE_AHEAD_BYTES = 2**26  # smaller arguments (the study's small decoders): n
 
 
 def compile_step(step: Callable, *args: Any, min_bytes: int = COMPILE_AHEAD_BYTES) -> bool:
-  """Compiles `step` for `args` ahead of its first call, then `pacbayes.core.memory.release_free_memory`.
+  """Compiles `step` for `args` ahead of its first call, then `release_free_memory`
+  (`pacbayes.core.memory`).
 
   The compiler's freed scratch is handed back before the step's buffers are allocated, so it
   does not add to the run's peak memory. The call that follows reuses the compiled program
