@@ -332,11 +332,13 @@ class ModelLoss:
     ids, loss_mask = batch["input_ids"], batch["loss_mask"]
     of_stats = loss_of_stats(self.loss)
     if of_stats is not None:  # the logits' statistics, streamed over the vocabulary
-      targets_BxT = jnp.asarray(ids)[:, 1:]
-      mask_BxT = jnp.asarray(loss_mask)[:, 1:].astype(jnp.float32)
-      if jnp.ndim(ids) != 2 or jnp.shape(loss_mask) != jnp.shape(ids):
+      if jnp.ndim(ids) != 2:
+        raise ValueError(f"input_ids: expected [batch, length], got shape {jnp.shape(ids)}")
+      if jnp.shape(loss_mask) != jnp.shape(ids):
         raise ValueError(f"input_ids {jnp.shape(ids)} and loss_mask {jnp.shape(loss_mask)} "
                          "must both have shape [B, L]")
+      targets_BxT = jnp.asarray(ids)[:, 1:]
+      mask_BxT = jnp.asarray(loss_mask)[:, 1:].astype(jnp.float32)
       return model(ids, batch["attention_mask"], runner=runner,
                    reduce=self._stats_reduce(of_stats), reduce_args=(targets_BxT, mask_BxT))
     # One row's logits at a time: the loss is per example, so row b's loss needs row b only.

@@ -108,24 +108,31 @@ def streamed_token_stats(rows: Callable[[jax.Array], jax.Array], vocab_size: int
                       preferred_element_type=jnp.float32)
 
   def block(i, carry):
-    max_BxT, sum_BxT, arg_BxT = carry
+    max_BxT, sum_BxT, arg_BxT, nan_BxT = carry
     start = jnp.minimum(i * r, v - r).astype(jnp.int32)
     ids_R = start + jnp.arange(r, dtype=jnp.int32)
     logits_BxTxR = jnp.where(ids_R >= i * r, logits_of(rows(ids_R)), -jnp.inf)
     bmax_BxT = logits_BxTxR.max(axis=-1)
     barg_BxT = ids_R[jnp.argmax(logits_BxTxR, axis=-1)].astype(jnp.int32)
     new_BxT = jnp.maximum(max_BxT, bmax_BxT)
-    sum_BxT = (sum_BxT * jnp.exp(max_BxT - new_BxT)
-               + jnp.exp(logits_BxTxR - new_BxT[..., None]).sum(axis=-1))
-    return new_BxT, sum_BxT, jnp.where(bmax_BxT > max_BxT, barg_BxT, arg_BxT)
+    # Non-finite logits as in `token_stats`: an infinite max is shifted by 0 (so -inf stays
+    # -inf and +inf gives +inf, never inf - inf), and the argmax is the first NaN if any.
+    shift_BxT = jnp.where(jnp.isfinite(new_BxT), new_BxT, 0.0)
+    sum_BxT = (sum_BxT * jnp.exp(max_BxT - shift_BxT)
+               + jnp.exp(logits_BxTxR - shift_BxT[..., None]).sum(axis=-1))
+    bnan_BxT = jnp.isnan(bmax_BxT)
+    arg_BxT = jnp.where(nan_BxT, arg_BxT, jnp.where(
+        bnan_BxT | (bmax_BxT > max_BxT), barg_BxT, arg_BxT))
+    return new_BxT, sum_BxT, arg_BxT, nan_BxT | bnan_BxT
 
   init = (jnp.full((b, t), -jnp.inf, jnp.float32), jnp.zeros((b, t), jnp.float32),
-          jnp.zeros((b, t), jnp.int32))
-  max_BxT, sum_BxT, arg_BxT = jax.lax.fori_loop(0, -(-v // r), block, init)
+          jnp.zeros((b, t), jnp.int32), jnp.zeros((b, t), bool))
+  max_BxT, sum_BxT, arg_BxT, _ = jax.lax.fori_loop(0, -(-v // r), block, init)
   w_BxTxD = rows(targets_BxT.astype(jnp.int32))
   target_BxT = jnp.einsum("btd,btd->bt", hidden_BxTxD.astype(w_BxTxD.dtype), w_BxTxD,
                           preferred_element_type=jnp.float32)
-  return TokenStats(arg_BxT, max_BxT + jnp.log(sum_BxT), target_BxT, v)
+  lse_BxT = jnp.where(jnp.isfinite(max_BxT), max_BxT, 0.0) + jnp.log(sum_BxT)
+  return TokenStats(arg_BxT, lse_BxT, target_BxT, v)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -284,3 +284,17 @@ def test_model_loss_fn_matches_direct_call():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   assert got.shape == (4,) and float(got[3]) == 0.0
   assert (np.asarray(got[:3]) > 0).all() and (np.asarray(got[:3]) < 1).all()
+
+
+def test_model_loss_refuses_one_dimensional_rows():
+  from flax import nnx
+
+  from pacbayes.models import build_model
+  from tests.helpers.models import tiny_config
+
+  graphdef, params, rest = nnx.split(build_model(tiny_config(), rngs=nnx.Rngs(0)), nnx.Param, ...)
+  loss_fn = losses.model_loss_fn(graphdef, rest)
+  ids = np.ones(7, np.int32)
+  batch = {"input_ids": ids, "attention_mask": ids, "loss_mask": ids, "weight": np.ones(1)}
+  with pytest.raises(ValueError, match=r"input_ids: expected \[batch, length\]"):
+    loss_fn(params, batch)

@@ -241,3 +241,29 @@ def test_streamed_token_stats_equal_the_stats_of_whole_logits():
   np.testing.assert_allclose(got.lse, want.lse, rtol=1e-6, atol=1e-5)
   np.testing.assert_allclose(got.target_logit, want.target_logit, rtol=1e-6, atol=1e-5)
   assert got.vocab_size == v
+
+
+def test_streamed_token_stats_of_non_finite_logits_match_whole_logits():
+  """-inf blocks, all -inf, +inf and NaN logits: the stats of `token_stats` (D = 1, so the
+  logits are the table's values)."""
+  from pacbayes.models import stages
+
+  v = 3000
+  r = min(v, stages.STATS_TABLE_BLOCK, stages.STATS_LOGITS_BLOCK // 3000)
+  base = np.linspace(-1, 1, v).astype(np.float32)
+  cases = [base.copy() for _ in range(5)]
+  cases[0][:r] = -np.inf  # a whole first block of -inf
+  cases[1][:] = -np.inf
+  cases[2][r + 5] = np.inf
+  cases[3][r + 7] = np.nan
+  cases[3][2 * r + 1] = np.nan
+  cases[4][5] = np.nan  # a NaN in the first block
+  for values in cases:
+    table = values[:, None]
+    hidden = np.ones((1, 3000, 1), np.float32)
+    targets = np.zeros((1, 3000), np.int32)
+    want = stages.token_stats(jnp.einsum("btd,vd->btv", hidden, table), targets)
+    got = stages.streamed_token_stats(lambda ids, t=table: jnp.take(t, ids, axis=0), v,
+                                      hidden, targets)
+    np.testing.assert_array_equal(got.argmax, want.argmax)
+    np.testing.assert_allclose(got.lse, want.lse, rtol=1e-6)
