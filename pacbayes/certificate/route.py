@@ -91,19 +91,27 @@ def say(progress: bool, text: str) -> None:
     print(f"pacbayes bound: {text}", file=sys.stderr, flush=True)
 
 
-def _check_same_structure(prior: Any, posterior: Any) -> None:
-  names_q = draws.leaf_paths(posterior)
-  names_p = draws.leaf_paths(prior)
-  if names_q != names_p:
+def _check_same_names(names_q: list[str], names_p: list[str], ordered: bool = True) -> None:
+  """Refuses a prior whose parameter names differ (in order, unless not `ordered`)."""
+  if (names_q != names_p) if ordered else (sorted(names_q) != sorted(names_p)):
     missing = sorted(set(names_q) ^ set(names_p))
     raise ValueError(
         "prior_params and posterior_params have different parameters"
         + (f" (e.g. {missing[0]!r} is in only one)" if missing else " (different order)"))
+
+
+def _check_same_shape(name: str, a: Any, b: Any) -> None:
+  if np.shape(a) != np.shape(b):
+    raise ValueError(
+        f"parameter {name!r}: posterior shape {np.shape(a)} differs from prior shape "
+        f"{np.shape(b)}")
+
+
+def _check_same_structure(prior: Any, posterior: Any) -> None:
+  names_q = draws.leaf_paths(posterior)
+  _check_same_names(names_q, draws.leaf_paths(prior))
   for name, a, b in zip(names_q, jax.tree.leaves(posterior), jax.tree.leaves(prior), strict=True):
-    if np.shape(a) != np.shape(b):
-      raise ValueError(
-          f"parameter {name!r}: posterior shape {np.shape(a)} differs from prior shape "
-          f"{np.shape(b)}")
+    _check_same_shape(name, a, b)
 
 
 def _check_unperturbed_equal(prior: Any, posterior: Any, mask: Any,
@@ -138,19 +146,14 @@ def streamed_prior_distance(prior: Any, posterior: Any, mask: Any,
       moved but excluded parameter).
   """
   names = draws.leaf_paths(posterior)
-  if sorted(names) != sorted(prior.names):
-    missing = sorted(set(names) ^ set(prior.names))
-    raise ValueError("prior_params and posterior_params have different parameters"
-                     + (f" (e.g. {missing[0]!r} is in only one)" if missing else ""))
+  _check_same_names(names, list(prior.names), ordered=False)
   total = 0.0
   bar = draws.progress_bar(len(names), "prior: ||w_q - w_p||^2, one tensor at a time", progress,
                            unit="tensor")
   for name, a, m in zip(names, jax.tree.leaves(posterior), jax.tree.leaves(mask), strict=True):
     bar.update(1)
     b = prior.leaf(name)
-    if np.shape(a) != np.shape(b):
-      raise ValueError(f"parameter {name!r}: posterior shape {np.shape(a)} differs from prior "
-                       f"shape {np.shape(b)}")
+    _check_same_shape(name, a, b)
     if m:
       total += draws.leaf_sq_distance(a, b)
     else:

@@ -303,6 +303,10 @@ class ModelLoss:
 
   def __init__(self, graphdef: Any, state: tuple, loss: Callable[..., jax.Array]):
     self.graphdef, self.state, self.loss = graphdef, tuple(state), loss
+    # The loss read from streamed `TokenStats` when it has that form; one object per loss,
+    # so that compiled stages are cached across calls.
+    of_stats = loss_of_stats(loss)
+    self._stats_reduce = None if of_stats is None else StatsReduce(of_stats)
 
   def __call__(self, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
     return self.with_runner(params, batch, None)
@@ -330,8 +334,7 @@ class ModelLoss:
       logits = model(batch["input_ids"], batch["attention_mask"])
       return self.loss(logits, batch["input_ids"], batch["loss_mask"])
     ids, loss_mask = batch["input_ids"], batch["loss_mask"]
-    of_stats = loss_of_stats(self.loss)
-    if of_stats is not None:  # the logits' statistics, streamed over the vocabulary
+    if self._stats_reduce is not None:  # the logits' statistics, streamed over the vocabulary
       if jnp.ndim(ids) != 2:
         raise ValueError(f"input_ids: expected [batch, length], got shape {jnp.shape(ids)}")
       if jnp.shape(loss_mask) != jnp.shape(ids):
@@ -340,16 +343,11 @@ class ModelLoss:
       targets_BxT = jnp.asarray(ids)[:, 1:]
       mask_BxT = jnp.asarray(loss_mask)[:, 1:].astype(jnp.float32)
       return model(ids, batch["attention_mask"], runner=runner,
-                   reduce=self._stats_reduce(of_stats), reduce_args=(targets_BxT, mask_BxT))
+                   reduce=self._stats_reduce, reduce_args=(targets_BxT, mask_BxT))
     # One row's logits at a time: the loss is per example, so row b's loss needs row b only.
     return model(ids, batch["attention_mask"], runner=runner, reduce=self.loss,
                  reduce_args=(ids, loss_mask))
 
-  def _stats_reduce(self, of_stats: Callable[..., jax.Array]) -> StatsReduce:
-    # One object per loss, so that compiled stages are cached across calls.
-    if getattr(self, "_reduce", None) is None:
-      self._reduce = StatsReduce(of_stats)
-    return self._reduce
 
 
 def model_loss_fn(

@@ -179,19 +179,19 @@ class ParameterReader:
     del tensors
     abstract = nnx.eval_shape(lambda: build_model(self.config, rngs=nnx.Rngs(0)))
     self._slots = dict(nnx.to_flat_state(nnx.split(abstract)[1]))
-    self._entries = {"/".join(map(str, p)): e for e in param_table(self.config)
+    self._entries = {"/".join(map(str, p)): (e, p) for e in param_table(self.config)
                      for p in e.nnx_paths}
     self.names = ["/".join(map(str, p)) for p in self._slots]
 
   def leaf(self, name: str) -> np.ndarray:
     """Leaf `name` ('/'-joined NNX path) as the loaded model would hold it (NumPy)."""
-    entry = self._entries.get(name)
-    if entry is None:
+    if name not in self._entries:
       raise KeyError(f"{self.path}: no parameter {name!r}")
+    entry, nnx_path = self._entries[name]
     array = self._folder.memmap(self._pset.parameters[entry.hf_name])
     values = dict(_entry_values(self.path, self.config, entry, array, self._slots))
     del array
-    return next(v for p, v in values.items() if "/".join(map(str, p)) == name)
+    return values[nnx_path]
 
 
 def _tensors_to_save(model: Decoder, config: ModelConfig) -> dict[str, np.ndarray]:

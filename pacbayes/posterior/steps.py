@@ -168,7 +168,7 @@ class StageNoise:
     self.names = tuple(names)
     self.where = {name: i for i, name in enumerate(self.names)}
     self.seen: set[int] = set()
-    self.keys: jax.Array | None = None
+    self.keys: list[jax.Array] | None = None
 
   def __call__(self, prefix: str, params: Any, apply: Callable, *inputs: Any) -> Any:
     where = []
@@ -182,8 +182,8 @@ class StageNoise:
     if not any(mask):
       return _plain_stage(apply)(params, *inputs)
     self.seen.update(i for i, m in zip(where, mask, strict=True) if m)
-    if self.keys is None:  # this draw's key per leaf (those of `leaf_keys`)
-      self.keys = jax.random.split(jax.random.fold_in(self.key, self.index), len(self.names))
+    if self.keys is None:  # this draw's key per leaf
+      self.keys = leaf_keys(jax.random.fold_in(self.key, self.index), self.names)
     row_leaves = set(getattr(apply, "row_leaves", ()))
     leaves, treedef = jax.tree.flatten(params)
     by_rows, out = [], []
