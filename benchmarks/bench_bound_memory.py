@@ -45,8 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -54,7 +52,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench_finetune_memory import ensure_worktree, make_checkpoint, measure  # noqa: E402
+from bench_finetune_memory import (  # noqa: E402
+  baseline_checkout,
+  make_checkpoint,
+  measure,
+  print_ratios,
+)
 from bench_memory import SMOLLM2_135M, _load  # noqa: E402
 
 ALLOCATORS = (("glibc default", {}),
@@ -116,43 +119,30 @@ def main() -> None:
   p.add_argument("--worktree", default="/tmp/base_b976cd4", help="where to check it out")
   p.add_argument("--no-baseline", action="store_true", help="measure this tree only")
   args = p.parse_args()
-  created = False
   gib = 2.0**30
-  with tempfile.TemporaryDirectory(prefix="bench_bound_mem_") as tmp:
+  with (tempfile.TemporaryDirectory(prefix="bench_bound_mem_") as tmp,
+        baseline_checkout(args.worktree, args.baseline, not args.no_baseline) as base):
     files = {k: os.path.join(tmp, k) for k in ("prior", "posterior")}
     files["train"] = os.path.join(tmp, "train.jsonl")
     num_params = make_checkpoint(files["prior"], SMOLLM2_135M)
     make_posterior(files["prior"], files["posterior"], args.move)
     make_rows(files["train"], args.rows, args.length, SMOLLM2_135M["vocab_size"])
     model_bytes = 4 * num_params
-    trees = [("current", REPO)]
-    if not args.no_baseline:
-      created = ensure_worktree(args.worktree, args.baseline)
-      trees.append((f"baseline {args.baseline}", args.worktree))
+    trees = [("current", REPO)] + ([] if base is None else [(f"baseline {args.baseline}", base)])
     print(f"pacbayes bound, SmolLM2-135M-shaped full-weight pair: {num_params / 1e6:.1f}M "
           f"parameters, float32 model {model_bytes / gib:.3f} GiB; {args.rows} rows x "
           f"{args.length} tokens, sigma {args.sigma:g}, one draw per row")
-    try:
-      for alloc, extra_env in ALLOCATORS:
-        print(f"allocator: {alloc}; load before: {_load()}")
-        runs = [run_bound(name, path, files, tmp, args, extra_env) for name, path in trees]
-        for r in runs:
-          print(f"  {r['name']:<18} peak RSS {r['peak_rss'] / gib:6.3f} GiB "
-                f"({r['peak_rss'] / model_bytes:4.2f}x model)  Monte Carlo "
-                f"{r['tokens_per_s']:7.1f} tokens/s ({r['mc_s']:6.1f} s)  wall "
-                f"{r['wall_s']:6.1f} s  bound {r['bound']}")
-        if len(runs) == 2:
-          new, old = runs
-          print(f"  current / baseline: peak RSS {new['peak_rss'] / old['peak_rss']:.2f}x, "
-                f"Monte-Carlo tokens/s {new['tokens_per_s'] / old['tokens_per_s']:.2f}x "
-                f"(goal: current <= 2x model)")
-        print(f"  load after: {_load()}")
-    finally:
-      if created:
-        subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", args.worktree],
-                       check=False, capture_output=True)
-      shutil.rmtree(os.path.join(tmp, "prior"), ignore_errors=True)
-
+    for alloc, extra_env in ALLOCATORS:
+      print(f"allocator: {alloc}; load before: {_load()}")
+      runs = [run_bound(name, path, files, tmp, args, extra_env) for name, path in trees]
+      for r in runs:
+        print(f"  {r['name']:<18} peak RSS {r['peak_rss'] / gib:6.3f} GiB "
+              f"({r['peak_rss'] / model_bytes:4.2f}x model)  Monte Carlo "
+              f"{r['tokens_per_s']:7.1f} tokens/s ({r['mc_s']:6.1f} s)  wall "
+              f"{r['wall_s']:6.1f} s  bound {r['bound']}")
+      if len(runs) == 2:
+        print_ratios(*runs, "Monte-Carlo tokens/s", "current <= 2x model")
+      print(f"  load after: {_load()}")
 
 if __name__ == "__main__":
   main()

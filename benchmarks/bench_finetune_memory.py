@@ -47,6 +47,7 @@ lowered the step's buffers much on CPU (0.87 GiB), so --remat is not the lever h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -116,6 +117,25 @@ def ensure_worktree(path: str, commit: str) -> bool:
   return True
 
 
+@contextlib.contextmanager
+def baseline_checkout(path: str, commit: str, wanted: bool = True):
+  """`commit` checked out at `path` for the block (None when not `wanted`); a checkout made
+  here is removed afterwards."""
+  created = ensure_worktree(path, commit) if wanted else False
+  try:
+    yield path if wanted else None
+  finally:
+    if created:
+      subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", path], check=False,
+                     capture_output=True)
+
+
+def print_ratios(new: dict, old: dict, speed: str, goal: str) -> None:
+  """The line `current / baseline` of two runs' peak RSS and `tokens_per_s`."""
+  print(f"  current / baseline: peak RSS {new['peak_rss'] / old['peak_rss']:.2f}x, {speed} "
+        f"{new['tokens_per_s'] / old['tokens_per_s']:.2f}x (goal: {goal})")
+
+
 def run_finetune(name: str, pythonpath: str, model: str, train: str, tmp: str,
                  args: argparse.Namespace) -> dict:
   out = os.path.join(tmp, f"out-{name}")
@@ -159,7 +179,6 @@ def main() -> None:
     print(json.dumps(_measure_child(json.loads(args.measure))))
     return
   shape = SMALL if args.small else SMOLLM2_135M
-  created = False
   with tempfile.TemporaryDirectory(prefix="bench_ft_mem_") as tmp:
     model, train = os.path.join(tmp, "model"), os.path.join(tmp, "train.jsonl")
     num_params = make_checkpoint(model, shape)
@@ -168,15 +187,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     floor = measure([sys.executable, "-c", FLOOR], env, tmp)
     runs = [run_finetune("current", REPO, model, train, tmp, args)]
-    if not args.no_baseline:
-      created = ensure_worktree(args.worktree, args.baseline)
-      try:
-        runs.append(run_finetune(f"baseline {args.baseline}", args.worktree, model, train, tmp,
-                                 args))
-      finally:
-        if created:
-          subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", args.worktree],
-                         check=False, capture_output=True)
+    with baseline_checkout(args.worktree, args.baseline, not args.no_baseline) as base:
+      if base is not None:
+        runs.append(run_finetune(f"baseline {args.baseline}", base, model, train, tmp, args))
   gib = 2.0**30
   print(f"Llama {'(small shape)' if args.small else 'SmolLM2-135M-shaped'}, "
         f"{num_params / 1e6:.1f}M parameters, float32 model {model_bytes / gib:.3f} GiB; "
@@ -189,10 +202,7 @@ def main() -> None:
           f"({r['peak_rss'] / model_bytes:4.2f}x model)  {r['tokens_per_s']:8.1f} tokens/s "
           f"(loop {r['loop_s']:6.1f} s, wall {r['wall_s']:6.1f} s)  [{r['origin']}]")
   if len(runs) == 2:
-    new, old = runs
-    print(f"  current / baseline: peak RSS {new['peak_rss'] / old['peak_rss']:.2f}x, "
-          f"tokens/s {new['tokens_per_s'] / old['tokens_per_s']:.2f}x "
-          f"(goal: current <= 2.5x model)")
+    print_ratios(*runs, "tokens/s", "current <= 2.5x model")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"settings": vars(args), "num_params": num_params, "model_bytes": model_bytes,
